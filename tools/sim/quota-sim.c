@@ -1,0 +1,1032 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * quota-sim.c - a simulated LLM provider: an OpenAI-compatible HTTP server on
+ * 127.0.0.1 that enforces per-API-key rate limits the way a real provider
+ * does, so that libquota's workers (and the naive ones) can be judged against
+ * it. It is the referee: its limiter (bucket.c) shares no code with libquota.
+ *
+ * POST /v1/chat/completions  a chat completion, or 429 when over a limit
+ * GET  /stats                counters as JSON
+ * GET  /health               {"status":"ok"}
+ *
+ * Rules (the man page, quota-sim(1), is the reference):
+ *  - prompt tokens = sum over messages of (4 + ceil(bytes of content / 4));
+ *  - a request costs 1 request and prompt + max_tokens tokens, charged when it
+ *    arrives (as OpenAI counts); with --refund actual (the default) the unused
+ *    max_tokens - completion_tokens go back when the response is sent;
+ *  - completion_tokens is uniform in [1, max_tokens] from a seeded PRNG;
+ *  - latency = --latency-ms + completion_tokens * --per-token-us.
+ *
+ * HTTP is libmicrohttpd with a thread per connection, so a response's
+ * simulated latency holds only its own connection. One mutex guards the key
+ * table, the buckets and the counters; it is never held while sleeping.
+ */
+#define _GNU_SOURCE
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "bucket.h"
+
+#define NS_PER_MS INT64_C(1000000)
+#define NS_PER_S INT64_C(1000000000)
+#define MINUTE_NS (60 * NS_PER_S)
+#define DAY_NS (86400 * NS_PER_S)
+
+#define KEY_MAX 128          /* longest API key accepted */
+#define JSON_DEPTH_MAX 32    /* deepest request JSON accepted */
+#define MESSAGES_MAX 4096    /* most messages in one request */
+#define TOKENS_MAX 100000000 /* largest --context / token count accepted */
+
+enum limit_ix { L_RPM, L_TPM, L_RPD, L_TPD, L_N };
+
+static const char *const limit_names[L_N] = { "rpm", "tpm", "rpd", "tpd" };
+
+/* Command-line configuration; read-only once the server runs. */
+static struct config {
+	unsigned port;
+	uint64_t limit[L_N];
+	uint64_t burst_ppm; /* capacity = ceil(limit * burst_ppm / 10^6) */
+	int refund_actual;
+	uint64_t context;
+	uint64_t default_max_tokens;
+	uint64_t latency_ms, per_token_us;
+	uint64_t seed;
+	size_t max_body;
+	unsigned max_connections, max_keys;
+	int quiet;
+} cfg = {
+	.port = 0,
+	.limit = { 1200, 900000, 0, 0 },
+	.burst_ppm = 1000000,
+	.refund_actual = 1,
+	.context = 131072,
+	.default_max_tokens = 256,
+	.latency_ms = 50,
+	.per_token_us = 20,
+	.seed = 1,
+	.max_body = 1 << 20,
+	.max_connections = 512,
+	.max_keys = 256,
+	.quiet = 0,
+};
+
+/* Per API key: its buckets and counters. */
+struct key_state {
+	char key[KEY_MAX + 1];
+	struct bucket b[L_N];
+	uint64_t served, rejected_429, prompt_tokens, completion_tokens, charged_tokens;
+};
+
+/* Everything mutable, under `lock`. */
+static struct {
+	pthread_mutex_t lock;
+	struct key_state *keys;
+	unsigned nkeys;
+	uint64_t rng;
+	uint64_t served, rejected_429, rejected_requests, rejected_tokens, rejected_too_large,
+		bad_request, unauthorized, not_found, in_flight, completion_id;
+	int64_t start_ns;
+} st = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* Set on SIGTERM/SIGINT; wakes every simulated-latency sleep. */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int stopping;
+} stop = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+/* splitmix64: small, seedable, good enough for request sizes. */
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += UINT64_C(0x9e3779b97f4a7c15));
+
+	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+	return z ^ (z >> 31);
+}
+
+static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logmsg(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cfg.quiet)
+		return;
+	va_start(ap, fmt);
+	fputs("quota-sim: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+/* Sleep @ns unless the server is stopping. */
+static void sim_sleep(int64_t ns)
+{
+	struct timespec ts;
+	int64_t until = now_ns() + ns;
+
+	ts.tv_sec = until / NS_PER_S;
+	ts.tv_nsec = until % NS_PER_S;
+	pthread_mutex_lock(&stop.lock);
+	while (!stop.stopping) {
+		if (pthread_cond_timedwait(&stop.cond, &stop.lock, &ts) == ETIMEDOUT)
+			break;
+	}
+	pthread_mutex_unlock(&stop.lock);
+}
+
+/*
+ * A duration as OpenAI prints x-ratelimit-reset-*: "120ms" below a second
+ * (rounded up to the millisecond), else "7.66s", "2m59.56s", "6m0s",
+ * "1h2m3s" (rounded up to the hundredth of a second).
+ */
+static void fmt_reset(int64_t ns, char *buf, size_t size)
+{
+	int64_t cs, h, m, s, frac;
+	size_t n = 0;
+
+	if (ns <= 0) {
+		snprintf(buf, size, "0s");
+		return;
+	}
+	if (ns <= NS_PER_S - NS_PER_MS) {
+		snprintf(buf, size, "%" PRId64 "ms", (ns + NS_PER_MS - 1) / NS_PER_MS);
+		return;
+	}
+	cs = ns / (NS_PER_S / 100) + (ns % (NS_PER_S / 100) != 0);
+	h = cs / 360000;
+	m = cs / 6000 % 60;
+	s = cs / 100 % 60;
+	frac = cs % 100;
+	buf[0] = '\0';
+	if (h)
+		n += (size_t)snprintf(buf + n, size - n, "%" PRId64 "h", h);
+	if ((h || m) && n < size)
+		n += (size_t)snprintf(buf + n, size - n, "%" PRId64 "m", m);
+	if (n >= size)
+		return;
+	if (frac == 0)
+		snprintf(buf + n, size - n, "%" PRId64 "s", s);
+	else if (frac % 10 == 0)
+		snprintf(buf + n, size - n, "%" PRId64 ".%" PRId64 "s", s, frac / 10);
+	else
+		snprintf(buf + n, size - n, "%" PRId64 ".%02" PRId64 "s", s, frac);
+}
+
+/* ---- per-connection request state ------------------------------------ */
+
+struct request {
+	char *body;
+	size_t len, cap;
+	int too_big;
+};
+
+static void request_free(struct request *r)
+{
+	if (!r)
+		return;
+	free(r->body);
+	free(r);
+}
+
+/* Append an upload chunk, up to cfg.max_body; past that only note it. */
+static int request_append(struct request *r, const char *data, size_t n)
+{
+	if (r->too_big || n > cfg.max_body - r->len) {
+		r->too_big = 1;
+		return 0;
+	}
+	if (r->len + n + 1 > r->cap) {
+		size_t cap = r->cap ? r->cap : 4096;
+		char *p;
+
+		while (cap < r->len + n + 1)
+			cap *= 2;
+		p = realloc(r->body, cap);
+		if (!p)
+			return -ENOMEM;
+		r->body = p;
+		r->cap = cap;
+	}
+	memcpy(r->body + r->len, data, n);
+	r->len += n;
+	r->body[r->len] = '\0';
+	return 0;
+}
+
+/* ---- responses -------------------------------------------------------- */
+
+/* Queue @json (consumed) with @status and the headers in @hdr (name, value
+ * pairs, NULL-terminated). */
+static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, cJSON *json,
+				 const char *const *hdr)
+{
+	char *text = cJSON_PrintUnformatted(json);
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	cJSON_Delete(json);
+	if (!text)
+		return MHD_NO;
+	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	for (; hdr && hdr[0]; hdr += 2)
+		MHD_add_response_header(resp, hdr[0], hdr[1]);
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* An OpenAI-style error: {"error":{"message","type","param","code"}}. */
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
+				  const char *type, const char *code, const char *const *hdr,
+				  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
+				  const char *type, const char *code, const char *const *hdr,
+				  const char *fmt, ...)
+{
+	cJSON *root = cJSON_CreateObject(), *err = cJSON_CreateObject();
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON_AddStringToObject(err, "message", msg);
+	cJSON_AddStringToObject(err, "type", type);
+	cJSON_AddNullToObject(err, "param");
+	if (code)
+		cJSON_AddStringToObject(err, "code", code);
+	else
+		cJSON_AddNullToObject(err, "code");
+	cJSON_AddItemToObject(root, "error", err);
+	return send_json(conn, status, root, hdr);
+}
+
+static enum MHD_Result bad_request(struct MHD_Connection *conn, const char *msg)
+{
+	pthread_mutex_lock(&st.lock);
+	st.bad_request++;
+	pthread_mutex_unlock(&st.lock);
+	return send_error(conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, NULL, "%s",
+			  msg);
+}
+
+/* ---- request parsing -------------------------------------------------- */
+
+/* Deepest nesting of [ and { outside strings; stops counting past the limit. */
+static int json_depth(const char *s, size_t n)
+{
+	int depth = 0, max = 0, in_str = 0;
+
+	for (size_t i = 0; i < n && max <= JSON_DEPTH_MAX; i++) {
+		char c = s[i];
+
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '[' || c == '{') {
+			if (++depth > max)
+				max = depth;
+		} else if (c == ']' || c == '}') {
+			depth--;
+		}
+	}
+	return max;
+}
+
+/* ceil(bytes / 4) + 4: the documented token rule for one message. */
+static uint64_t message_tokens(size_t content_bytes)
+{
+	return 4 + (content_bytes + 3) / 4;
+}
+
+/* A JSON integer in [lo, hi], or -1. */
+static int64_t json_uint(const cJSON *v, int64_t lo, int64_t hi)
+{
+	double d;
+
+	if (!cJSON_IsNumber(v))
+		return -1;
+	d = v->valuedouble;
+	if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d)
+		return -1;
+	return (int64_t)d;
+}
+
+struct chat {
+	const char *model;
+	uint64_t prompt_tokens, max_tokens;
+};
+
+/* Validate a chat completion request; on error write a message to @err. */
+static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz)
+{
+	const cJSON *model, *msgs, *m, *mt, *stream;
+	int n = 0;
+
+	if (!cJSON_IsObject(root)) {
+		snprintf(err, errsz, "the request body must be a JSON object");
+		return -1;
+	}
+	model = cJSON_GetObjectItemCaseSensitive(root, "model");
+	if (!cJSON_IsString(model) || !model->valuestring[0] || strlen(model->valuestring) > 256) {
+		snprintf(err, errsz, "'model' must be a non-empty string of at most 256 bytes");
+		return -1;
+	}
+	c->model = model->valuestring;
+	stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+	if (stream && cJSON_IsTrue(stream)) {
+		snprintf(err, errsz, "'stream': true is not supported by this simulator");
+		return -1;
+	}
+	msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+	if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) < 1) {
+		snprintf(err, errsz, "'messages' must be a non-empty array");
+		return -1;
+	}
+	c->prompt_tokens = 0;
+	cJSON_ArrayForEach(m, msgs)
+	{
+		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+		size_t bytes = 0;
+
+		if (++n > MESSAGES_MAX) {
+			snprintf(err, errsz, "more than %d messages", MESSAGES_MAX);
+			return -1;
+		}
+		if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
+			snprintf(err, errsz, "messages[%d] must be an object with a string 'role'",
+				 n - 1);
+			return -1;
+		}
+		if (cJSON_IsString(content)) {
+			bytes = strlen(content->valuestring);
+		} else if (cJSON_IsArray(content)) {
+			const cJSON *part;
+
+			cJSON_ArrayForEach(part, content)
+			{
+				const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+
+				if (!cJSON_IsObject(part) || !cJSON_IsString(text)) {
+					snprintf(err, errsz,
+						 "messages[%d].content parts must be {\"type\":\"text\",\"text\":...}",
+						 n - 1);
+					return -1;
+				}
+				bytes += strlen(text->valuestring);
+			}
+		} else if (content && !cJSON_IsNull(content)) {
+			snprintf(err, errsz, "messages[%d].content must be a string, an array or null",
+				 n - 1);
+			return -1;
+		}
+		c->prompt_tokens += message_tokens(bytes);
+	}
+	mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+	if (!mt || cJSON_IsNull(mt))
+		mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
+	if (!mt || cJSON_IsNull(mt)) {
+		c->max_tokens = cfg.default_max_tokens;
+	} else {
+		int64_t v = json_uint(mt, 1, (int64_t)cfg.context);
+
+		if (v < 0) {
+			snprintf(err, errsz, "'max_tokens' must be an integer in [1, %" PRIu64 "]",
+				 cfg.context);
+			return -1;
+		}
+		c->max_tokens = (uint64_t)v;
+	}
+	if (c->prompt_tokens + c->max_tokens > cfg.context) {
+		snprintf(err, errsz,
+			 "This model's maximum context length is %" PRIu64 " tokens. However, you "
+			 "requested %" PRIu64 " tokens (%" PRIu64 " in the messages, %" PRIu64
+			 " in the completion).",
+			 cfg.context, c->prompt_tokens + c->max_tokens, c->prompt_tokens,
+			 c->max_tokens);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- keys and limits -------------------------------------------------- */
+
+static uint64_t capacity_of(uint64_t limit)
+{
+	sim_u128 c = ((sim_u128)limit * cfg.burst_ppm + 999999) / 1000000;
+
+	return c < 1 ? 1 : (uint64_t)c;
+}
+
+/* The state of @key, created full on first use; NULL if the table is full.
+ * Caller holds st.lock. */
+static struct key_state *key_get(const char *key, int64_t now)
+{
+	struct key_state *k;
+
+	for (unsigned i = 0; i < st.nkeys; i++)
+		if (strcmp(st.keys[i].key, key) == 0)
+			return &st.keys[i];
+	if (st.nkeys >= cfg.max_keys)
+		return NULL;
+	k = &st.keys[st.nkeys++];
+	memset(k, 0, sizeof(*k));
+	snprintf(k->key, sizeof(k->key), "%s", key);
+	for (int l = 0; l < L_N; l++)
+		bucket_init(&k->b[l], cfg.limit[l], capacity_of(cfg.limit[l]),
+			    l == L_RPM || l == L_TPM ? MINUTE_NS : DAY_NS, now);
+	return k;
+}
+
+/* The x-ratelimit-* header values of @k now (per-minute limits only, as
+ * OpenAI sends). Caller holds st.lock. */
+struct rl_headers {
+	char lim_r[24], lim_t[24], rem_r[24], rem_t[24], reset_r[32], reset_t[32];
+	char retry[24], retry_ms[24];
+	const char *h[24];
+};
+
+static void rl_fill(struct rl_headers *rh, const struct key_state *k, int64_t retry_ns)
+{
+	int n = 0;
+
+	if (cfg.limit[L_RPM]) {
+		snprintf(rh->lim_r, sizeof(rh->lim_r), "%" PRIu64, cfg.limit[L_RPM]);
+		snprintf(rh->rem_r, sizeof(rh->rem_r), "%" PRIu64,
+			 bucket_remaining(&k->b[L_RPM]));
+		fmt_reset(bucket_reset_ns(&k->b[L_RPM]), rh->reset_r, sizeof(rh->reset_r));
+		rh->h[n++] = "x-ratelimit-limit-requests";
+		rh->h[n++] = rh->lim_r;
+		rh->h[n++] = "x-ratelimit-remaining-requests";
+		rh->h[n++] = rh->rem_r;
+		rh->h[n++] = "x-ratelimit-reset-requests";
+		rh->h[n++] = rh->reset_r;
+	}
+	if (cfg.limit[L_TPM]) {
+		snprintf(rh->lim_t, sizeof(rh->lim_t), "%" PRIu64, cfg.limit[L_TPM]);
+		snprintf(rh->rem_t, sizeof(rh->rem_t), "%" PRIu64,
+			 bucket_remaining(&k->b[L_TPM]));
+		fmt_reset(bucket_reset_ns(&k->b[L_TPM]), rh->reset_t, sizeof(rh->reset_t));
+		rh->h[n++] = "x-ratelimit-limit-tokens";
+		rh->h[n++] = rh->lim_t;
+		rh->h[n++] = "x-ratelimit-remaining-tokens";
+		rh->h[n++] = rh->rem_t;
+		rh->h[n++] = "x-ratelimit-reset-tokens";
+		rh->h[n++] = rh->reset_t;
+	}
+	if (retry_ns >= 0) {
+		/* RFC 9110 delay-seconds is an integer: round up, at least 1.
+		 * retry-after-ms (as OpenAI sends) gives the finer figure. */
+		int64_t s = (retry_ns + NS_PER_S - 1) / NS_PER_S;
+		int64_t ms = (retry_ns + NS_PER_MS - 1) / NS_PER_MS;
+
+		snprintf(rh->retry, sizeof(rh->retry), "%" PRId64, s < 1 ? 1 : s);
+		snprintf(rh->retry_ms, sizeof(rh->retry_ms), "%" PRId64, ms < 1 ? 1 : ms);
+		rh->h[n++] = "retry-after";
+		rh->h[n++] = rh->retry;
+		rh->h[n++] = "retry-after-ms";
+		rh->h[n++] = rh->retry_ms;
+	}
+	rh->h[n] = NULL;
+}
+
+/* ---- handlers --------------------------------------------------------- */
+
+static const char filler[][5] = { "sim ", "tok ", "abc ", "llm ", "out ", "txt ", "zap ",
+				  "mux " };
+
+static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *req)
+{
+	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+	uint64_t cost[L_N], completion, unused;
+	struct rl_headers rh;
+	struct key_state *k;
+	struct chat chat;
+	char err[512], key[KEY_MAX + 1], id[64], *text;
+	int64_t t_arrive, worst = 0;
+	int worst_l = -1, l;
+	cJSON *root, *resp, *choices, *choice, *msg, *usage;
+	enum MHD_Result ret;
+
+	if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !auth[7] || strlen(auth + 7) > KEY_MAX) {
+		pthread_mutex_lock(&st.lock);
+		st.unauthorized++;
+		pthread_mutex_unlock(&st.lock);
+		return send_error(conn, MHD_HTTP_UNAUTHORIZED, "invalid_request_error",
+				  "invalid_api_key", NULL,
+				  "Missing or malformed 'Authorization: Bearer <key>' header (keys of "
+				  "1 to %d bytes).",
+				  KEY_MAX);
+	}
+	snprintf(key, sizeof(key), "%s", auth + 7);
+	if (req->too_big) {
+		pthread_mutex_lock(&st.lock);
+		st.bad_request++;
+		pthread_mutex_unlock(&st.lock);
+		return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
+				  NULL, "request body above %zu bytes", cfg.max_body);
+	}
+	if (!req->body || req->len == 0)
+		return bad_request(conn, "empty request body; expected JSON");
+	if (json_depth(req->body, req->len) > JSON_DEPTH_MAX) {
+		snprintf(err, sizeof(err), "JSON nested deeper than %d levels", JSON_DEPTH_MAX);
+		return bad_request(conn, err);
+	}
+	root = cJSON_ParseWithLength(req->body, req->len);
+	if (!root)
+		return bad_request(conn, "the request body is not valid JSON");
+	if (parse_chat(root, &chat, err, sizeof(err)) < 0) {
+		cJSON_Delete(root);
+		return bad_request(conn, err);
+	}
+
+	cost[L_RPM] = cost[L_RPD] = 1;
+	cost[L_TPM] = cost[L_TPD] = chat.prompt_tokens + chat.max_tokens;
+
+	/* Admission: all limits or none, at arrival. */
+	pthread_mutex_lock(&st.lock);
+	t_arrive = now_ns();
+	k = key_get(key, t_arrive);
+	if (!k) {
+		pthread_mutex_unlock(&st.lock);
+		cJSON_Delete(root);
+		return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+				  "more than %u distinct API keys", cfg.max_keys);
+	}
+	for (l = 0; l < L_N; l++) {
+		int64_t w;
+
+		bucket_refill(&k->b[l], t_arrive);
+		w = bucket_wait_ns(&k->b[l], cost[l]);
+		if (w < 0) {
+			worst = -1;
+			worst_l = l;
+			break;
+		}
+		if (w > worst) {
+			worst = w;
+			worst_l = l;
+		}
+	}
+	if (worst != 0) {
+		const char *type = worst_l == L_RPM || worst_l == L_RPD ? "requests" : "tokens";
+		static const char *const what[L_N] = { "requests per min (RPM)",
+						       "tokens per min (TPM)",
+						       "requests per day (RPD)",
+						       "tokens per day (TPD)" };
+		uint64_t lim = cfg.limit[worst_l], avail = bucket_remaining(&k->b[worst_l]);
+		char when[32];
+
+		k->rejected_429++;
+		st.rejected_429++;
+		if (worst < 0)
+			st.rejected_too_large++;
+		else if (worst_l == L_RPM || worst_l == L_RPD)
+			st.rejected_requests++;
+		else
+			st.rejected_tokens++;
+		rl_fill(&rh, k, worst < 0 ? 0 : worst);
+		pthread_mutex_unlock(&st.lock);
+		cJSON_Delete(root);
+		if (worst < 0)
+			return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type,
+					  "rate_limit_exceeded", rh.h,
+					  "Request too large on %s: Limit %" PRIu64
+					  ", Requested %" PRIu64 ".",
+					  what[worst_l], capacity_of(lim), cost[worst_l]);
+		fmt_reset(worst, when, sizeof(when));
+		return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type, "rate_limit_exceeded",
+				  rh.h,
+				  "Rate limit reached on %s: Limit %" PRIu64 ", Used %" PRIu64
+				  ", Requested %" PRIu64 ". Please try again in %s.",
+				  what[worst_l], lim, capacity_of(lim) - avail, cost[worst_l], when);
+	}
+	for (l = 0; l < L_N; l++)
+		bucket_take(&k->b[l], cost[l]);
+	completion = 1 + rng_next(&st.rng) % chat.max_tokens;
+	st.in_flight++;
+	snprintf(id, sizeof(id), "chatcmpl-sim%" PRIu64, ++st.completion_id);
+	pthread_mutex_unlock(&st.lock);
+
+	sim_sleep((int64_t)(cfg.latency_ms * (uint64_t)NS_PER_MS +
+			    completion * cfg.per_token_us * UINT64_C(1000)));
+
+	/* completion_tokens words of 4 bytes: the same rule counts them back. */
+	text = malloc(completion * 4 + 1);
+	if (!text) {
+		cJSON_Delete(root);
+		return MHD_NO;
+	}
+	for (uint64_t i = 0; i < completion; i++)
+		memcpy(text + i * 4, filler[i % 8], 4);
+	text[completion * 4 - 1] = '.';
+	text[completion * 4] = '\0';
+
+	resp = cJSON_CreateObject();
+	cJSON_AddStringToObject(resp, "id", id);
+	cJSON_AddStringToObject(resp, "object", "chat.completion");
+	cJSON_AddNumberToObject(resp, "created", (double)time(NULL));
+	cJSON_AddStringToObject(resp, "model", chat.model);
+	choices = cJSON_AddArrayToObject(resp, "choices");
+	choice = cJSON_CreateObject();
+	cJSON_AddNumberToObject(choice, "index", 0);
+	msg = cJSON_AddObjectToObject(choice, "message");
+	cJSON_AddStringToObject(msg, "role", "assistant");
+	cJSON_AddStringToObject(msg, "content", text);
+	cJSON_AddNullToObject(msg, "refusal");
+	cJSON_AddNullToObject(choice, "logprobs");
+	cJSON_AddStringToObject(choice, "finish_reason",
+				completion == chat.max_tokens ? "length" : "stop");
+	cJSON_AddItemToArray(choices, choice);
+	usage = cJSON_AddObjectToObject(resp, "usage");
+	cJSON_AddNumberToObject(usage, "prompt_tokens", (double)chat.prompt_tokens);
+	cJSON_AddNumberToObject(usage, "completion_tokens", (double)completion);
+	cJSON_AddNumberToObject(usage, "total_tokens", (double)(chat.prompt_tokens + completion));
+	free(text);
+	cJSON_Delete(root);
+
+	/* Settle: refund what max_tokens reserved but was not generated. */
+	unused = chat.max_tokens - completion;
+	pthread_mutex_lock(&st.lock);
+	if (cfg.refund_actual && unused) {
+		int64_t t = now_ns();
+
+		for (l = L_TPM; l < L_N; l += 2) {
+			bucket_refill(&k->b[l], t);
+			bucket_give(&k->b[l], unused);
+		}
+	}
+	k->served++;
+	k->prompt_tokens += chat.prompt_tokens;
+	k->completion_tokens += completion;
+	k->charged_tokens += chat.prompt_tokens + (cfg.refund_actual ? completion : chat.max_tokens);
+	st.served++;
+	st.in_flight--;
+	rl_fill(&rh, k, -1);
+	pthread_mutex_unlock(&st.lock);
+	ret = send_json(conn, MHD_HTTP_OK, resp, rh.h);
+	return ret;
+}
+
+static enum MHD_Result handle_stats(struct MHD_Connection *conn)
+{
+	cJSON *root = cJSON_CreateObject(), *limits, *keys;
+	int64_t t;
+
+	pthread_mutex_lock(&st.lock);
+	t = now_ns();
+	cJSON_AddNumberToObject(root, "uptime_s", (double)(t - st.start_ns) / 1e9);
+	cJSON_AddNumberToObject(root, "served", (double)st.served);
+	cJSON_AddNumberToObject(root, "rejected_429", (double)st.rejected_429);
+	cJSON_AddNumberToObject(root, "rejected_requests", (double)st.rejected_requests);
+	cJSON_AddNumberToObject(root, "rejected_tokens", (double)st.rejected_tokens);
+	cJSON_AddNumberToObject(root, "rejected_too_large", (double)st.rejected_too_large);
+	cJSON_AddNumberToObject(root, "bad_request", (double)st.bad_request);
+	cJSON_AddNumberToObject(root, "unauthorized", (double)st.unauthorized);
+	cJSON_AddNumberToObject(root, "not_found", (double)st.not_found);
+	cJSON_AddNumberToObject(root, "in_flight", (double)st.in_flight);
+	limits = cJSON_AddObjectToObject(root, "limits");
+	for (int l = 0; l < L_N; l++)
+		cJSON_AddNumberToObject(limits, limit_names[l], (double)cfg.limit[l]);
+	cJSON_AddNumberToObject(limits, "burst", (double)cfg.burst_ppm / 1e6);
+	cJSON_AddStringToObject(limits, "refund", cfg.refund_actual ? "actual" : "none");
+	keys = cJSON_AddObjectToObject(root, "keys");
+	for (unsigned i = 0; i < st.nkeys; i++) {
+		struct key_state *k = &st.keys[i];
+		cJSON *o = cJSON_AddObjectToObject(keys, k->key);
+
+		cJSON_AddNumberToObject(o, "served", (double)k->served);
+		cJSON_AddNumberToObject(o, "rejected_429", (double)k->rejected_429);
+		cJSON_AddNumberToObject(o, "prompt_tokens", (double)k->prompt_tokens);
+		cJSON_AddNumberToObject(o, "completion_tokens", (double)k->completion_tokens);
+		cJSON_AddNumberToObject(o, "charged_tokens", (double)k->charged_tokens);
+		for (int l = 0; l < L_N; l++) {
+			char name[32];
+
+			if (!cfg.limit[l])
+				continue;
+			bucket_refill(&k->b[l], t);
+			snprintf(name, sizeof(name), "remaining_%s", limit_names[l]);
+			cJSON_AddNumberToObject(o, name, (double)bucket_remaining(&k->b[l]));
+		}
+	}
+	pthread_mutex_unlock(&st.lock);
+	return send_json(conn, MHD_HTTP_OK, root, NULL);
+}
+
+/* libmicrohttpd's access handler: collects the body, then dispatches. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload,
+				  size_t *upload_size, void **con_cls)
+{
+	struct request *req = *con_cls;
+
+	(void)cls;
+	(void)version;
+	if (!req) {
+		req = calloc(1, sizeof(*req));
+		if (!req)
+			return MHD_NO;
+		*con_cls = req;
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		if (request_append(req, upload, *upload_size) < 0)
+			return MHD_NO;
+		*upload_size = 0;
+		return MHD_YES;
+	}
+
+	if (strcmp(url, "/v1/chat/completions") == 0 || strcmp(url, "/chat/completions") == 0) {
+		if (strcmp(method, "POST") != 0)
+			return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+					  "invalid_request_error", NULL, NULL, "use POST on %s",
+					  url);
+		return handle_chat(conn, req);
+	}
+	if (strcmp(url, "/stats") == 0 && strcmp(method, "GET") == 0)
+		return handle_stats(conn);
+	if (strcmp(url, "/health") == 0 && strcmp(method, "GET") == 0) {
+		cJSON *o = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(o, "status", "ok");
+		return send_json(conn, MHD_HTTP_OK, o, NULL);
+	}
+	pthread_mutex_lock(&st.lock);
+	st.not_found++;
+	pthread_mutex_unlock(&st.lock);
+	return send_error(conn, MHD_HTTP_NOT_FOUND, "invalid_request_error", "unknown_url", NULL,
+			  "Unknown request URL: %s %s.", method, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	request_free(*con_cls);
+	*con_cls = NULL;
+}
+
+/* ---- options ---------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: quota-sim [OPTION]...\n"
+		"A simulated OpenAI-compatible LLM provider on 127.0.0.1 that enforces\n"
+		"per-API-key rate limits and answers 429 like a real one. Prints the bound\n"
+		"port as its first line on stdout. See quota-sim(1).\n"
+		"\n"
+		"  -p, --port N             TCP port (default 0: pick a free one)\n"
+		"      --rpm N              requests per minute per key (default 1200, 0 = none)\n"
+		"      --tpm N              tokens per minute per key (default 900000)\n"
+		"      --rpd N, --tpd N     per-day limits (default 0 = none)\n"
+		"      --burst F            capacity = ceil(limit * F), 0 < F <= 1 (default 1)\n"
+		"      --refund actual|none give back unused max_tokens at completion (default actual)\n"
+		"      --context N          context window: prompt + max_tokens (default 131072)\n"
+		"      --default-max-tokens N  when a request has none (default 256)\n"
+		"      --latency-ms N       fixed latency per response (default 50)\n"
+		"      --per-token-us N     extra latency per completion token (default 20)\n"
+		"      --seed N             PRNG seed for completion lengths (default 1)\n"
+		"      --max-body BYTES     largest request body (default 1048576)\n"
+		"      --max-connections N  concurrent connections (default 512)\n"
+		"      --max-keys N         distinct API keys tracked (default 256)\n"
+		"  -q, --quiet              no log lines on stderr\n"
+		"  -h, --help               this text\n");
+}
+
+/* A decimal integer in [lo, hi] for option @name, or exit 2. */
+static uint64_t opt_uint(const char *name, const char *s, uint64_t lo, uint64_t hi)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	if (!s || !*s || *s == '-' || *s == '+')
+		goto bad;
+	v = strtoull(s, &end, 10);
+	if (errno || *end || v < lo || v > hi)
+		goto bad;
+	return v;
+bad:
+	fprintf(stderr, "quota-sim: --%s: expected an integer in [%" PRIu64 ", %" PRIu64 "], got '%s'\n",
+		name, lo, hi, s ? s : "");
+	exit(2);
+}
+
+/* A fraction in (0, 1] with up to 6 decimals, as parts per million. */
+static uint64_t opt_fraction(const char *name, const char *s)
+{
+	uint64_t ip = 0, fp = 0, scale = 100000;
+	const char *p = s;
+
+	if (*p < '0' || *p > '9')
+		goto bad;
+	while (*p >= '0' && *p <= '9' && ip <= 1)
+		ip = ip * 10 + (uint64_t)(*p++ - '0');
+	if (*p == '.') {
+		p++;
+		if (*p < '0' || *p > '9')
+			goto bad;
+		for (; *p >= '0' && *p <= '9'; p++) {
+			if (!scale)
+				goto bad;
+			fp += (uint64_t)(*p - '0') * scale;
+			scale /= 10;
+		}
+	}
+	if (*p || ip > 1 || (ip == 1 && fp) || (ip == 0 && fp == 0))
+		goto bad;
+	return ip * 1000000 + fp;
+bad:
+	fprintf(stderr, "quota-sim: --%s: expected a fraction in (0, 1] with at most 6 decimals, got '%s'\n",
+		name, s);
+	exit(2);
+}
+
+static void parse_options(int argc, char **argv)
+{
+	enum {
+		O_RPM = 256, O_TPM, O_RPD, O_TPD, O_BURST, O_REFUND, O_CONTEXT, O_DEFMAX,
+		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS
+	};
+	static const struct option opts[] = {
+		{ "port", required_argument, NULL, 'p' },
+		{ "rpm", required_argument, NULL, O_RPM },
+		{ "tpm", required_argument, NULL, O_TPM },
+		{ "rpd", required_argument, NULL, O_RPD },
+		{ "tpd", required_argument, NULL, O_TPD },
+		{ "burst", required_argument, NULL, O_BURST },
+		{ "refund", required_argument, NULL, O_REFUND },
+		{ "context", required_argument, NULL, O_CONTEXT },
+		{ "default-max-tokens", required_argument, NULL, O_DEFMAX },
+		{ "latency-ms", required_argument, NULL, O_LAT },
+		{ "per-token-us", required_argument, NULL, O_PERTOK },
+		{ "seed", required_argument, NULL, O_SEED },
+		{ "max-body", required_argument, NULL, O_BODY },
+		{ "max-connections", required_argument, NULL, O_CONNS },
+		{ "max-keys", required_argument, NULL, O_KEYS },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "p:qh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': cfg.port = (unsigned)opt_uint("port", optarg, 0, 65535); break;
+		case O_RPM: cfg.limit[L_RPM] = opt_uint("rpm", optarg, 0, 1000000000); break;
+		case O_TPM: cfg.limit[L_TPM] = opt_uint("tpm", optarg, 0, UINT64_C(1000000000000)); break;
+		case O_RPD: cfg.limit[L_RPD] = opt_uint("rpd", optarg, 0, 1000000000); break;
+		case O_TPD: cfg.limit[L_TPD] = opt_uint("tpd", optarg, 0, UINT64_C(1000000000000)); break;
+		case O_BURST: cfg.burst_ppm = opt_fraction("burst", optarg); break;
+		case O_REFUND:
+			if (strcmp(optarg, "actual") == 0)
+				cfg.refund_actual = 1;
+			else if (strcmp(optarg, "none") == 0)
+				cfg.refund_actual = 0;
+			else {
+				fprintf(stderr, "quota-sim: --refund: expected 'actual' or 'none', got '%s'\n",
+					optarg);
+				exit(2);
+			}
+			break;
+		case O_CONTEXT: cfg.context = opt_uint("context", optarg, 1, TOKENS_MAX); break;
+		case O_DEFMAX: cfg.default_max_tokens = opt_uint("default-max-tokens", optarg, 1, TOKENS_MAX); break;
+		case O_LAT: cfg.latency_ms = opt_uint("latency-ms", optarg, 0, 600000); break;
+		case O_PERTOK: cfg.per_token_us = opt_uint("per-token-us", optarg, 0, 100000); break;
+		case O_SEED: cfg.seed = opt_uint("seed", optarg, 0, UINT64_MAX); break;
+		case O_BODY: cfg.max_body = (size_t)opt_uint("max-body", optarg, 1024, 64 << 20); break;
+		case O_CONNS: cfg.max_connections = (unsigned)opt_uint("max-connections", optarg, 1, 4096); break;
+		case O_KEYS: cfg.max_keys = (unsigned)opt_uint("max-keys", optarg, 1, 65536); break;
+		case 'q': cfg.quiet = 1; break;
+		case 'h': usage(stdout); exit(0);
+		default: usage(stderr); exit(2);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "quota-sim: unexpected argument '%s'\n", argv[optind]);
+		exit(2);
+	}
+	if (cfg.default_max_tokens > cfg.context) {
+		fprintf(stderr, "quota-sim: --default-max-tokens is above --context\n");
+		exit(2);
+	}
+	/* The latency of the longest completion must fit an int64_t of ns. */
+	if (cfg.per_token_us * cfg.context > UINT64_C(3600000000)) {
+		fprintf(stderr, "quota-sim: --per-token-us * --context is above an hour\n");
+		exit(2);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct sockaddr_in addr;
+	pthread_condattr_t ca;
+	struct MHD_Daemon *d;
+	const union MHD_DaemonInfo *info;
+	sigset_t sigs;
+	int sig = 0;
+
+	parse_options(argc, argv);
+	st.keys = calloc(cfg.max_keys, sizeof(*st.keys));
+	if (!st.keys) {
+		fprintf(stderr, "quota-sim: out of memory\n");
+		return 1;
+	}
+	st.rng = cfg.seed;
+	st.start_ns = now_ns();
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&stop.cond, &ca);
+	pthread_condattr_destroy(&ca);
+
+	/* Block the stop signals in every thread; main takes them by sigwait. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	memset(&addr, 0, sizeof(addr));
+	addr.sin_family = AF_INET;
+	addr.sin_port = htons((uint16_t)cfg.port);
+	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+				     MHD_USE_ITC | (cfg.quiet ? 0 : MHD_USE_ERROR_LOG),
+			     (uint16_t)cfg.port, NULL, NULL, on_request, NULL,
+			     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+			     MHD_OPTION_CONNECTION_LIMIT, cfg.max_connections,
+			     MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+			     MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+			     MHD_OPTION_END);
+	if (!d) {
+		fprintf(stderr, "quota-sim: cannot listen on 127.0.0.1:%u\n", cfg.port);
+		return 1;
+	}
+	info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+	if (!info || !info->port) {
+		fprintf(stderr, "quota-sim: cannot learn the bound port\n");
+		MHD_stop_daemon(d);
+		return 1;
+	}
+	printf("%u\n", (unsigned)info->port);
+	fflush(stdout);
+	logmsg("listening on 127.0.0.1:%u: rpm %" PRIu64 " tpm %" PRIu64 " rpd %" PRIu64
+	       " tpd %" PRIu64 " burst %" PRIu64 "ppm refund %s latency %" PRIu64
+	       "ms + %" PRIu64 "us/token seed %" PRIu64,
+	       (unsigned)info->port, cfg.limit[L_RPM], cfg.limit[L_TPM], cfg.limit[L_RPD],
+	       cfg.limit[L_TPD], cfg.burst_ppm, cfg.refund_actual ? "actual" : "none",
+	       cfg.latency_ms, cfg.per_token_us, cfg.seed);
+
+	while (sigwait(&sigs, &sig) != 0)
+		;
+	pthread_mutex_lock(&stop.lock);
+	stop.stopping = 1;
+	pthread_cond_broadcast(&stop.cond);
+	pthread_mutex_unlock(&stop.lock);
+	MHD_stop_daemon(d);
+	pthread_mutex_lock(&st.lock);
+	logmsg("stopping on signal %d: served %" PRIu64 ", 429 %" PRIu64 " (requests %" PRIu64
+	       ", tokens %" PRIu64 ", too large %" PRIu64 "), 400 %" PRIu64,
+	       sig, st.served, st.rejected_429, st.rejected_requests, st.rejected_tokens,
+	       st.rejected_too_large, st.bad_request);
+	pthread_mutex_unlock(&st.lock);
+	free(st.keys);
+	return 0;
+}
