@@ -1,0 +1,251 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * quota.h - the only public header of libquota.
+ *
+ * libquota lets every process on a host share one LLM provider's rate limits
+ * and spend budget through a table in POSIX shared memory that quotad creates.
+ * A worker reserves a request's budget before calling the API and commits the
+ * usage the response reports (or cancels) afterwards. Reserve, commit and
+ * cancel are lock-free atomics in the caller's own process: no syscall, no
+ * lock, no round trip to the daemon (sleeping because the caller asked to wait
+ * for budget is the only exception).
+ *
+ * Conventions: every function returns 0 (or a non-negative value) on success
+ * and a negative errno on failure; outputs are written only on success unless
+ * said otherwise; destructors accept NULL; nothing here prints, logs or aborts.
+ */
+#ifndef QUOTA_H
+#define QUOTA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define QUOTA_PUBLIC __attribute__((visibility("default")))
+#else
+#define QUOTA_PUBLIC
+#endif
+
+#define QUOTA_VERSION_MAJOR 1
+#define QUOTA_VERSION_MINOR 0
+
+/* Longest quota name, without the terminating NUL. */
+#define QUOTA_NAME_MAX 63
+
+/** A process's handle on one segment. Opaque; one per process is enough. */
+typedef struct quota_client quota_client;
+
+/**
+ * What one API call may consume: usually {1, prompt tokens, max_tokens} at
+ * reserve time and {1, usage.prompt_tokens, usage.completion_tokens} at commit.
+ */
+struct quota_cost {
+	uint64_t requests;
+	uint64_t input_tokens;
+	uint64_t output_tokens;
+};
+
+/**
+ * An admitted reservation, filled by quota_reserve(). Settle it exactly once
+ * with quota_commit() or quota_cancel(). Do not copy a ticket and settle both
+ * copies: the library detects a second settle of the same ticket object, not
+ * of a copy.
+ */
+struct quota_ticket {
+	int64_t waited_ns;      /* how long quota_reserve() slept before admitting */
+	int64_t retry_after_ns; /* on -EAGAIN: earliest delay worth retrying after */
+	uint64_t private_[48];  /* owned by the library */
+};
+
+/**
+ * Attach to the segment @segment (the POSIX shm object "/@segment"). NULL
+ * means $QUOTA_SEGMENT, else "quota". Validates the segment completely and
+ * takes a slot in its client table. Waits (up to 2 s) while quotad is still
+ * initializing the segment.
+ *
+ * Returns 0 and sets *@ret, or: -ENOENT no such segment; -EACCES not allowed;
+ * -EBADMSG not a quota segment or corrupt (bad sizes, offsets or indices);
+ * -EPROTONOSUPPORT a layout major or incompatible flag this library does not
+ * know; -ETIMEDOUT still initializing; -EUSERS the client table is full;
+ * -EINVAL bad name; -ENOMEM.
+ */
+QUOTA_PUBLIC int quota_open(const char *segment, quota_client **ret);
+
+/**
+ * Detach: gives back the in-flight slots of tickets still open (tokens they
+ * were charged stay charged), folds this process's statistics into the
+ * segment's totals and frees the client slot. NULL is fine.
+ */
+QUOTA_PUBLIC void quota_close(quota_client *c);
+
+/** Quota id (>= 0) of the quota named @quota_name, or -ENOENT, -EINVAL. */
+QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
+
+/**
+ * Reserve @cost against every limit of @quota, all or nothing.
+ *
+ * Returns 0 when admitted; the ticket is then open. If the budget is short
+ * now and @timeout_ns > 0, the reservation takes its place in line at once
+ * (FIFO) and the call sleeps until its slot, at most @timeout_ns; waited_ns
+ * says how long it slept. @timeout_ns == 0 never sleeps.
+ *
+ * Errors: -EAGAIN not admissible within @timeout_ns (nothing was charged;
+ * ret->retry_after_ns holds the earliest delay worth retrying after; only
+ * that field of *@ret is written); -E2BIG can never be admitted (a cost above
+ * a limit's capacity, input + output above the context window, or a spend
+ * above the budget); -EDQUOT the spend budget of the current day or month is
+ * reached; -ENOENT unknown or removed quota; -EINVAL bad arguments (NULL, a
+ * negative timeout, an all-zero cost, token sums that overflow); -ENOSPC this
+ * process already tracks in-flight requests on too many distinct quotas.
+ */
+QUOTA_PUBLIC int quota_reserve(quota_client *c, int quota, const struct quota_cost *cost,
+			       int64_t timeout_ns, struct quota_ticket *ret);
+
+/**
+ * Settle an open ticket with what the provider reports as used. Where the
+ * quota's refund policy is "actual", unused tokens go back to the budget as
+ * far as that is safe (see docs/ARCHITECTURE.md); usage above the estimate is
+ * charged as debt that later reservations pay. Spend is settled at @actual.
+ * The in-flight slot is released. -EINVAL for a ticket already settled.
+ */
+QUOTA_PUBLIC int quota_commit(quota_client *c, struct quota_ticket *t,
+			      const struct quota_cost *actual);
+
+/**
+ * The call never reached the provider: give back everything the ticket holds
+ * (as far as safe, as for a refund). -EINVAL for a ticket already settled.
+ */
+QUOTA_PUBLIC int quota_cancel(quota_client *c, struct quota_ticket *t);
+
+/**
+ * The provider answered 429: pause @quota for every process until
+ * @retry_after_ns from now. A later deadline wins over an earlier one.
+ */
+QUOTA_PUBLIC int quota_backoff(quota_client *c, int quota, int64_t retry_after_ns);
+
+/**
+ * Move the shared clock of a manual-clock segment to @now_ns (nanoseconds,
+ * never backwards: -EINVAL) and wake the processes waiting on it. -EPERM on a
+ * segment that uses CLOCK_MONOTONIC.
+ */
+QUOTA_PUBLIC int quota_clock_set(quota_client *c, int64_t now_ns);
+
+/** Human-readable text for a negative errno returned by this library. */
+QUOTA_PUBLIC const char *quota_strerror(int err);
+
+/* ---- Introspection ---------------------------------------------------- */
+
+/** The segment's current time in nanoseconds (its clock: monotonic or manual). */
+QUOTA_PUBLIC int64_t quota_now(quota_client *c);
+
+/**
+ * When an open or settled ticket was admitted, on the segment's clock: the
+ * instant the algorithm's bound is stated for (see docs/ARCHITECTURE.md).
+ * -EINVAL for a ticket quota_reserve() never filled.
+ */
+QUOTA_PUBLIC int64_t quota_ticket_time(const struct quota_ticket *t);
+
+/** Number of quota ids in use (ids are 0 .. n-1; some may be removed). */
+QUOTA_PUBLIC int quota_count(quota_client *c);
+
+/** The rate limits a quota can have. Each is per minute or per day. */
+enum quota_limit_kind {
+	QUOTA_RPM,  /* requests per minute */
+	QUOTA_RPD,  /* requests per day */
+	QUOTA_TPM,  /* input + output tokens per minute */
+	QUOTA_TPD,  /* input + output tokens per day */
+	QUOTA_ITPM, /* input tokens per minute */
+	QUOTA_ITPD, /* input tokens per day */
+	QUOTA_OTPM, /* output tokens per minute */
+	QUOTA_OTPD, /* output tokens per day */
+	QUOTA_RATE_KINDS
+};
+
+/** Why a reservation was refused; counted per quota. */
+enum quota_reject_reason {
+	/* QUOTA_RPM .. QUOTA_OTPD: that rate limit was short */
+	QUOTA_REJECT_INFLIGHT = QUOTA_RATE_KINDS, /* max_inflight reached */
+	QUOTA_REJECT_SPEND,                       /* spend budget reached (-EDQUOT) */
+	QUOTA_REJECT_TOO_BIG,                     /* -E2BIG */
+	QUOTA_REJECT_PAUSED,                      /* paused by quota_backoff() */
+	QUOTA_REJECT_REASONS
+};
+
+struct quota_limit_info {
+	uint64_t limit;     /* units per period; 0 = no such limit */
+	uint64_t capacity;  /* largest cost admissible at once (burst) */
+	uint64_t available; /* cost admissible now without waiting (0 if in debt) */
+	int64_t period_ns;  /* 60 s or 86400 s */
+};
+
+/** A snapshot of one quota, for tools. Units: USD amounts in nano-dollars. */
+struct quota_info {
+	char name[QUOTA_NAME_MAX + 1];
+	int32_t removed; /* 1 if a reload removed this quota */
+	int32_t refund_actual;
+	struct quota_limit_info rate[QUOTA_RATE_KINDS];
+	uint64_t max_inflight, inflight; /* max 0 = no limit */
+	uint64_t context_window;         /* 0 = no limit */
+	uint64_t price_input_pusd, price_output_pusd; /* pico-USD per token */
+	uint64_t budget_day_nusd, spent_day_nusd;
+	uint64_t budget_month_nusd, spent_month_nusd;
+	int64_t paused_ns;               /* time left of a backoff, 0 if none */
+	uint64_t admitted;               /* reservations admitted */
+	uint64_t admitted_input_tokens, admitted_output_tokens; /* settled at commit */
+	uint64_t rejected[QUOTA_REJECT_REASONS];
+	uint64_t reclaimed;              /* in-flight slots given back for dead clients */
+	uint64_t reserved_[8];
+};
+
+/** Fill *@ret with a snapshot of @quota (sums every client's counters). */
+QUOTA_PUBLIC int quota_info(quota_client *c, int quota, struct quota_info *ret);
+
+/* ---- Provider feedback ------------------------------------------------ */
+
+/**
+ * What a provider's rate-limit response headers said. -1 marks "not present".
+ * remaining_* are what the provider says is left; reset_*_ns how long until
+ * that limit is full again.
+ */
+struct quota_feedback {
+	int64_t limit_requests, remaining_requests, reset_requests_ns;
+	int64_t limit_tokens, remaining_tokens, reset_tokens_ns;
+	int64_t retry_after_ns;
+};
+
+/** Set every field of *@fb to -1 (nothing known). */
+QUOTA_PUBLIC void quota_feedback_init(struct quota_feedback *fb);
+
+/**
+ * Fold one HTTP response header into *@fb. Understands retry-after (seconds)
+ * and x-ratelimit-{limit,remaining,reset}-{requests,tokens} (case-insensitive
+ * names). Returns 1 if the header was used, 0 if it is not a rate-limit
+ * header, -EINVAL if it is one but its value is malformed (*@fb unchanged).
+ */
+QUOTA_PUBLIC int quota_feedback_header(struct quota_feedback *fb, const char *name,
+				       const char *value);
+
+/**
+ * Fold provider feedback into the shared state of @quota. Only ever
+ * tightens: a limit whose provider-side remaining budget is below ours is
+ * brought down to it; nothing is ever loosened. A retry_after acts as
+ * quota_backoff().
+ */
+QUOTA_PUBLIC int quota_feedback_apply(quota_client *c, int quota,
+				      const struct quota_feedback *fb);
+
+/**
+ * Parse a provider duration: "1s", "6m0s", "2m59.56s", "7.66s", "120ms",
+ * "1h2m3s", "250us", "10ns" or a bare number of seconds ("20", "0.5").
+ * Returns 0 and sets *@ret_ns, or -EINVAL (malformed) / -ERANGE (too long).
+ */
+QUOTA_PUBLIC int quota_parse_duration(const char *s, int64_t *ret_ns);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QUOTA_H */

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * feedback.c - fold what a provider's response headers say into the shared
+ * state. Only ever tightens: a limit the provider says is emptier than we
+ * think is brought down to the provider's figure; nothing is loosened, so a
+ * stale or lying header can cost throughput but never over-admit.
+ */
+#include <errno.h>
+
+#include "gcra.h"
+#include "internal.h"
+
+int quota_feedback_apply(quota_client *c, int id, const struct quota_feedback *fb)
+{
+	if (!c || !fb)
+		return -EINVAL;
+	if (c->fork_gen != qc_fork_gen)
+		return -ECHILD;
+	struct qs_quota *q = qc_quota(c, id);
+	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
+		return -ENOENT;
+	if (fb->retry_after_ns > 0) {
+		int r = quota_backoff(c, id, fb->retry_after_ns > QC_DAY_NS ? QC_DAY_NS : fb->retry_after_ns);
+		if (r < 0)
+			return r;
+	}
+	int64_t now = qc_clock(c);
+	uint32_t n = q->nlimits <= QS_RATE_KINDS ? q->nlimits : QS_RATE_KINDS;
+	for (uint32_t k = 0; k < n; k++) {
+		const struct qs_limit_cfg *l = &q->cfg[k];
+		int64_t remaining = -1;
+		/* The provider's request and token figures are per minute (OpenAI's
+		 * x-ratelimit-*-requests / -tokens); apply them to our per-minute
+		 * request and total-token limits. */
+		if (l->period_ns != QC_MINUTE_NS)
+			continue;
+		if (l->kind == QUOTA_RPM)
+			remaining = fb->remaining_requests;
+		else if (l->kind == QUOTA_TPM)
+			remaining = fb->remaining_tokens;
+		if (remaining >= 0)
+			qg_tighten(q, k, now, (uint64_t)remaining);
+	}
+	return 0;
+}

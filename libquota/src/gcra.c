@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * gcra.c - the limit arithmetic: GCRA (generic cell rate algorithm) on a
+ * nanosecond time line per limit, with refunds that provably never let the
+ * admitted rate exceed the limit.
+ *
+ * THE ALGORITHM. A limit of L units per period P (ns) with capacity b units
+ * has emission interval T = P/L and tolerance tau = floor(b*T). Its state is
+ * one word, TAT, the theoretical arrival time. A cost of c units takes the
+ * slot [s, e) with s = max(TAT, t), e = s + inc(c), inc(c) = ceil(c*T), and is
+ * admitted at a = max(t, e - tau): at once if e - tau <= t, else after a wait.
+ * Reserving moves TAT to e with one compare-and-swap; a refusal writes
+ * nothing. Several limits of one quota share the admission time
+ * a = max(t, max_k(TAT_k + inc_k - tau_k)) and take slots s_k = max(TAT_k, a),
+ * so e_k - tau_k <= a <= s_k on every limit (reserve.c).
+ *
+ * INVARIANT. The slots of the admitted reservations of a limit are disjoint,
+ * each as long as its cost (inc(c) >= c*T), and each lies in [a, a + tau]
+ * of its own admission time a.
+ *
+ * BOUND. For any window [t1, t2] of length W, the reservations admitted in it
+ * have slots inside [t1, t2 + tau], disjoint, so sum(c)*T <= sum(inc) <=
+ * W + tau, that is sum(c) <= W/T + b = r*W + b. Rounding: inc is rounded up
+ * and tau down, so the bound holds exactly, in integers.
+ *
+ * REFUNDS (commit with usage below the estimate, cancel, rollback of a
+ * partial reservation). Giving back d ns lowers TAT by d, which moves every
+ * slot taken after ours d earlier. That keeps the invariant if (1) every such
+ * slot still starts at or after its admission time and (2) our own slot keeps
+ * at least its new length. For a slot admitted by now, (1) holds if the later
+ * slots start at or after now: d <= e_ours - now, with e_ours our slot's end
+ * as it stands today. Earlier refunds may have moved our slot; a refund
+ * counts what it gives in refund_begun before and in refund_done after its
+ * CAS, so refund_begun(now) - refund_done(read before our reserve CAS) bounds
+ * how far our slot can have moved, and e_ours is estimated low by that much.
+ * A slot still waiting (admitted in the future) has slack s - a = tau - inc;
+ * the waiter checks on waking that the refunds begun meanwhile cannot have
+ * moved it by more, and otherwise gives its slot back and queues again
+ * (reserve.c). So the bound above holds with refunds, and a refund is lost
+ * only when the budget it would return has already flowed away (our slot is
+ * in the past: the provider has also counted that time).
+ *
+ * DEBT (usage above the estimate) appends inc(extra) at max(TAT, now): it may
+ * push TAT beyond now + tau; later reservations then wait until it is paid.
+ *
+ * EXACT CHARGE WITHOUT DIVISION. T = t_int + m/L with m = P mod L. With
+ * t_frac = ceil(m * 2^64 / L) and p = c * t_frac = hi*2^64 + lo:
+ * ceil(c*m/L) = hi + (lo >= c), provided c*L <= 2^64 (fast_cmax). If c*m/L
+ * is an integer k, p/2^64 lies in [k, k + c/2^64): hi = k and lo < c. If
+ * not, its fractional part is at least 1/L, so lo >= 2^64/L >= c and the
+ * error c/2^64 <= 1/L cannot carry into hi. Larger costs use a 128-bit
+ * division (rare: only costs above 2^64 / L).
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "gcra.h"
+
+#define QG_SATURATE (INT64_MAX / 4)
+
+int qg_limit_init(struct qs_limit_cfg *l, uint32_t kind, uint64_t limit, int64_t period_ns,
+		  uint32_t burst_ppm)
+{
+	if (limit == 0 || period_ns <= 0 || burst_ppm == 0 || burst_ppm > 1000000)
+		return -EINVAL;
+	/* Keep every product within the fast path's and the TAT's range. */
+	if (limit > (1ULL << 40) || (uint64_t)period_ns > (1ULL << 50))
+		return -ERANGE;
+	uint64_t P = (uint64_t)period_ns;
+	*l = (struct qs_limit_cfg){ .limit = limit, .period_ns = period_ns, .kind = kind };
+	l->t_int = P / limit;
+	uint64_t m = P % limit;
+	unsigned __int128 f = ((unsigned __int128)m << 64);
+	l->t_frac = (uint64_t)((f + limit - 1) / limit);
+	l->fast_cmax = UINT64_MAX / limit;
+
+	/* capacity = ceil(limit * burst), in integers. */
+	unsigned __int128 cap = ((unsigned __int128)limit * burst_ppm + 999999) / 1000000;
+	if (cap == 0)
+		cap = 1;
+	unsigned __int128 tau = cap * P / limit; /* rounded down */
+	if (tau > (unsigned __int128)INT64_MAX / 4)
+		return -ERANGE;
+	l->tau_ns = (int64_t)tau;
+	/* The largest cost whose charge fits in tau: cap itself unless cap*T is
+	 * not a whole number of ns. */
+	uint64_t c = (uint64_t)cap;
+	while (c > 0 && qg_charge(l, c) > (uint64_t)l->tau_ns)
+		c--;
+	if (c == 0)
+		return -ERANGE;
+	l->capacity = c;
+	return 0;
+}
+
+uint64_t qg_charge_slow(const struct qs_limit_cfg *l, uint64_t units)
+{
+	unsigned __int128 n = (unsigned __int128)units * (uint64_t)l->period_ns;
+	unsigned __int128 q = (n + l->limit - 1) / l->limit;
+	return q > QG_SATURATE ? (uint64_t)QG_SATURATE : (uint64_t)q;
+}
+
+uint64_t qg_available(const struct qs_limit_cfg *l, int64_t tat, int64_t now)
+{
+	int64_t backlog = tat > now ? tat - now : 0;
+	if (backlog >= l->tau_ns)
+		return 0;
+	uint64_t room = (uint64_t)(l->tau_ns - backlog);
+	/* Largest c with charge(c) <= room: start from floor(room / T). */
+	uint64_t c = (uint64_t)(((unsigned __int128)room * l->limit) / (uint64_t)l->period_ns);
+	if (c > l->capacity)
+		c = l->capacity;
+	while (c > 0 && qg_charge(l, c) > room)
+		c--;
+	return c;
+}
+
+void qg_atomic_max(_Atomic int64_t *w, int64_t v)
+{
+	int64_t cur = atomic_load_explicit(w, memory_order_relaxed);
+	while (cur < v &&
+	       !atomic_compare_exchange_weak_explicit(w, &cur, v, memory_order_relaxed,
+						      memory_order_relaxed))
+		;
+}
+
+uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
+		   const struct qt_limit *tl, uint64_t delta)
+{
+	if (delta == 0)
+		return 0;
+	_Atomic int64_t *tat = qs_tat(q, k);
+	/* seq_cst: a waiter's check (reserve.c) that reads refund_begun without
+	 * this increment is ordered before our clock read below. */
+	atomic_fetch_add(&q->refund_begun[k], delta);
+	uint64_t given = 0;
+	int64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
+	for (;;) {
+		/* Refunds begun since our reserve, ours excluded: the most that
+		 * slots before ours can have moved it. Read after the TAT we will
+		 * CAS on, so that a refund applied before that value is counted. */
+		uint64_t moved = atomic_load(&q->refund_begun[k]) - tl->done0 - delta;
+		int64_t end = tl->end - (moved > (uint64_t)QG_SATURATE ? QG_SATURATE : (int64_t)moved);
+		int64_t now = qc_clock(c);
+		if (end <= now) {
+			given = 0;
+			break;
+		}
+		given = (uint64_t)(end - now) < delta ? (uint64_t)(end - now) : delta;
+		/* relaxed: the TAT is the only shared word this decision rests on;
+		 * refund_done below publishes the completion. */
+		if (atomic_compare_exchange_weak_explicit(tat, &cur, cur - (int64_t)given,
+							  memory_order_relaxed,
+							  memory_order_relaxed))
+			break;
+	}
+	/* release: pairs with the acquire load in reserve; a reserve that sees
+	 * this sees our TAT change. */
+	atomic_fetch_add_explicit(&q->refund_done[k], delta, memory_order_release);
+	return given;
+}
+
+void qg_debt(struct qs_quota *q, uint32_t k, uint64_t ns, int64_t now)
+{
+	if (ns == 0)
+		return;
+	if (ns > (uint64_t)QG_SATURATE)
+		ns = QG_SATURATE;
+	_Atomic int64_t *tat = qs_tat(q, k);
+	int64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
+	int64_t next;
+	do {
+		next = (cur > now ? cur : now) + (int64_t)ns;
+	} while (!atomic_compare_exchange_weak_explicit(tat, &cur, next, memory_order_relaxed,
+							memory_order_relaxed));
+}
+
+void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, uint64_t remaining)
+{
+	const struct qs_limit_cfg *l = &q->cfg[k];
+	if (remaining >= l->capacity)
+		return;
+	/* Available c is the largest with max(TAT, now) + charge(c) - tau <= now;
+	 * TAT = now + tau - charge(remaining) leaves exactly `remaining`. */
+	int64_t target = now + l->tau_ns - (int64_t)qg_charge(l, remaining);
+	qg_atomic_max(qs_tat(q, k), target);
+}

@@ -1,0 +1,513 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config.c - quotad's JSON configuration (cJSON): strict parsing into
+ * struct qd_config, where every refusal names the file, the key path and the
+ * reason; and writing a validated config into a new segment.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "config.h"
+#include "gcra.h"
+#include "internal.h"
+#include "layout.h"
+
+const char qd_default_config[] =
+	"{\n"
+	"  \"segment\": \"quota\",\n"
+	"  \"clock\": \"monotonic\",\n"
+	"  \"quotas\": {\n"
+	"    \"llama-4-scout\": {\n"
+	"      \"rpm\": 1200, \"tpm\": 900000, \"rpd\": 0, \"tpd\": 0, \"itpm\": 0, \"otpm\": 0,\n"
+	"      \"max_inflight\": 0, \"context_window\": 131072, \"burst\": 1.0, \"refund\": \"actual\",\n"
+	"      \"price_per_mtok\": { \"input\": 0.10, \"output\": 0.25 },\n"
+	"      \"budget_usd\": { \"day\": 0, \"month\": 0 }\n"
+	"    }\n"
+	"  }\n"
+	"}\n";
+
+/* Largest rate limit: keeps every product in gcra.c within 64/128 bits. */
+#define QD_LIMIT_MAX (1ULL << 40)
+#define QD_PRICE_MAX 1000000.0 /* USD per million tokens */
+#define QD_BUDGET_MAX 4000000.0 /* USD per period: fits the 52-bit spend word */
+#define QD_FILE_MAX (1 << 20)
+
+struct ctx {
+	const char *file;
+	char *err;
+	size_t errlen;
+};
+
+__attribute__((format(printf, 3, 4)))
+static int fail(struct ctx *x, const char *path, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	snprintf(x->err, x->errlen, "%s: %s%s%s", x->file, path ? path : "", path ? ": " : "", msg);
+	return -EINVAL;
+}
+
+static const char *type_name(const cJSON *v)
+{
+	if (cJSON_IsNumber(v)) return "a number";
+	if (cJSON_IsString(v)) return "a string";
+	if (cJSON_IsBool(v)) return "a boolean";
+	if (cJSON_IsNull(v)) return "null";
+	if (cJSON_IsArray(v)) return "an array";
+	if (cJSON_IsObject(v)) return "an object";
+	return "invalid";
+}
+
+/* Refuse duplicate keys in an object (cJSON keeps them all). */
+static int no_duplicates(struct ctx *x, const cJSON *obj, const char *path)
+{
+	for (const cJSON *a = obj->child; a; a = a->next)
+		for (const cJSON *b = a->next; b; b = b->next)
+			if (strcmp(a->string, b->string) == 0) {
+				char p[256];
+				snprintf(p, sizeof(p), "%s%s%s", path, *path ? "." : "", a->string);
+				return fail(x, p, "duplicate key");
+			}
+	return 0;
+}
+
+static int get_uint(struct ctx *x, const cJSON *v, const char *path, uint64_t max, uint64_t *ret)
+{
+	if (!cJSON_IsNumber(v))
+		return fail(x, path, "must be a non-negative integer, not %s", type_name(v));
+	double d = v->valuedouble;
+	if (!isfinite(d) || d < 0)
+		return fail(x, path, "must be a non-negative integer, got %g", d);
+	if (d != floor(d))
+		return fail(x, path, "must be an integer, got %g", d);
+	if (d > (double)max)
+		return fail(x, path, "%.0f is too large (at most %llu)", d, (unsigned long long)max);
+	*ret = (uint64_t)d;
+	return 0;
+}
+
+static int get_real(struct ctx *x, const cJSON *v, const char *path, double max, double *ret)
+{
+	if (!cJSON_IsNumber(v))
+		return fail(x, path, "must be a number, not %s", type_name(v));
+	double d = v->valuedouble;
+	if (!isfinite(d) || d < 0)
+		return fail(x, path, "must be a non-negative number, got %g", d);
+	if (d > max)
+		return fail(x, path, "%g is too large (at most %g)", d, max);
+	*ret = d;
+	return 0;
+}
+
+static const struct {
+	const char *key;
+	enum quota_limit_kind kind;
+} rate_keys[] = {
+	{ "rpm", QUOTA_RPM },   { "rpd", QUOTA_RPD },   { "tpm", QUOTA_TPM },   { "tpd", QUOTA_TPD },
+	{ "itpm", QUOTA_ITPM }, { "itpd", QUOTA_ITPD }, { "otpm", QUOTA_OTPM }, { "otpd", QUOTA_OTPD },
+};
+
+static bool name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > QUOTA_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      strchr("._:@/+-", ch)))
+			return false;
+	}
+	return true;
+}
+
+static int parse_pair(struct ctx *x, const cJSON *obj, const char *path, const char *k1,
+		      const char *k2, double max, double *v1, double *v2)
+{
+	char p[256];
+	if (!cJSON_IsObject(obj))
+		return fail(x, path, "must be an object {\"%s\": ..., \"%s\": ...}, not %s", k1, k2,
+			    type_name(obj));
+	int r = no_duplicates(x, obj, path);
+	if (r < 0)
+		return r;
+	*v1 = *v2 = 0;
+	for (const cJSON *f = obj->child; f; f = f->next) {
+		snprintf(p, sizeof(p), "%s.%s", path, f->string);
+		if (strcmp(f->string, k1) == 0)
+			r = get_real(x, f, p, max, v1);
+		else if (strcmp(f->string, k2) == 0)
+			r = get_real(x, f, p, max, v2);
+		else
+			r = fail(x, p, "unknown key (expected \"%s\" or \"%s\")", k1, k2);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
+{
+	char path[256], p[320];
+	snprintf(path, sizeof(path), "quotas.%s", obj->string);
+	if (!name_ok(obj->string))
+		return fail(x, path, "quota names are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
+			    QUOTA_NAME_MAX);
+	if (!cJSON_IsObject(obj))
+		return fail(x, path, "must be an object, not %s", type_name(obj));
+	int r = no_duplicates(x, obj, path);
+	if (r < 0)
+		return r;
+	memset(q, 0, sizeof(*q));
+	strcpy(q->name, obj->string);
+	q->burst_ppm = 1000000;
+	q->refund_actual = true;
+	for (const cJSON *f = obj->child; f; f = f->next) {
+		snprintf(p, sizeof(p), "%s.%s", path, f->string);
+		bool done = false;
+		for (size_t i = 0; i < sizeof(rate_keys) / sizeof(rate_keys[0]); i++)
+			if (strcmp(f->string, rate_keys[i].key) == 0) {
+				r = get_uint(x, f, p, QD_LIMIT_MAX, &q->rate[rate_keys[i].kind]);
+				done = true;
+			}
+		if (done) {
+			/* nothing more */
+		} else if (strcmp(f->string, "max_inflight") == 0) {
+			r = get_uint(x, f, p, 1000000, &q->max_inflight);
+		} else if (strcmp(f->string, "context_window") == 0) {
+			r = get_uint(x, f, p, QD_LIMIT_MAX, &q->context_window);
+		} else if (strcmp(f->string, "burst") == 0) {
+			double b;
+			r = get_real(x, f, p, 1.0, &b);
+			if (r == 0 && b <= 0)
+				r = fail(x, p, "must be in (0, 1], got %g", b);
+			if (r == 0) {
+				long ppm = lround(b * 1e6);
+				q->burst_ppm = ppm < 1 ? 1 : (uint32_t)ppm;
+			}
+		} else if (strcmp(f->string, "refund") == 0) {
+			if (!cJSON_IsString(f))
+				r = fail(x, p, "must be \"actual\" or \"none\", not %s", type_name(f));
+			else if (strcmp(f->valuestring, "actual") == 0)
+				q->refund_actual = true;
+			else if (strcmp(f->valuestring, "none") == 0)
+				q->refund_actual = false;
+			else
+				r = fail(x, p, "must be \"actual\" or \"none\", got \"%.32s\"", f->valuestring);
+		} else if (strcmp(f->string, "price_per_mtok") == 0) {
+			double in, out;
+			r = parse_pair(x, f, p, "input", "output", QD_PRICE_MAX, &in, &out);
+			/* USD per million tokens = pico-USD per token * 1e-6 */
+			q->price_in_pusd = (uint64_t)llround(in * 1e6);
+			q->price_out_pusd = (uint64_t)llround(out * 1e6);
+		} else if (strcmp(f->string, "budget_usd") == 0) {
+			double day, month;
+			r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
+			q->budget_day_nusd = (uint64_t)llround(day * 1e9);
+			q->budget_month_nusd = (uint64_t)llround(month * 1e9);
+		} else {
+			r = fail(x, p, "unknown key");
+		}
+		if (r < 0)
+			return r;
+	}
+	/* Every limit must be representable by the arithmetic. */
+	for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
+		if (!q->rate[k])
+			continue;
+		struct qs_limit_cfg l;
+		int64_t period = (k & 1) ? QC_DAY_NS : QC_MINUTE_NS;
+		if (qg_limit_init(&l, (uint32_t)k, q->rate[k], period, q->burst_ppm) < 0) {
+			snprintf(p, sizeof(p), "%s.%s", path, rate_keys[0].key);
+			for (size_t i = 0; i < sizeof(rate_keys) / sizeof(rate_keys[0]); i++)
+				if ((int)rate_keys[i].kind == k)
+					snprintf(p, sizeof(p), "%s.%s", path, rate_keys[i].key);
+			return fail(x, p, "%llu with burst %g is out of range for the arithmetic",
+				    (unsigned long long)q->rate[k], q->burst_ppm / 1e6);
+		}
+	}
+	return 0;
+}
+
+int qd_config_parse(const char *text, size_t len, const char *file, struct qd_config *cfg,
+		    char *err, size_t errlen)
+{
+	struct ctx x = { file ? file : "<config>", err, errlen };
+	memset(cfg, 0, sizeof(*cfg));
+	size_t i = 0;
+	while (i < len && strchr(" \t\r\n", text[i]))
+		i++;
+	if (i == len)
+		return fail(&x, NULL, "empty configuration");
+	const char *end = NULL;
+	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
+	if (!root) {
+		size_t off = end && end >= text ? (size_t)(end - text) : 0;
+		const char *e = cJSON_GetErrorPtr();
+		if (e && e >= text && e <= text + len)
+			off = (size_t)(e - text);
+		unsigned line = 1, col = 1;
+		for (size_t j = 0; j < off && j < len; j++, col++)
+			if (text[j] == '\n')
+				line++, col = 0;
+		return fail(&x, NULL, "line %u, column %u: malformed JSON", line, col);
+	}
+	int r = 0;
+	if (end) {
+		while (end < text + len && strchr(" \t\r\n", *end))
+			end++;
+		if (end < text + len && *end != '\0') {
+			r = fail(&x, NULL, "trailing characters after the JSON document");
+			goto out;
+		}
+	}
+	if (!cJSON_IsObject(root)) {
+		r = fail(&x, NULL, "the top level must be an object, not %s", type_name(root));
+		goto out;
+	}
+	if ((r = no_duplicates(&x, root, "")) < 0)
+		goto out;
+	strcpy(cfg->segment, "quota");
+	cfg->max_quotas = QD_DEFAULT_MAX_QUOTAS;
+	cfg->max_clients = QD_DEFAULT_MAX_CLIENTS;
+	const cJSON *quotas = NULL;
+	for (const cJSON *f = root->child; f; f = f->next) {
+		uint64_t v;
+		if (strcmp(f->string, "segment") == 0) {
+			if (!cJSON_IsString(f))
+				r = fail(&x, "segment", "must be a string, not %s", type_name(f));
+			else if (!*f->valuestring || strlen(f->valuestring) > QD_SEGMENT_NAME_MAX ||
+				 strchr(f->valuestring, '/'))
+				r = fail(&x, "segment", "must be 1 to %d characters without '/'",
+					 QD_SEGMENT_NAME_MAX);
+			else
+				strcpy(cfg->segment, f->valuestring);
+		} else if (strcmp(f->string, "clock") == 0) {
+			if (cJSON_IsString(f) && strcmp(f->valuestring, "monotonic") == 0)
+				cfg->manual_clock = false;
+			else if (cJSON_IsString(f) && strcmp(f->valuestring, "manual") == 0)
+				cfg->manual_clock = true;
+			else
+				r = fail(&x, "clock", "must be \"monotonic\" or \"manual\"");
+		} else if (strcmp(f->string, "max_quotas") == 0) {
+			if ((r = get_uint(&x, f, "max_quotas", QS_MAX_QUOTAS, &v)) == 0 && v == 0)
+				r = fail(&x, "max_quotas", "must be at least 1");
+			cfg->max_quotas = (uint32_t)v;
+		} else if (strcmp(f->string, "max_clients") == 0) {
+			if ((r = get_uint(&x, f, "max_clients", QS_MAX_CLIENTS, &v)) == 0 && v == 0)
+				r = fail(&x, "max_clients", "must be at least 1");
+			cfg->max_clients = (uint32_t)v;
+		} else if (strcmp(f->string, "quotas") == 0) {
+			if (!cJSON_IsObject(f))
+				r = fail(&x, "quotas", "must be an object of named quotas, not %s", type_name(f));
+			else
+				quotas = f;
+		} else {
+			r = fail(&x, f->string, "unknown key");
+		}
+		if (r < 0)
+			goto out;
+	}
+	if (!quotas) {
+		r = fail(&x, "quotas", "missing: at least one quota is needed");
+		goto out;
+	}
+	if ((r = no_duplicates(&x, quotas, "quotas")) < 0)
+		goto out;
+	int n = cJSON_GetArraySize(quotas);
+	if (n == 0) {
+		r = fail(&x, "quotas", "empty: at least one quota is needed");
+		goto out;
+	}
+	if ((uint32_t)n > cfg->max_quotas) {
+		r = fail(&x, "quotas", "%d quotas, but the segment holds max_quotas = %u", n,
+			 cfg->max_quotas);
+		goto out;
+	}
+	cfg->quotas = calloc((size_t)n, sizeof(*cfg->quotas));
+	if (!cfg->quotas) {
+		r = fail(&x, NULL, "out of memory");
+		goto out;
+	}
+	for (const cJSON *qo = quotas->child; qo; qo = qo->next) {
+		if ((r = parse_quota(&x, qo, &cfg->quotas[cfg->nquotas])) < 0)
+			goto out;
+		cfg->nquotas++;
+	}
+out:
+	cJSON_Delete(root);
+	if (r < 0)
+		qd_config_free(cfg);
+	return r;
+}
+
+int qd_config_load(const char *path, struct qd_config *cfg, char *err, size_t errlen)
+{
+	struct ctx x = { path, err, errlen };
+	memset(cfg, 0, sizeof(*cfg));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(&x, NULL, "cannot open: %s", strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return fail(&x, NULL, "not a regular file");
+	}
+	if (st.st_size > QD_FILE_MAX) {
+		close(fd);
+		return fail(&x, NULL, "larger than %d bytes", QD_FILE_MAX);
+	}
+	char *buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return fail(&x, NULL, "out of memory");
+	}
+	size_t got = 0;
+	while (got < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	buf[got] = '\0';
+	int r = qd_config_parse(buf, got, path, cfg, err, errlen);
+	free(buf);
+	return r;
+}
+
+void qd_config_free(struct qd_config *cfg)
+{
+	free(cfg->quotas);
+	cfg->quotas = NULL;
+	cfg->nquotas = 0;
+}
+
+int qd_quota_write(void *base, uint32_t id, const struct qd_quota *qc)
+{
+	struct qs_quota *q = qs_quota_at(base, id);
+	memset(q->name, 0, sizeof(q->name));
+	strcpy(q->name, qc->name);
+	q->flags = qc->refund_actual ? QS_QUOTA_REFUND_ACTUAL : 0;
+	q->context_window = qc->context_window;
+	q->max_inflight = qc->max_inflight;
+	q->price_in_pusd = qc->price_in_pusd;
+	q->price_out_pusd = qc->price_out_pusd;
+	q->budget_day_nusd = qc->budget_day_nusd;
+	q->budget_month_nusd = qc->budget_month_nusd;
+	uint32_t n = 0;
+	for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
+		if (!qc->rate[k])
+			continue;
+		int64_t period = (k & 1) ? QC_DAY_NS : QC_MINUTE_NS;
+		int r = qg_limit_init(&q->cfg[n], (uint32_t)k, qc->rate[k], period, qc->burst_ppm);
+		if (r < 0)
+			return r;
+		n++;
+	}
+	q->nlimits = n;
+	return 0;
+}
+
+int qd_segment_create(const struct qd_config *cfg, const char *name, void **ret_base,
+		      uint64_t *ret_size, char *err, size_t errlen)
+{
+	struct qs_geometry g = {
+		.quota_capacity = cfg->max_quotas,
+		.client_capacity = cfg->max_clients,
+		.incompat_flags = cfg->manual_clock ? QS_INCOMPAT_MANUAL_CLOCK : 0,
+	};
+	uint64_t size = qs_segment_size(&g, NULL);
+	if (size == 0) {
+		snprintf(err, errlen, "segment geometry out of range");
+		return -EINVAL;
+	}
+	char path[QD_SEGMENT_NAME_MAX + 2];
+	snprintf(path, sizeof(path), "/%s", name);
+	mode_t old = umask(0);
+	int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0660);
+	int e = errno;
+	umask(old);
+	if (fd < 0) {
+		if (e == EEXIST)
+			snprintf(err, errlen, "segment %s already exists (/dev/shm%s): another quotad serves it, "
+				 "or it was left behind", path, path);
+		else
+			snprintf(err, errlen, "cannot create segment %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (ftruncate(fd, (off_t)size) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot size segment %s to %llu bytes: %s", path,
+			 (unsigned long long)size, strerror(e));
+		close(fd);
+		shm_unlink(path);
+		return -e;
+	}
+	void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	e = errno;
+	close(fd);
+	if (base == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map segment %s: %s", path, strerror(e));
+		shm_unlink(path);
+		return -e;
+	}
+	qs_format(base, &g);
+	struct qs_header *h = base;
+	struct timespec rt, mono;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	int64_t rt_ns = (int64_t)rt.tv_sec * QC_NS_PER_S + rt.tv_nsec;
+	int64_t mono_ns = (int64_t)mono.tv_sec * QC_NS_PER_S + mono.tv_nsec;
+	h->created_realtime_ns = rt_ns;
+	/* A manual clock starts at 0: UTC periods are counted from creation. */
+	atomic_store_explicit(&h->realtime_offset_ns, cfg->manual_clock ? rt_ns : rt_ns - mono_ns,
+			      memory_order_relaxed);
+	for (uint32_t i = 0; i < cfg->nquotas; i++) {
+		int r = qd_quota_write(base, i, &cfg->quotas[i]);
+		if (r == 0)
+			r = qs_index_insert(base, cfg->quotas[i].name, i);
+		if (r < 0) {
+			snprintf(err, errlen, "quota %s: %s", cfg->quotas[i].name, strerror(-r));
+			munmap(base, size);
+			shm_unlink(path);
+			return r;
+		}
+		atomic_store_explicit(&qs_quota_at(base, i)->state, QS_QUOTA_ACTIVE, memory_order_relaxed);
+	}
+	atomic_store_explicit(&h->quota_count, cfg->nquotas, memory_order_relaxed);
+	/* release: the complete segment is visible before READY (qs_validate) */
+	atomic_store_explicit(&h->state, QS_STATE_READY, memory_order_release);
+	*ret_base = base;
+	*ret_size = size;
+	return 0;
+}
+
+int qd_create_segment_json(const char *json, const char *segment_name, char *err, size_t errlen)
+{
+	struct qd_config cfg;
+	int r = qd_config_parse(json, strlen(json), "<json>", &cfg, err, errlen);
+	if (r < 0)
+		return r;
+	void *base;
+	uint64_t size;
+	r = qd_segment_create(&cfg, segment_name, &base, &size, err, errlen);
+	qd_config_free(&cfg);
+	if (r == 0)
+		munmap(base, size);
+	return r;
+}

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config.h - quotad's configuration: parsed and validated completely into a
+ * plain struct before anything live is touched, then written into a segment.
+ */
+#ifndef QUOTAD_CONFIG_H
+#define QUOTAD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quota.h"
+
+#define QD_SEGMENT_NAME_MAX 250
+#define QD_DEFAULT_MAX_QUOTAS 64
+#define QD_DEFAULT_MAX_CLIENTS 256
+
+struct qd_quota {
+	char name[QUOTA_NAME_MAX + 1];
+	uint64_t rate[QUOTA_RATE_KINDS]; /* by enum quota_limit_kind; 0 = none */
+	uint64_t max_inflight;
+	uint64_t context_window;
+	uint32_t burst_ppm;              /* burst in millionths, (0, 1e6] */
+	bool refund_actual;
+	uint64_t price_in_pusd, price_out_pusd;       /* pico-USD per token */
+	uint64_t budget_day_nusd, budget_month_nusd;  /* nano-USD; 0 = none */
+};
+
+struct qd_config {
+	char segment[QD_SEGMENT_NAME_MAX + 1];
+	bool manual_clock;
+	uint32_t max_quotas, max_clients; /* the segment's capacity */
+	uint32_t nquotas;
+	struct qd_quota *quotas;
+};
+
+/* The embedded default: Llama 4 Scout's published limits and prices. */
+extern const char qd_default_config[];
+
+/*
+ * Parse and validate @len bytes of JSON. @file names the source in messages.
+ * Returns 0, or -EINVAL with a message "FILE: KEY.PATH: reason" in @err.
+ */
+int qd_config_parse(const char *text, size_t len, const char *file, struct qd_config *cfg,
+		    char *err, size_t errlen);
+
+/* Read and parse a file (at most 1 MiB). */
+int qd_config_load(const char *path, struct qd_config *cfg, char *err, size_t errlen);
+
+void qd_config_free(struct qd_config *cfg);
+
+/* Write quota @qc into entry @id of the segment at @base (not yet ACTIVE). */
+int qd_quota_write(void *base, uint32_t id, const struct qd_quota *qc);
+
+/*
+ * Create the shm object "/@name" (O_CREAT|O_EXCL, mode 0660) sized for @cfg,
+ * format it, write every quota, publish READY. Returns 0 with the mapping in
+ * @ret_base and @ret_size, or a negative errno with a message in @err.
+ */
+int qd_segment_create(const struct qd_config *cfg, const char *name, void **ret_base,
+		      uint64_t *ret_size, char *err, size_t errlen);
+
+/* For tests and benchmarks: parse @json, create segment @segment_name ready
+ * to use, unmap it. The caller removes it with shm_unlink("/NAME"). */
+int qd_create_segment_json(const char *json, const char *segment_name, char *err, size_t errlen);
+
+#endif /* QUOTAD_CONFIG_H */
