@@ -39,12 +39,12 @@ static bool segment_name_ok(const char *name)
 	return strchr(name, '/') == NULL;
 }
 
-static int map_segment(const char *name, void **ret_base, uint64_t *ret_size)
+static int map_segment(const char *name, bool readonly, void **ret_base, uint64_t *ret_size)
 {
 	char path[256];
 	path[0] = '/';
 	strcpy(path + 1, name);
-	int fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+	int fd = shm_open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	struct stat st;
@@ -62,7 +62,8 @@ static int map_segment(const char *name, void **ret_base, uint64_t *ret_size)
 		close(fd);
 		return -EBADMSG;
 	}
-	void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	void *base = mmap(NULL, (size_t)st.st_size, readonly ? PROT_READ : PROT_READ | PROT_WRITE,
+			  MAP_SHARED, fd, 0);
 	close(fd);
 	if (base == MAP_FAILED)
 		return -errno;
@@ -110,7 +111,7 @@ static int claim_slot(struct quota_client *c)
 	return -EUSERS;
 }
 
-int quota_open(const char *segment, quota_client **ret)
+static int attach(const char *segment, bool observer, quota_client **ret)
 {
 	if (!ret)
 		return -EINVAL;
@@ -125,7 +126,7 @@ int quota_open(const char *segment, quota_client **ret)
 
 	void *base;
 	uint64_t size;
-	int r = map_segment(segment, &base, &size);
+	int r = map_segment(segment, observer, &base, &size);
 	if (r < 0)
 		return r;
 	/* quotad publishes READY when the segment is complete: wait a little
@@ -155,7 +156,7 @@ int quota_open(const char *segment, quota_client **ret)
 		free(c);
 		return -ENOMEM;
 	}
-	r = claim_slot(c);
+	r = observer ? 0 : claim_slot(c);
 	if (r < 0) {
 		munmap(base, size);
 		free(c->row_of);
@@ -166,13 +167,23 @@ int quota_open(const char *segment, quota_client **ret)
 	return 0;
 }
 
+int quota_open(const char *segment, quota_client **ret)
+{
+	return attach(segment, false, ret);
+}
+
+int qc_open_observer(const char *segment, quota_client **ret)
+{
+	return attach(segment, true, ret);
+}
+
 void quota_close(quota_client *c)
 {
 	if (!c)
 		return;
 	/* A forked child holds a copy of its parent's handle: the slot is not
-	 * its to give back. */
-	if (c->fork_gen == qc_fork_gen) {
+	 * its to give back. An observer has none. */
+	if (c->cs && c->fork_gen == qc_fork_gen) {
 		for (uint32_t r = 0; r < c->rows_used; r++) {
 			struct qs_row *row = &c->cs->rows[r];
 			uint32_t id1 = atomic_load_explicit(&row->quota1, memory_order_relaxed);
@@ -275,7 +286,7 @@ int quota_clock_set(quota_client *c, int64_t now_ns)
 {
 	if (!c || now_ns < 0)
 		return -EINVAL;
-	if (!c->manual)
+	if (!c->manual || !c->cs)
 		return -EPERM;
 	int64_t cur = atomic_load_explicit(&c->h->manual_now_ns, memory_order_relaxed);
 	do {

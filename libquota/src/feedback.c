@@ -16,6 +16,8 @@ int quota_feedback_apply(quota_client *c, int id, const struct quota_feedback *f
 		return -EINVAL;
 	if (c->fork_gen != qc_fork_gen)
 		return -ECHILD;
+	if (!c->cs)
+		return -EPERM;
 	struct qs_quota *q = qc_quota(c, id);
 	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
 		return -ENOENT;

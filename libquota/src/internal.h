@@ -34,6 +34,11 @@ struct quota_client {
 	uint64_t serial;     /* ticket serial numbers */
 };
 
+/* Attach without taking a client slot, for tools that only read (quotactl
+ * status, quotad's restart checks): reserve and friends must not be called
+ * on such a handle. */
+int qc_open_observer(const char *segment, quota_client **ret);
+
 /* Bumped in every forked child (pthread_atfork): a handle opened before the
  * fork belongs to the parent. */
 extern uint64_t qc_fork_gen;

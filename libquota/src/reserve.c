@@ -247,6 +247,8 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 		return -EINVAL;
 	if (c->fork_gen != qc_fork_gen)
 		return -ECHILD;
+	if (!c->cs)
+		return -EPERM;
 	struct qs_quota *q = qc_quota(c, id);
 	/* acquire: pairs with quotad's release when it activates the quota */
 	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
@@ -460,6 +462,8 @@ static int settle_ticket(quota_client *c, struct quota_ticket *t, const struct q
 		return -EINVAL;
 	if (c->fork_gen != qc_fork_gen)
 		return -ECHILD;
+	if (!c->cs)
+		return -EPERM;
 	struct qs_quota *q = qc_quota(c, (int)tk->quota);
 	if (!q)
 		return -EINVAL;
@@ -486,6 +490,8 @@ int quota_backoff(quota_client *c, int id, int64_t retry_after_ns)
 		return -EINVAL;
 	if (c->fork_gen != qc_fork_gen)
 		return -ECHILD;
+	if (!c->cs)
+		return -EPERM;
 	struct qs_quota *q = qc_quota(c, id);
 	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
 		return -ENOENT;
