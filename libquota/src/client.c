@@ -106,6 +106,8 @@ static int claim_slot(struct quota_client *c)
 		c->slot = i;
 		c->cs = cs;
 		c->slot_word = live;
+		/* Tell a running quotad to look (it rescans on its next tick). */
+		atomic_fetch_add_explicit(&c->h->client_seq, 1, memory_order_release);
 		return 0;
 	}
 	return -EUSERS;

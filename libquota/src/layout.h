@@ -91,7 +91,9 @@ struct qs_header {
 	 * Written by quotad at start and on every heartbeat. */
 	_Atomic int64_t realtime_offset_ns;
 	_Atomic uint64_t daemon_starttime; /* /proc start time of daemon_pid */
-	uint64_t reserved1[2];
+	_Atomic uint32_t client_seq;   /* bumped by quota_open(): quotad rescans */
+	uint32_t pad2;
+	uint64_t reserved1[1];
 
 	/* Line 3 (offset 192): manual clock, written by quota_clock_set(). */
 	_Atomic int64_t manual_now_ns;
@@ -145,7 +147,7 @@ struct qs_quota {
 	_Atomic uint32_t state;  /* QS_QUOTA_*; ACTIVE published with release */
 	uint32_t flags;          /* QS_QUOTA_* */
 	uint32_t nlimits;        /* rate limits in use: cfg[0 .. nlimits-1] */
-	uint32_t pad0;
+	_Atomic uint32_t cfg_seq; /* odd while quotad rewrites the config (reload) */
 	uint64_t context_window; /* 0 = none */
 	uint64_t max_inflight;   /* 0 = none */
 	uint64_t price_in_pusd;  /* pico-USD per input token */
