@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# setup-deps.sh - install what building, testing and demoing libquota need,
+# from Debian's archive. Idempotent: does nothing when all is present.
+set -euo pipefail
+pkgs=(
+  build-essential meson ninja-build pkg-config          # toolchain
+  liburing-dev libcjson-dev libcriterion-dev            # core: io_uring, JSON, tests
+  libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
+  libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
+  prometheus                                            # promtool checks the metrics format
+  nodejs                                                # the official openai SDK test (npm)
+  clang                                                 # libFuzzer targets
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# This machine's nodejs may bundle npm (and conflict with Debian's npm).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-deps: missing packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
