@@ -139,4 +139,6 @@ static inline uint64_t qs_spend_in(uint64_t w, uint32_t period)
  * overflow counters if it has none). */
 void qc_count_reject(struct quota_client *c, struct qs_quota *q, uint32_t id, unsigned reason);
 
+int qc_reclaim_slot(void *base, uint32_t slot, uint64_t word, uint32_t counts[3]); /* reclaim.c, quotad only */
+
 #endif /* QUOTA_INTERNAL_H */
