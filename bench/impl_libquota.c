@@ -23,6 +23,15 @@
 
 #ifdef QBENCH_HAVE_LIBQUOTA
 #include "quota.h"
+#ifdef QBENCH_LQ_CAS_RETRIES
+/* The hook: a process-local count of failed compare-exchanges that the
+ * library keeps in its (private) client handle. meson.build enables this
+ * only when struct quota_client has the field. */
+#include "internal.h"
+#define LQ_HAS_RETRIES 1
+#else
+#define LQ_HAS_RETRIES 0
+#endif
 
 #ifndef QBENCH_MKSEG
 #define QBENCH_MKSEG "qbench-mkseg"
@@ -33,6 +42,7 @@ static char seg[96];
 struct lq_state {
 	quota_client *c;
 	int id;
+	uint64_t retries0; /* the handle's CAS retry count at attach */
 	struct quota_ticket t;
 };
 
@@ -175,29 +185,31 @@ static int lq_attach(int quota_index, void **state)
 		free(s);
 		return r;
 	}
+#ifdef QBENCH_LQ_CAS_RETRIES
+	s->retries0 = s->c->cas_retries;
+#endif
 	*state = s;
 	return 0;
 }
 
 static int lq_op(void *state, enum qb_op op, struct qb_counts *c)
 {
-	(void)c; /* CAS retries are not visible through the public API */
 	struct lq_state *s = state;
 	const struct quota_cost cost = { qb_reserve_cost.requests, qb_reserve_cost.input_tokens,
 					 qb_reserve_cost.output_tokens };
 	int r = quota_reserve(s->c, s->id, &cost, 0, &s->t);
-	if (r == -EAGAIN)
-		return 0;
-	if (r < 0)
-		return r;
-	if (op == QB_OP_RESERVE_COMMIT) {
+	if (r == 0 && op == QB_OP_RESERVE_COMMIT) {
 		const struct quota_cost used = { qb_commit_cost.requests, qb_commit_cost.input_tokens,
 						 qb_commit_cost.output_tokens };
 		r = quota_commit(s->c, &s->t, &used);
-		if (r < 0)
-			return r;
+		r = r < 0 ? r : 0;
 	}
-	return 1;
+#ifdef QBENCH_LQ_CAS_RETRIES
+	c->retries = s->c->cas_retries - s->retries0; /* process-local, cumulative */
+#else
+	(void)c; /* CAS retries are not visible through the public API */
+#endif
+	return r == 0 ? 1 : r == -EAGAIN ? 0 : r;
 }
 
 static void lq_detach(void *state)
@@ -270,7 +282,7 @@ int qb_libquota_memory(struct qb_libquota_mem *m)
 const struct qb_impl qb_impl_libquota = {
 	.name = "libquota",
 	.what = "libquota public API: quota_reserve (+ quota_commit), lock-free shm",
-	.has_retries = 0,
+	.has_retries = LQ_HAS_RETRIES,
 	.setup = lq_setup,
 	.prepare = lq_prepare,
 	.attach = lq_attach,

@@ -87,7 +87,20 @@ static struct {
 	const char *json_file;
 	const char *png;
 	unsigned impl_mask;
-} opt = { 5, 500, 0, 0, NULL, NULL, ~0u };
+	const char *only; /* comma-separated scenario ids, NULL: all */
+} opt = { 5, 500, 0, 0, NULL, NULL, ~0u, NULL };
+
+/* Is scenario @id selected by --scenarios? */
+static int selected(const char *id)
+{
+	if (!opt.only)
+		return 1;
+	size_t n = strlen(id);
+	for (const char *p = opt.only; (p = strstr(p, id)); p += n)
+		if ((p == opt.only || p[-1] == ',') && (p[n] == 0 || p[n] == ','))
+			return 1;
+	return 0;
+}
 
 static void usage(FILE *f)
 {
@@ -100,6 +113,7 @@ static void usage(FILE *f)
 		"  --json-file FILE  also write the JSON to FILE\n"
 		"  --png FILE        plot throughput vs processes to FILE (gnuplot)\n"
 		"  --impls LIST      comma-separated subset: floor,libquota,mutex,redis,refcas\n"
+		"  --scenarios LIST  comma-separated scenario ids (default: all; see the table)\n"
 		"  --smoke           correctness checks only (a few seconds); exit 1 on failure\n"
 		"  --help            this text\n\n"
 		"Environment: QBENCH_REDIS_SERVER (default redis-server), QBENCH_GNUPLOT (gnuplot).\n");
@@ -313,7 +327,7 @@ static int run_bench(void)
 	if (!opt.json)
 		qb_print_machine(stdout, &rep.machine), fflush(stdout);
 	for (int s = 0; s < NSCEN; s++) {
-		for (int i = 0; i < NIMPL; i++) {
+		for (int i = 0; i < NIMPL && selected(scenarios[s].id); i++) {
 			if (!impls[i]->name || !(scenarios[s].impls & (1u << i)) ||
 			    !(opt.impl_mask & (1u << i)))
 				continue;
@@ -413,6 +427,7 @@ int main(int argc, char **argv)
 		{ "json-file", required_argument, NULL, 'J' },
 		{ "png", required_argument, NULL, 'p' },
 		{ "impls", required_argument, NULL, 'i' },
+		{ "scenarios", required_argument, NULL, 'S' },
 		{ "smoke", no_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -440,6 +455,9 @@ int main(int argc, char **argv)
 				qb_warn("--impls: unknown implementation in '%s'", optarg);
 				return 2;
 			}
+			break;
+		case 'S':
+			opt.only = optarg;
 			break;
 		case 's':
 			opt.smoke = 1;
