@@ -14,6 +14,8 @@
 #include "fuzz.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+/* Bytes worth inserting into JSON-ish and header-ish inputs. */
+static const char alphabet[] = "{}[]\",:0123456789.eE-+ \\smhnu";
 static uint64_t next(void)
 {
 	rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
@@ -57,7 +59,7 @@ int main(int argc, char **argv)
 			switch (r % 6) {
 			case 0: if (n) buf[at] ^= (uint8_t)(1u << ((r >> 40) % 8)); break;
 			case 1: if (n) buf[at] = (uint8_t)(r >> 32); break;
-			case 2: if (n < sizeof(buf) - 1) { memmove(buf + at + 1, buf + at, n - at); buf[at] = "{}[]\",:0-9.e \\"[(r >> 32) % 17]; n++; } break;
+			case 2: if (n < sizeof(buf) - 1) { memmove(buf + at + 1, buf + at, n - at); buf[at] = alphabet[(r >> 32) % (sizeof(alphabet) - 1)]; n++; } break;
 			case 3: if (n) { memmove(buf + at, buf + at + 1, n - at - 1); n--; } break;
 			case 4: n = at; break;
 			default: {
