@@ -68,6 +68,7 @@ static struct config {
 	size_t max_body;
 	unsigned max_connections, max_keys;
 	int quiet;
+	FILE *trace;
 } cfg = {
 	.port = 0,
 	.limit = { 1200, 900000, 0, 0 },
@@ -83,6 +84,18 @@ static struct config {
 	.max_keys = 256,
 	.quiet = 0,
 };
+
+/*
+ * --trace: one line per admission decision and per refund, for checking a
+ * client against the referee afterwards. Level figures are the TPM bucket's,
+ * in thousandths of a token. Caller holds st.lock.
+ */
+static void trace_level(const struct bucket *b, char *buf, size_t size)
+{
+	sim_u128 milli = b->limit ? b->level * 1000 / (uint64_t)b->period_ns : 0;
+
+	snprintf(buf, size, "%" PRIu64, (uint64_t)milli);
+}
 
 /* Per API key: its buckets and counters. */
 struct key_state {
@@ -601,6 +614,14 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 			worst_l = l;
 		}
 	}
+	if (cfg.trace) {
+		char lv[32], lr[32];
+
+		trace_level(&k->b[L_TPM], lv, sizeof(lv));
+		trace_level(&k->b[L_RPM], lr, sizeof(lr));
+		fprintf(cfg.trace, "arrive %" PRId64 " %s tokens %" PRIu64 " tpm_level_milli %s rpm_level_milli %s %s\n",
+			t_arrive, key, cost[L_TPM], lv, lr, worst == 0 ? "admit" : "reject");
+	}
 	if (worst != 0) {
 		const char *type = worst_l == L_RPM || worst_l == L_RPD ? "requests" : "tokens";
 		static const char *const what[L_N] = { "requests per min (RPM)",
@@ -687,6 +708,13 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 		for (l = L_TPM; l < L_N; l += 2) {
 			bucket_refill(&k->b[l], t);
 			bucket_give(&k->b[l], unused);
+		}
+		if (cfg.trace) {
+			char lv[32];
+
+			trace_level(&k->b[L_TPM], lv, sizeof(lv));
+			fprintf(cfg.trace, "refund %" PRId64 " %s tokens %" PRIu64 " tpm_level_milli %s\n",
+				t, key, unused, lv);
 		}
 	}
 	k->served++;
@@ -826,6 +854,7 @@ static void usage(FILE *f)
 		"      --max-body BYTES     largest request body (default 1048576)\n"
 		"      --max-connections N  concurrent connections (default 512)\n"
 		"      --max-keys N         distinct API keys tracked (default 256)\n"
+		"      --trace FILE         log every admission decision and refund to FILE\n"
 		"  -q, --quiet              no log lines on stderr\n"
 		"  -h, --help               this text\n");
 }
@@ -883,7 +912,7 @@ static void parse_options(int argc, char **argv)
 {
 	enum {
 		O_RPM = 256, O_TPM, O_RPD, O_TPD, O_BURST, O_REFUND, O_CONTEXT, O_DEFMAX,
-		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS
+		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE
 	};
 	static const struct option opts[] = {
 		{ "port", required_argument, NULL, 'p' },
@@ -901,6 +930,7 @@ static void parse_options(int argc, char **argv)
 		{ "max-body", required_argument, NULL, O_BODY },
 		{ "max-connections", required_argument, NULL, O_CONNS },
 		{ "max-keys", required_argument, NULL, O_KEYS },
+		{ "trace", required_argument, NULL, O_TRACE },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -934,6 +964,13 @@ static void parse_options(int argc, char **argv)
 		case O_BODY: cfg.max_body = (size_t)opt_uint("max-body", optarg, 1024, 64 << 20); break;
 		case O_CONNS: cfg.max_connections = (unsigned)opt_uint("max-connections", optarg, 1, 4096); break;
 		case O_KEYS: cfg.max_keys = (unsigned)opt_uint("max-keys", optarg, 1, 65536); break;
+		case O_TRACE:
+			cfg.trace = fopen(optarg, "w");
+			if (!cfg.trace) {
+				fprintf(stderr, "quota-sim: --trace %s: %s\n", optarg, strerror(errno));
+				exit(2);
+			}
+			break;
 		case 'q': cfg.quiet = 1; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -1027,6 +1064,8 @@ int main(int argc, char **argv)
 	       sig, st.served, st.rejected_429, st.rejected_requests, st.rejected_tokens,
 	       st.rejected_too_large, st.bad_request);
 	pthread_mutex_unlock(&st.lock);
+	if (cfg.trace)
+		fclose(cfg.trace);
 	free(st.keys);
 	return 0;
 }

@@ -281,7 +281,7 @@ static int parse_usage(const struct http *h, uint64_t *prompt, uint64_t *complet
 
 struct record {
 	uint64_t seq;
-	int64_t start_ns, sent_ns, end_ns, reserve_waited_ns;
+	int64_t start_ns, admit_ns, sent_ns, end_ns, reserve_waited_ns;
 	long status;
 	unsigned attempts, n429;
 	uint64_t prompt_tokens, completion_tokens;
@@ -387,6 +387,7 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 			return ret;
 		}
 		r->reserve_waited_ns += t.waited_ns;
+		r->admit_ns = quota_ticket_time(&t);
 		r->sent_ns = now_ns();
 		r->attempts++;
 		st = http_post(h, body, len);
@@ -625,7 +626,7 @@ int main(int argc, char **argv)
 		setvbuf(log, NULL, _IOLBF, 0);
 		fprintf(log, "worker,seq,mode,start_ns,sent_ns,end_ns,status,attempts,n429,"
 			     "prompt_tokens,completion_tokens,max_tokens,waited_ns,"
-			     "reserve_waited_ns\n");
+			     "reserve_waited_ns,admit_ns\n");
 	}
 	if (!cfg.naive) {
 		ret = quota_open(cfg.segment, &qc);
@@ -676,12 +677,12 @@ int main(int argc, char **argv)
 		if (log)
 			fprintf(log,
 				"%d,%" PRIu64 ",%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%ld,%u,%u,%" PRIu64
-				",%" PRIu64 ",%" PRIu64 ",%" PRId64 ",%" PRId64 "\n",
+				",%" PRIu64 ",%" PRIu64 ",%" PRId64 ",%" PRId64 ",%" PRId64 "\n",
 				cfg.id, r.seq, cfg.naive ? "naive" : "quota", r.start_ns,
 				r.attempts ? r.sent_ns : 0, r.end_ns, r.status, r.attempts, r.n429,
 				r.prompt_tokens, r.completion_tokens, cfg.max_tokens,
 				r.attempts && r.status == 200 ? r.sent_ns - r.start_ns : 0,
-				r.reserve_waited_ns);
+				r.reserve_waited_ns, r.admit_ns);
 		if (ret < 0)
 			break;
 	}
