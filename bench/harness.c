@@ -88,7 +88,7 @@ static void worker(const struct qb_impl *im, const struct qb_run_params *p, int 
 	uint64_t n;
 	for (n = 0; n < max; n++) {
 		int r;
-		if ((n & mask) == 0) {
+		if ((n & mask) == mask) { /* not op 0: it pays first-touch faults */
 			if (atomic_load_explicit(&sh->stop, memory_order_relaxed))
 				break;
 			int64_t a = qb_now_ns();

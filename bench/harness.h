@@ -16,7 +16,7 @@ struct qb_run_params {
 	int distinct;         /* worker i uses quota i, else all use quota 0 */
 	int64_t duration_ns;  /* > 0: timed run; 0: until max_ops */
 	uint64_t max_ops;     /* per worker */
-	uint64_t sample_mask; /* time operations whose index & mask == 0 */
+	uint64_t sample_mask; /* time operations whose index & mask == mask */
 };
 
 struct qb_run_result {

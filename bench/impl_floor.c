@@ -1,18 +1,25 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * impl_floor.c - the physical floor: what any reservation must at least do,
- * one CLOCK_MONOTONIC read and one compare-and-swap, here on a cache line
- * private to the process so that nothing else costs anything. libquota's
- * single-process figure is reported as a fraction of this.
+ * one CLOCK_MONOTONIC read and one compare-and-swap. Each quota index is one
+ * cache line in shared memory: with one process per line ("floor",
+ * "floor-2p") the line stays private to its process, so nothing else costs
+ * anything and libquota's single-process figure is reported as a fraction
+ * of it; with every process on line 0 ("floor-hot-N") it is the floor of a
+ * hot quota, the price of moving one cache line between cores per operation,
+ * which no design that shares one word per quota can beat.
  */
-#include <stdatomic.h>
+#include <errno.h>
 #include <stdlib.h>
 
-#include "bench.h"
+#include "shmtab.h"
+
+static struct qb_table tab;
 
 struct floor_state {
-	_Alignas(64) _Atomic int64_t word;
-	char pad[64 - sizeof(int64_t)];
+	void *map;
+	uint64_t len;
+	struct qb_entry *e;
 };
 
 static int floor_setup(void)
@@ -23,17 +30,19 @@ static int floor_setup(void)
 static int floor_prepare(const struct qb_quota_spec *spec, int nquotas)
 {
 	(void)spec;
-	(void)nquotas;
-	return 0;
+	return qb_table_create(&tab, "floor", nquotas, 0);
 }
 
 static int floor_attach(int quota_index, void **state)
 {
-	(void)quota_index;
-	struct floor_state *s = aligned_alloc(64, sizeof(*s));
+	struct floor_state *s = calloc(1, sizeof(*s));
 	if (!s)
-		return -1;
-	atomic_init(&s->word, 0);
+		return -ENOMEM;
+	s->e = qb_table_attach(&tab, quota_index, &s->map, &s->len);
+	if (!s->e) {
+		free(s);
+		return -EIO;
+	}
 	*state = s;
 	return 0;
 }
@@ -42,36 +51,33 @@ static int floor_op(void *state, enum qb_op op, struct qb_counts *c)
 {
 	(void)op;
 	struct floor_state *s = state;
+	_Atomic int64_t *w = &s->e->tat[0];
 	int64_t now = qb_now_ns();
-	int64_t old = atomic_load_explicit(&s->word, memory_order_relaxed);
-	/* The CAS a GCRA reservation makes: new tat from old tat and now. */
-	int64_t next = (old > now ? old : now) + 1;
-	/* acq_rel as a GCRA reservation needs it (it publishes its charge and
-	 * reads the others'); on x86-64 any CAS is the same lock cmpxchg. */
-	while (!atomic_compare_exchange_weak_explicit(&s->word, &old, next, memory_order_acq_rel,
-						      memory_order_relaxed)) {
+	int64_t old = atomic_load_explicit(w, memory_order_relaxed);
+	/* The CAS a GCRA reservation makes: new tat from old tat and now.
+	 * acq_rel as a reservation needs it (it publishes its charge and reads
+	 * the others'); on x86-64 any CAS is the same lock cmpxchg. */
+	while (!atomic_compare_exchange_weak_explicit(w, &old, (old > now ? old : now) + 1,
+						      memory_order_acq_rel, memory_order_relaxed))
 		c->retries++;
-		next = (old > now ? old : now) + 1;
-	}
 	return 1;
 }
 
 static void floor_detach(void *state)
 {
-	free(state);
+	struct floor_state *s = state;
+	qb_table_detach(s->map, s->len);
+	free(s);
 }
 
 static void floor_finish(void)
 {
-}
-
-static void floor_teardown(void)
-{
+	qb_table_remove(&tab);
 }
 
 const struct qb_impl qb_impl_floor = {
 	.name = "floor",
-	.what = "one clock_gettime(CLOCK_MONOTONIC) + one CAS on a private cache line",
+	.what = "one clock_gettime(CLOCK_MONOTONIC) + one CAS (private line; floor-hot: one shared line)",
 	.has_retries = 1,
 	.setup = floor_setup,
 	.prepare = floor_prepare,
@@ -79,5 +85,5 @@ const struct qb_impl qb_impl_floor = {
 	.op = floor_op,
 	.detach = floor_detach,
 	.finish = floor_finish,
-	.teardown = floor_teardown,
+	.teardown = floor_finish,
 };

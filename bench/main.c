@@ -56,7 +56,9 @@ static const struct qb_quota_spec spec_exact = { .rpd = 1000, .tpd = 30000 };
 
 static const struct qb_scenario scenarios[] = {
 	{ "floor", "physical floor: clock + CAS, private line", QB_OP_RESERVE, 1, 0, &spec1, IMPL_FLOOR },
-	{ "floor-2p", "physical floor, 2 processes", QB_OP_RESERVE, 2, 1, &spec1, IMPL_FLOOR },
+	{ "floor-2p", "physical floor, 2 processes, a line each", QB_OP_RESERVE, 2, 1, &spec1, IMPL_FLOOR },
+	{ "floor-hot-2", "hot floor: clock + CAS on one shared line, 2 processes", QB_OP_RESERVE, 2, 0, &spec1, IMPL_FLOOR },
+	{ "floor-hot-16", "hot floor: clock + CAS on one shared line, 16 processes", QB_OP_RESERVE, 16, 0, &spec1, IMPL_FLOOR },
 	{ "reserve-1l", "1 process reserve, 1 limit (rpm)", QB_OP_RESERVE, 1, 0, &spec1, IMPL_CMP },
 	{ "reserve", "1 process reserve, 2 limits (rpm+tpm)", QB_OP_RESERVE, 1, 0, &spec2, IMPL_CMP },
 	{ "reserve-4l", "1 process reserve, 4 limits", QB_OP_RESERVE, 1, 0, &spec4, IMPL_CMP },

@@ -35,7 +35,7 @@ struct qb_result {
 	struct qb_counts c;    /* summed over runs */
 	int64_t wall_ns;       /* summed over runs */
 	struct qb_hist h;      /* all runs' samples */
-	uint64_t p50, p99, p999, samples;
+	uint64_t p50, p99, p999, p9999, samples;
 	double retries_per_op; /* < 0: not measurable */
 	int err;
 };
