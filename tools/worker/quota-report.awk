@@ -20,6 +20,10 @@
 #   spend_usd                          what the served requests cost
 #   wait_p50_ms, wait_p99_ms           waited_ns of served requests (time from
 #                                      wanting to send to the successful send)
+#   ss_wait_p50_ms, ss_wait_p99_ms     the same for the requests started in the
+#                                      measured interval ("steady state"); one
+#                                      abandoned at the end of the run counts
+#                                      with the time it had waited (end - start)
 
 BEGIN { FS = ","; n = 0; t0 = -1 }
 
@@ -30,6 +34,10 @@ NF < 15 { next }                 # a truncated line (a killed worker)
 	start = $4 + 0; sent = $5 + 0; status = $7 + 0
 	if (t0 < 0 || start < t0) t0 = start
 	n429 += $9
+	if (status == 200 || status == 0) {
+		nr++; r_start[nr] = start
+		r_wait[nr] = (status == 200 ? $13 : $6 - $4) / 1000000
+	}
 	if (status == 200) {
 		served++
 		rec_sent[served] = sent
@@ -71,7 +79,10 @@ END {
 	w = duration - warmup
 	rpm_util = (rpm > 0 && w > 0) ? 100 * wreq / (rpm * w / 60) : 0
 	tpm_util = (tpm > 0 && w > 0) ? 100 * wtok / (tpm * w / 60) : 0
+	for (i = 1; i <= nr; i++)
+		if (r_start[i] >= ws && r_start[i] < we) ssw[++nss] = r_wait[i]
 	qsort(wait, 1, n)
+	qsort(ssw, 1, nss)
 	printf "served=%d\nn429=%d\nabandoned=%d\nfailed=%d\n", served, n429, abandoned, failed
 	printf "window_s=%.1f\nwindow_requests=%d\nwindow_tokens=%d\n", w, wreq, wtok
 	printf "rpm_util=%.1f\ntpm_util=%.1f\n", rpm_util, tpm_util
@@ -79,4 +90,5 @@ END {
 	else printf "binding=rpm\nbinding_util=%.1f\n", rpm_util
 	printf "spend_usd=%.4f\n", spend
 	printf "wait_p50_ms=%.0f\nwait_p99_ms=%.0f\n", pct(wait, n, 50), pct(wait, n, 99)
+	printf "ss_wait_p50_ms=%.0f\nss_wait_p99_ms=%.0f\n", pct(ssw, nss, 50), pct(ssw, nss, 99)
 }
