@@ -453,3 +453,46 @@ Test(gcra, monotonic_segment_refuses_clock_set)
 	cr_assert_gt(quota_now(c), 0);
 	quota_close(c);
 }
+
+Test(gcra, refunds_during_a_wait_keep_the_waiter_in_place)
+{
+	/* rpm 60 burst 0.01: capacity 1, tau 1 s (binds); tpm 60000 burst 0.01:
+	 * capacity 600, tau 600 ms. */
+	char name[128];
+	quota_client *c = tl_manual("wref", "\"rpm\": 60, \"tpm\": 60000, \"burst\": 0.01", name,
+				    sizeof(name));
+	struct quota_ticket t;
+	cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 100, 0 }, &t), 0); /* rpm TAT 1 s */
+	int fd[2];
+	cr_assert_eq(pipe(fd), 0);
+	int64_t before = atomic_load(&tl_quota(c, 0)->tat[0]);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		quota_client *cc;
+		int64_t rep[2] = { -1, -1 };
+		if (quota_open(name, &cc) == 0) {
+			struct quota_ticket ct;
+			rep[0] = quota_reserve(cc, 0, &(struct quota_cost){ 1, 100, 0 }, 10 * TL_S, &ct);
+			rep[1] = quota_ticket_time(&ct);
+			quota_close(cc);
+		}
+		(void)!write(fd[1], rep, sizeof(rep));
+		_exit(0);
+	}
+	wait_tat_past(c, before);
+	/* The waiter's tpm slot starts tau/8 = 75 ms after its admission time
+	 * (1 s): [1.075 s, 1.175 s). */
+	cr_assert_eq(atomic_load(&tl_quota(c, 0)->tat[1]), 1175 * TL_MS);
+	/* 50 of our 100 tokens come back while it waits (a refund that moves its
+	 * tpm slot by 50 ms, within its 75 ms of room). */
+	cr_assert_eq(quota_commit(c, &t, &(struct quota_cost){ 1, 50, 0 }), 0);
+	cr_assert_eq(quota_clock_set(c, TL_S), 0);
+	int64_t rep[2];
+	cr_assert_eq(read(fd[0], rep, sizeof(rep)), (ssize_t)sizeof(rep));
+	cr_assert_eq(rep[0], 0);
+	cr_assert_eq(rep[1], TL_S, "admitted at its place in line, not requeued");
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	quota_close(c);
+}

@@ -33,10 +33,12 @@
  * counts what it gives in refund_begun before and in refund_done after its
  * CAS, so refund_begun(now) - refund_done(read before our reserve CAS) bounds
  * how far our slot can have moved, and e_ours is estimated low by that much.
- * A slot still waiting (admitted in the future) has slack s - a = tau - inc;
- * the waiter checks on waking that the refunds begun meanwhile cannot have
- * moved it by more, and otherwise gives its slot back and queues again
- * (reserve.c). So the bound above holds with refunds, and a refund is lost
+ * A reservation that waits (a in the future) places each of its slots at
+ * s = max(TAT, a + min(tau - inc, tau/8)), still inside [a, a + tau], so it
+ * has slack s - a of up to tau/8; the waiter checks on waking that the
+ * refunds begun meanwhile cannot have moved it by more, and otherwise gives
+ * its slot back and queues again (reserve.c) - in practice only if an eighth
+ * of a period's worth of refunds happened during its wait. So the bound above holds with refunds, and a refund is lost
  * only when the budget it would return has already flowed away (our slot is
  * in the past: the provider has also counted that time).
  *

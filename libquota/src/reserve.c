@@ -26,6 +26,9 @@
 
 /* Largest cost field accepted: keeps every sum and product in range. */
 #define QC_COST_MAX (1ULL << 62)
+/* A waiting reservation's slots start at least tau / this after its
+ * admission time: the room refunds have to move them while it waits. */
+#define QC_WAIT_SLACK_DIV 8
 /* quota_backoff() accepts at most a day. */
 #define QC_BACKOFF_MAX QC_DAY_NS
 
@@ -360,13 +363,22 @@ again:;
 			goto refuse;
 		}
 	}
+	/* A reservation that waits places each slot at least tau/8 after its
+	 * admission time (within its window [a, a + tau]), so that refunds made
+	 * while it sleeps have room to move it (see gcra.c) instead of making it
+	 * requeue. Not later: a limit that does not bind keeps 7/8 of its burst
+	 * to absorb the mix of costs, instead of pacing every request. */
+	bool waits = a > now;
 	uint32_t k;
 	for (k = 0; k < n; k++) {
 		_Atomic int64_t *w = qs_tat(q, k);
 		int64_t cur = tat[k];
+		int64_t room = q->cfg[k].tau_ns - (int64_t)inc[k];
+		int64_t lo = waits ? a + (room < q->cfg[k].tau_ns / QC_WAIT_SLACK_DIV ?
+					  room : q->cfg[k].tau_ns / QC_WAIT_SLACK_DIV) : a;
 		bool later = false;
 		for (;;) {
-			int64_t e = (cur > a ? cur : a) + (int64_t)inc[k];
+			int64_t e = (cur > lo ? cur : lo) + (int64_t)inc[k];
 			/* relaxed: the TAT is self-contained; what the slot is
 			 * worth was decided from values this CAS validates. */
 			if (atomic_compare_exchange_weak_explicit(w, &cur, e, memory_order_relaxed,
