@@ -1,0 +1,47 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+#
+# openai_sdk.sh - runs openai_sdk.mjs (the official `openai` npm package)
+# against quota-sim. The package is installed once into NODE_DIR (in the
+# build tree). Exit 77 (skipped) only when node/npm are missing or the
+# package cannot be installed.
+#
+# Usage: openai_sdk.sh QUOTA-SIM SCRIPT.mjs NODE_DIR
+set -u
+SIM=$1 SCRIPT=$2 NODE_DIR=$3
+
+command -v node >/dev/null && command -v npm >/dev/null ||
+	{ echo "SKIP: node and npm are needed"; exit 77; }
+if [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; then
+	mkdir -p "$NODE_DIR" || exit 1
+	if ! npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error openai \
+		>"$NODE_DIR/npm-install.log" 2>&1; then
+		tail -n 20 "$NODE_DIR/npm-install.log"
+		echo "SKIP: npm install openai failed"
+		exit 77
+	fi
+fi
+echo "openai SDK $(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NODE_DIR/node_modules/openai/package.json" | head -n 1)"
+cp "$SCRIPT" "$NODE_DIR/openai_sdk.mjs" || exit 1
+
+tmp=$(mktemp -d /tmp/quota-sdk.XXXXXX) || exit 1
+sim_pid=
+cleanup() {
+	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# One request at once, then one per second, per key.
+"$SIM" --rpm 60 --burst 0.01 --latency-ms 5 --per-token-us 0 >"$tmp/port" 2>"$tmp/sim.err" &
+sim_pid=$!
+port=
+for ((i = 0; i < 200; i++)); do
+	[ -s "$tmp/port" ] && IFS= read -r port <"$tmp/port" && [ -n "$port" ] && break
+	kill -0 "$sim_pid" 2>/dev/null || break
+	sleep 0.05
+done
+[ -n "$port" ] || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
+
+node "$NODE_DIR/openai_sdk.mjs" "$port"
