@@ -215,18 +215,8 @@ void quota_close(quota_client *c)
 	free(c);
 }
 
-struct qs_quota *qc_quota(const struct quota_client *c, int id)
+struct qs_row *qc_row_new(struct quota_client *c, uint32_t id)
 {
-	if (id < 0 || (uint32_t)id >= c->quota_capacity)
-		return NULL;
-	return qs_quota_at(c->base, (uint32_t)id);
-}
-
-struct qs_row *qc_row(struct quota_client *c, uint32_t id)
-{
-	uint16_t r = c->row_of[id];
-	if (r)
-		return &c->cs->rows[r - 1];
 	if (c->rows_used >= QS_CLIENT_ROWS)
 		return NULL;
 	struct qs_row *row = &c->cs->rows[c->rows_used];

@@ -97,11 +97,23 @@ void qc_periods(const struct quota_client *c, int64_t now, uint32_t *day, uint32
 void qc_periods_of(int64_t realtime_ns, uint32_t *day, uint32_t *month);
 
 /* The quota entry for id, or NULL if the id is out of range. */
-struct qs_quota *qc_quota(const struct quota_client *c, int id);
+static inline struct qs_quota *qc_quota(const struct quota_client *c, int id)
+{
+	if (id < 0 || (uint32_t)id >= c->quota_capacity)
+		return NULL;
+	return qs_quota_at(c->base, (uint32_t)id);
+}
+
+/* Assign this process a row for quota id: NULL if every row is taken. */
+struct qs_row *qc_row_new(struct quota_client *c, uint32_t id);
 
 /* The row of this process for quota id (assigned on first use), or NULL if
  * every row is taken. */
-struct qs_row *qc_row(struct quota_client *c, uint32_t id);
+static inline struct qs_row *qc_row(struct quota_client *c, uint32_t id)
+{
+	uint16_t r = c->row_of[id];
+	return r ? &c->cs->rows[r - 1] : qc_row_new(c, id);
+}
 
 /* Give back @n in-flight slots of quota @q held through @row. */
 void qc_inflight_release(struct quota_client *c, struct qs_quota *q, struct qs_row *row,

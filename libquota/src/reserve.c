@@ -174,7 +174,7 @@ static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *t
 	uint64_t areq = actual ? actual->requests : 0;
 	uint64_t ain = actual ? actual->input_tokens : 0;
 	uint64_t aout = actual ? actual->output_tokens : 0;
-	int64_t now = qc_clock(c);
+	int64_t now = -1; /* read only if debt or spend needs it */
 	uint32_t n = tk->nlimits <= q->nlimits ? tk->nlimits : q->nlimits;
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -189,6 +189,8 @@ static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *t
 			if (keep < tl->inc)
 				qg_refund(c, q, k, tl, tl->inc - keep);
 		} else if (act > est) {
+			if (now < 0)
+				now = qc_clock(c);
 			qg_debt(q, k, qg_charge(l, act - est), now);
 		}
 	}
@@ -198,6 +200,8 @@ static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *t
 		int64_t delta = (int64_t)spent - (int64_t)tk->spend_nusd;
 		if (delta) {
 			uint32_t day, month;
+			if (now < 0)
+				now = qc_clock(c);
 			qc_periods(c, now, &day, &month);
 			if (!tk->spend_nusd) /* no budget: charged at commit only */
 				tk->day = day, tk->month = month;
