@@ -101,3 +101,20 @@ Test(attach, world_writable_segment_is_refused)
 	quota_client *c;
 	cr_assert_eq(quota_open(name, &c), -EACCES);
 }
+
+Test(attach, a_segment_being_created_is_waited_for, .timeout = 30)
+{
+	/* All zeroes (sized, header not yet written) is "initializing", not
+	 * foreign: quota_open waits, then gives up with -ETIMEDOUT. */
+	char name[128], path[140];
+	tl_name(name, sizeof(name), "zero");
+	snprintf(path, sizeof(path), "/%s", name);
+	int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0660);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ftruncate(fd, 65536), 0);
+	close(fd);
+	quota_client *c;
+	int r = quota_open(name, &c);
+	shm_unlink(path);
+	cr_assert_eq(r, -ETIMEDOUT);
+}

@@ -82,7 +82,10 @@ QUOTA_PUBLIC int quota_open(const char *segment, quota_client **ret);
  */
 QUOTA_PUBLIC void quota_close(quota_client *c);
 
-/** Quota id (>= 0) of the quota named @quota_name, or -ENOENT, -EINVAL. */
+/**
+ * Quota id (>= 0) of the quota named @quota_name, or -ENOENT, -EINVAL;
+ * -EAGAIN if quotad kept rewriting the name index (a reload) throughout.
+ */
 QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
 
 /**

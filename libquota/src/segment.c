@@ -7,6 +7,7 @@
  * known to be in range.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -122,6 +123,10 @@ int qs_validate(const void *base, uint64_t size)
 	const struct qs_header *h = base;
 	if (size < QS_HEADER_SIZE)
 		return -EBADMSG;
+	/* quotad sizes the object before it writes the header: all zeroes is
+	 * a segment being created, not a foreign one. */
+	if (h->magic == 0 && atomic_load_explicit(&h->state, memory_order_acquire) == 0)
+		return -EAGAIN;
 	if (h->magic != QS_MAGIC)
 		return -EBADMSG;
 	if (h->major != QS_MAJOR)
@@ -210,8 +215,10 @@ int qs_index_find(void *base, const char *name)
 	for (int attempt = 0; attempt < 1000; attempt++) {
 		/* acquire: pairs with quotad's release when it finishes a rewrite */
 		uint32_t seq = atomic_load_explicit(&h->index_seq, memory_order_acquire);
-		if (seq & 1)
+		if (seq & 1) {
+			sched_yield(); /* quotad is rewriting the index (reload) */
 			continue;
+		}
 		int found = -ENOENT;
 		for (uint32_t n = 0, i = hash & mask; n < h->index_capacity; n++, i = (i + 1) & mask) {
 			uint32_t id1 = ix[i].id1;
