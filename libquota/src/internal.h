@@ -32,6 +32,7 @@ struct quota_client {
 	uint32_t quota_capacity;
 	uint32_t rows_used;
 	uint64_t serial;     /* ticket serial numbers */
+	uint64_t cas_retries; /* failed CASes on rate limits (benchmarks read it) */
 };
 
 /* Attach without taking a client slot, for tools that only read (quotactl

@@ -391,6 +391,7 @@ again:;
 							       .kind = q->cfg[k].kind };
 				break;
 			}
+			c->cas_retries++;
 			if (cur + (int64_t)inc[k] - q->cfg[k].tau_ns > a) {
 				later = true;
 				break;
