@@ -1,54 +1,42 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * main.c - quotad: creates the shared segment from a validated config, then
- * runs a single-threaded io_uring event loop (signals through signalfd and a
- * heartbeat timer) until SIGTERM or SIGINT. Logs to stderr. The workers'
- * hot path never talks to this process; it owns setup, liveness and
- * teardown.
+ * main.c - quotad: options, then start (create the shared segment from a
+ * validated config, or adopt the live one a previous quotad left), run the
+ * io_uring event loop (loop.c) until SIGTERM or SIGINT, stop. Logs to stderr.
+ * The workers' hot path never talks to this process; it owns setup,
+ * liveness, reclamation, reload, persistence and the control socket.
+ *
+ * ONE DAEMON PER SEGMENT. Whoever holds an exclusive flock on the segment's
+ * shm object serves it. The kernel drops the lock when its holder dies
+ * (kill -9 included), so a restarted quotad takes over at once and of two
+ * quotads started together exactly one wins; the loser names the winner's
+ * pid (header.daemon_pid) and exits 1.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <liburing.h>
+#include "quotad.h"
 
-#include "config.h"
-#include "internal.h"
-#include "layout.h"
-
+#define EXIT_RUNTIME 1
 #define EXIT_CONFIG 2
-#define HEARTBEAT_NS (QC_NS_PER_S / 2)
 
-enum { EV_SIGNAL = 1, EV_TIMER = 2 };
+int qd_verbose;
 
-struct daemon {
-	struct io_uring ring;
-	int sigfd;
-	struct signalfd_siginfo si;
-	struct __kernel_timespec tick;
-	void *base;
-	uint64_t size;
-	struct qs_header *h;
-	char segment[QD_SEGMENT_NAME_MAX + 2]; /* "/NAME" */
-	bool remove_on_exit;
-	bool stop;
-	int verbose;
-};
-
-static int log_verbose;
-
-__attribute__((format(printf, 2, 3)))
-static void logmsg(const char *level, const char *fmt, ...)
+void qd_log(const char *level, const char *fmt, ...)
 {
-	if (strcmp(level, "debug") == 0 && !log_verbose)
+	if (strcmp(level, "debug") == 0 && !qd_verbose)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
@@ -56,6 +44,20 @@ static void logmsg(const char *level, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
 	va_end(ap);
+}
+
+int64_t qd_mono(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * QC_NS_PER_S + ts.tv_nsec;
+}
+
+int64_t qd_now(const struct daemon *d)
+{
+	if (d->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK)
+		return atomic_load_explicit(&d->h->manual_now_ns, memory_order_acquire);
+	return qd_mono();
 }
 
 static void usage(FILE *f)
@@ -67,6 +69,12 @@ static void usage(FILE *f)
 	      "  -c, --config FILE         JSON configuration (default: the embedded one,\n"
 	      "                            Llama 4 Scout: 1200 RPM, 900000 TPM)\n"
 	      "      --segment NAME        shm segment /NAME (overrides the config's \"segment\")\n"
+	      "      --socket PATH         control socket (default $QUOTA_SOCKET, else\n"
+	      "                            /run/quotad.sock as root, $XDG_RUNTIME_DIR/quotad.sock)\n"
+	      "      --state-dir DIR       keep the spend ledger in DIR (restored at start)\n"
+	      "      --max-connections N   control connections at once (default 64)\n"
+	      "      --idle-timeout SEC    drop a silent control connection (default 30)\n"
+	      "      --max-line BYTES      longest control request (default 4096)\n"
 	      "      --remove-on-exit      remove the segment when stopping (tests, demos)\n"
 	      "      --ready-fd FD         write \"ready\\n\" to FD once the segment is served\n"
 	      "      --check-config FILE   validate FILE and exit (0 valid, 2 invalid)\n"
@@ -75,7 +83,9 @@ static void usage(FILE *f)
 	      "  -h, --help                show this help\n"
 	      "      --version             show the version\n"
 	      "\n"
-	      "Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime error, 2 usage or config error.\n",
+	      "Signals: HUP reloads the config, TERM and INT stop (the segment stays).\n"
+	      "Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime error (or another quotad\n"
+	      "serves the segment), 2 usage or config error.\n",
 	      f);
 }
 
@@ -91,83 +101,153 @@ static void heartbeat(struct daemon *d)
 	atomic_store_explicit(&d->h->heartbeat_ns, mono_ns, memory_order_relaxed);
 }
 
-static int arm_signal(struct daemon *d)
+void qd_tick(struct daemon *d)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&d->ring);
-	if (!sqe)
-		return -EBUSY;
-	io_uring_prep_read(sqe, d->sigfd, &d->si, sizeof(d->si), 0);
-	io_uring_sqe_set_data64(sqe, EV_SIGNAL);
-	return 0;
+	int64_t now = qd_mono();
+	if (now >= d->next_heartbeat) {
+		heartbeat(d);
+		d->next_heartbeat = now + QD_HEARTBEAT_NS;
+	}
+	qd_clients_scan(d);
+	qd_control_tick(d);
+	qd_reload_tick(d);
+	if (d->state_dir && now >= d->next_ledger) {
+		qd_ledger_save(d);
+		d->next_ledger = now + QD_LEDGER_NS;
+	}
 }
 
-static int arm_timer(struct daemon *d)
+/* Map an existing segment read-write and validate it. */
+static int attach_existing(struct daemon *d, char *err, size_t errlen)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&d->ring);
-	if (!sqe)
-		return -EBUSY;
-	d->tick.tv_sec = HEARTBEAT_NS / QC_NS_PER_S;
-	d->tick.tv_nsec = HEARTBEAT_NS % QC_NS_PER_S;
-	io_uring_prep_timeout(sqe, &d->tick, 0, 0);
-	io_uring_sqe_set_data64(sqe, EV_TIMER);
-	return 0;
-}
-
-static int run(struct daemon *d)
-{
-	int r = io_uring_queue_init(64, &d->ring, 0);
+	int fd = shm_open(d->segment, O_RDWR | O_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(err, errlen, "cannot open segment %s: %s", d->segment, strerror(errno));
+		return -errno;
+	}
+	struct stat st;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (st.st_mode & S_IWOTH) ||
+	    st.st_size < QS_HEADER_SIZE) {
+		snprintf(err, errlen, "segment %s is not a quota segment this quotad may adopt "
+			 "(world-writable, too small or not a file)", d->segment);
+		close(fd);
+		return -EBADMSG;
+	}
+	void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (base == MAP_FAILED) {
+		snprintf(err, errlen, "cannot map segment %s: %s", d->segment, strerror(errno));
+		return -errno;
+	}
+	int r;
+	/* A quotad creating it right now publishes READY within milliseconds. */
+	for (int i = 0; (r = qs_validate(base, (uint64_t)st.st_size)) == -EAGAIN && i < 2000; i++)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	if (r < 0) {
-		logmsg("error", "io_uring_queue_init: %s", strerror(-r));
-		return 1;
+		munmap(base, (size_t)st.st_size);
+		if (r == -EAGAIN)
+			snprintf(err, errlen, "segment %s stays INITIALIZING (its creator died?): remove "
+				 "/dev/shm%s to start afresh", d->segment, d->segment);
+		else
+			snprintf(err, errlen, "refusing segment %s: %s", d->segment, quota_strerror(r));
+		return r;
 	}
-	if (arm_signal(d) < 0 || arm_timer(d) < 0) {
-		logmsg("error", "io_uring: submission queue full");
-		return 1;
-	}
-	while (!d->stop) {
-		io_uring_submit(&d->ring);
-		struct io_uring_cqe *cqe;
-		r = io_uring_wait_cqe(&d->ring, &cqe);
-		if (r == -EINTR)
-			continue;
-		if (r < 0) {
-			logmsg("error", "io_uring_wait_cqe: %s", strerror(-r));
-			return 1;
-		}
-		unsigned head, seen = 0;
-		io_uring_for_each_cqe(&d->ring, head, cqe) {
-			seen++;
-			switch (io_uring_cqe_get_data64(cqe)) {
-			case EV_SIGNAL:
-				if (cqe->res == (int)sizeof(d->si)) {
-					logmsg("info", "received %s, stopping", strsignal((int)d->si.ssi_signo));
-					d->stop = true;
-				} else {
-					logmsg("warning", "signalfd read: %s",
-					       cqe->res < 0 ? strerror(-cqe->res) : "short read");
-					arm_signal(d);
-				}
-				break;
-			case EV_TIMER:
-				heartbeat(d);
-				arm_timer(d);
-				break;
-			default:
-				break;
-			}
-		}
-		io_uring_cq_advance(&d->ring, seen);
-	}
-	io_uring_queue_exit(&d->ring);
+	d->base = base;
+	d->size = (uint64_t)st.st_size;
 	return 0;
+}
+
+/* Take the segment's lock, or name the quotad that holds it. */
+static int lock_segment(struct daemon *d, char *err, size_t errlen)
+{
+	d->segfd = shm_open(d->segment, O_RDONLY | O_CLOEXEC, 0);
+	if (d->segfd < 0) {
+		snprintf(err, errlen, "cannot open segment %s: %s", d->segment, strerror(errno));
+		return -errno;
+	}
+	if (flock(d->segfd, LOCK_EX | LOCK_NB) == 0)
+		return 0;
+	int e = errno;
+	if (e != EWOULDBLOCK) {
+		snprintf(err, errlen, "cannot lock segment %s: %s", d->segment, strerror(e));
+		return -e;
+	}
+	/* The winner writes its pid right after taking the lock. */
+	int pid = 0;
+	for (int i = 0; i < 1000; i++) {
+		pid = atomic_load_explicit(&d->h->daemon_pid, memory_order_relaxed);
+		if (pid > 0 && pid != getpid() && kill(pid, 0) == 0)
+			break;
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	}
+	snprintf(err, errlen, "segment %s is already served by quotad pid %d", d->segment, pid);
+	return -EBUSY;
+}
+
+/* Socket path default: $QUOTA_SOCKET, /run/quotad.sock (root) or
+ * $XDG_RUNTIME_DIR/quotad.sock. */
+static int default_socket(struct daemon *d)
+{
+	const char *env = getenv("QUOTA_SOCKET");
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	int n;
+	if (env && *env)
+		n = snprintf(d->socket_path, sizeof(d->socket_path), "%s", env);
+	else if (geteuid() == 0)
+		n = snprintf(d->socket_path, sizeof(d->socket_path), "/run/quotad.sock");
+	else if (xdg && *xdg)
+		n = snprintf(d->socket_path, sizeof(d->socket_path), "%s/quotad.sock", xdg);
+	else
+		return -ENOENT;
+	return n > 0 && (size_t)n < sizeof(d->socket_path) ? 0 : -ENAMETOOLONG;
+}
+
+static int parse_count(const char *opt, const char *s, long min, long max, long *ret)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || *end || end == s || v < min || v > max) {
+		fprintf(stderr, "quotad: %s: expected an integer from %ld to %ld, got '%s'\n", opt, min,
+			max, s);
+		return -EINVAL;
+	}
+	*ret = v;
+	return 0;
+}
+
+static void stop(struct daemon *d)
+{
+	if (d->state_dir)
+		qd_ledger_save(d);
+	qd_control_close(d);
+	qd_clients_stop(d);
+	quota_close(d->obs);
+	atomic_store_explicit(&d->h->daemon_pid, 0, memory_order_relaxed);
+	munmap(d->base, d->size);
+	if (d->remove_on_exit) {
+		if (shm_unlink(d->segment) < 0)
+			qd_log("warning", "cannot remove segment %s: %s", d->segment, strerror(errno));
+		else
+			qd_log("info", "removed segment %s", d->segment);
+	} else {
+		qd_log("info", "segment %s left in place for running workers", d->segment);
+	}
+	close(d->segfd); /* drops the lock last */
 }
 
 int main(int argc, char **argv)
 {
-	enum { OPT_SEGMENT = 256, OPT_REMOVE, OPT_CHECK, OPT_PRINT, OPT_VERSION, OPT_READY };
+	enum { OPT_SEGMENT = 256, OPT_REMOVE, OPT_CHECK, OPT_PRINT, OPT_VERSION, OPT_READY,
+	       OPT_SOCKET, OPT_STATE, OPT_MAXCONN, OPT_IDLE, OPT_MAXLINE };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "segment", required_argument, NULL, OPT_SEGMENT },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "state-dir", required_argument, NULL, OPT_STATE },
+		{ "max-connections", required_argument, NULL, OPT_MAXCONN },
+		{ "idle-timeout", required_argument, NULL, OPT_IDLE },
+		{ "max-line", required_argument, NULL, OPT_MAXLINE },
 		{ "remove-on-exit", no_argument, NULL, OPT_REMOVE },
 		{ "ready-fd", required_argument, NULL, OPT_READY },
 		{ "check-config", required_argument, NULL, OPT_CHECK },
@@ -177,28 +257,49 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ 0 },
 	};
-	const char *config = NULL, *segment = NULL, *check = NULL;
-	struct daemon d = { .sigfd = -1 };
-	int ready_fd = -1;
+	const char *segment = NULL, *check = NULL;
+	static struct daemon d = { .sigfd = -1, .segfd = -1, .lfd = -1 };
+	d.max_conns = QD_MAX_CONNS_DEFAULT;
+	d.max_line = QD_MAX_LINE_DEFAULT;
+	d.idle_ns = QD_IDLE_DEFAULT_NS;
+	long ready_fd = -1, v;
 	int o;
 	while ((o = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
 		switch (o) {
-		case 'c': config = optarg; break;
+		case 'c': d.config_path = optarg; break;
 		case OPT_SEGMENT: segment = optarg; break;
-		case OPT_REMOVE: d.remove_on_exit = true; break;
-		case OPT_CHECK: check = optarg; break;
-		case OPT_READY: {
-			char *end;
-			long v = strtol(optarg, &end, 10);
-			if (*end || v < 0 || v > 65535) {
-				fprintf(stderr, "quotad: --ready-fd: not a file descriptor: %s\n", optarg);
+		case OPT_SOCKET:
+			if (!*optarg || strlen(optarg) >= sizeof(d.socket_path)) {
+				fprintf(stderr, "quotad: --socket: 1 to %zu characters\n", sizeof(d.socket_path) - 1);
 				return EXIT_CONFIG;
 			}
-			ready_fd = (int)v;
+			strcpy(d.socket_path, optarg);
+			d.socket_explicit = true;
 			break;
-		}
+		case OPT_STATE: d.state_dir = optarg; break;
+		case OPT_MAXCONN:
+			if (parse_count("--max-connections", optarg, 1, 100000, &v) < 0)
+				return EXIT_CONFIG;
+			d.max_conns = (uint32_t)v;
+			break;
+		case OPT_IDLE:
+			if (parse_count("--idle-timeout", optarg, 1, 86400, &v) < 0)
+				return EXIT_CONFIG;
+			d.idle_ns = v * QC_NS_PER_S;
+			break;
+		case OPT_MAXLINE:
+			if (parse_count("--max-line", optarg, 64, 1 << 20, &v) < 0)
+				return EXIT_CONFIG;
+			d.max_line = (uint32_t)v;
+			break;
+		case OPT_REMOVE: d.remove_on_exit = true; break;
+		case OPT_CHECK: check = optarg; break;
+		case OPT_READY:
+			if (parse_count("--ready-fd", optarg, 0, 65535, &ready_fd) < 0)
+				return EXIT_CONFIG;
+			break;
 		case OPT_PRINT: fputs(qd_default_config, stdout); return 0;
-		case 'v': log_verbose = 1; break;
+		case 'v': qd_verbose = 1; break;
 		case 'h': usage(stdout); return 0;
 		case OPT_VERSION: printf("quotad %d.%d\n", QUOTA_VERSION_MAJOR, QUOTA_VERSION_MINOR); return 0;
 		default: usage(stderr); return EXIT_CONFIG;
@@ -210,7 +311,7 @@ int main(int argc, char **argv)
 		return EXIT_CONFIG;
 	}
 
-	char err[512];
+	char err[1024];
 	struct qd_config cfg;
 	if (check) {
 		if (qd_config_load(check, &cfg, err, sizeof(err)) < 0) {
@@ -221,7 +322,7 @@ int main(int argc, char **argv)
 		qd_config_free(&cfg);
 		return 0;
 	}
-	int r = config ? qd_config_load(config, &cfg, err, sizeof(err)) :
+	int r = d.config_path ? qd_config_load(d.config_path, &cfg, err, sizeof(err)) :
 			 qd_config_parse(qd_default_config, strlen(qd_default_config), "<embedded default>",
 					 &cfg, err, sizeof(err));
 	if (r < 0) {
@@ -237,6 +338,15 @@ int main(int argc, char **argv)
 		snprintf(cfg.segment, sizeof(cfg.segment), "%s", segment);
 	}
 	snprintf(d.segment, sizeof(d.segment), "/%s", cfg.segment);
+	if (!d.socket_explicit && default_socket(&d) < 0)
+		d.socket_path[0] = '\0';
+	/* Start times tell a client from a later process that reuses its pid:
+	 * without /proc every client would look dead. */
+	if (qc_proc_starttime(getpid()) == 0) {
+		qd_log("error", "cannot read process start times from /proc: refusing to judge client liveness");
+		qd_config_free(&cfg);
+		return EXIT_RUNTIME;
+	}
 
 	/* Signals first, so that a TERM during setup is not lost. */
 	sigset_t mask;
@@ -245,47 +355,83 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
 	d.sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
 	if (d.sigfd < 0) {
-		logmsg("error", "signalfd: %s", strerror(errno));
+		qd_log("error", "signalfd: %s", strerror(errno));
 		qd_config_free(&cfg);
-		return 1;
+		return EXIT_RUNTIME;
 	}
 
 	r = qd_segment_create(&cfg, cfg.segment, &d.base, &d.size, err, sizeof(err));
+	if (r == -EEXIST) {
+		d.adopted = true;
+		r = attach_existing(&d, err, sizeof(err));
+	}
 	if (r < 0) {
-		logmsg("error", "%s", err);
+		qd_log("error", "%s", err);
 		qd_config_free(&cfg);
-		return 1;
+		return EXIT_RUNTIME;
 	}
 	d.h = d.base;
-	atomic_store_explicit(&d.h->daemon_pid, getpid(), memory_order_relaxed);
+	if (lock_segment(&d, err, sizeof(err)) < 0) {
+		qd_log("error", "%s", err);
+		munmap(d.base, d.size);
+		qd_config_free(&cfg);
+		return EXIT_RUNTIME;
+	}
+	int prev = atomic_exchange_explicit(&d.h->daemon_pid, getpid(), memory_order_relaxed);
 	atomic_store_explicit(&d.h->daemon_starttime, qc_proc_starttime(getpid()), memory_order_relaxed);
 	heartbeat(&d);
-	logmsg("info", "serving %u quota%s on segment %s (%llu bytes, %u clients max, %s clock)",
+	d.started_mono = qd_mono();
+	if (d.adopted) {
+		qd_log("info", "adopting live segment %s (previous quotad pid %d, generation %llu): "
+		       "budget state kept", d.segment, prev,
+		       (unsigned long long)atomic_load_explicit(&d.h->generation, memory_order_relaxed));
+		/* The command line's config, applied like a reload. */
+		if (qd_reload_apply(&d, &cfg, err, sizeof(err)) < 0)
+			qd_log("error", "config not applied, serving the segment's current quotas: %s", err);
+	}
+	r = qc_open_observer(cfg.segment, &d.obs);
+	if (r < 0) {
+		qd_log("error", "cannot observe segment %s: %s", d.segment, quota_strerror(r));
+		stop(&d);
+		qd_config_free(&cfg);
+		return EXIT_RUNTIME;
+	}
+	if (d.state_dir)
+		qd_ledger_restore(&d);
+	if (qd_loop_init(&d) < 0) {
+		stop(&d);
+		qd_config_free(&cfg);
+		return EXIT_RUNTIME;
+	}
+	if (qd_clients_init(&d) < 0 || qd_control_open(&d) < 0) {
+		qd_loop_exit(&d);
+		stop(&d);
+		qd_config_free(&cfg);
+		return EXIT_RUNTIME;
+	}
+	qd_log("info", "serving %u quota%s on segment %s (%llu bytes, %u clients max, %s clock)%s%s",
 	       cfg.nquotas, cfg.nquotas == 1 ? "" : "s", d.segment, (unsigned long long)d.size,
-	       cfg.max_clients, cfg.manual_clock ? "manual" : "monotonic");
+	       d.h->client_capacity,
+	       (d.h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) ? "manual" : "monotonic",
+	       d.lfd >= 0 ? ", control socket " : "", d.lfd >= 0 ? d.socket_path : "");
 	for (uint32_t i = 0; i < cfg.nquotas; i++)
-		logmsg("debug", "quota %u: %s", i, cfg.quotas[i].name);
+		qd_log("debug", "quota %u: %s", i, cfg.quotas[i].name);
 	qd_config_free(&cfg);
+
+	/* Adopt the clients that are there, reclaim the dead, before ready. */
+	qd_clients_scan(&d);
 	if (ready_fd >= 0) {
-		if (write(ready_fd, "ready\n", 6) != 6)
-			logmsg("warning", "--ready-fd %d: %s", ready_fd, strerror(errno));
-		close(ready_fd);
+		if (write((int)ready_fd, "ready\n", 6) != 6)
+			qd_log("warning", "--ready-fd %ld: %s", ready_fd, strerror(errno));
+		close((int)ready_fd);
 	}
 
-	int status = run(&d);
-
-	atomic_store_explicit(&d.h->daemon_pid, 0, memory_order_relaxed);
-	munmap(d.base, d.size);
-	if (d.remove_on_exit) {
-		if (shm_unlink(d.segment) < 0)
-			logmsg("warning", "cannot remove segment %s: %s", d.segment, strerror(errno));
-		else
-			logmsg("info", "removed segment %s", d.segment);
-	} else {
-		logmsg("info", "segment %s left in place for running workers", d.segment);
-	}
+	int status = qd_loop_run(&d);
+	stop(&d);
+	qd_loop_exit(&d);
 	close(d.sigfd);
 	return status;
 }

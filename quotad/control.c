@@ -1,0 +1,747 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * control.c - the control socket: a unix stream socket, one JSON request per
+ * line, one JSON reply per line ({"ok": true, ...} or {"ok": false,
+ * "error": "..."}), served by the io_uring loop (accept, recv and send are
+ * all asynchronous; a client that stalls costs one connection entry, never
+ * the loop's time).
+ *
+ * WHO MAY DO WHAT (SO_PEERCRED, taken at connect): anyone who can connect
+ * (the socket is mode 0660) may read - status, clients, metrics; changing
+ * something - reload, backoff - needs root or quotad's own uid.
+ *
+ * LIMITS, each refused with a JSON error: a request line longer than
+ * --max-line (the connection is closed after the error), more than
+ * --max-connections at once (the connection idle the longest is closed to
+ * make room, so that a flood of idle connections cannot lock an operator
+ * out), silence longer than --idle-timeout (also for half a line). One
+ * request is answered at a time per connection: a client that sends many
+ * without reading the replies only fills its own socket buffer.
+ *
+ * Commands: {"cmd": "status"}, {"cmd": "clients"}, {"cmd": "metrics"} (the
+ * reply's "text" is the Prometheus text exposition), {"cmd": "backoff",
+ * "quota": NAME, "seconds": S}, {"cmd": "reload"}.
+ */
+#define _GNU_SOURCE /* struct ucred */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "gcra.h"
+#include "quotad.h"
+
+static const char *kind_names[QUOTA_RATE_KINDS] = {
+	"rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd",
+};
+static const char *reason_names[QUOTA_REJECT_REASONS] = {
+	"rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd",
+	"inflight", "spend", "too_big", "paused",
+};
+
+static struct sockaddr_un listen_addr;
+static bool socket_bound;
+
+/* ---- replies -------------------------------------------------------- */
+
+static char *reply_json(cJSON *root)
+{
+	char *s = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	if (!s)
+		return NULL;
+	size_t n = strlen(s);
+	char *line = realloc(s, n + 2);
+	if (!line) {
+		free(s);
+		return NULL;
+	}
+	line[n] = '\n';
+	line[n + 1] = '\0';
+	return line;
+}
+
+__attribute__((format(printf, 1, 2)))
+static char *reply_error(const char *fmt, ...)
+{
+	char msg[600];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cJSON *root = cJSON_CreateObject();
+	cJSON_AddFalseToObject(root, "ok");
+	cJSON_AddStringToObject(root, "error", msg);
+	return reply_json(root);
+}
+
+static double usd(uint64_t nusd)
+{
+	return (double)nusd / 1e9;
+}
+
+static uint32_t live_clients(struct daemon *d)
+{
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < d->h->client_capacity; s++)
+		if (QS_CLIENT_STATUS(atomic_load_explicit(&qs_client_at(d->base, s)->state,
+							  memory_order_relaxed)) == QS_CLIENT_LIVE)
+			n++;
+	return n;
+}
+
+static uint32_t active_conns(struct daemon *d)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < d->nconns; i++)
+		if (d->conns[i].fd >= 0 && !d->conns[i].closing)
+			n++;
+	return n;
+}
+
+static char *cmd_status(struct daemon *d)
+{
+	cJSON *root = cJSON_CreateObject();
+	cJSON_AddTrueToObject(root, "ok");
+	cJSON *dj = cJSON_AddObjectToObject(root, "daemon");
+	cJSON_AddNumberToObject(dj, "pid", getpid());
+	cJSON_AddStringToObject(dj, "segment", d->segment + 1);
+	cJSON_AddStringToObject(dj, "config", d->config_path ? d->config_path : "<embedded default>");
+	cJSON_AddBoolToObject(dj, "adopted", d->adopted);
+	cJSON_AddNumberToObject(dj, "uptime_s", (double)(qd_mono() - d->started_mono) / 1e9);
+	cJSON_AddNumberToObject(dj, "generation",
+				(double)atomic_load_explicit(&d->h->generation, memory_order_relaxed));
+	cJSON_AddNumberToObject(dj, "clients", live_clients(d));
+	cJSON_AddNumberToObject(dj, "client_capacity", d->h->client_capacity);
+	cJSON_AddNumberToObject(dj, "quota_capacity", d->h->quota_capacity);
+	cJSON_AddNumberToObject(dj, "connections", active_conns(d));
+	cJSON *rj = cJSON_AddObjectToObject(dj, "reclaim");
+	cJSON_AddNumberToObject(rj, "slots", (double)d->st.reclaimed_slots);
+	cJSON_AddNumberToObject(rj, "inflight", (double)d->st.reclaimed_inflight);
+	cJSON_AddNumberToObject(rj, "audits", (double)d->st.audits);
+	cJSON_AddNumberToObject(rj, "anomalies", (double)d->st.anomalies);
+	cJSON_AddNumberToObject(rj, "pid_reused", (double)d->st.pid_reused);
+	cJSON_AddNumberToObject(dj, "reloads_ok", (double)d->st.reloads_ok);
+	cJSON_AddNumberToObject(dj, "reloads_failed", (double)d->st.reloads_failed);
+	cJSON *arr = cJSON_AddArrayToObject(root, "quotas");
+	int n = quota_count(d->obs);
+	for (int id = 0; id < n; id++) {
+		struct quota_info in;
+		if (quota_info(d->obs, id, &in) < 0 || in.removed)
+			continue;
+		cJSON *q = cJSON_CreateObject();
+		cJSON_AddItemToArray(arr, q);
+		cJSON_AddStringToObject(q, "name", in.name);
+		cJSON_AddNumberToObject(q, "id", id);
+		cJSON_AddNumberToObject(q, "inflight", (double)in.inflight);
+		cJSON_AddNumberToObject(q, "max_inflight", (double)in.max_inflight);
+		cJSON_AddNumberToObject(q, "admitted", (double)in.admitted);
+		cJSON_AddNumberToObject(q, "reclaimed", (double)in.reclaimed);
+		cJSON_AddNumberToObject(q, "spend_day_usd", usd(in.spent_day_nusd));
+		cJSON_AddNumberToObject(q, "spend_month_usd", usd(in.spent_month_nusd));
+		cJSON_AddNumberToObject(q, "paused_s", (double)in.paused_ns / 1e9);
+	}
+	return reply_json(root);
+}
+
+static const char *status_name(uint64_t w)
+{
+	switch (QS_CLIENT_STATUS(w)) {
+	case QS_CLIENT_FREE: return "free";
+	case QS_CLIENT_CLAIMING: return "claiming";
+	case QS_CLIENT_LIVE: return "live";
+	case QS_CLIENT_RECLAIMING: return "reclaiming";
+	default: return "corrupt";
+	}
+}
+
+static char *cmd_clients(struct daemon *d)
+{
+	cJSON *root = cJSON_CreateObject();
+	cJSON_AddTrueToObject(root, "ok");
+	cJSON *arr = cJSON_AddArrayToObject(root, "clients");
+	uint32_t count = atomic_load_explicit(&d->h->quota_count, memory_order_acquire);
+	for (uint32_t s = 0; s < d->h->client_capacity; s++) {
+		struct qs_client *cs = qs_client_at(d->base, s);
+		uint64_t w = atomic_load_explicit(&cs->state, memory_order_acquire);
+		if (QS_CLIENT_STATUS(w) == QS_CLIENT_FREE)
+			continue;
+		cJSON *cj = cJSON_CreateObject();
+		cJSON_AddItemToArray(arr, cj);
+		cJSON_AddNumberToObject(cj, "slot", s);
+		cJSON_AddNumberToObject(cj, "pid", atomic_load_explicit(&cs->pid, memory_order_relaxed));
+		cJSON_AddStringToObject(cj, "state", status_name(w));
+		cJSON_AddNumberToObject(cj, "generation", (double)QS_CLIENT_GEN(w));
+		cJSON_AddNumberToObject(cj, "starttime",
+					(double)atomic_load_explicit(&cs->starttime, memory_order_relaxed));
+		cJSON_AddBoolToObject(cj, "watched", s < d->nwatch && d->watch[s].pidfd >= 0);
+		cJSON *rows = cJSON_AddArrayToObject(cj, "quotas");
+		uint64_t held_total = 0;
+		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
+			struct qs_row *row = &cs->rows[r];
+			uint32_t id1 = atomic_load_explicit(&row->quota1, memory_order_acquire);
+			if (id1 == 0 || id1 > count)
+				continue;
+			uint64_t rej = 0;
+			for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
+				rej += atomic_load_explicit(&row->rejected[k], memory_order_relaxed);
+			uint32_t held = atomic_load_explicit(&row->held, memory_order_relaxed);
+			held_total += held;
+			cJSON *rj = cJSON_CreateObject();
+			cJSON_AddItemToArray(rows, rj);
+			cJSON_AddStringToObject(rj, "quota", qs_quota_at(d->base, id1 - 1)->name);
+			cJSON_AddNumberToObject(rj, "inflight", held);
+			cJSON_AddNumberToObject(rj, "admitted",
+						(double)atomic_load_explicit(&row->admitted, memory_order_relaxed));
+			cJSON_AddNumberToObject(rj, "rejected", (double)rej);
+		}
+		cJSON_AddNumberToObject(cj, "inflight", (double)held_total);
+	}
+	return reply_json(root);
+}
+
+/* ---- metrics: Prometheus text exposition format 0.0.4 --------------- */
+
+struct buf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+__attribute__((format(printf, 2, 3)))
+static void bprintf(struct buf *b, const char *fmt, ...)
+{
+	for (;;) {
+		va_list ap;
+		va_start(ap, fmt);
+		int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->failed = true;
+			return;
+		}
+		if (b->p && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = (b->cap ? b->cap * 2 : 4096) + (size_t)n;
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+}
+
+static void family(struct buf *b, const char *name, const char *type, const char *help)
+{
+	bprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Quota names are [A-Za-z0-9._:@/+-]: nothing to escape in a label. */
+static void per_limit(struct buf *b, const struct quota_info *in, const bool *ok, int n,
+		      const char *name, const char *help, int what)
+{
+	family(b, name, "gauge", help);
+	for (int id = 0; id < n; id++)
+		for (int k = 0; ok[id] && k < QUOTA_RATE_KINDS; k++) {
+			const struct quota_limit_info *l = &in[id].rate[k];
+			if (l->limit)
+				bprintf(b, "%s{quota=\"%s\",limit=\"%s\"} %llu\n", name, in[id].name,
+					kind_names[k], (unsigned long long)(what == 0 ? l->limit :
+									    what == 1 ? l->capacity : l->available));
+		}
+}
+
+static void per_quota(struct buf *b, const struct quota_info *in, const bool *ok, int n,
+		      const char *name, const char *type, const char *help, size_t field)
+{
+	family(b, name, type, help);
+	for (int id = 0; id < n; id++)
+		if (ok[id]) {
+			uint64_t v;
+			memcpy(&v, (const char *)&in[id] + field, sizeof(v));
+			bprintf(b, "%s{quota=\"%s\"} %llu\n", name, in[id].name, (unsigned long long)v);
+		}
+}
+
+static char *cmd_metrics(struct daemon *d)
+{
+	struct buf b = { 0 };
+	int n = quota_count(d->obs);
+	struct quota_info *in = calloc(n > 0 ? (size_t)n : 1, sizeof(*in));
+	bool *ok = calloc(n > 0 ? (size_t)n : 1, sizeof(*ok));
+	if (!in || !ok) {
+		free(in);
+		free(ok);
+		return reply_error("out of memory");
+	}
+	for (int id = 0; id < n; id++)
+		ok[id] = quota_info(d->obs, id, &in[id]) == 0 && !in[id].removed;
+
+	family(&b, "quotad_up", "gauge", "1 while quotad serves the segment.");
+	bprintf(&b, "quotad_up{segment=\"%s\"} 1\n", d->segment + 1);
+	family(&b, "quotad_clients", "gauge", "Processes attached to the segment.");
+	bprintf(&b, "quotad_clients %u\n", live_clients(d));
+	family(&b, "quotad_client_capacity", "gauge", "Client slots of the segment (fixed at creation).");
+	bprintf(&b, "quotad_client_capacity %u\n", d->h->client_capacity);
+	family(&b, "quotad_reclaimed_clients_total", "counter", "Client slots of dead processes reclaimed.");
+	bprintf(&b, "quotad_reclaimed_clients_total %llu\n", (unsigned long long)d->st.reclaimed_slots);
+	family(&b, "quotad_audits_total", "counter",
+	       "In-flight counts repaired after a client died mid-update.");
+	bprintf(&b, "quotad_audits_total %llu\n", (unsigned long long)d->st.audits);
+	family(&b, "quotad_reclaim_anomalies_total", "counter",
+	       "In-flight give-backs clamped at zero (should stay 0).");
+	bprintf(&b, "quotad_reclaim_anomalies_total %llu\n", (unsigned long long)d->st.anomalies);
+	family(&b, "quotad_reloads_total", "counter", "Configuration reloads by result.");
+	bprintf(&b, "quotad_reloads_total{result=\"ok\"} %llu\nquotad_reloads_total{result=\"failed\"} %llu\n",
+		(unsigned long long)d->st.reloads_ok, (unsigned long long)d->st.reloads_failed);
+
+	per_limit(&b, in, ok, n, "quota_limit", "Configured limit, in units per period.", 0);
+	per_limit(&b, in, ok, n, "quota_limit_capacity", "Largest cost admissible at once (burst), in units.", 1);
+	per_limit(&b, in, ok, n, "quota_limit_available", "Cost admissible now without waiting, in units.", 2);
+	per_quota(&b, in, ok, n, "quota_admitted_total", "counter", "Reservations admitted.",
+		  offsetof(struct quota_info, admitted));
+	family(&b, "quota_admitted_tokens_total", "counter", "Tokens of admitted reservations, as settled.");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(&b, "quota_admitted_tokens_total{quota=\"%s\",direction=\"input\"} %llu\n"
+				"quota_admitted_tokens_total{quota=\"%s\",direction=\"output\"} %llu\n",
+				in[id].name, (unsigned long long)in[id].admitted_input_tokens, in[id].name,
+				(unsigned long long)in[id].admitted_output_tokens);
+	family(&b, "quota_rejected_total", "counter", "Reservations refused, by the limit or reason.");
+	for (int id = 0; id < n; id++)
+		for (int k = 0; ok[id] && k < QUOTA_REJECT_REASONS; k++)
+			bprintf(&b, "quota_rejected_total{quota=\"%s\",reason=\"%s\"} %llu\n", in[id].name,
+				reason_names[k], (unsigned long long)in[id].rejected[k]);
+	per_quota(&b, in, ok, n, "quota_inflight", "gauge", "Requests in flight.",
+		  offsetof(struct quota_info, inflight));
+	per_quota(&b, in, ok, n, "quota_inflight_max", "gauge", "Configured in-flight limit (0: none).",
+		  offsetof(struct quota_info, max_inflight));
+	per_quota(&b, in, ok, n, "quota_reclaimed_total", "counter",
+		  "In-flight slots given back for dead clients.", offsetof(struct quota_info, reclaimed));
+	family(&b, "quota_spend_usd", "gauge", "Spend in the current UTC day or month, in USD.");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(&b, "quota_spend_usd{quota=\"%s\",period=\"day\"} %.9f\n"
+				"quota_spend_usd{quota=\"%s\",period=\"month\"} %.9f\n", in[id].name,
+				usd(in[id].spent_day_nusd), in[id].name, usd(in[id].spent_month_nusd));
+	family(&b, "quota_budget_usd", "gauge", "Spend budget per UTC day or month, in USD (0: none).");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(&b, "quota_budget_usd{quota=\"%s\",period=\"day\"} %.9f\n"
+				"quota_budget_usd{quota=\"%s\",period=\"month\"} %.9f\n", in[id].name,
+				usd(in[id].budget_day_nusd), in[id].name, usd(in[id].budget_month_nusd));
+	family(&b, "quota_paused_seconds", "gauge", "Time left of a provider backoff.");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(&b, "quota_paused_seconds{quota=\"%s\"} %.3f\n", in[id].name,
+				(double)in[id].paused_ns / 1e9);
+	free(in);
+	free(ok);
+	if (b.failed) {
+		free(b.p);
+		return reply_error("out of memory");
+	}
+	cJSON *root = cJSON_CreateObject();
+	cJSON_AddTrueToObject(root, "ok");
+	cJSON_AddStringToObject(root, "text", b.p ? b.p : "");
+	free(b.p);
+	return reply_json(root);
+}
+
+static char *cmd_backoff(struct daemon *d, const cJSON *req)
+{
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(req, "quota");
+	const cJSON *secs = cJSON_GetObjectItemCaseSensitive(req, "seconds");
+	if (!cJSON_IsString(name))
+		return reply_error("backoff: \"quota\" must be a quota name");
+	if (!cJSON_IsNumber(secs) || !(secs->valuedouble > 0) || secs->valuedouble > 86400)
+		return reply_error("backoff: \"seconds\" must be a number in (0, 86400]");
+	int id = qs_index_find(d->base, name->valuestring);
+	if (id < 0)
+		return reply_error("backoff: no quota named \"%.64s\"", name->valuestring);
+	struct qs_quota *q = qs_quota_at(d->base, (uint32_t)id);
+	int64_t ns = (int64_t)(secs->valuedouble * 1e9);
+	qg_atomic_max(&q->paused_until, qd_now(d) + ns);
+	qd_log("info", "backoff: quota %s paused for %.3f s", q->name, secs->valuedouble);
+	cJSON *root = cJSON_CreateObject();
+	cJSON_AddTrueToObject(root, "ok");
+	cJSON_AddStringToObject(root, "quota", q->name);
+	cJSON_AddNumberToObject(root, "paused_s", secs->valuedouble);
+	return reply_json(root);
+}
+
+static char *cmd_reload(struct daemon *d)
+{
+	char err[600];
+	if (qd_reload(d, err, sizeof(err)) < 0) {
+		qd_log("error", "reload refused, the running config stays: %s", err);
+		return reply_error("reload refused, the running config stays: %s", err);
+	}
+	cJSON *root = cJSON_CreateObject();
+	cJSON_AddTrueToObject(root, "ok");
+	cJSON_AddNumberToObject(root, "generation",
+				(double)atomic_load_explicit(&d->h->generation, memory_order_relaxed));
+	return reply_json(root);
+}
+
+char *qd_control_handle(struct daemon *d, const char *line, size_t len, bool privileged)
+{
+	d->st.requests++;
+	const char *end = NULL;
+	cJSON *req = cJSON_ParseWithLengthOpts(line, len, &end, false);
+	if (!req || !cJSON_IsObject(req)) {
+		cJSON_Delete(req);
+		d->st.bad_requests++;
+		return reply_error("malformed request: expected a JSON object such as {\"cmd\": \"status\"}");
+	}
+	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(req, "cmd");
+	char *reply;
+	if (!cJSON_IsString(cmd)) {
+		reply = reply_error("malformed request: \"cmd\" must be a string");
+	} else if (strcmp(cmd->valuestring, "status") == 0) {
+		reply = cmd_status(d);
+	} else if (strcmp(cmd->valuestring, "clients") == 0) {
+		reply = cmd_clients(d);
+	} else if (strcmp(cmd->valuestring, "metrics") == 0) {
+		reply = cmd_metrics(d);
+	} else if (strcmp(cmd->valuestring, "backoff") == 0 || strcmp(cmd->valuestring, "reload") == 0) {
+		if (!privileged)
+			reply = reply_error("permission denied: %s needs root or uid %u", cmd->valuestring,
+					    (unsigned)geteuid());
+		else if (cmd->valuestring[0] == 'b')
+			reply = cmd_backoff(d, req);
+		else
+			reply = cmd_reload(d);
+	} else {
+		reply = reply_error("unknown command \"%.32s\" (status, clients, metrics, backoff, reload)",
+				    cmd->valuestring);
+	}
+	if (reply && strncmp(reply, "{\"ok\":false", 11) == 0)
+		d->st.bad_requests++;
+	cJSON_Delete(req);
+	return reply;
+}
+
+/* ---- connections ---------------------------------------------------- */
+
+static void arm_accept(struct daemon *d)
+{
+	struct io_uring_sqe *sqe = qd_sqe(d);
+	io_uring_prep_accept(sqe, d->lfd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, QD_UD(QD_EV_ACCEPT, 0, 0));
+	d->accept_armed = true;
+}
+
+/* Best effort, never blocking: for refusals outside the reply flow. */
+static void send_now(int fd, const char *msg)
+{
+	char *r = reply_error("%s", msg);
+	if (r) {
+		ssize_t n = send(fd, r, strlen(r), MSG_DONTWAIT | MSG_NOSIGNAL);
+		(void)n;
+		free(r);
+	}
+}
+
+static void conn_release(struct qd_conn *c)
+{
+	if (c->recv_armed || c->send_armed)
+		return; /* their completions come back after the shutdown */
+	close(c->fd);
+	c->fd = -1;
+	c->gen++;
+	c->closing = false;
+	free(c->in);
+	free(c->out);
+	c->in = c->out = NULL;
+	c->inlen = c->outlen = c->outoff = 0;
+}
+
+static void conn_close(struct qd_conn *c)
+{
+	if (!c->closing) {
+		c->closing = true;
+		shutdown(c->fd, SHUT_RDWR);
+	}
+	conn_release(c);
+}
+
+static void arm_recv(struct daemon *d, uint32_t i)
+{
+	struct qd_conn *c = &d->conns[i];
+	struct io_uring_sqe *sqe = qd_sqe(d);
+	io_uring_prep_recv(sqe, c->fd, c->in + c->inlen, d->max_line + 1 - c->inlen, 0);
+	io_uring_sqe_set_data64(sqe, QD_UD(QD_EV_RECV, i, c->gen));
+	c->recv_armed = true;
+}
+
+static void arm_send(struct daemon *d, uint32_t i)
+{
+	struct qd_conn *c = &d->conns[i];
+	struct io_uring_sqe *sqe = qd_sqe(d);
+	io_uring_prep_send(sqe, c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, QD_UD(QD_EV_SEND, i, c->gen));
+	c->send_armed = true;
+}
+
+static void queue_reply(struct daemon *d, uint32_t i, char *reply)
+{
+	struct qd_conn *c = &d->conns[i];
+	if (!reply) {
+		conn_close(c);
+		return;
+	}
+	c->out = reply;
+	c->outlen = strlen(reply);
+	c->outoff = 0;
+	arm_send(d, i);
+}
+
+/* Answer the next complete line, or wait for more. One reply at a time. */
+static void serve(struct daemon *d, uint32_t i)
+{
+	struct qd_conn *c = &d->conns[i];
+	if (c->closing || c->send_armed)
+		return;
+	char *nl = memchr(c->in, '\n', c->inlen);
+	if (nl) {
+		size_t len = (size_t)(nl - c->in);
+		char *reply = qd_control_handle(d, c->in, len, c->privileged);
+		memmove(c->in, nl + 1, c->inlen - len - 1);
+		c->inlen -= len + 1;
+		queue_reply(d, i, reply);
+		return;
+	}
+	if (c->inlen > d->max_line) {
+		d->st.bad_requests++;
+		c->close_after_send = true;
+		queue_reply(d, i, reply_error("request line longer than %u bytes: closing", d->max_line));
+		return;
+	}
+	if (!c->recv_armed)
+		arm_recv(d, i);
+}
+
+static void on_accept(struct daemon *d, int res)
+{
+	d->accept_armed = false;
+	if (d->lfd < 0) {
+		if (res >= 0)
+			close(res);
+		return;
+	}
+	arm_accept(d);
+	if (res < 0) {
+		if (res != -EAGAIN && res != -EINTR && res != -ECONNABORTED)
+			qd_log("warning", "control socket accept: %s", strerror(-res));
+		return;
+	}
+	int fd = res;
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		close(fd);
+		return;
+	}
+	if (active_conns(d) >= d->max_conns) {
+		/* Make room: close the connection silent the longest. */
+		struct qd_conn *old = NULL;
+		for (uint32_t i = 0; i < d->nconns; i++) {
+			struct qd_conn *c = &d->conns[i];
+			if (c->fd >= 0 && !c->closing && !c->send_armed &&
+			    (!old || c->last_active < old->last_active))
+				old = c;
+		}
+		if (old) {
+			send_now(old->fd, "too many control connections: closing the one idle the longest");
+			conn_close(old);
+			d->st.conns_evicted++;
+		}
+	}
+	uint32_t i;
+	for (i = 0; i < d->nconns && d->conns[i].fd >= 0; i++)
+		;
+	if (i == d->nconns || active_conns(d) >= d->max_conns) {
+		send_now(fd, "too many control connections: try again later");
+		close(fd);
+		d->st.conns_refused++;
+		return;
+	}
+	struct qd_conn *c = &d->conns[i];
+	c->in = malloc(d->max_line + 1);
+	if (!c->in) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->uid = cred.uid;
+	c->pid = cred.pid;
+	c->privileged = cred.uid == 0 || cred.uid == geteuid();
+	c->recv_armed = c->send_armed = c->closing = c->close_after_send = false;
+	c->inlen = 0;
+	c->last_active = qd_mono();
+	arm_recv(d, i);
+}
+
+void qd_control_event(struct daemon *d, uint64_t ud, int res)
+{
+	if (QD_UD_EV(ud) == QD_EV_ACCEPT) {
+		on_accept(d, res);
+		return;
+	}
+	uint32_t i = QD_UD_HI(ud);
+	if (i >= d->nconns)
+		return;
+	struct qd_conn *c = &d->conns[i];
+	if (c->fd < 0 || c->gen != QD_UD_LO(ud))
+		return;
+	if (QD_UD_EV(ud) == QD_EV_RECV) {
+		c->recv_armed = false;
+		if (c->closing || res <= 0) {
+			conn_close(c); /* peer gone, error, or our shutdown */
+			return;
+		}
+		c->inlen += (size_t)res;
+		c->last_active = qd_mono();
+		serve(d, i);
+		return;
+	}
+	c->send_armed = false;
+	if (c->closing || res < 0) {
+		conn_close(c);
+		return;
+	}
+	c->outoff += (size_t)res;
+	c->last_active = qd_mono();
+	if (c->outoff < c->outlen) {
+		arm_send(d, i);
+		return;
+	}
+	free(c->out);
+	c->out = NULL;
+	if (c->close_after_send) {
+		conn_close(c);
+		return;
+	}
+	serve(d, i);
+}
+
+void qd_control_tick(struct daemon *d)
+{
+	int64_t now = qd_mono();
+	for (uint32_t i = 0; i < d->nconns; i++) {
+		struct qd_conn *c = &d->conns[i];
+		if (c->fd < 0 || c->closing || now - c->last_active <= d->idle_ns)
+			continue;
+		if (!c->send_armed)
+			send_now(c->fd, c->inlen ? "incomplete request line and idle too long: closing" :
+						   "idle too long: closing");
+		conn_close(c);
+	}
+}
+
+/* Is something listening on @path? */
+static bool socket_in_use(const char *path)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return false;
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	strcpy(a.sun_path, path);
+	int r = connect(fd, (struct sockaddr *)&a, sizeof(a));
+	bool used = r == 0 || errno == EAGAIN || errno == EINPROGRESS;
+	close(fd);
+	return used;
+}
+
+int qd_control_open(struct daemon *d)
+{
+	d->nconns = 2 * d->max_conns;
+	d->conns = calloc(d->nconns, sizeof(*d->conns));
+	if (!d->conns) {
+		qd_log("error", "out of memory");
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < d->nconns; i++)
+		d->conns[i].fd = -1;
+	if (!d->socket_path[0]) {
+		qd_log("warning", "no control socket: give --socket PATH or set $QUOTA_SOCKET or $XDG_RUNTIME_DIR");
+		return 0;
+	}
+	const char *path = d->socket_path;
+	const char *why = NULL;
+	struct stat st;
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			why = "exists and is not a socket";
+		else if (socket_in_use(path))
+			why = "is in use by another process";
+		else
+			unlink(path); /* left behind by a quotad that died */
+	}
+	int fd = -1;
+	if (!why) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		listen_addr = (struct sockaddr_un){ .sun_family = AF_UNIX };
+		strcpy(listen_addr.sun_path, path);
+		/* Born 0660: no window in which others could connect. */
+		mode_t old = umask(0117);
+		int r = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&listen_addr, sizeof(listen_addr));
+		umask(old);
+		if (r < 0 || chmod(path, 0660) < 0 || listen(fd, 128) < 0)
+			why = strerror(errno);
+	}
+	if (why) {
+		if (fd >= 0)
+			close(fd);
+		if (d->socket_explicit) {
+			qd_log("error", "control socket %s: %s", path, why);
+			return -EADDRINUSE;
+		}
+		qd_log("warning", "control socket %s: %s; serving without a control socket", path, why);
+		d->socket_path[0] = '\0';
+		return 0;
+	}
+	socket_bound = true;
+	d->lfd = fd;
+	arm_accept(d);
+	return 0;
+}
+
+void qd_control_close(struct daemon *d)
+{
+	for (uint32_t i = 0; i < d->nconns; i++) {
+		struct qd_conn *c = &d->conns[i];
+		if (c->fd >= 0) {
+			close(c->fd);
+			free(c->in);
+			free(c->out);
+		}
+	}
+	free(d->conns);
+	d->conns = NULL;
+	d->nconns = 0;
+	if (d->lfd >= 0) {
+		close(d->lfd);
+		d->lfd = -1;
+	}
+	if (socket_bound) {
+		/* Only if it is still ours (not replaced by another daemon's). */
+		struct stat st;
+		if (lstat(d->socket_path, &st) == 0 && S_ISSOCK(st.st_mode) && !socket_in_use(d->socket_path))
+			unlink(d->socket_path);
+		socket_bound = false;
+	}
+}

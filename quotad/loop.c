@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * loop.c - quotad's single-threaded io_uring event loop. Every source of
+ * work is a completion: the signalfd (HUP reload, TERM/INT stop), a relative
+ * timeout that ticks every QD_TICK_NS (client scan, heartbeat, idle control
+ * connections, ledger), pidfd polls (a client died), and the control
+ * socket's accept, recv and send. Nothing here waits on a client: each
+ * operation is asynchronous, and a handler only touches memory and issues
+ * further submissions.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+
+#include "quotad.h"
+
+struct io_uring_sqe *qd_sqe(struct daemon *d)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&d->ring);
+	if (!sqe) {
+		/* Submission queue full: hand what is queued to the kernel. */
+		io_uring_submit(&d->ring);
+		sqe = io_uring_get_sqe(&d->ring);
+	}
+	return sqe;
+}
+
+int qd_loop_init(struct daemon *d)
+{
+	/* Room for a completion per client slot's pidfd poll and per control
+	 * connection's recv and send, plus the fixed ones. */
+	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE };
+	p.cq_entries = 2 * (d->h->client_capacity + 4 * d->max_conns + 16);
+	int r = io_uring_queue_init_params(256, &d->ring, &p);
+	if (r < 0)
+		qd_log("error", "io_uring_queue_init: %s", strerror(-r));
+	return r;
+}
+
+void qd_loop_exit(struct daemon *d)
+{
+	io_uring_queue_exit(&d->ring);
+}
+
+static void arm_signal(struct daemon *d)
+{
+	struct io_uring_sqe *sqe = qd_sqe(d);
+	io_uring_prep_read(sqe, d->sigfd, &d->si, sizeof(d->si), 0);
+	io_uring_sqe_set_data64(sqe, QD_UD(QD_EV_SIGNAL, 0, 0));
+}
+
+static void arm_timer(struct daemon *d)
+{
+	struct io_uring_sqe *sqe = qd_sqe(d);
+	d->tick.tv_sec = QD_TICK_NS / QC_NS_PER_S;
+	d->tick.tv_nsec = QD_TICK_NS % QC_NS_PER_S;
+	io_uring_prep_timeout(sqe, &d->tick, 0, 0);
+	io_uring_sqe_set_data64(sqe, QD_UD(QD_EV_TIMER, 0, 0));
+}
+
+static void on_signal(struct daemon *d, int res)
+{
+	if (res != (int)sizeof(d->si)) {
+		qd_log("warning", "signalfd read: %s", res < 0 ? strerror(-res) : "short read");
+	} else if (d->si.ssi_signo == SIGHUP) {
+		char err[512];
+		qd_log("info", "received SIGHUP, reloading %s",
+		       d->config_path ? d->config_path : "the embedded default");
+		if (qd_reload(d, err, sizeof(err)) < 0)
+			qd_log("error", "reload refused, the running config stays: %s", err);
+	} else {
+		qd_log("info", "received %s, stopping", strsignal((int)d->si.ssi_signo));
+		d->stop = true;
+		return;
+	}
+	arm_signal(d);
+}
+
+static void dispatch(struct daemon *d, uint64_t ud, int res)
+{
+	switch (QD_UD_EV(ud)) {
+	case QD_EV_SIGNAL:
+		on_signal(d, res);
+		break;
+	case QD_EV_TIMER:
+		qd_tick(d);
+		arm_timer(d);
+		break;
+	case QD_EV_PIDFD:
+		qd_clients_event(d, ud, res);
+		break;
+	case QD_EV_ACCEPT:
+	case QD_EV_RECV:
+	case QD_EV_SEND:
+		qd_control_event(d, ud, res);
+		break;
+	default:
+		break;
+	}
+}
+
+int qd_loop_run(struct daemon *d)
+{
+	arm_signal(d);
+	arm_timer(d);
+	while (!d->stop) {
+		int r = io_uring_submit_and_wait(&d->ring, 1);
+		if (r < 0 && r != -EINTR && r != -EBUSY) {
+			qd_log("error", "io_uring_submit_and_wait: %s", strerror(-r));
+			return 1;
+		}
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		/* Handlers queue submissions only (never wait): safe while the
+		 * completion ring is being walked. */
+		io_uring_for_each_cqe(&d->ring, head, cqe) {
+			seen++;
+			dispatch(d, io_uring_cqe_get_data64(cqe), cqe->res);
+			if (d->stop)
+				break;
+		}
+		io_uring_cq_advance(&d->ring, seen);
+	}
+	return 0;
+}
