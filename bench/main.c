@@ -171,14 +171,11 @@ static uint64_t sample_mask_for(const struct qb_impl *im)
 	return im == &qb_impl_redis ? 0 : 63;
 }
 
-/* Run scenario @sc on implementation @ii opt.runs times into @res. */
-static void run_scenario(const struct qb_scenario *sc, int ii, struct qb_result *res, int runs,
-			 int64_t duration_ns)
+/* One run of scenario @sc on implementation @ii, on fresh quotas, added to
+ * @res (whose sc and im are set). */
+static void run_once(const struct qb_scenario *sc, int ii, struct qb_result *res, int64_t duration_ns)
 {
 	const struct qb_impl *im = impls[ii];
-	memset(res, 0, sizeof(*res));
-	res->sc = sc;
-	res->im = im;
 	int r = ensure_setup(ii);
 	if (r == 0)
 		r = im->prepare(sc->spec, sc->distinct ? sc->procs : 1);
@@ -195,30 +192,28 @@ static void run_scenario(const struct qb_scenario *sc, int ii, struct qb_result 
 		.max_ops = UINT64_MAX,
 		.sample_mask = sample_mask_for(im),
 	};
-	for (int k = 0; k < runs && k < QB_MAX_RUNS; k++) {
-		struct qb_run_result *rr = malloc(sizeof(*rr));
-		if (!rr) {
-			res->err = -ENOMEM;
-			break;
-		}
-		r = qb_harness_run(im, &p, rr);
+	struct qb_run_result *rr = malloc(sizeof(*rr));
+	if (!rr) {
+		res->err = -ENOMEM;
+		im->finish();
+		return;
+	}
+	r = qb_harness_run(im, &p, rr);
+	if (res->runs < QB_MAX_RUNS)
 		res->ops_per_s[res->runs++] = rr->ops_per_s;
-		res->c.ops += rr->c.ops;
-		res->c.admitted += rr->c.admitted;
-		res->c.rejected += rr->c.rejected;
-		res->c.retries += rr->c.retries;
-		res->c.errors += rr->c.errors;
-		res->wall_ns += rr->wall_ns;
-		qb_hist_merge(&res->h, &rr->h);
-		free(rr);
-		if (r < 0) {
-			res->err = r;
-			qb_warn("%s/%s: run %d failed: %s", im->name, sc->id, k + 1, strerror(-r));
-			break;
-		}
+	res->c.ops += rr->c.ops;
+	res->c.admitted += rr->c.admitted;
+	res->c.rejected += rr->c.rejected;
+	res->c.retries += rr->c.retries;
+	res->c.errors += rr->c.errors;
+	res->wall_ns += rr->wall_ns;
+	qb_hist_merge(&res->h, &rr->h);
+	free(rr);
+	if (r < 0) {
+		res->err = r;
+		qb_warn("%s/%s: run %d failed: %s", im->name, sc->id, res->runs, strerror(-r));
 	}
 	im->finish();
-	qb_result_summarize(res);
 }
 
 /* ---- Smoke: correctness only ---------------------------------------------- */
@@ -296,7 +291,11 @@ static int run_smoke(void)
 		for (int i = 0; i < NIMPL; i++) {
 			if (!impls[i]->name || !(sc->impls & (1u << i)) || !(opt.impl_mask & (1u << i)))
 				continue;
-			run_scenario(sc, i, &res, 1, 20000000);
+			memset(&res, 0, sizeof(res));
+			res.sc = sc;
+			res.im = impls[i];
+			run_once(sc, i, &res, 20000000);
+			qb_result_summarize(&res);
 			CHECK(res.err == 0 && res.c.errors == 0, "%s/%s: error %d", impls[i]->name, sc->id,
 			      res.err);
 			CHECK(res.c.ops > 0, "%s/%s: no operation completed", impls[i]->name, sc->id);
@@ -328,20 +327,36 @@ static int run_bench(void)
 	rep.duration_ms = opt.duration_ms;
 	if (!opt.json)
 		qb_print_machine(stdout, &rep.machine), fflush(stdout);
+	int idx[NSCEN][NIMPL];
 	for (int s = 0; s < NSCEN; s++) {
-		for (int i = 0; i < NIMPL && selected(scenarios[s].id); i++) {
+		for (int i = 0; i < NIMPL; i++) {
+			idx[s][i] = -1;
 			if (!impls[i]->name || !(scenarios[s].impls & (1u << i)) ||
-			    !(opt.impl_mask & (1u << i)))
+			    !(opt.impl_mask & (1u << i)) || !selected(scenarios[s].id) ||
+			    rep.nresults == QB_MAX_RESULTS)
 				continue;
-			if (rep.nresults == QB_MAX_RESULTS)
-				break;
-			struct qb_result *res = &rep.results[rep.nresults++];
-			run_scenario(&scenarios[s], i, res, opt.runs, (int64_t)opt.duration_ms * 1000000);
-			if (!opt.json)
-				fprintf(stderr, "  %-14s %-9s %14.0f ops/s\n", scenarios[s].id,
-					impls[i]->name, res->median);
+			idx[s][i] = rep.nresults;
+			rep.results[rep.nresults].sc = &scenarios[s];
+			rep.results[rep.nresults++].im = impls[i];
 		}
 	}
+	/* Rounds: run k of every scenario and implementation before run k + 1
+	 * of any, so that a burst of noise from the rest of the machine lands
+	 * on all of them alike instead of on one scenario's every run. */
+	for (int k = 0; k < opt.runs; k++) {
+		if (!opt.json)
+			fprintf(stderr, "round %d of %d\n", k + 1, opt.runs);
+		for (int s = 0; s < NSCEN; s++)
+			for (int i = 0; i < NIMPL; i++) {
+				struct qb_result *res = idx[s][i] < 0 ? NULL : &rep.results[idx[s][i]];
+				if (res && !res->err)
+					run_once(&scenarios[s], i, res,
+						 (int64_t)opt.duration_ms * 1000000);
+			}
+	}
+	for (int r = 0; r < rep.nresults; r++)
+		qb_result_summarize(&rep.results[r]);
+	qb_machine_load(&rep.machine);
 	if (qb_impl_libquota.name && (opt.impl_mask & IMPL_LQ))
 		rep.mem_err = qb_libquota_memory(&rep.mem);
 	else

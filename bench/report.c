@@ -29,6 +29,21 @@ static void read_line(const char *path, char *out, size_t len)
 		snprintf(out, len, "unknown");
 }
 
+static void read_loadavg(char *out, size_t len)
+{
+	read_line("/proc/loadavg", out, len);
+	char *sp = out;
+	for (int i = 0; i < 3 && sp; i++)
+		sp = strchr(sp + 1, ' ');
+	if (sp)
+		*sp = 0;
+}
+
+void qb_machine_load(struct qb_machine *m)
+{
+	read_loadavg(m->loadavg_end, sizeof(m->loadavg_end));
+}
+
 void qb_machine_describe(struct qb_machine *m)
 {
 	memset(m, 0, sizeof(*m));
@@ -54,12 +69,7 @@ void qb_machine_describe(struct qb_machine *m)
 		snprintf(m->kernel, sizeof(m->kernel), "%s %s %s", u.sysname, u.release, u.machine);
 	read_line("/sys/devices/system/clocksource/clocksource0/current_clocksource", m->clocksource,
 		  sizeof(m->clocksource));
-	read_line("/proc/loadavg", m->loadavg, sizeof(m->loadavg));
-	char *sp = m->loadavg;
-	for (int i = 0; i < 3 && sp; i++)
-		sp = strchr(sp + 1, ' ');
-	if (sp)
-		*sp = 0;
+	read_loadavg(m->loadavg, sizeof(m->loadavg));
 	time_t t = time(NULL);
 	struct tm tm;
 	gmtime_r(&t, &tm);
@@ -84,9 +94,11 @@ void qb_print_machine(FILE *f, const struct qb_machine *m)
 {
 	fprintf(f,
 		"machine: %s, %d CPUs online, %s, clocksource %s\n"
-		"         load average %s at start, %s, %s\n"
+		"         load average %s at start%s%s%s, %s, %s\n"
 		"         timer: a timed empty operation reads %llu ns (p50); included in every latency\n",
-		m->cpu, m->cpus, m->kernel, m->clocksource, m->loadavg, m->date, m->compiler,
+		m->cpu, m->cpus, m->kernel, m->clocksource, m->loadavg,
+		m->loadavg_end[0] ? ", " : "", m->loadavg_end, m->loadavg_end[0] ? " at end" : "",
+		m->date, m->compiler,
 		(unsigned long long)m->timer_p50_ns);
 }
 
@@ -395,8 +407,10 @@ void qb_print_json(FILE *f, const struct qb_report *rep)
 	json_str(f, m->kernel);
 	fprintf(f, ", \"clocksource\": ");
 	json_str(f, m->clocksource);
-	fprintf(f, ", \"loadavg\": ");
+	fprintf(f, ", \"loadavg_start\": ");
 	json_str(f, m->loadavg);
+	fprintf(f, ", \"loadavg_end\": ");
+	json_str(f, m->loadavg_end);
 	fprintf(f, ", \"date\": ");
 	json_str(f, m->date);
 	fprintf(f, ", \"compiler\": ");

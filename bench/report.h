@@ -46,7 +46,8 @@ struct qb_machine {
 	char kernel[200];
 	char clocksource[64];
 	char date[40];
-	char loadavg[64];
+	char loadavg[64];     /* at start */
+	char loadavg_end[64]; /* at the end */
 	char compiler[96];
 	char redis_version[32];
 	uint64_t timer_p50_ns; /* a timed empty operation: the sampling's own cost */
@@ -73,6 +74,8 @@ struct qb_report {
 };
 
 void qb_machine_describe(struct qb_machine *m);
+/* Record the load average at the end of the run. */
+void qb_machine_load(struct qb_machine *m);
 void qb_result_summarize(struct qb_result *r);
 void qb_compute_targets(struct qb_report *rep);
 void qb_print_machine(FILE *f, const struct qb_machine *m);
