@@ -170,15 +170,27 @@ static void sleep_until(struct quota_client *c, int64_t until)
 static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *tk,
 		   const struct quota_cost *actual)
 {
-	bool refund_tokens = actual == NULL || (q->flags & QS_QUOTA_REFUND_ACTUAL);
 	uint64_t areq = actual ? actual->requests : 0;
 	uint64_t ain = actual ? actual->input_tokens : 0;
 	uint64_t aout = actual ? actual->output_tokens : 0;
 	int64_t now = -1; /* read only if debt or spend needs it */
-	uint32_t n = tk->nlimits <= q->nlimits ? tk->nlimits : q->nlimits;
+	/* A snapshot of the limits under cfg_seq, as in quota_reserve(). */
+	struct qs_limit_cfg lc[QS_RATE_KINDS];
+	uint32_t n, flags, seq;
+	do {
+		/* acquire: the config loads below are not hoisted above it */
+		seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
+		n = tk->nlimits <= q->nlimits ? tk->nlimits : q->nlimits;
+		n = n <= QS_RATE_KINDS ? n : QS_RATE_KINDS;
+		memcpy(lc, q->cfg, n * sizeof(lc[0]));
+		flags = q->flags;
+		/* acquire fence: the config loads complete before the re-check */
+		atomic_thread_fence(memory_order_acquire);
+	} while ((seq & 1) || atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) != seq);
+	bool refund_tokens = actual == NULL || (flags & QS_QUOTA_REFUND_ACTUAL);
 
 	for (uint32_t k = 0; k < n; k++) {
-		const struct qs_limit_cfg *l = &q->cfg[k];
+		const struct qs_limit_cfg *l = &lc[k];
 		struct qt_limit *tl = &tk->lim[k];
 		if (l->kind != tl->kind)
 			continue; /* a reload changed this limit: nothing to settle */
@@ -263,30 +275,42 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 	uint64_t req = cost->requests, in = cost->input_tokens, out = cost->output_tokens;
 	if ((req | in | out) == 0 || req > QC_COST_MAX || in > QC_COST_MAX || out > QC_COST_MAX)
 		return -EINVAL;
-	uint32_t n = q->nlimits;
+	/* Costs that can never fit are refused at once, whatever else is short.
+	 * The config is read between two loads of cfg_seq (quotad rewrites it
+	 * on reload, odd while it does): retry on a torn read. */
+	uint64_t inc[QS_RATE_KINDS];
+	int64_t tau[QS_RATE_KINDS];
+	uint32_t kind[QS_RATE_KINDS];
+	uint64_t maxif, bday, bmonth, spend;
+	uint32_t n, seq;
+	bool big;
+	do {
+		/* acquire: the config loads below are not hoisted above it */
+		seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
+		n = q->nlimits;
+		maxif = q->max_inflight;
+		bday = q->budget_day_nusd, bmonth = q->budget_month_nusd;
+		spend = 0;
+		big = n > QS_RATE_KINDS || (q->context_window && in + out > q->context_window);
+		for (uint32_t k = 0; k < n && !big; k++) {
+			kind[k] = q->cfg[k].kind;
+			tau[k] = q->cfg[k].tau_ns;
+			uint64_t u = units_of(kind[k], req, in, out);
+			big = u > q->cfg[k].capacity;
+			inc[k] = big ? 0 : qg_charge(&q->cfg[k], u);
+		}
+		big = big || (maxif && req > maxif);
+		if (!big && (bday || bmonth)) {
+			spend = qc_spend_nusd(q, in, out);
+			big = (bday && spend > bday) || (bmonth && spend > bmonth);
+		}
+		/* acquire fence: the config loads complete before the re-check */
+		atomic_thread_fence(memory_order_acquire);
+	} while ((seq & 1) || atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) != seq);
 	if (n > QS_RATE_KINDS)
 		return -EBADMSG;
-
-	/* Costs that can never fit are refused at once, whatever else is short. */
-	uint64_t inc[QS_RATE_KINDS];
-	uint64_t maxif = q->max_inflight;
-	uint64_t bday = q->budget_day_nusd, bmonth = q->budget_month_nusd;
-	uint64_t spend = 0;
-	if (q->context_window && in + out > q->context_window)
+	if (big)
 		goto too_big;
-	for (uint32_t k = 0; k < n; k++) {
-		uint64_t u = units_of(q->cfg[k].kind, req, in, out);
-		if (u > q->cfg[k].capacity)
-			goto too_big;
-		inc[k] = qg_charge(&q->cfg[k], u);
-	}
-	if (maxif && req > maxif)
-		goto too_big;
-	if (bday || bmonth) {
-		spend = qc_spend_nusd(q, in, out);
-		if ((bday && spend > bday) || (bmonth && spend > bmonth))
-			goto too_big;
-	}
 	struct qs_row *row = qc_row(c, (uint32_t)id);
 	if (maxif && !row)
 		return -ENOSPC;
@@ -322,10 +346,10 @@ again:;
 		 * as done here is already in the TAT we read next. */
 		done0[k] = atomic_load_explicit(&q->refund_done[k], memory_order_acquire);
 		tat[k] = atomic_load_explicit(qs_tat(q, k), memory_order_relaxed);
-		int64_t need = tat[k] + (int64_t)inc[k] - q->cfg[k].tau_ns;
+		int64_t need = tat[k] + (int64_t)inc[k] - tau[k];
 		if (need > a) {
 			a = need;
-			reason = q->cfg[k].kind;
+			reason = kind[k];
 		}
 	}
 	if (maxif) {
@@ -377,9 +401,9 @@ again:;
 	for (k = 0; k < n; k++) {
 		_Atomic int64_t *w = qs_tat(q, k);
 		int64_t cur = tat[k];
-		int64_t room = q->cfg[k].tau_ns - (int64_t)inc[k];
-		int64_t lo = waits ? a + (room < q->cfg[k].tau_ns / QC_WAIT_SLACK_DIV ?
-					  room : q->cfg[k].tau_ns / QC_WAIT_SLACK_DIV) : a;
+		int64_t room = tau[k] - (int64_t)inc[k];
+		int64_t lo = waits ? a + (room < tau[k] / QC_WAIT_SLACK_DIV ?
+					  room : tau[k] / QC_WAIT_SLACK_DIV) : a;
 		bool later = false;
 		for (;;) {
 			int64_t e = (cur > lo ? cur : lo) + (int64_t)inc[k];
@@ -388,11 +412,11 @@ again:;
 			if (atomic_compare_exchange_weak_explicit(w, &cur, e, memory_order_relaxed,
 								  memory_order_relaxed)) {
 				tk.lim[k] = (struct qt_limit){ .end = e, .inc = inc[k], .done0 = done0[k],
-							       .kind = q->cfg[k].kind };
+							       .kind = kind[k] };
 				break;
 			}
 			c->cas_retries++;
-			if (cur + (int64_t)inc[k] - q->cfg[k].tau_ns > a) {
+			if (cur + (int64_t)inc[k] - tau[k] > a) {
 				later = true;
 				break;
 			}
