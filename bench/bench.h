@@ -122,5 +122,8 @@ void qb_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Resident set size of the calling process in bytes, from /proc/self/statm;
  * 0 if unreadable. */
 uint64_t qb_rss_bytes(void);
+/* The part of it that is not shared with other processes (resident minus
+ * shared, which counts file-backed and shm pages), in bytes. */
+uint64_t qb_private_rss_bytes(void);
 
 #endif /* QBENCH_H */

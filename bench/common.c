@@ -93,15 +93,26 @@ void qb_warn(const char *fmt, ...)
 	va_end(ap);
 }
 
-uint64_t qb_rss_bytes(void)
+/* Field @which (1 resident, 2 shared) of /proc/self/statm, in bytes. */
+static uint64_t statm(int which)
 {
 	FILE *f = fopen("/proc/self/statm", "re");
 	if (!f)
 		return 0;
-	unsigned long size = 0, resident = 0;
-	int n = fscanf(f, "%lu %lu", &size, &resident);
+	unsigned long v[3] = { 0, 0, 0 };
+	int n = fscanf(f, "%lu %lu %lu", &v[0], &v[1], &v[2]);
 	fclose(f);
-	if (n != 2)
+	if (n != 3)
 		return 0;
-	return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+	return (uint64_t)v[which] * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+uint64_t qb_rss_bytes(void)
+{
+	return statm(1);
+}
+
+uint64_t qb_private_rss_bytes(void)
+{
+	return statm(1) - statm(2);
 }

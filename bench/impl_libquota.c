@@ -252,10 +252,10 @@ int qb_libquota_memory(struct qb_libquota_mem *m)
 	pid_t pid = fork();
 	if (pid == 0) {
 		quota_client *c;
-		uint64_t before = qb_rss_bytes();
+		uint64_t before = qb_rss_bytes(), before_priv = qb_private_rss_bytes();
 		if (quota_open(name, &c) < 0)
 			_exit(1);
-		uint64_t opened = qb_rss_bytes();
+		uint64_t opened = qb_rss_bytes(), opened_priv = qb_private_rss_bytes();
 		int id = quota_find(c, "q9999");
 		const struct quota_cost cost = { 1, 100, 200 };
 		struct quota_ticket t;
@@ -265,6 +265,7 @@ int qb_libquota_memory(struct qb_libquota_mem *m)
 		quota_close(c);
 		res[0] = opened - before;
 		res[1] = used - before;
+		res[3] = opened_priv - before_priv;
 		res[2] = 1;
 		_exit(0);
 	}
@@ -274,6 +275,7 @@ int qb_libquota_memory(struct qb_libquota_mem *m)
 	r = pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 && res[2] ? 0 : -EIO;
 	m->rss_open_bytes = res[0];
 	m->rss_first_reserve_bytes = res[1];
+	m->private_open_bytes = res[3];
 	munmap(res, 4096);
 	unlink_segment(name);
 	return r;

@@ -12,6 +12,7 @@ struct qb_libquota_mem {
 	uint64_t segment_bytes;           /* st_size of /dev/shm/NAME */
 	uint64_t rss_open_bytes;          /* RSS added by quota_open() */
 	uint64_t rss_first_reserve_bytes; /* ... and by a first reserve + cancel */
+	uint64_t private_open_bytes;      /* of rss_open_bytes, not shared (heap, handle) */
 };
 
 /* 0, -ENOSYS when built without libquota, or another negative errno. */

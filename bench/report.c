@@ -360,8 +360,10 @@ void qb_print_table(FILE *f, const struct qb_report *rep)
 		fprintf(f, "  libquota segment for %u quotas and %u clients: %llu bytes (%.1f MiB)\n",
 			rep->mem.quotas, rep->mem.clients, (unsigned long long)rep->mem.segment_bytes,
 			(double)rep->mem.segment_bytes / 1048576.0);
-		fprintf(f, "  worker RSS added by quota_open(): %llu KiB; after a first reserve+cancel: %llu KiB\n",
+		fprintf(f, "  worker RSS added by quota_open(): %llu KiB, of which %llu KiB private "
+			   "(the rest: segment pages, shared by all); after a first reserve+cancel: %llu KiB\n",
 			(unsigned long long)rep->mem.rss_open_bytes / 1024,
+			(unsigned long long)rep->mem.private_open_bytes / 1024,
 			(unsigned long long)rep->mem.rss_first_reserve_bytes / 1024);
 	} else {
 		fprintf(f, "  libquota: not measured (%s)\n", strerror(-rep->mem_err));
@@ -475,10 +477,11 @@ void qb_print_json(FILE *f, const struct qb_report *rep)
 	if (rep->mem_err == 0)
 		fprintf(f, "\"libquota_quotas\": %u, \"libquota_clients\": %u, "
 			   "\"libquota_segment_bytes\": %llu, \"libquota_rss_open_bytes\": %llu, "
-			   "\"libquota_rss_first_reserve_bytes\": %llu, ",
+			   "\"libquota_rss_first_reserve_bytes\": %llu, \"libquota_private_open_bytes\": %llu, ",
 			rep->mem.quotas, rep->mem.clients, (unsigned long long)rep->mem.segment_bytes,
 			(unsigned long long)rep->mem.rss_open_bytes,
-			(unsigned long long)rep->mem.rss_first_reserve_bytes);
+			(unsigned long long)rep->mem.rss_first_reserve_bytes,
+			(unsigned long long)rep->mem.private_open_bytes);
 	fprintf(f, "\"mutex_table_bytes_10000_quotas\": %llu}\n}\n",
 		(unsigned long long)rep->mutex_table_bytes);
 }
@@ -512,12 +515,12 @@ int qb_plot(const struct qb_report *rep, const char *png)
 	static const char *impl[] = { "libquota", "refcas", "mutex", "redis" };
 	fprintf(g, "set terminal pngcairo size 1000,620 font 'sans,10'\nset output '%s'\n", png);
 	fprintf(g, "set title \"reserve+commit throughput vs processes, one hot quota (median of %d runs, "
-		   "bars: min)\\n%s, %d CPUs, %s, clocksource %s, %s\"\n",
+		   "bars: min)\\n%s, %d CPUs, %s, clocksource %s, %s\" noenhanced\n",
 		rep->runs, rep->machine.cpu, rep->machine.cpus, rep->machine.kernel,
 		rep->machine.clocksource, rep->machine.date);
 	fprintf(g, "set xlabel 'processes'\nset ylabel 'operations/s, all processes'\n"
 		   "set logscale x 2\nset logscale y 10\nset xrange [0.8:20]\nset grid\n"
-		   "set key outside right top\nset format y '10^{%%L}'\n");
+		   "set key center right box opaque\nset format y '10^{%%L}'\n");
 	fprintf(g, "plot ");
 	int first = 1;
 	for (int i = 0; i < 4; i++) {
