@@ -49,6 +49,8 @@ static const char *reason_names[QUOTA_REJECT_REASONS] = {
 
 static struct sockaddr_un listen_addr;
 static bool socket_bound;
+static dev_t socket_dev;
+static ino_t socket_ino;
 
 /* ---- replies -------------------------------------------------------- */
 
@@ -714,7 +716,12 @@ int qd_control_open(struct daemon *d)
 		d->socket_path[0] = '\0';
 		return 0;
 	}
-	socket_bound = true;
+	struct stat mine;
+	if (lstat(path, &mine) == 0) {
+		socket_bound = true;
+		socket_dev = mine.st_dev;
+		socket_ino = mine.st_ino;
+	}
 	d->lfd = fd;
 	arm_accept(d);
 	return 0;
@@ -740,7 +747,7 @@ void qd_control_close(struct daemon *d)
 	if (socket_bound) {
 		/* Only if it is still ours (not replaced by another daemon's). */
 		struct stat st;
-		if (lstat(d->socket_path, &st) == 0 && S_ISSOCK(st.st_mode) && !socket_in_use(d->socket_path))
+		if (lstat(d->socket_path, &st) == 0 && st.st_dev == socket_dev && st.st_ino == socket_ino)
 			unlink(d->socket_path);
 		socket_bound = false;
 	}

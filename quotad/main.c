@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "quotad.h"
+#include "sockpath.h"
 
 #define EXIT_RUNTIME 1
 #define EXIT_CONFIG 2
@@ -184,24 +185,6 @@ static int lock_segment(struct daemon *d, char *err, size_t errlen)
 	return -EBUSY;
 }
 
-/* Socket path default: $QUOTA_SOCKET, /run/quotad.sock (root) or
- * $XDG_RUNTIME_DIR/quotad.sock. */
-static int default_socket(struct daemon *d)
-{
-	const char *env = getenv("QUOTA_SOCKET");
-	const char *xdg = getenv("XDG_RUNTIME_DIR");
-	int n;
-	if (env && *env)
-		n = snprintf(d->socket_path, sizeof(d->socket_path), "%s", env);
-	else if (geteuid() == 0)
-		n = snprintf(d->socket_path, sizeof(d->socket_path), "/run/quotad.sock");
-	else if (xdg && *xdg)
-		n = snprintf(d->socket_path, sizeof(d->socket_path), "%s/quotad.sock", xdg);
-	else
-		return -ENOENT;
-	return n > 0 && (size_t)n < sizeof(d->socket_path) ? 0 : -ENAMETOOLONG;
-}
-
 static int parse_count(const char *opt, const char *s, long min, long max, long *ret)
 {
 	char *end;
@@ -338,7 +321,7 @@ int main(int argc, char **argv)
 		snprintf(cfg.segment, sizeof(cfg.segment), "%s", segment);
 	}
 	snprintf(d.segment, sizeof(d.segment), "/%s", cfg.segment);
-	if (!d.socket_explicit && default_socket(&d) < 0)
+	if (!d.socket_explicit && qd_default_socket_path(d.socket_path, sizeof(d.socket_path)) < 0)
 		d.socket_path[0] = '\0';
 	/* Start times tell a client from a later process that reuses its pid:
 	 * without /proc every client would look dead. */

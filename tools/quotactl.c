@@ -1,16 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * quotactl.c - watch and steer the budgets of a quota segment. `status`
- * reads the segment directly (read-only, no client slot): a row per quota
- * with, per limit, capacity, what is available now, in flight, spend this
- * period, admitted and rejected counts.
+ * reads the segment directly (read-only, no client slot), so it works while
+ * quotad is down: a row per quota with, per limit, capacity, what is
+ * available now, in flight, spend this period, admitted and rejected counts.
+ * `clients`, `metrics`, `backoff` and `reload` ask quotad over its control
+ * socket (one JSON request line, one JSON reply line; see control.c).
  */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +24,10 @@
 
 #include "internal.h"
 #include "layout.h"
+#include "../quotad/sockpath.h"
+
+#define REPLY_MAX (16 << 20)
+#define REPLY_TIMEOUT_MS 10000
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
@@ -32,16 +42,23 @@ static const char *reason_names[QUOTA_REJECT_REASONS] = {
 
 static void usage(FILE *f)
 {
-	fputs("Usage: quotactl [--segment NAME] COMMAND [OPTIONS]\n"
+	fputs("Usage: quotactl [--segment NAME] [--socket PATH] COMMAND [OPTIONS]\n"
 	      "Watch and steer the LLM API budgets that quotad serves (see quotactl(1)).\n"
 	      "\n"
 	      "Commands:\n"
-	      "  status [--json]     one row per quota: per limit capacity, available now,\n"
-	      "                      in flight, spend this period, admitted and rejected\n"
+	      "  status [--json] [--watch [--interval SEC] [--count N]]\n"
+	      "                       one row per quota: per limit capacity, available now,\n"
+	      "                       in flight, spend, admitted and rejected (reads the segment)\n"
+	      "  clients [--json]     attached processes and what each holds (asks quotad)\n"
+	      "  metrics              Prometheus text exposition (asks quotad)\n"
+	      "  backoff QUOTA SEC    pause QUOTA for SEC seconds on every process (root)\n"
+	      "  reload               make quotad reload its config (root)\n"
 	      "\n"
 	      "Options:\n"
-	      "  -s, --segment NAME  segment /NAME (default: $QUOTA_SEGMENT, else \"quota\")\n"
-	      "  -h, --help          show this help\n"
+	      "  -s, --segment NAME   segment /NAME (default: $QUOTA_SEGMENT, else \"quota\")\n"
+	      "  -S, --socket PATH    quotad's control socket (default: $QUOTA_SOCKET, else\n"
+	      "                       /run/quotad.sock as root, $XDG_RUNTIME_DIR/quotad.sock)\n"
+	      "  -h, --help           show this help\n"
 	      "\n"
 	      "Exit status: 0 ok, 1 daemon or runtime error, 2 usage error.\n",
 	      f);
@@ -184,19 +201,241 @@ static int status_json(quota_client *c, const char *segment)
 	return 0;
 }
 
+/* ---- the control socket --------------------------------------------- */
+
+static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+
+/* Send @req (one JSON object) and return quotad's reply if it says ok;
+ * otherwise print why and return NULL. */
+static cJSON *ask(const char *req)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	strcpy(a.sun_path, socket_path);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		fprintf(stderr, "quotactl: cannot reach quotad at %s: %s\n", socket_path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	size_t len = strlen(req);
+	if (send(fd, req, len, MSG_NOSIGNAL) != (ssize_t)len || send(fd, "\n", 1, MSG_NOSIGNAL) != 1) {
+		fprintf(stderr, "quotactl: %s: %s\n", socket_path, strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	size_t cap = 65536, got = 0;
+	char *buf = malloc(cap);
+	const char *why = NULL;
+	while (buf && !why) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		int r = poll(&p, 1, REPLY_TIMEOUT_MS);
+		if (r == 0) {
+			why = "no reply within 10 s";
+			break;
+		}
+		if (got + 1 == cap) {
+			char *nb = cap < REPLY_MAX ? realloc(buf, cap * 2) : NULL;
+			if (!nb) {
+				why = "reply too large";
+				break;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		ssize_t n = r < 0 ? -1 : recv(fd, buf + got, cap - got - 1, 0);
+		if (n <= 0) {
+			why = n == 0 ? "connection closed before a reply" : strerror(errno);
+			break;
+		}
+		got += (size_t)n;
+		if (memchr(buf + got - n, '\n', (size_t)n))
+			break;
+	}
+	close(fd);
+	if (!buf || why) {
+		fprintf(stderr, "quotactl: %s: %s\n", socket_path, buf ? why : "out of memory");
+		free(buf);
+		return NULL;
+	}
+	cJSON *reply = cJSON_ParseWithLength(buf, got);
+	free(buf);
+	if (!cJSON_IsObject(reply)) {
+		fprintf(stderr, "quotactl: %s: malformed reply\n", socket_path);
+		cJSON_Delete(reply);
+		return NULL;
+	}
+	if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
+		fprintf(stderr, "quotactl: quotad: %s\n", cJSON_IsString(e) ? e->valuestring : "request failed");
+		cJSON_Delete(reply);
+		return NULL;
+	}
+	return reply;
+}
+
+static double num(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static int cmd_clients(bool json)
+{
+	cJSON *r = ask("{\"cmd\":\"clients\"}");
+	if (!r)
+		return EXIT_RUNTIME;
+	if (json) {
+		char *s = cJSON_PrintUnformatted(r);
+		if (s)
+			puts(s);
+		free(s);
+		cJSON_Delete(r);
+		return 0;
+	}
+	printf("%-5s %-8s %-10s %5s %9s  %s\n", "SLOT", "PID", "STATE", "GEN", "IN-FLIGHT",
+	       "QUOTAS (in flight/admitted/rejected)");
+	const cJSON *c;
+	cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(r, "clients")) {
+		const cJSON *st = cJSON_GetObjectItemCaseSensitive(c, "state");
+		printf("%-5.0f %-8.0f %-10s %5.0f %9.0f ", num(c, "slot"), num(c, "pid"),
+		       cJSON_IsString(st) ? st->valuestring : "?", num(c, "generation"), num(c, "inflight"));
+		const cJSON *q;
+		cJSON_ArrayForEach(q, cJSON_GetObjectItemCaseSensitive(c, "quotas")) {
+			const cJSON *name = cJSON_GetObjectItemCaseSensitive(q, "quota");
+			printf(" %s:%.0f/%.0f/%.0f", cJSON_IsString(name) ? name->valuestring : "?",
+			       num(q, "inflight"), num(q, "admitted"), num(q, "rejected"));
+		}
+		putchar('\n');
+	}
+	cJSON_Delete(r);
+	return 0;
+}
+
+static int cmd_metrics(void)
+{
+	cJSON *r = ask("{\"cmd\":\"metrics\"}");
+	if (!r)
+		return EXIT_RUNTIME;
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(r, "text");
+	if (cJSON_IsString(t))
+		fputs(t->valuestring, stdout);
+	cJSON_Delete(r);
+	return cJSON_IsString(t) ? 0 : EXIT_RUNTIME;
+}
+
+static int cmd_backoff(const char *quota, double seconds)
+{
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "cmd", "backoff");
+	cJSON_AddStringToObject(req, "quota", quota);
+	cJSON_AddNumberToObject(req, "seconds", seconds);
+	char *s = cJSON_PrintUnformatted(req);
+	cJSON_Delete(req);
+	cJSON *r = s ? ask(s) : NULL;
+	free(s);
+	if (!r)
+		return EXIT_RUNTIME;
+	printf("quota %s paused for %g s on every process\n", quota, seconds);
+	cJSON_Delete(r);
+	return 0;
+}
+
+static int cmd_reload(void)
+{
+	cJSON *r = ask("{\"cmd\":\"reload\"}");
+	if (!r)
+		return EXIT_RUNTIME;
+	printf("config reloaded (generation %.0f)\n", num(r, "generation"));
+	cJSON_Delete(r);
+	return 0;
+}
+
+static int parse_positive(const char *what, const char *s, double max, double *ret)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > max) {
+		fprintf(stderr, "quotactl: %s: expected a number in (0, %g], got '%s'\n", what, max, s);
+		return -EINVAL;
+	}
+	*ret = v;
+	return 0;
+}
+
+static int cmd_status(const char *segment, int argc, char **argv)
+{
+	bool json = false, watch = false;
+	double interval = 1;
+	long count = -1;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0) {
+			json = true;
+		} else if (strcmp(argv[i], "--watch") == 0) {
+			watch = true;
+		} else if ((strcmp(argv[i], "--interval") == 0 || strcmp(argv[i], "--count") == 0) &&
+			   i + 1 < argc) {
+			double v;
+			if (parse_positive(argv[i], argv[i + 1], 86400, &v) < 0)
+				return EXIT_USAGE;
+			if (argv[i][2] == 'i')
+				interval = v;
+			else
+				count = (long)v;
+			i++;
+		} else {
+			fprintf(stderr, "quotactl status: unknown option or missing value: %s\n", argv[i]);
+			return EXIT_USAGE;
+		}
+	}
+	if (!watch)
+		count = 1;
+	bool tty = isatty(STDOUT_FILENO);
+	for (long n = 0; count < 0 || n < count; n++) {
+		if (n > 0) {
+			struct timespec ts = { (time_t)interval, (long)((interval - (double)(time_t)interval) * 1e9) };
+			nanosleep(&ts, NULL);
+		}
+		/* Attach afresh each time: quotad may have been restarted. */
+		quota_client *c;
+		int r = qc_open_observer(segment, &c);
+		if (r < 0) {
+			fprintf(stderr, "quotactl: segment /%s: %s\n", segment, quota_strerror(r));
+			return EXIT_RUNTIME;
+		}
+		if (watch && !json)
+			fputs(tty ? "\033[H\033[2J" : "\n", stdout);
+		r = json ? status_json(c, segment) : status_text(c, segment);
+		quota_close(c);
+		fflush(stdout);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "segment", required_argument, NULL, 's' },
+		{ "socket", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	const char *segment = NULL;
 	int o;
 	/* '+': stop at the command; its own options follow it. */
-	while ((o = getopt_long(argc, argv, "+s:h", opts, NULL)) != -1) {
+	while ((o = getopt_long(argc, argv, "+s:S:h", opts, NULL)) != -1) {
 		switch (o) {
 		case 's': segment = optarg; break;
+		case 'S':
+			if (!*optarg || strlen(optarg) >= sizeof(socket_path)) {
+				fprintf(stderr, "quotactl: --socket: 1 to %zu characters\n", sizeof(socket_path) - 1);
+				return EXIT_USAGE;
+			}
+			strcpy(socket_path, optarg);
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return EXIT_USAGE;
 		}
@@ -211,25 +450,38 @@ int main(int argc, char **argv)
 		if (!segment || !*segment)
 			segment = "quota";
 	}
-	if (strcmp(cmd, "status") == 0) {
-		bool json = false;
-		for (; optind < argc; optind++) {
-			if (strcmp(argv[optind], "--json") == 0) {
-				json = true;
-			} else {
-				fprintf(stderr, "quotactl status: unknown option %s\n", argv[optind]);
-				return EXIT_USAGE;
-			}
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(segment, argc - optind, argv + optind);
+	if (strcmp(cmd, "help") != 0 && !socket_path[0] &&
+	    qd_default_socket_path(socket_path, sizeof(socket_path)) < 0) {
+		fprintf(stderr, "quotactl: no control socket: give --socket PATH or set $QUOTA_SOCKET\n");
+		return EXIT_USAGE;
+	}
+	int nargs = argc - optind;
+	if (strcmp(cmd, "clients") == 0) {
+		bool json = nargs == 1 && strcmp(argv[optind], "--json") == 0;
+		if (nargs > 1 || (nargs == 1 && !json)) {
+			fprintf(stderr, "quotactl clients: usage: clients [--json]\n");
+			return EXIT_USAGE;
 		}
-		quota_client *c;
-		int r = qc_open_observer(segment, &c);
-		if (r < 0) {
-			fprintf(stderr, "quotactl: segment /%s: %s\n", segment, quota_strerror(r));
-			return EXIT_RUNTIME;
+		return cmd_clients(json);
+	}
+	if (strcmp(cmd, "metrics") == 0 || strcmp(cmd, "reload") == 0) {
+		if (nargs) {
+			fprintf(stderr, "quotactl %s: takes no arguments\n", cmd);
+			return EXIT_USAGE;
 		}
-		r = json ? status_json(c, segment) : status_text(c, segment);
-		quota_close(c);
-		return r;
+		return cmd[0] == 'm' ? cmd_metrics() : cmd_reload();
+	}
+	if (strcmp(cmd, "backoff") == 0) {
+		double secs;
+		if (nargs != 2) {
+			fprintf(stderr, "quotactl backoff: usage: backoff QUOTA SECONDS\n");
+			return EXIT_USAGE;
+		}
+		if (parse_positive("backoff SECONDS", argv[optind + 1], 86400, &secs) < 0)
+			return EXIT_USAGE;
+		return cmd_backoff(argv[optind], secs);
 	}
 	if (strcmp(cmd, "help") == 0) {
 		usage(stdout);
