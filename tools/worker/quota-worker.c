@@ -11,7 +11,8 @@
  *   message) -> quota_reserve({1, prompt, max_tokens}, timeout) -> POST ->
  *   200: quota_commit({1, usage.prompt_tokens, usage.completion_tokens});
  *   429: quota_backoff(retry-after) + quota_feedback_apply(headers),
- *        quota_cancel, retry; transport error: quota_cancel, retry.
+ *        quota_cancel, retry; transport error: quota_cancel (or, if the
+ *        request had gone out in full, commit the estimate), retry.
  *
  * Every request is logged as one CSV line (see quota-worker(1)), with
  * CLOCK_MONOTONIC nanosecond times that compare across processes.
@@ -129,6 +130,7 @@ struct http {
 	int overflow;
 	struct quota_feedback fb;
 	int bad_headers; /* rate-limit headers quota_feedback_header refused */
+	int body_sent;   /* after a transport error: the whole request went out */
 };
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
@@ -242,11 +244,19 @@ static long http_post(struct http *h, const char *req, size_t req_len)
 	h->len = 0;
 	h->overflow = 0;
 	h->bad_headers = 0;
+	h->body_sent = 0;
 	quota_feedback_init(&h->fb);
 	curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, req);
 	curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req_len);
 	rc = curl_easy_perform(h->curl);
 	if (rc != CURLE_OK) {
+		curl_off_t up = 0;
+
+		/* Sent in full, the provider may have counted it even if we never
+		 * saw the answer. */
+		if (curl_easy_getinfo(h->curl, CURLINFO_SIZE_UPLOAD_T, &up) == CURLE_OK &&
+		    up >= (curl_off_t)req_len)
+			h->body_sent = 1;
 		if (!stopping)
 			warn("POST %s: %s", cfg.url, curl_easy_strerror(rc));
 		return -1;
@@ -427,7 +437,16 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 			quota_cancel(qc, &t);
 			continue;
 		}
-		quota_cancel(qc, &t);
+		if (st == -1 && h->body_sent) {
+			/* The request reached the provider, the answer was lost:
+			 * it may have been charged, so settle at the estimate
+			 * rather than give back what may be spent. */
+			struct quota_cost est = { 1, prompt, cfg.max_tokens };
+
+			quota_commit(qc, &t, &est);
+		} else {
+			quota_cancel(qc, &t);
+		}
 		if (st == -1) {
 			if (++transport_errors >= TRANSPORT_RETRIES || stopping) {
 				r->status = stopping ? ST_ABANDONED : ST_TRANSPORT;
