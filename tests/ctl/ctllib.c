@@ -118,8 +118,7 @@ pid_t cl_fork(void)
 	return pid;
 }
 
-pid_t cl_quotad_try(const struct cl_env *e, const char *config, const char *const *extra,
-		    bool *ready, int *status)
+pid_t cl_quotad_spawn(const struct cl_env *e, const char *config, const char *const *extra, int *ret_fd)
 {
 	const char *bin = getenv("QUOTAD");
 	cr_assert(bin, "$QUOTAD is not set (run through meson test)");
@@ -147,13 +146,27 @@ pid_t cl_quotad_try(const struct cl_env *e, const char *config, const char *cons
 		_exit(127);
 	}
 	close(p[1]);
+	*ret_fd = p[0];
+	return pid;
+}
+
+bool cl_ready(int fd)
+{
 	char buf[16] = { 0 };
-	struct pollfd pf = { p[0], POLLIN, 0 };
+	struct pollfd pf = { fd, POLLIN, 0 };
 	ssize_t got = 0;
 	if (poll(&pf, 1, 10000) == 1)
-		got = read(p[0], buf, sizeof(buf) - 1);
-	close(p[0]);
-	*ready = got == 6 && strcmp(buf, "ready\n") == 0;
+		got = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	return got == 6 && strcmp(buf, "ready\n") == 0;
+}
+
+pid_t cl_quotad_try(const struct cl_env *e, const char *config, const char *const *extra,
+		    bool *ready, int *status)
+{
+	int fd;
+	pid_t pid = cl_quotad_spawn(e, config, extra, &fd);
+	*ready = cl_ready(fd);
 	*status = 0;
 	if (!*ready)
 		waitpid(pid, status, 0);

@@ -41,6 +41,11 @@ pid_t cl_quotad(const struct cl_env *e, const char *config, ...);
 pid_t cl_quotad_try(const struct cl_env *e, const char *config, const char *const *extra,
 		    bool *ready, int *status);
 
+/* Start quotad without waiting: *@ret_fd gives "ready\n" or EOF. */
+pid_t cl_quotad_spawn(const struct cl_env *e, const char *config, const char *const *extra, int *ret_fd);
+/* Wait (10 s at most) for "ready" on @fd, then close it. */
+bool cl_ready(int fd);
+
 /* Signal @pid and reap it; returns the wait status. */
 int cl_stop(pid_t pid, int sig);
 
