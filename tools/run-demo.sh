@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-deps.sh
-meson setup build -Dwerror=true >/dev/null 2>&1 || true
+[ -f build/build.ninja ] || meson setup build -Dwerror=true >/dev/null
 ninja -C build >/dev/null
 if [ -x tools/demo.sh ] && [ "${QUOTA_DEMO:-full}" = full ]; then
   exec bash tools/demo.sh

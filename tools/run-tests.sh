@@ -5,13 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-deps.sh
 jobs=$(nproc)
-meson setup build --wipe -Dwerror=true >/dev/null 2>&1 || meson setup build -Dwerror=true >/dev/null
+# setup DIR OPTIONS...: configure a fresh build directory, or reconfigure one.
+setup() {
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then meson setup --reconfigure "$dir" "$@" >/dev/null
+  else meson setup "$dir" "$@" >/dev/null; fi
+}
+setup build -Dwerror=true
 ninja -C build
 meson test -C build --print-errorlogs --num-processes "$jobs"
 # Sanitizers: the same suite with ASan and UBSan (halt on the first report).
-meson setup build-asan --wipe -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false \
-  -Dbuildtype=debug >/dev/null 2>&1 || \
-  meson setup build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug >/dev/null
+setup build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
 ninja -C build-asan
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --print-errorlogs --num-processes "$jobs" --no-suite bench --timeout-multiplier 3
