@@ -601,9 +601,12 @@ static void parse_options(int argc, char **argv)
 	}
 	if (!cfg.model)
 		cfg.model = cfg.quota;
-	if (strlen(cfg.model) > 256 || strpbrk(cfg.model, "\"\\")) {
-		fprintf(stderr, "quota-worker: --model: at most 256 bytes, no quotes or backslashes\n");
-		exit(2);
+	for (const char *p = cfg.model; *p; p++) {
+		if (p - cfg.model >= 256 || *p == '"' || *p == '\\' || (unsigned char)*p < 0x20) {
+			fprintf(stderr, "quota-worker: --model: at most 256 bytes, no quotes, "
+					"backslashes or control characters\n");
+			exit(2);
+		}
 	}
 	/* A base URL ("http://host:port" or ".../v1") gets the endpoint path. */
 	if (strlen(url) + 32 > sizeof(cfg.url)) {
