@@ -539,6 +539,7 @@ static void serve(struct daemon *d, uint32_t i)
 		return;
 	}
 	if (c->inlen > d->max_line) {
+		d->st.requests++;
 		d->st.bad_requests++;
 		c->close_after_send = true;
 		queue_reply(d, i, reply_error("request line longer than %u bytes: closing", d->max_line));
