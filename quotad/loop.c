@@ -4,15 +4,46 @@
  * work is a completion: the signalfd (HUP reload, TERM/INT stop), a relative
  * timeout that ticks every QD_TICK_NS (client scan, heartbeat, idle control
  * connections, ledger), pidfd polls (a client died), and the control
- * socket's accept, recv and send. Nothing here waits on a client: each
+ * socket's accept, recv and send; and the periodic work of the tick
+ * (heartbeat, scan, idle connections, reload fix-ups, ledger). Nothing here
+ * waits on a client: each
  * operation is asynchronous, and a handler only touches memory and issues
  * further submissions.
  */
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 
 #include "quotad.h"
+
+void qd_heartbeat(struct daemon *d)
+{
+	struct timespec rt, mono;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	clock_gettime(CLOCK_MONOTONIC, &mono);
+	int64_t rt_ns = (int64_t)rt.tv_sec * QC_NS_PER_S + rt.tv_nsec;
+	int64_t mono_ns = (int64_t)mono.tv_sec * QC_NS_PER_S + mono.tv_nsec;
+	if (!(d->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK))
+		atomic_store_explicit(&d->h->realtime_offset_ns, rt_ns - mono_ns, memory_order_relaxed);
+	atomic_store_explicit(&d->h->heartbeat_ns, mono_ns, memory_order_relaxed);
+}
+
+void qd_tick(struct daemon *d)
+{
+	int64_t now = qd_mono();
+	if (now >= d->next_heartbeat) {
+		qd_heartbeat(d);
+		d->next_heartbeat = now + QD_HEARTBEAT_NS;
+	}
+	qd_clients_scan(d);
+	qd_control_tick(d);
+	qd_reload_tick(d);
+	if (d->state_dir && now >= d->next_ledger) {
+		qd_ledger_save(d);
+		d->next_ledger = now + QD_LEDGER_NS;
+	}
+}
 
 struct io_uring_sqe *qd_sqe(struct daemon *d)
 {

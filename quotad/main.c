@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,34 +31,6 @@
 
 #define EXIT_RUNTIME 1
 #define EXIT_CONFIG 2
-
-int qd_verbose;
-
-void qd_log(const char *level, const char *fmt, ...)
-{
-	if (strcmp(level, "debug") == 0 && !qd_verbose)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	fprintf(stderr, "quotad[%d]: %s: ", getpid(), level);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
-	va_end(ap);
-}
-
-int64_t qd_mono(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * QC_NS_PER_S + ts.tv_nsec;
-}
-
-int64_t qd_now(const struct daemon *d)
-{
-	if (d->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK)
-		return atomic_load_explicit(&d->h->manual_now_ns, memory_order_acquire);
-	return qd_mono();
-}
 
 static void usage(FILE *f)
 {
@@ -88,34 +59,6 @@ static void usage(FILE *f)
 	      "Exit status: 0 stopped by SIGTERM/SIGINT, 1 runtime error (or another quotad\n"
 	      "serves the segment), 2 usage or config error.\n",
 	      f);
-}
-
-static void heartbeat(struct daemon *d)
-{
-	struct timespec rt, mono;
-	clock_gettime(CLOCK_REALTIME, &rt);
-	clock_gettime(CLOCK_MONOTONIC, &mono);
-	int64_t rt_ns = (int64_t)rt.tv_sec * QC_NS_PER_S + rt.tv_nsec;
-	int64_t mono_ns = (int64_t)mono.tv_sec * QC_NS_PER_S + mono.tv_nsec;
-	if (!(d->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK))
-		atomic_store_explicit(&d->h->realtime_offset_ns, rt_ns - mono_ns, memory_order_relaxed);
-	atomic_store_explicit(&d->h->heartbeat_ns, mono_ns, memory_order_relaxed);
-}
-
-void qd_tick(struct daemon *d)
-{
-	int64_t now = qd_mono();
-	if (now >= d->next_heartbeat) {
-		heartbeat(d);
-		d->next_heartbeat = now + QD_HEARTBEAT_NS;
-	}
-	qd_clients_scan(d);
-	qd_control_tick(d);
-	qd_reload_tick(d);
-	if (d->state_dir && now >= d->next_ledger) {
-		qd_ledger_save(d);
-		d->next_ledger = now + QD_LEDGER_NS;
-	}
 }
 
 /* Map an existing segment read-write and validate it. */
@@ -365,7 +308,7 @@ int main(int argc, char **argv)
 	}
 	int prev = atomic_exchange_explicit(&d.h->daemon_pid, getpid(), memory_order_relaxed);
 	atomic_store_explicit(&d.h->daemon_starttime, qc_proc_starttime(getpid()), memory_order_relaxed);
-	heartbeat(&d);
+	qd_heartbeat(&d);
 	d.started_mono = qd_mono();
 	if (d.adopted) {
 		qd_log("info", "adopting live segment %s (previous quotad pid %d, generation %llu): "

@@ -124,6 +124,7 @@ struct daemon {
 	struct qd_stats st;
 };
 
+/* log.c */
 __attribute__((format(printf, 2, 3)))
 void qd_log(const char *level, const char *fmt, ...);
 extern int qd_verbose;
@@ -132,10 +133,10 @@ extern int qd_verbose;
 int64_t qd_now(const struct daemon *d);
 int64_t qd_mono(void);
 
-/* main.c: the periodic work, called by the loop every QD_TICK_NS. */
-void qd_tick(struct daemon *d);
-
 /* loop.c */
+/* The periodic work, every QD_TICK_NS; the header's heartbeat and clock offset. */
+void qd_tick(struct daemon *d);
+void qd_heartbeat(struct daemon *d);
 int qd_loop_init(struct daemon *d);
 void qd_loop_exit(struct daemon *d);
 /* A submission entry (submits what is queued if the ring is full). */
