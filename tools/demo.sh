@@ -236,14 +236,21 @@ get() { sed -n "s/^$1=//p" "$tmp/$2.sum"; }
 row() { printf '%-34s %14s %14s\n' "$1" "$2" "$3"; }
 
 echo
-echo "== summary: $WORKERS workers, ${DURATION} s each. Utilisation: over ${WARMUP} s to ${DURATION} s, after"
-echo "   the first burst that a full minute's capacity allows; wait: from wanting to send to the"
-echo "   attempt that was served (after warm-up: requests started then, unserved ones counted too)"
+echo "== summary: $WORKERS workers, ${DURATION} s each."
+echo "   Utilisation: tokens and requests sent from ${WARMUP} s to ${DURATION} s (after the first burst that"
+echo "   a full minute of capacity allows), as a % of the limit's rate; a fleet that saves tokens up"
+echo "   while it sleeps can spend them later above 100 %, so the slices show how steady it is."
+echo "   Wait: from wanting to send to sending the attempt that was served (after warm-up: the"
+echo "   requests started then, those never served counted with the time they had waited)."
 row "" "libquota" "naive"
 row "requests served" "$(get served quota)" "$(get served naive)"
 row "429 responses received" "$(get n429 quota)" "$(get n429 naive)"
 row "RPM utilisation (% of $RPM)" "$(get rpm_util quota)" "$(get rpm_util naive)"
 row "TPM utilisation (% of $TPM)" "$(get tpm_util quota)" "$(get tpm_util naive)"
+row "  RPM per 2.5 s slice, min-max (%)" "$(get rpm_slice_min quota)-$(get rpm_slice_max quota)" \
+	"$(get rpm_slice_min naive)-$(get rpm_slice_max naive)"
+row "  TPM per 2.5 s slice, min-max (%)" "$(get tpm_slice_min quota)-$(get tpm_slice_max quota)" \
+	"$(get tpm_slice_min naive)-$(get tpm_slice_max naive)"
 row "spend (USD)" "$(get spend_usd quota)" "$(get spend_usd naive)"
 row "wait before sending, p50 (ms)" "$(get wait_p50_ms quota)" "$(get wait_p50_ms naive)"
 row "wait before sending, p99 (ms)" "$(get wait_p99_ms quota)" "$(get wait_p99_ms naive)"

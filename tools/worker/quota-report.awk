@@ -8,7 +8,11 @@
 # output tokens), warmup and duration (seconds). The measured interval is
 # [t0 + warmup, t0 + duration), t0 the earliest start_ns in the logs: it leaves
 # out the first burst that a full bucket allows, so utilisation is what the
-# steady state gets out of the limit.
+# steady state gets out of the limit. A bucket of a whole minute can hold
+# more than an interval's rate, so a fleet that saves tokens up while it
+# sleeps can spend above 100 % of the rate over a short interval; slice
+# (seconds, default 2.5) cuts the interval into slices whose min and max
+# utilisation show how steady the use is.
 #
 # Output:
 #   served, n429, abandoned, failed    counts over the whole run
@@ -17,6 +21,8 @@
 #                                      and their prompt + completion tokens
 #   rpm_util, tpm_util                 % of the limit's rate over the interval
 #   binding, binding_util              the limit used most, and its %
+#   rpm_slice_min, rpm_slice_max,      the least and most used slice of the
+#   tpm_slice_min, tpm_slice_max       interval, % of the limit's rate
 #   spend_usd                          what the served requests cost
 #   wait_p50_ms, wait_p99_ms           waited_ns of served requests (time from
 #                                      wanting to send to the successful send)
@@ -77,6 +83,23 @@ END {
 	for (i = 1; i <= served; i++)
 		if (rec_sent[i] >= ws && rec_sent[i] < we) { wreq++; wtok += rec_tok[i] }
 	w = duration - warmup
+	if (slice <= 0) slice = 2.5
+	ns = int(w / slice + 1e-9)
+	for (i = 1; i <= served; i++) {
+		if (rec_sent[i] < ws) continue
+		k = int((rec_sent[i] - ws) / (slice * 1e9))
+		if (k < ns) { sreq[k]++; stok[k] += rec_tok[i] }
+	}
+	rmin = tmin = -1; rmax = tmax = 0
+	for (k = 0; k < ns; k++) {
+		ru = rpm > 0 ? 100 * sreq[k] / (rpm * slice / 60) : 0
+		tu = tpm > 0 ? 100 * stok[k] / (tpm * slice / 60) : 0
+		if (rmin < 0 || ru < rmin) rmin = ru
+		if (tmin < 0 || tu < tmin) tmin = tu
+		if (ru > rmax) rmax = ru
+		if (tu > tmax) tmax = tu
+	}
+	if (rmin < 0) rmin = tmin = 0
 	rpm_util = (rpm > 0 && w > 0) ? 100 * wreq / (rpm * w / 60) : 0
 	tpm_util = (tpm > 0 && w > 0) ? 100 * wtok / (tpm * w / 60) : 0
 	for (i = 1; i <= nr; i++)
@@ -88,6 +111,8 @@ END {
 	printf "rpm_util=%.1f\ntpm_util=%.1f\n", rpm_util, tpm_util
 	if (tpm_util >= rpm_util) printf "binding=tpm\nbinding_util=%.1f\n", tpm_util
 	else printf "binding=rpm\nbinding_util=%.1f\n", rpm_util
+	printf "rpm_slice_min=%.0f\nrpm_slice_max=%.0f\n", rmin, rmax
+	printf "tpm_slice_min=%.0f\ntpm_slice_max=%.0f\n", tmin, tmax
 	printf "spend_usd=%.4f\n", spend
 	printf "wait_p50_ms=%.0f\nwait_p99_ms=%.0f\n", pct(wait, n, 50), pct(wait, n, 99)
 	printf "ss_wait_p50_ms=%.0f\nss_wait_p99_ms=%.0f\n", pct(ssw, nss, 50), pct(ssw, nss, 99)
