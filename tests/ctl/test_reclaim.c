@@ -312,3 +312,24 @@ Test(reclaim, late_quotad_adopts_living_reclaims_dead)
 	cl_stop(live, SIGKILL);
 	quota_close(c);
 }
+
+Test(reclaim, stalled_process_keeps_what_it_holds)
+{
+	struct cl_env e;
+	cl_env(&e, "rz");
+	cl_quotad(&e, cl_file(&e, "q.json", CONFIG), NULL);
+	quota_client *c = cl_open(e.seg);
+	struct qs_quota *q = qc_quota(c, quota_find(c, "q"));
+	uint32_t slot;
+	pid_t pid = holder(e.seg, &slot);
+	kill(pid, SIGSTOP);
+	/* An observation window of 25 ticks: a stalled process is not a dead one. */
+	nanosleep(&(struct timespec){ 0, 25 * 20 * CL_MS }, NULL);
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, slot)->state)), QS_CLIENT_LIVE);
+	cr_assert_eq(count_of(q), 2);
+	kill(pid, SIGCONT);
+	kill(pid, SIGKILL);
+	wait_back(c, q, slot, 0, cl_now());
+	cl_stop(pid, SIGKILL);
+	quota_close(c);
+}
