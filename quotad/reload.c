@@ -32,6 +32,12 @@
  * THE SEQLOCK. cfg_seq is odd while the config lines are rewritten; the hot
  * path (reserve.c) snapshots the config between two reads of cfg_seq and
  * retries if it was odd or moved. The hot line itself is not part of it.
+ *
+ * TICKETS ACROSS A RELOAD. Settling checks each position's kind against the
+ * ticket's, so no refund crosses kinds. Where a position changes kind, its
+ * refund counters are moved forward by REFUND_FENCE, so that tickets and
+ * waiters from before see "refunds since" as unbounded: they give nothing
+ * back and a waiter queues again - conservative, never an over-admission.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -42,6 +48,7 @@
 #include "quotad.h"
 
 #define FIXUP_TICKS 50 /* ~1 s of late CASes caught after a move */
+#define REFUND_FENCE (1ULL << 62) /* > INT64_MAX / 4: "moved too far" */
 
 struct move {
 	uint32_t id;
@@ -144,7 +151,17 @@ static int rewrite(struct daemon *d, uint32_t id, const struct qd_quota *qc)
 	for (uint32_t i = 0; i < nfresh; i++)
 		atomic_store_explicit(qs_tat(q, fresh[i]), 0, memory_order_relaxed); /* full */
 	for (uint32_t p = 0; p < QS_RATE_KINDS; p++) {
-		if (p < n_new)
+		bool was = p < n_old, is = p < n_new;
+		if (was != is || (is && q->cfg[p].kind != (uint32_t)at[p])) {
+			/* Another kind here now: tickets taken before (open ones,
+			 * and waiters asleep) must not refund into it nor trust
+			 * its refund accounting. Moving both counters by REFUND_FENCE
+			 * makes their "refunds since" look unbounded: no refund,
+			 * and a waiter queues again (gcra.c, reserve.c). */
+			atomic_fetch_add(&q->refund_begun[p], REFUND_FENCE);
+			atomic_fetch_add(&q->refund_done[p], REFUND_FENCE);
+		}
+		if (is)
 			q->cfg[p] = bykind[at[p]];
 		else
 			memset(&q->cfg[p], 0, sizeof(q->cfg[p]));
