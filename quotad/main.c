@@ -78,7 +78,8 @@ static int attach_existing(struct daemon *d, char *err, size_t errlen)
 		return -EBADMSG;
 	}
 	void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
+	/* Kept: the lock is taken on this very object (lock_segment()). */
+	d->segfd = fd;
 	if (base == MAP_FAILED) {
 		snprintf(err, errlen, "cannot map segment %s: %s", d->segment, strerror(errno));
 		return -errno;
@@ -104,7 +105,9 @@ static int attach_existing(struct daemon *d, char *err, size_t errlen)
 /* Take the segment's lock, or name the quotad that holds it. */
 static int lock_segment(struct daemon *d, char *err, size_t errlen)
 {
-	d->segfd = shm_open(d->segment, O_RDONLY | O_CLOEXEC, 0);
+	/* A segment we created: its fd was closed by qd_segment_create(). */
+	if (d->segfd < 0)
+		d->segfd = shm_open(d->segment, O_RDONLY | O_CLOEXEC, 0);
 	if (d->segfd < 0) {
 		snprintf(err, errlen, "cannot open segment %s: %s", d->segment, strerror(errno));
 		return -errno;
