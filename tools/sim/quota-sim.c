@@ -40,6 +40,7 @@
 #include <time.h>
 
 #include "bucket.h"
+#include "format.h"
 
 #define NS_PER_MS INT64_C(1000000)
 #define NS_PER_S INT64_C(1000000000)
@@ -168,44 +169,6 @@ static void sim_sleep(int64_t ns)
 			break;
 	}
 	pthread_mutex_unlock(&stop.lock);
-}
-
-/*
- * A duration as OpenAI prints x-ratelimit-reset-*: "120ms" below a second
- * (rounded up to the millisecond), else "7.66s", "2m59.56s", "6m0s",
- * "1h2m3s" (rounded up to the hundredth of a second).
- */
-static void fmt_reset(int64_t ns, char *buf, size_t size)
-{
-	int64_t cs, h, m, s, frac;
-	size_t n = 0;
-
-	if (ns <= 0) {
-		snprintf(buf, size, "0s");
-		return;
-	}
-	if (ns <= NS_PER_S - NS_PER_MS) {
-		snprintf(buf, size, "%" PRId64 "ms", (ns + NS_PER_MS - 1) / NS_PER_MS);
-		return;
-	}
-	cs = ns / (NS_PER_S / 100) + (ns % (NS_PER_S / 100) != 0);
-	h = cs / 360000;
-	m = cs / 6000 % 60;
-	s = cs / 100 % 60;
-	frac = cs % 100;
-	buf[0] = '\0';
-	if (h)
-		n += (size_t)snprintf(buf + n, size - n, "%" PRId64 "h", h);
-	if ((h || m) && n < size)
-		n += (size_t)snprintf(buf + n, size - n, "%" PRId64 "m", m);
-	if (n >= size)
-		return;
-	if (frac == 0)
-		snprintf(buf + n, size - n, "%" PRId64 "s", s);
-	else if (frac % 10 == 0)
-		snprintf(buf + n, size - n, "%" PRId64 ".%" PRId64 "s", s, frac / 10);
-	else
-		snprintf(buf + n, size - n, "%" PRId64 ".%02" PRId64 "s", s, frac);
 }
 
 /* ---- per-connection request state ------------------------------------ */
@@ -500,7 +463,7 @@ static void rl_fill(struct rl_headers *rh, const struct key_state *k, int64_t re
 		snprintf(rh->lim_r, sizeof(rh->lim_r), "%" PRIu64, cfg.limit[L_RPM]);
 		snprintf(rh->rem_r, sizeof(rh->rem_r), "%" PRIu64,
 			 bucket_remaining(&k->b[L_RPM]));
-		fmt_reset(bucket_reset_ns(&k->b[L_RPM]), rh->reset_r, sizeof(rh->reset_r));
+		sim_fmt_reset(bucket_reset_ns(&k->b[L_RPM]), rh->reset_r, sizeof(rh->reset_r));
 		rh->h[n++] = "x-ratelimit-limit-requests";
 		rh->h[n++] = rh->lim_r;
 		rh->h[n++] = "x-ratelimit-remaining-requests";
@@ -512,7 +475,7 @@ static void rl_fill(struct rl_headers *rh, const struct key_state *k, int64_t re
 		snprintf(rh->lim_t, sizeof(rh->lim_t), "%" PRIu64, cfg.limit[L_TPM]);
 		snprintf(rh->rem_t, sizeof(rh->rem_t), "%" PRIu64,
 			 bucket_remaining(&k->b[L_TPM]));
-		fmt_reset(bucket_reset_ns(&k->b[L_TPM]), rh->reset_t, sizeof(rh->reset_t));
+		sim_fmt_reset(bucket_reset_ns(&k->b[L_TPM]), rh->reset_t, sizeof(rh->reset_t));
 		rh->h[n++] = "x-ratelimit-limit-tokens";
 		rh->h[n++] = rh->lim_t;
 		rh->h[n++] = "x-ratelimit-remaining-tokens";
@@ -648,7 +611,7 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 					  "Request too large on %s: Limit %" PRIu64
 					  ", Requested %" PRIu64 ".",
 					  what[worst_l], capacity_of(lim), cost[worst_l]);
-		fmt_reset(worst, when, sizeof(when));
+		sim_fmt_reset(worst, when, sizeof(when));
 		return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type, "rate_limit_exceeded",
 				  rh.h,
 				  "Rate limit reached on %s: Limit %" PRIu64 ", Used %" PRIu64
