@@ -15,8 +15,9 @@
  *
  * THE AUDIT of quota Q sets Q's count to what the processes that can still
  * release it hold: the held of every LIVE slot's rows for Q, plus the held not
- * yet given back by other RECLAIMING slots (except those whose own intent is
- * on Q: theirs is what is being repaired). It reads the in-flight word (w1),
+ * yet given back by RECLAIMING slots (except rows that are themselves in
+ * doubt: those of a slot whose intent names Q, and journaled ones - they are
+ * what is being repaired). It reads the in-flight word (w1),
  * requires that no LIVE client has an intent on Q pending, sums, reads the
  * word again (w2) and, if w1 == w2 (the 32-bit sequence in the high half
  * changes on every move, so an unchanged word means no take or release ran
@@ -30,11 +31,12 @@
  * the audit wait; once it is RECLAIMING its held is excluded.
  *
  * RESTARTABLE. quotad may itself be killed mid-reclaim. Every give-back is
- * journaled in the slot's own intent word (the slot is RECLAIMING, so the
- * dead client can no longer write it): intent set, counter moved, row zeroed,
- * intent cleared. A later quotad that finds the slot RECLAIMING with an
- * intent treats it exactly like a client's ambiguous death: audit. So no
- * slot is given back twice and none is lost.
+ * journaled in the dead client's row (the process can no longer write it):
+ * held is marked with HELD_JOURNAL, the counter moved, held zeroed. A later
+ * quotad that finds a marked row treats it like a client's ambiguous death:
+ * audit that quota, then zero the row. So no slot is given back twice and
+ * none is lost. Only the quota an ambiguity names waits for its audit; the
+ * dead client's other rows are given back at once.
  *
  * NEVER NEGATIVE. A give-back larger than the count (which only a corrupt
  * segment can cause) is clamped at zero and counted as an anomaly.
@@ -50,6 +52,7 @@
 #include "internal.h"
 
 #define AUDIT_ATTEMPTS 64
+#define HELD_JOURNAL (1u << 31) /* in a dead client's row: being given back */
 
 static bool quota_id_ok(const struct qs_header *h, uint32_t id1)
 {
@@ -67,14 +70,18 @@ static void wake_waiters(struct qs_quota *q)
 	}
 }
 
-/* Held of quota @id1 in slot @cs's rows. */
+/* Held of quota @id1 in slot @cs's rows, journaled ones excluded (whether
+ * the counter still counts them is what an audit settles). */
 static uint64_t slot_held(const struct qs_client *cs, uint32_t id1)
 {
 	uint64_t sum = 0;
 	/* Rows are not cleared in order (quota_close), so scan them all. */
 	for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
-		if (atomic_load_explicit(&cs->rows[r].quota1, memory_order_relaxed) == id1)
-			sum += atomic_load_explicit(&cs->rows[r].held, memory_order_relaxed);
+		if (atomic_load_explicit(&cs->rows[r].quota1, memory_order_relaxed) == id1) {
+			uint32_t held = atomic_load_explicit(&cs->rows[r].held, memory_order_relaxed);
+			if (!(held & HELD_JOURNAL))
+				sum += held;
+		}
 	return sum;
 }
 
@@ -130,16 +137,15 @@ static int audit(void *base, uint32_t id1, uint32_t counts[3])
 	return -EAGAIN;
 }
 
-/* Give back one row's held, journaled in the slot's intent. */
-static void give_back(void *base, struct qs_client *cs, struct qs_row *row, uint32_t id1,
-		      uint32_t counts[3])
+/* Give back one row's held, journaled in the row itself. */
+static void give_back(void *base, struct qs_row *row, uint32_t id1, uint32_t counts[3])
 {
 	uint32_t held = atomic_load_explicit(&row->held, memory_order_relaxed);
 	if (held == 0)
 		return;
 	struct qs_quota *q = qs_quota_at(base, id1 - 1);
-	/* release: the journal entry is visible before the counter moves */
-	atomic_store_explicit(&cs->intent, ((uint64_t)held << 32) | id1, memory_order_release);
+	/* release: the journal mark is visible before the counter moves */
+	atomic_store_explicit(&row->held, held | HELD_JOURNAL, memory_order_release);
 	uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed), next;
 	uint32_t n;
 	do {
@@ -148,9 +154,8 @@ static void give_back(void *base, struct qs_client *cs, struct qs_row *row, uint
 		/* acq_rel: like qc_inflight_release() */
 	} while (!atomic_compare_exchange_weak_explicit(&q->inflight, &w, next, memory_order_acq_rel,
 							memory_order_relaxed));
-	atomic_store_explicit(&row->held, 0, memory_order_relaxed);
-	/* release: the row is final before the journal entry is withdrawn */
-	atomic_store_explicit(&cs->intent, 0, memory_order_release);
+	/* release: pairs with the audit's acquire of the row's slot */
+	atomic_store_explicit(&row->held, 0, memory_order_release);
 	counts[0] += n;
 	counts[2] += held - n;
 	atomic_fetch_add_explicit(&q->st_reclaimed, n, memory_order_relaxed);
@@ -208,27 +213,27 @@ int qc_reclaim_slot(void *base, uint32_t slot, uint64_t word, uint32_t counts[3]
 		return -ESTALE;
 	}
 
-	/* 1. An intent left by the client (or by a quotad killed while
-	 * reclaiming): repair that quota's count first. */
+	/* 1. An intent left by the client: repair that quota's count. Until
+	 * that is possible its rows stay as they are (excluded by audits). */
+	bool pending = false;
 	uint64_t it = atomic_load_explicit(&cs->intent, memory_order_acquire);
-	if (it) {
-		uint32_t id1 = (uint32_t)it;
-		if (quota_id_ok(h, id1)) {
-			if (audit(base, id1, counts) < 0)
-				return -EAGAIN;
-			for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
-				if (atomic_load_explicit(&cs->rows[r].quota1, memory_order_relaxed) == id1)
-					atomic_store_explicit(&cs->rows[r].held, 0, memory_order_relaxed);
-		}
+	uint32_t amb = (uint32_t)it;
+	if (it && quota_id_ok(h, amb) && audit(base, amb, counts) < 0) {
+		pending = true;
+	} else if (it) {
+		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
+			if (atomic_load_explicit(&cs->rows[r].quota1, memory_order_relaxed) == amb)
+				atomic_store_explicit(&cs->rows[r].held, 0, memory_order_relaxed);
 		/* release: the zeroed rows are visible before the intent goes */
 		atomic_store_explicit(&cs->intent, 0, memory_order_release);
 	}
 
-	/* 2. Every other row: exact. */
+	/* 2. Every other row: exact, or journaled by a quotad that died while
+	 * giving it back (then audited). */
 	for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
 		struct qs_row *row = &cs->rows[r];
 		uint32_t id1 = atomic_load_explicit(&row->quota1, memory_order_relaxed);
-		if (id1 == 0)
+		if (id1 == 0 || (pending && id1 == amb))
 			continue;
 		if (!quota_id_ok(h, id1)) {
 			/* Corrupt: nothing to give back to. */
@@ -236,9 +241,18 @@ int qc_reclaim_slot(void *base, uint32_t slot, uint64_t word, uint32_t counts[3]
 			atomic_store_explicit(&row->quota1, 0, memory_order_relaxed);
 			continue;
 		}
-		give_back(base, cs, row, id1, counts);
+		if (atomic_load_explicit(&row->held, memory_order_relaxed) & HELD_JOURNAL) {
+			if (audit(base, id1, counts) < 0) {
+				pending = true;
+				continue;
+			}
+			atomic_store_explicit(&row->held, 0, memory_order_relaxed);
+		}
+		give_back(base, row, id1, counts);
 		fold_row(base, row, id1);
 	}
+	if (pending)
+		return -EAGAIN;
 
 	/* 3. Free the slot, generation kept (the next claim bumps it). */
 	uint64_t free_word = (reclaiming & ~0xffULL) | QS_CLIENT_FREE;

@@ -333,3 +333,98 @@ Test(reclaim, stalled_process_keeps_what_it_holds)
 	cl_stop(pid, SIGKILL);
 	quota_close(c);
 }
+
+#define CONFIG2 "{\"quotas\": {\"q\": {\"rpm\": 100000000, \"max_inflight\": 64}, " \
+	"\"r\": {\"rpm\": 100000000, \"max_inflight\": 64}}}"
+#define JOURNAL (1u << 31) /* reclaim.c's HELD_JOURNAL */
+
+/* A child holding 2 on "q" and 2 on "r"; returns its pid and slot. */
+static pid_t holder2(const char *seg, uint32_t *slot)
+{
+	int p[2];
+	cr_assert(pipe(p) == 0);
+	pid_t pid = cl_fork();
+	if (pid == 0) {
+		quota_client *c;
+		struct quota_ticket t[4];
+		if (quota_open(seg, &c) < 0)
+			_exit(1);
+		int q = quota_find(c, "q"), r = quota_find(c, "r");
+		for (int i = 0; i < 4; i++)
+			if (quota_reserve(c, i < 2 ? q : r, &one, 0, &t[i]) < 0)
+				_exit(1);
+		uint32_t s = c->slot;
+		if (write(p[1], &s, sizeof(s)) != sizeof(s))
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	cr_assert_eq(read(p[0], slot, sizeof(*slot)), (ssize_t)sizeof(*slot));
+	close(p[0]);
+	return pid;
+}
+
+Test(reclaim, quotad_killed_mid_give_back_is_repaired)
+{
+	for (int moved = 0; moved < 2; moved++) {
+		struct cl_env e;
+		cl_env(&e, "rj");
+		const char *cfg = cl_file(&e, "q.json", CONFIG);
+		cl_stop(cl_quotad(&e, cfg, NULL), SIGKILL);
+		quota_client *c = cl_open(e.seg);
+		int id = quota_find(c, "q");
+		struct qs_quota *q = qc_quota(c, id);
+		struct quota_ticket t;
+		cr_assert_eq(quota_reserve(c, id, &one, 0, &t), 0);
+		uint32_t slot;
+		cl_stop(holder(e.seg, &slot), SIGKILL);
+		cr_assert_eq(count_of(q), 3);
+		/* Forge what a quotad killed inside give_back() leaves: the slot
+		 * RECLAIMING, the row journaled, the counter moved or not yet. */
+		struct qs_client *cs = qs_client_at(c->base, slot);
+		uint64_t w = atomic_load(&cs->state);
+		atomic_store(&cs->state, (w & ~0xffULL) | QS_CLIENT_RECLAIMING);
+		for (int r = 0; r < (int)QS_CLIENT_ROWS; r++)
+			if (atomic_load(&cs->rows[r].quota1) == (uint32_t)id + 1)
+				atomic_store(&cs->rows[r].held, 2 | JOURNAL);
+		if (moved)
+			atomic_fetch_add(&q->inflight, QS_INFLIGHT_SEQ1 - 2);
+		cl_quotad(&e, cfg, NULL);
+		wait_back(c, q, slot, 1, cl_now());
+		char *st = cl_request(e.sock, "{\"cmd\":\"status\"}");
+		cr_assert(st && cl_json_num(st, "daemon.reclaim.audits") >= 1, "%s", st ? st : "(no reply)");
+		free(st);
+		cr_assert_eq(quota_cancel(c, &t), 0);
+		cr_assert_eq(count_of(q), 0, "counter moved: %d", moved);
+		quota_close(c);
+		cl_cleanup();
+	}
+}
+
+Test(reclaim, an_ambiguity_does_not_hold_back_other_quotas)
+{
+	struct cl_env e;
+	cl_env(&e, "rb");
+	cl_quotad(&e, cl_file(&e, "q.json", CONFIG2), NULL);
+	quota_client *c = cl_open(e.seg);
+	int q = quota_find(c, "q"), r = quota_find(c, "r");
+	struct qs_quota *qq = qc_quota(c, q), *qr = qc_quota(c, r);
+	uint32_t slot;
+	pid_t pid = holder2(e.seg, &slot);
+	/* The child dies mid-update on q; and this (living) process looks as
+	 * if it were mid-update on q too, so q cannot be audited yet. */
+	atomic_store(&qs_client_at(c->base, slot)->intent, (1ULL << 32) | (uint32_t)(q + 1));
+	atomic_fetch_add(&qq->inflight, QS_INFLIGHT_SEQ1 + 1);
+	atomic_store(&c->cs->intent, (1ULL << 32) | (uint32_t)(q + 1));
+	kill(pid, SIGKILL);
+	int64_t t0 = cl_now();
+	while (QS_INFLIGHT_COUNT(atomic_load(&qr->inflight)) != 0)
+		cr_assert_lt(cl_now() - t0, 2 * CL_S, "r's slots not given back while q waits");
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, slot)->state)), QS_CLIENT_RECLAIMING);
+	cr_assert_eq(count_of(qq), 3, "q is left alone while it cannot be audited");
+	atomic_store(&c->cs->intent, 0); /* our "update" is done */
+	wait_back(c, qq, slot, 0, cl_now());
+	cl_stop(pid, SIGKILL);
+	quota_close(c);
+}
