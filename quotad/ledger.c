@@ -7,6 +7,9 @@
  * Written every QD_LEDGER_NS when it changed and when quotad stops: to a
  * temporary file, fsync'ed, renamed over the old one, and the directory
  * fsync'ed, so a crash leaves the old ledger or the new one, never a torn one.
+ * The periodic write goes through the io_uring loop (write and fsync of the
+ * file, fsync of the directory are asynchronous: a slow disk never delays a
+ * reclamation or a control reply); the one at stop is synchronous.
  * Read at start: each quota's spend words are raised to the ledger's figure
  * for the period they are in (raised, never lowered: a segment that survived
  * already holds at least what was saved). Entries of a past day or month are
@@ -82,20 +85,55 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-int qd_ledger_save(struct daemon *d)
+/* What has to be written, or NULL if the ledger already says it. */
+static char *pending_text(struct daemon *d, char *path, size_t plen, char *tmp, size_t tlen,
+			  const char *suffix)
 {
 	char *s = render(d);
-	if (!s)
-		return -ENOMEM;
-	if (last_saved && strcmp(s, last_saved) == 0) {
+	if (s && last_saved && strcmp(s, last_saved) == 0) {
 		free(s);
-		return 0;
+		return NULL;
 	}
+	if (s && (ledger_path(d, path, plen, "") < 0 || ledger_path(d, tmp, tlen, suffix) < 0)) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+static void finished(struct daemon *d, const char *path, const char *tmp, char *s, int r)
+{
+	if (r < 0) {
+		d->st.ledger_errors++;
+		qd_log("warning", "spend ledger %s: %s", path, strerror(-r));
+		unlink(tmp);
+		free(s);
+		return;
+	}
+	d->st.ledger_writes++;
+	free(last_saved);
+	last_saved = s;
+	qd_log("debug", "spend ledger %s written", path);
+}
+
+/* The asynchronous write: one at a time. Stages: 1 write + 2 fsync of the
+ * file (linked), then rename, then 3 fsync of the directory. */
+static struct {
+	bool busy;
+	int fd, dfd, err;
+	char *text;
 	char path[4096], tmp[4200];
-	if (ledger_path(d, path, sizeof(path), "") < 0 || ledger_path(d, tmp, sizeof(tmp), ".tmp") < 0) {
-		free(s);
-		return -ENAMETOOLONG;
-	}
+} aw = { .fd = -1, .dfd = -1 };
+
+int qd_ledger_save(struct daemon *d)
+{
+	char path[4096], tmp[4200];
+	/* Its own temporary file: an asynchronous write may be under way. */
+	char *s = pending_text(d, path, sizeof(path), tmp, sizeof(tmp), ".tmp");
+	if (aw.busy)
+		unlink(aw.tmp);
+	if (!s)
+		return 0;
 	int r = 0;
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
@@ -115,18 +153,73 @@ int qd_ledger_save(struct daemon *d)
 		if (dfd >= 0)
 			close(dfd);
 	}
-	if (r < 0) {
-		d->st.ledger_errors++;
-		qd_log("warning", "spend ledger %s: %s", path, strerror(-r));
-		unlink(tmp);
-		free(s);
-		return r;
+	finished(d, path, tmp, s, r);
+	return r;
+}
+
+static void submit(struct daemon *d, int stage, int fd, bool link)
+{
+	struct io_uring_sqe *sqe = qd_sqe(d);
+	if (stage == 1)
+		io_uring_prep_write(sqe, fd, aw.text, (unsigned)strlen(aw.text), 0);
+	else
+		io_uring_prep_fsync(sqe, fd, 0);
+	if (link)
+		sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, QD_UD(QD_EV_LEDGER, 0, stage));
+}
+
+void qd_ledger_flush(struct daemon *d)
+{
+	if (aw.busy || d->stop)
+		return;
+	aw.text = pending_text(d, aw.path, sizeof(aw.path), aw.tmp, sizeof(aw.tmp), ".async.tmp");
+	if (!aw.text)
+		return;
+	aw.fd = open(aw.tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (aw.fd < 0) {
+		finished(d, aw.path, aw.tmp, aw.text, -errno);
+		return;
 	}
-	d->st.ledger_writes++;
-	free(last_saved);
-	last_saved = s;
-	qd_log("debug", "spend ledger %s written", path);
-	return 0;
+	aw.busy = true;
+	aw.err = 0;
+	submit(d, 1, aw.fd, true);
+	submit(d, 2, aw.fd, false);
+}
+
+void qd_ledger_event(struct daemon *d, uint64_t ud, int res)
+{
+	uint32_t stage = QD_UD_LO(ud);
+	if (!aw.busy)
+		return;
+	if (stage == 1) {
+		if (res != (int)strlen(aw.text))
+			aw.err = res < 0 ? res : -EIO; /* the linked fsync is cancelled */
+		return;
+	}
+	if (stage == 2) {
+		if (res < 0 && !aw.err)
+			aw.err = res;
+		if (close(aw.fd) < 0 && !aw.err)
+			aw.err = -errno;
+		aw.fd = -1;
+		if (!aw.err && rename(aw.tmp, aw.path) < 0)
+			aw.err = -errno;
+		if (!aw.err && (aw.dfd = open(d->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+			aw.err = -errno;
+		if (!aw.err) {
+			submit(d, 3, aw.dfd, false);
+			return;
+		}
+	} else if (res < 0 && !aw.err) {
+		aw.err = res;
+	}
+	if (aw.dfd >= 0)
+		close(aw.dfd);
+	aw.dfd = -1;
+	aw.busy = false;
+	finished(d, aw.path, aw.tmp, aw.text, aw.err);
+	aw.text = NULL;
 }
 
 /* Raise the spend word @w to @amount for @period. */

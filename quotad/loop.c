@@ -40,7 +40,7 @@ void qd_tick(struct daemon *d)
 	qd_control_tick(d);
 	qd_reload_tick(d);
 	if (d->state_dir && now >= d->next_ledger) {
-		qd_ledger_save(d);
+		qd_ledger_flush(d);
 		d->next_ledger = now + QD_LEDGER_NS;
 	}
 }
@@ -119,6 +119,9 @@ static void dispatch(struct daemon *d, uint64_t ud, int res)
 		break;
 	case QD_EV_PIDFD:
 		qd_clients_event(d, ud, res);
+		break;
+	case QD_EV_LEDGER:
+		qd_ledger_event(d, ud, res);
 		break;
 	case QD_EV_ACCEPT:
 	case QD_EV_RECV:

@@ -39,6 +39,7 @@ enum qd_ev {
 	QD_EV_PIDFD,   /* | slot << 32 | fd */
 	QD_EV_RECV,    /* | conn << 32 | generation */
 	QD_EV_SEND,
+	QD_EV_LEDGER,  /* | stage */
 };
 #define QD_UD(ev, hi, lo) (((uint64_t)(ev) << 56) | ((uint64_t)(hi) << 32) | (uint32_t)(lo))
 #define QD_UD_EV(ud) ((unsigned)((ud) >> 56))
@@ -169,6 +170,10 @@ void qd_reload_tick(struct daemon *d);
 
 /* ledger.c */
 int qd_ledger_restore(struct daemon *d);
+/* Write now, synchronously (at stop). */
 int qd_ledger_save(struct daemon *d);
+/* Write through the loop if it changed and no write is under way. */
+void qd_ledger_flush(struct daemon *d);
+void qd_ledger_event(struct daemon *d, uint64_t ud, int res);
 
 #endif /* QUOTAD_H */

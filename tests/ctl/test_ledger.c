@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -71,5 +73,39 @@ Test(ledger, spend_survives_restart_and_reboot)
 	cr_assert_eq(cl_stop(qd, SIGTERM), 0);
 	qd = cl_quotad(&e, cfg, "--state-dir", state, "--remove-on-exit", NULL);
 	expect_spent(e.seg, 2 * USD);
+	cr_assert_eq(cl_stop(qd, SIGTERM), 0);
+}
+
+/* The periodic write (through the io_uring loop): quotad killed and the
+ * segment lost right after, as in a power cut, still restores the spend. */
+Test(ledger, periodic_write_survives_a_crash, .timeout = 60)
+{
+	struct cl_env e;
+	cl_env(&e, "lc");
+	const char *cfg = cl_file(&e, "q.json", CONFIG);
+	char state[160], ledger[400], shm[200];
+	snprintf(state, sizeof(state), "%s/state", e.dir);
+	snprintf(ledger, sizeof(ledger), "%s/%s.ledger", state, e.seg);
+	snprintf(shm, sizeof(shm), "/%s", e.seg);
+	pid_t qd = cl_quotad(&e, cfg, "--state-dir", state, NULL);
+	spend_one_dollar(e.seg);
+	/* Written within one ledger period (5 s): watch the file. */
+	for (int64_t t0 = cl_now();;) {
+		char buf[4096] = { 0 };
+		FILE *f = fopen(ledger, "r");
+		if (f) {
+			size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+			buf[n] = '\0';
+			fclose(f);
+		}
+		if (strstr(buf, "1000000000"))
+			break;
+		cr_assert_lt(cl_now() - t0, 12 * CL_S, "the ledger was not written: %s", buf);
+		nanosleep(&(struct timespec){ 0, 50 * CL_MS }, NULL); /* polling a file */
+	}
+	cl_stop(qd, SIGKILL);
+	cr_assert_eq(shm_unlink(shm), 0); /* the "reboot" */
+	qd = cl_quotad(&e, cfg, "--state-dir", state, "--remove-on-exit", NULL);
+	expect_spent(e.seg, USD);
 	cr_assert_eq(cl_stop(qd, SIGTERM), 0);
 }
