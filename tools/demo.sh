@@ -191,7 +191,7 @@ quota_status() {
 
 # run MODE KEY: WORKERS workers for DURATION s with a live status line.
 run() {
-	local mode=$1 key=$2 i extra=() t0 el line alive
+	local mode=$1 key=$2 i extra=() t0 el line alive next=0
 	[ "$mode" = naive ] && extra=(--naive)
 	worker_pids=()
 	for ((i = 1; i <= WORKERS; i++)); do
@@ -213,8 +213,9 @@ run() {
 		[ "$mode" = quota ] && line="$line | $(quota_status)"
 		if [ -t 1 ]; then
 			printf '\r%-150s' "$line"
-		elif [ $((el % 5)) = 0 ] || [ $alive = 0 ]; then
+		elif [ $el -ge $next ] || [ $alive = 0 ]; then
 			printf '%s\n' "$line"
+			next=$((el - el % 5 + 5))
 		fi
 		[ $alive = 0 ] && break
 		sleep 1 # pacing of the status line only
