@@ -557,12 +557,17 @@ static void on_accept(struct daemon *d, int res)
 			close(res);
 		return;
 	}
-	arm_accept(d);
 	if (res < 0) {
-		if (res != -EAGAIN && res != -EINTR && res != -ECONNABORTED)
+		if (res == -EAGAIN || res == -EINTR || res == -ECONNABORTED) {
+			arm_accept(d);
+		} else {
+			/* Out of fds or memory: try again on the next tick rather
+			 * than spin on an accept that fails at once. */
 			qd_log("warning", "control socket accept: %s", strerror(-res));
+		}
 		return;
 	}
+	arm_accept(d);
 	int fd = res;
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
@@ -656,6 +661,8 @@ void qd_control_event(struct daemon *d, uint64_t ud, int res)
 void qd_control_tick(struct daemon *d)
 {
 	int64_t now = qd_mono();
+	if (d->lfd >= 0 && !d->accept_armed)
+		arm_accept(d);
 	for (uint32_t i = 0; i < d->nconns; i++) {
 		struct qd_conn *c = &d->conns[i];
 		if (c->fd < 0 || c->closing || now - c->last_active <= d->idle_ns)
