@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -330,6 +331,15 @@ int main(int argc, char **argv)
 	}
 	if (d.state_dir)
 		qd_ledger_restore(&d);
+	/* One pidfd per client slot plus the control connections. */
+	struct rlimit rl;
+	rlim_t need = (rlim_t)d.h->client_capacity + 2 * d.max_conns + 64;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
+		rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
+			qd_log("warning", "RLIMIT_NOFILE %llu is below the %llu descriptors %u clients may need",
+			       (unsigned long long)rl.rlim_cur, (unsigned long long)need, d.h->client_capacity);
+	}
 	if (qd_loop_init(&d) < 0) {
 		stop(&d);
 		qd_config_free(&cfg);
