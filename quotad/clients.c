@@ -5,7 +5,9 @@
  * giving back; this file decides when).
  *
  * quota_open() claims a slot (pid, /proc start time) and bumps
- * header.client_seq. Every tick, and at start, quotad walks the table. For a
+ * header.client_seq. quotad walks the whole table at start and on every tick
+ * anyway (one load per slot; it also sees slots freed by quota_close() that
+ * way), so a new client is noticed within QD_TICK_NS. For a
  * LIVE slot it has not seen yet it opens a pidfd, then compares the
  * process's start time with the slot's: equal, the pidfd is the client and a
  * POLLIN poll on it goes to the io_uring loop; different (the pid now names
@@ -140,7 +142,6 @@ static void adopt(struct daemon *d, uint32_t i, uint64_t word)
 
 void qd_clients_scan(struct daemon *d)
 {
-	d->client_seq = atomic_load_explicit(&d->h->client_seq, memory_order_acquire);
 	for (uint32_t i = 0; i < d->nwatch; i++) {
 		struct qs_client *cs = qs_client_at(d->base, i);
 		/* acquire: pairs with the claimer's release of LIVE (pid and

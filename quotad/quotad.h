@@ -103,7 +103,6 @@ struct daemon {
 	/* Clients. */
 	struct qd_watch *watch;
 	uint32_t nwatch;
-	uint32_t client_seq;
 
 	/* Control socket. */
 	char socket_path[108];
@@ -115,13 +114,9 @@ struct daemon {
 	uint32_t max_conns, max_line;
 	int64_t idle_ns;
 
-	/* Reload: limits moved between positions get a late fix-up. */
-	int fixup_ticks;
-
 	const char *state_dir;
 	bool remove_on_exit;
 	bool stop;
-	bool reload_requested;
 	struct qd_stats st;
 };
 
