@@ -55,6 +55,7 @@ struct decimal {
 	size_t int_len, frac_len;
 };
 
+/* ASCII digit (isdigit() depends on the locale). */
 static int is_digit(char c)
 {
 	return c >= '0' && c <= '9';
@@ -266,6 +267,7 @@ static int parse_seconds(const char *s, int64_t *ret_ns)
 	return scaled_value(&d, &seconds, ret_ns);
 }
 
+/* See quota.h. */
 void quota_feedback_init(struct quota_feedback *fb)
 {
 	if (!fb)
@@ -279,6 +281,7 @@ void quota_feedback_init(struct quota_feedback *fb)
 	fb->retry_after_ns = -1;
 }
 
+/* ASCII lower case, whatever the locale. */
 static int ascii_lower(int c)
 {
 	return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
@@ -298,6 +301,7 @@ enum value_kind { V_COUNT, V_DURATION, V_SECONDS };
 /* Longest header value worth reading: real ones are a dozen characters. */
 #define VALUE_MAX 127
 
+/* See quota.h. A value is parsed only when the name is a rate-limit header. */
 int quota_feedback_header(struct quota_feedback *fb, const char *name, const char *value)
 {
 	static const struct {

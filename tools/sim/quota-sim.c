@@ -123,6 +123,7 @@ static struct {
 	int stopping;
 } stop = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
+/* CLOCK_MONOTONIC in nanoseconds: the limiter's time line. */
 static int64_t now_ns(void)
 {
 	struct timespec ts;
@@ -141,6 +142,7 @@ static uint64_t rng_next(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
+/* One log line on stderr, unless --quiet. */
 static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void logmsg(const char *fmt, ...)
 {
@@ -179,6 +181,7 @@ struct request {
 	int too_big;
 };
 
+/* Free a request's state (at completion). NULL is fine. */
 static void request_free(struct request *r)
 {
 	if (!r)
@@ -265,6 +268,7 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
 	return send_json(conn, status, root, hdr);
 }
 
+/* 400 with @msg, counted in /stats. */
 static enum MHD_Result bad_request(struct MHD_Connection *conn, const char *msg)
 {
 	pthread_mutex_lock(&st.lock);
@@ -420,6 +424,7 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 
 /* ---- keys and limits -------------------------------------------------- */
 
+/* A bucket's capacity: ceil(limit * burst), at least 1. */
 static uint64_t capacity_of(uint64_t limit)
 {
 	sim_u128 c = ((sim_u128)limit * cfg.burst_ppm + 999999) / 1000000;
@@ -504,6 +509,11 @@ static void rl_fill(struct rl_headers *rh, const struct key_state *k, int64_t re
 static const char filler[][5] = { "sim ", "tok ", "abc ", "llm ", "out ", "txt ", "zap ",
 				  "mux " };
 
+/*
+ * POST /v1/chat/completions: authenticate, validate, admit or refuse at
+ * arrival (all limits or none), simulate the latency, answer with usage,
+ * then give back the unused max_tokens (--refund actual).
+ */
 static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *req)
 {
 	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
@@ -692,6 +702,7 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	return ret;
 }
 
+/* GET /stats: every counter, the limits, and per key its use and levels. */
 static enum MHD_Result handle_stats(struct MHD_Connection *conn)
 {
 	cJSON *root = cJSON_CreateObject(), *limits, *keys;
@@ -783,6 +794,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			  "Unknown request URL: %s %s.", method, url);
 }
 
+/* libmicrohttpd's completion callback: the request's state goes. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
@@ -795,6 +807,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- options ---------------------------------------------------------- */
 
+/* --help. */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -871,6 +884,7 @@ bad:
 	exit(2);
 }
 
+/* Options into cfg; exits 2 with a message naming the option on error. */
 static void parse_options(int argc, char **argv)
 {
 	enum {
@@ -954,6 +968,7 @@ static void parse_options(int argc, char **argv)
 	}
 }
 
+/* Listen, print the port, serve until SIGTERM/SIGINT, stop cleanly. */
 int main(int argc, char **argv)
 {
 	struct sockaddr_in addr;

@@ -70,12 +70,14 @@ static struct config {
 
 static volatile sig_atomic_t stopping;
 
+/* SIGTERM/SIGINT: end the run at the next check (sleeps are cut short). */
 static void on_signal(int sig)
 {
 	(void)sig;
 	stopping = 1;
 }
 
+/* CLOCK_MONOTONIC in nanoseconds, the log's time line. */
 static int64_t now_ns(void)
 {
 	struct timespec ts;
@@ -96,6 +98,7 @@ static void sleep_ns(int64_t ns)
 	nanosleep(&ts, NULL);
 }
 
+/* One warning line on stderr, unless --quiet. */
 static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void warn(const char *fmt, ...)
 {
@@ -133,6 +136,7 @@ struct http {
 	int body_sent;   /* after a transport error: the whole request went out */
 };
 
+/* libcurl write callback: the response body, up to BODY_MAX. */
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
 	struct http *h = arg;
@@ -190,6 +194,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 	return bytes;
 }
 
+/* libcurl progress callback: aborts the transfer once a signal came. */
 static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
 {
 	(void)arg;
@@ -200,6 +205,7 @@ static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl
 	return stopping ? 1 : 0; /* non-zero aborts the transfer */
 }
 
+/* One keep-alive libcurl handle for the whole run. */
 static int http_init(struct http *h)
 {
 	char auth[512];
@@ -228,6 +234,7 @@ static int http_init(struct http *h)
 	return 0;
 }
 
+/* Free what http_init() set up. */
 static void http_free(struct http *h)
 {
 	curl_easy_cleanup(h->curl);
@@ -324,6 +331,7 @@ static char *make_body(uint64_t prompt, size_t *len)
 /* The deadline of the run (INT64_MAX when there is none). */
 static int64_t deadline_ns;
 
+/* Nanoseconds until the run's deadline (INT64_MAX: none). */
 static int64_t time_left(void)
 {
 	return deadline_ns == INT64_MAX ? INT64_MAX : deadline_ns - now_ns();
@@ -464,6 +472,7 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 
 /* ---- options ---------------------------------------------------------- */
 
+/* --help. */
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -491,6 +500,7 @@ static void usage(FILE *f)
 		"  -h, --help               this text\n");
 }
 
+/* A decimal integer in [lo, hi] for option @name, or exit 2. */
 static uint64_t opt_uint(const char *name, const char *s, uint64_t lo, uint64_t hi)
 {
 	char *end;
@@ -509,6 +519,7 @@ bad:
 	exit(2);
 }
 
+/* A duration in any format quota_parse_duration() accepts, or exit 2. */
 static int64_t opt_duration(const char *name, const char *s)
 {
 	int64_t ns;
@@ -522,6 +533,7 @@ static int64_t opt_duration(const char *name, const char *s)
 	return ns;
 }
 
+/* Options into cfg; exits 2 with a message naming the option on error. */
 static void parse_options(int argc, char **argv)
 {
 	enum { O_RTIMEOUT = 256, O_FEEDBACK, O_NAIVE, O_NAIVE_SLEEP, O_QUIET };
@@ -623,6 +635,7 @@ static void parse_options(int argc, char **argv)
 							       : "/v1/chat/completions");
 }
 
+/* Open the segment (unless --naive), then one request after another. */
 int main(int argc, char **argv)
 {
 	struct sigaction sa;
