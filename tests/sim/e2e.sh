@@ -11,6 +11,12 @@
 # and the segment removed, also on failure.
 #
 # Usage: e2e.sh QUOTAD QUOTA-SIM QUOTA-WORKER REPORT.AWK
+# E2E_KEEP=1 keeps the workers' logs and the simulator's --trace (the folder
+# is printed), to see when and why the referee and libquota disagree.
+#
+# Utilisation is over a 7 s interval against a bucket of 7.5 s of rate; the
+# provider's bucket holds the share of the requests queued in libquota, which
+# varies, so the figure can read a few % above 100 (observed 100.8-107).
 set -u
 
 QUOTAD=$1 SIM=$2 WORKER=$3 REPORT=$4
