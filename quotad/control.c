@@ -24,6 +24,7 @@
  */
 #define _GNU_SOURCE /* struct ucred */
 #include <errno.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -688,6 +689,21 @@ static bool socket_in_use(const char *path)
 	return used;
 }
 
+/* A quotad killed with SIGKILL leaves its listening socket open for a moment
+ * after it is reaped: the kernel tears its io_uring (which holds the socket
+ * for a pending accept) down asynchronously. Ask again for up to a second
+ * before calling the socket taken. */
+static bool socket_in_use_for_good(const char *path)
+{
+	for (int i = 0; i < 50; i++) {
+		if (!socket_in_use(path))
+			return false;
+		struct timespec ts = { 0, 20 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	return true;
+}
+
 int qd_control_open(struct daemon *d)
 {
 	d->nconns = 2 * d->max_conns;
@@ -708,7 +724,7 @@ int qd_control_open(struct daemon *d)
 	if (lstat(path, &st) == 0) {
 		if (!S_ISSOCK(st.st_mode))
 			why = "exists and is not a socket";
-		else if (socket_in_use(path))
+		else if (socket_in_use_for_good(path))
 			why = "is in use by another process";
 		else
 			unlink(path); /* left behind by a quotad that died */

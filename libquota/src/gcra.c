@@ -132,10 +132,18 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 {
 	if (delta == 0)
 		return 0;
+	/* A slot that has ended cannot move anything (slots only ever move
+	 * earlier): nothing to give back, nothing for others to account for.
+	 * This is most commits - a call outlasts its slot - and it spares them
+	 * two contended read-modify-writes. */
+	int64_t now = qc_clock(c);
+	if (tl->end <= now)
+		return 0;
 	_Atomic int64_t *tat = qs_tat(q, k);
 	/* seq_cst: a waiter's check (reserve.c) that reads refund_begun without
 	 * this increment is ordered before our clock read below. */
 	atomic_fetch_add(&q->refund_begun[k], delta);
+	now = qc_clock(c); /* after the increment: see the comment above */
 	uint64_t given = 0;
 	int64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
 	for (;;) {
@@ -144,7 +152,6 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 		 * CAS on, so that a refund applied before that value is counted. */
 		uint64_t moved = atomic_load(&q->refund_begun[k]) - tl->done0 - delta;
 		int64_t end = tl->end - (moved > (uint64_t)QG_SATURATE ? QG_SATURATE : (int64_t)moved);
-		int64_t now = qc_clock(c);
 		if (end <= now) {
 			given = 0;
 			break;
@@ -156,6 +163,7 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 							  memory_order_relaxed,
 							  memory_order_relaxed))
 			break;
+		now = qc_clock(c); /* the TAT moved: decide again, as of now */
 	}
 	/* release: pairs with the acquire load in reserve; a reserve that sees
 	 * this sees our TAT change. */

@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <linux/futex.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -476,7 +477,8 @@ again:;
 	}
 	ret->waited_ns = now - start;
 	ret->retry_after_ns = 0;
-	memcpy(ret->private_, &tk, sizeof(tk));
+	/* Only the limits in use: the rest of the ticket is never read. */
+	memcpy(ret->private_, &tk, offsetof(struct qt_priv, lim) + n * sizeof(tk.lim[0]));
 	return 0;
 
 refuse:
