@@ -234,9 +234,11 @@ QUOTA_PUBLIC int quota_feedback_header(struct quota_feedback *fb, const char *na
 
 /**
  * Fold provider feedback into the shared state of @quota. Only ever
- * tightens: a limit whose provider-side remaining budget is below ours is
- * brought down to it; nothing is ever loosened. A retry_after acts as
- * quota_backoff().
+ * tightens: a per-minute request or token limit whose provider-side
+ * remaining budget is below ours is brought down to it; nothing is ever
+ * loosened. A retry_after acts as quota_backoff(). Returns 0, or 1 if the
+ * provider reports a lower x-ratelimit-limit-* than the quota is configured
+ * with (the configuration should be fixed: feedback cannot slow the rate).
  */
 QUOTA_PUBLIC int quota_feedback_apply(quota_client *c, int quota,
 				      const struct quota_feedback *fb);

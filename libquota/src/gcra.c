@@ -186,9 +186,9 @@ void qg_debt(struct qs_quota *q, uint32_t k, uint64_t ns, int64_t now)
 							memory_order_relaxed));
 }
 
-void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, uint64_t remaining)
+void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, const struct qs_limit_cfg *l,
+		uint64_t remaining)
 {
-	const struct qs_limit_cfg *l = &q->cfg[k];
 	if (remaining >= l->capacity)
 		return;
 	/* Available c is the largest with max(TAT, now) + charge(c) - tau <= now;

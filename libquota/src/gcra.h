@@ -48,8 +48,9 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 void qg_debt(struct qs_quota *q, uint32_t k, uint64_t ns, int64_t now);
 
 /* Provider feedback: make at most @remaining units available now on limit
- * @k (only ever raises the TAT). */
-void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, uint64_t remaining);
+ * @k, whose config is @l (only ever raises the TAT). */
+void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, const struct qs_limit_cfg *l,
+		uint64_t remaining);
 
 /* Raise *@w to at least @v. */
 void qg_atomic_max(_Atomic int64_t *w, int64_t v);

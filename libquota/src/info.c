@@ -29,16 +29,22 @@ int quota_info(quota_client *c, int id, struct quota_info *ret)
 	uint32_t st = atomic_load_explicit(&q->state, memory_order_acquire);
 	if (st == QS_QUOTA_FREE)
 		return -ENOENT;
+	/* The configuration from a consistent copy (quotad may be reloading);
+	 * the hot words from the live entry. */
+	struct qs_quota cfg;
+	int err = qs_quota_snapshot(q, &cfg);
+	if (err < 0)
+		return err;
 	struct quota_info info;
 	memset(&info, 0, sizeof(info));
-	memcpy(info.name, q->name, QUOTA_NAME_MAX);
+	memcpy(info.name, cfg.name, QUOTA_NAME_MAX);
 	info.name[QUOTA_NAME_MAX] = '\0';
 	info.removed = st == QS_QUOTA_REMOVED;
-	info.refund_actual = (q->flags & QS_QUOTA_REFUND_ACTUAL) != 0;
+	info.refund_actual = (cfg.flags & QS_QUOTA_REFUND_ACTUAL) != 0;
 	int64_t now = qc_clock(c);
-	uint32_t n = q->nlimits <= QS_RATE_KINDS ? q->nlimits : QS_RATE_KINDS;
+	uint32_t n = cfg.nlimits <= QS_RATE_KINDS ? cfg.nlimits : QS_RATE_KINDS;
 	for (uint32_t k = 0; k < n; k++) {
-		const struct qs_limit_cfg *l = &q->cfg[k];
+		const struct qs_limit_cfg *l = &cfg.cfg[k];
 		if (l->kind >= QUOTA_RATE_KINDS)
 			continue;
 		struct quota_limit_info *li = &info.rate[l->kind];
@@ -47,13 +53,13 @@ int quota_info(quota_client *c, int id, struct quota_info *ret)
 		li->period_ns = l->period_ns;
 		li->available = qg_available(l, atomic_load_explicit(qs_tat(q, k), memory_order_relaxed), now);
 	}
-	info.max_inflight = q->max_inflight;
+	info.max_inflight = cfg.max_inflight;
 	info.inflight = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
-	info.context_window = q->context_window;
-	info.price_input_pusd = q->price_in_pusd;
-	info.price_output_pusd = q->price_out_pusd;
-	info.budget_day_nusd = q->budget_day_nusd;
-	info.budget_month_nusd = q->budget_month_nusd;
+	info.context_window = cfg.context_window;
+	info.price_input_pusd = cfg.price_in_pusd;
+	info.price_output_pusd = cfg.price_out_pusd;
+	info.budget_day_nusd = cfg.budget_day_nusd;
+	info.budget_month_nusd = cfg.budget_month_nusd;
 	uint32_t day, month;
 	qc_periods(c, now, &day, &month);
 	info.spent_day_nusd = qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), day);

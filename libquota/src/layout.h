@@ -262,6 +262,14 @@ int qs_validate(const void *base, uint64_t size);
 /* Validate one quota entry's config (used by qs_validate and on lookup). */
 int qs_validate_quota(const struct qs_header *h, const struct qs_quota *q);
 
+/* The configuration part of a quota entry: everything before the hot line. */
+#define QS_QUOTA_CFG_BYTES offsetof(struct qs_quota, tat)
+
+/* Copy @q's configuration (name, scalars, limits) into @out consistently:
+ * retried while quotad rewrites it (cfg_seq odd or moved). The hot words of
+ * @out are not filled. Returns 0, or -EAGAIN if it never settled. */
+int qs_quota_snapshot(const struct qs_quota *q, struct qs_quota *out);
+
 static inline struct qs_quota *qs_quota_at(void *base, uint32_t id)
 {
 	struct qs_header *h = base;

@@ -87,12 +87,35 @@ static bool range_ok(uint64_t off, uint64_t n, uint64_t stride, uint64_t size)
 	return true;
 }
 
-int qs_validate_quota(const struct qs_header *h, const struct qs_quota *q)
+int qs_quota_snapshot(const struct qs_quota *q, struct qs_quota *out)
+{
+	for (int attempt = 0; attempt < 1000; attempt++) {
+		/* acquire: the copy below is not hoisted above it */
+		uint32_t seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
+		if (seq & 1) {
+			sched_yield();
+			continue;
+		}
+		memcpy(out, (const void *)q, QS_QUOTA_CFG_BYTES);
+		/* acquire fence: the copy completes before the re-check */
+		atomic_thread_fence(memory_order_acquire);
+		if (atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) == seq)
+			return 0;
+	}
+	return -EAGAIN;
+}
+
+int qs_validate_quota(const struct qs_header *h, const struct qs_quota *live)
 {
 	(void)h;
-	uint32_t st = atomic_load_explicit(&q->state, memory_order_acquire);
+	uint32_t st = atomic_load_explicit(&live->state, memory_order_acquire);
 	if (st == QS_QUOTA_FREE)
 		return 0;
+	/* Validate a consistent copy: quotad may be reloading this quota. */
+	struct qs_quota copy;
+	if (qs_quota_snapshot(live, &copy) < 0)
+		return -EAGAIN;
+	const struct qs_quota *q = &copy;
 	if (st != QS_QUOTA_ACTIVE && st != QS_QUOTA_REMOVED)
 		return -EBADMSG;
 	if (memchr(q->name, '\0', sizeof(q->name)) == NULL || q->name[0] == '\0')

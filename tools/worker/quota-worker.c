@@ -25,6 +25,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +112,21 @@ static void warn(const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
 	va_end(ap);
+}
+
+/* Report what quota_feedback_apply() said: an error, or (once) that the
+ * provider enforces a lower limit than the quota is configured with. */
+static void feedback_result(int ret)
+{
+	static bool told;
+
+	if (ret < 0)
+		warn("quota_feedback_apply: %s", quota_strerror(ret));
+	else if (ret == 1 && !told) {
+		told = true;
+		warn("the provider reports a lower rate limit than the quota's configuration: "
+		     "fix the configuration (feedback can only tighten what is left now)");
+	}
 }
 
 /* splitmix64: reproducible prompt sizes from --seed. */
@@ -420,8 +436,7 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 				warn("quota_commit: %s", quota_strerror(ret));
 			if (cfg.feedback) {
 				ret = quota_feedback_apply(qc, qid, &h->fb);
-				if (ret < 0)
-					warn("quota_feedback_apply: %s", quota_strerror(ret));
+				feedback_result(ret);
 			}
 			r->prompt_tokens = used.input_tokens;
 			r->completion_tokens = used.output_tokens;
@@ -440,8 +455,7 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 			if (ret < 0)
 				warn("quota_backoff: %s", quota_strerror(ret));
 			ret = quota_feedback_apply(qc, qid, &h->fb);
-			if (ret < 0)
-				warn("quota_feedback_apply: %s", quota_strerror(ret));
+			feedback_result(ret);
 			quota_cancel(qc, &t);
 			continue;
 		}
