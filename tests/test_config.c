@@ -39,6 +39,7 @@ Test(config, default_is_valid)
 	cr_assert_eq(cfg.quotas[0].context_window, 131072);
 	cr_assert_eq(cfg.quotas[0].price_in_pusd, 100000);  /* $0.10 / Mtok */
 	cr_assert_eq(cfg.quotas[0].price_out_pusd, 250000); /* $0.25 / Mtok */
+	cr_assert_eq(cfg.quotas[0].burst_ppm, 990000, "1 %% below the provider (config.c)");
 	qd_config_free(&cfg);
 }
 
