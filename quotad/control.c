@@ -20,10 +20,13 @@
  *
  * Commands: {"cmd": "status"}, {"cmd": "clients"}, {"cmd": "metrics"} (the
  * reply's "text" is the Prometheus text exposition), {"cmd": "backoff",
- * "quota": NAME, "seconds": S}, {"cmd": "reload"}.
+ * "quota": NAME, "seconds": S}, {"cmd": "set", "quota": NAME, "key": KEY,
+ * "value": V} (one limit changed on top of the config source, until the next
+ * reload), {"cmd": "reload"}.
  */
 #define _GNU_SOURCE /* struct ucred */
 #include <errno.h>
+#include <math.h>
 #include <time.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -411,6 +414,121 @@ static char *cmd_reload(struct daemon *d)
 	return reply_json(root);
 }
 
+/* Apply one `set` change to a parsed config: 0, or -EINVAL with @err. */
+static int apply_override(struct qd_config *cfg, const struct qd_override *ov, char *err, size_t errlen)
+{
+	static const char *const rate_keys[QUOTA_RATE_KINDS] = {
+		"rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd",
+	};
+	struct qd_quota *q = NULL;
+	for (uint32_t i = 0; i < cfg->nquotas; i++)
+		if (strcmp(cfg->quotas[i].name, ov->quota) == 0)
+			q = &cfg->quotas[i];
+	double v = ov->value;
+	bool integral = v == floor(v);
+	if (!q) {
+		snprintf(err, errlen, "no quota named \"%.64s\" in the configuration", ov->quota);
+		return -EINVAL;
+	}
+	for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
+		if (strcmp(ov->key, rate_keys[k]) != 0)
+			continue;
+		struct qs_limit_cfg l;
+		int64_t period = (k & 1) ? QC_DAY_NS : QC_MINUTE_NS;
+		if (!integral || (v > 0 && qg_limit_init(&l, (uint32_t)k, (uint64_t)v, period, q->burst_ppm) < 0)) {
+			snprintf(err, errlen, "%s must be an integer from 0 (none) to %llu", rate_keys[k], 1ULL << 40);
+			return -EINVAL;
+		}
+		q->rate[k] = (uint64_t)v;
+		return 0;
+	}
+	if (strcmp(ov->key, "max_inflight") == 0) {
+		if (!integral || v > 1e6) {
+			snprintf(err, errlen, "max_inflight must be an integer from 0 (none) to 1000000");
+			return -EINVAL;
+		}
+		q->max_inflight = (uint64_t)v;
+	} else if (strcmp(ov->key, "context_window") == 0) {
+		if (!integral || v > (double)(1ULL << 40)) {
+			snprintf(err, errlen, "context_window must be an integer from 0 (none) to %llu", 1ULL << 40);
+			return -EINVAL;
+		}
+		q->context_window = (uint64_t)v;
+	} else if (strcmp(ov->key, "budget_day_usd") == 0 || strcmp(ov->key, "budget_month_usd") == 0) {
+		if (v > 4e6) {
+			snprintf(err, errlen, "budgets go from 0 (none) to 4000000 USD");
+			return -EINVAL;
+		}
+		*(ov->key[7] == 'd' ? &q->budget_day_nusd : &q->budget_month_nusd) = (uint64_t)llround(v * 1e9);
+	} else {
+		snprintf(err, errlen, "unknown key \"%.23s\" (rpm rpd tpm tpd itpm itpd otpm otpd max_inflight "
+			 "context_window budget_day_usd budget_month_usd)", ov->key);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* {"cmd": "set", "quota": NAME, "key": KEY, "value": V}: change one limit of
+ * the running configuration. The changes made by `set` are kept on top of the
+ * config source (file or embedded default) and applied as a reload -
+ * validated first, spent budget kept; the next reload returns to what the
+ * source says. */
+static char *cmd_set(struct daemon *d, const cJSON *req)
+{
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(req, "quota");
+	const cJSON *key = cJSON_GetObjectItemCaseSensitive(req, "key");
+	const cJSON *val = cJSON_GetObjectItemCaseSensitive(req, "value");
+	if (!cJSON_IsString(name) || !cJSON_IsString(key) || !cJSON_IsNumber(val))
+		return reply_error("set: needs \"quota\" (a name), \"key\" (a limit) and \"value\" (a number)");
+	if (!isfinite(val->valuedouble) || val->valuedouble < 0)
+		return reply_error("set: \"value\" must be a non-negative number");
+	if (strlen(name->valuestring) > QUOTA_NAME_MAX || strlen(key->valuestring) >= sizeof(d->overrides[0].key))
+		return reply_error("set: quota name or key too long");
+	struct qd_override ov = { .value = val->valuedouble };
+	strcpy(ov.quota, name->valuestring);
+	strcpy(ov.key, key->valuestring);
+	uint32_t slot = d->noverrides;
+	for (uint32_t i = 0; i < d->noverrides; i++)
+		if (strcmp(d->overrides[i].quota, ov.quota) == 0 && strcmp(d->overrides[i].key, ov.key) == 0)
+			slot = i;
+	if (slot == QD_OVERRIDES_MAX)
+		return reply_error("set: %d changes are pending already: reload first", QD_OVERRIDES_MAX);
+
+	char err[600];
+	struct qd_config cfg;
+	int r = d->config_path ? qd_config_load(d->config_path, &cfg, err, sizeof(err)) :
+				 qd_config_parse(qd_default_config, strlen(qd_default_config),
+						 "<embedded default>", &cfg, err, sizeof(err));
+	if (r < 0)
+		return reply_error("set refused: the configuration source does not load: %s", err);
+	for (uint32_t i = 0; i < d->noverrides && r == 0; i++)
+		if (i != slot)
+			r = apply_override(&cfg, &d->overrides[i], err, sizeof(err));
+	if (r == 0)
+		r = apply_override(&cfg, &ov, err, sizeof(err));
+	char *reply;
+	if (r < 0) {
+		reply = reply_error("set: %s", err);
+	} else if (qd_reload_apply(d, &cfg, err, sizeof(err)) < 0) {
+		d->st.reloads_failed++;
+		reply = reply_error("set refused, the running config stays: %s", err);
+	} else {
+		d->st.reloads_ok++;
+		d->overrides[slot] = ov;
+		if (slot == d->noverrides)
+			d->noverrides++;
+		qd_log("info", "set: quota %s %s = %g (until the next reload)", ov.quota, ov.key, ov.value);
+		cJSON *root = cJSON_CreateObject();
+		cJSON_AddTrueToObject(root, "ok");
+		cJSON_AddStringToObject(root, "quota", ov.quota);
+		cJSON_AddStringToObject(root, "key", ov.key);
+		cJSON_AddNumberToObject(root, "value", ov.value);
+		reply = reply_json(root);
+	}
+	qd_config_free(&cfg);
+	return reply;
+}
+
 char *qd_control_handle(struct daemon *d, const char *line, size_t len, bool privileged)
 {
 	d->st.requests++;
@@ -431,16 +549,19 @@ char *qd_control_handle(struct daemon *d, const char *line, size_t len, bool pri
 		reply = cmd_clients(d);
 	} else if (strcmp(cmd->valuestring, "metrics") == 0) {
 		reply = cmd_metrics(d);
-	} else if (strcmp(cmd->valuestring, "backoff") == 0 || strcmp(cmd->valuestring, "reload") == 0) {
+	} else if (strcmp(cmd->valuestring, "backoff") == 0 || strcmp(cmd->valuestring, "reload") == 0 ||
+		   strcmp(cmd->valuestring, "set") == 0) {
 		if (!privileged)
 			reply = reply_error("permission denied: %s needs root or uid %u", cmd->valuestring,
 					    (unsigned)geteuid());
 		else if (cmd->valuestring[0] == 'b')
 			reply = cmd_backoff(d, req);
+		else if (cmd->valuestring[0] == 's')
+			reply = cmd_set(d, req);
 		else
 			reply = cmd_reload(d);
 	} else {
-		reply = reply_error("unknown command \"%.32s\" (status, clients, metrics, backoff, reload)",
+		reply = reply_error("unknown command \"%.32s\" (status, clients, metrics, backoff, set, reload)",
 				    cmd->valuestring);
 	}
 	if (reply && strncmp(reply, "{\"ok\":false", 11) == 0)

@@ -83,6 +83,15 @@ struct qd_stats {
 	uint64_t ledger_writes, ledger_errors;
 };
 
+/* A `quotactl set` change, kept on top of the config source until the
+ * next reload. */
+#define QD_OVERRIDES_MAX 64
+struct qd_override {
+	char quota[QUOTA_NAME_MAX + 1];
+	char key[24];
+	double value;
+};
+
 struct daemon {
 	struct io_uring ring;
 	int sigfd;
@@ -97,6 +106,8 @@ struct daemon {
 	char segment[QD_SEGMENT_NAME_MAX + 2]; /* "/NAME" */
 	quota_client *obs;         /* read-only handle for quota_info() */
 	const char *config_path;   /* NULL: the embedded default */
+	struct qd_override overrides[QD_OVERRIDES_MAX]; /* `set`, until the next reload */
+	uint32_t noverrides;
 	bool adopted;
 	int64_t started_mono;
 

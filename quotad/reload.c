@@ -308,9 +308,11 @@ int qd_reload(struct daemon *d, char *err, size_t errlen)
 		r = qd_reload_apply(d, &cfg, err, errlen);
 		qd_config_free(&cfg);
 	}
-	if (r < 0)
+	if (r < 0) {
 		d->st.reloads_failed++;
-	else
+	} else {
 		d->st.reloads_ok++;
+		d->noverrides = 0; /* `set` changes end: back to what the source says */
+	}
 	return r;
 }

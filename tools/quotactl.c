@@ -52,6 +52,8 @@ static void usage(FILE *f)
 	      "  clients [--json]     attached processes and what each holds (asks quotad)\n"
 	      "  metrics              Prometheus text exposition (asks quotad)\n"
 	      "  backoff QUOTA SEC    pause QUOTA for SEC seconds on every process (root)\n"
+	      "  set QUOTA KEY VALUE  change one limit (rpm, tpm, ..., max_inflight, context_window,\n"
+	      "                       budget_day_usd, budget_month_usd) until the next reload (root)\n"
 	      "  reload               make quotad reload its config (root)\n"
 	      "\n"
 	      "Options:\n"
@@ -341,6 +343,24 @@ static int cmd_backoff(const char *quota, double seconds)
 	return 0;
 }
 
+static int cmd_set(const char *quota, const char *key, double value)
+{
+	cJSON *req = cJSON_CreateObject();
+	cJSON_AddStringToObject(req, "cmd", "set");
+	cJSON_AddStringToObject(req, "quota", quota);
+	cJSON_AddStringToObject(req, "key", key);
+	cJSON_AddNumberToObject(req, "value", value);
+	char *s = cJSON_PrintUnformatted(req);
+	cJSON_Delete(req);
+	cJSON *r = s ? ask(s) : NULL;
+	free(s);
+	if (!r)
+		return EXIT_RUNTIME;
+	printf("quota %s: %s = %g (until the next reload)\n", quota, key, value);
+	cJSON_Delete(r);
+	return 0;
+}
+
 static int cmd_reload(void)
 {
 	cJSON *r = ask("{\"cmd\":\"reload\"}");
@@ -482,6 +502,21 @@ int main(int argc, char **argv)
 		if (parse_positive("backoff SECONDS", argv[optind + 1], 86400, &secs) < 0)
 			return EXIT_USAGE;
 		return cmd_backoff(argv[optind], secs);
+	}
+	if (strcmp(cmd, "set") == 0) {
+		if (nargs != 3) {
+			fprintf(stderr, "quotactl set: usage: set QUOTA KEY VALUE\n");
+			return EXIT_USAGE;
+		}
+		char *end;
+		errno = 0;
+		double v = strtod(argv[optind + 2], &end);
+		if (errno || end == argv[optind + 2] || *end || !isfinite(v) || v < 0) {
+			fprintf(stderr, "quotactl set: VALUE must be a non-negative number, got '%s'\n",
+				argv[optind + 2]);
+			return EXIT_USAGE;
+		}
+		return cmd_set(argv[optind], argv[optind + 1], v);
 	}
 	if (strcmp(cmd, "help") == 0) {
 		usage(stdout);

@@ -108,6 +108,10 @@ Test(control, another_uid_reads_but_cannot_change)
 		if (!r || !strstr(r, "permission denied"))
 			_exit(12);
 		free(r);
+		r = cl_request(e.sock, "{\"cmd\":\"set\",\"quota\":\"llama-4-scout\",\"key\":\"rpm\",\"value\":5}");
+		if (!r || !strstr(r, "permission denied"))
+			_exit(15);
+		free(r);
 		r = cl_request(e.sock, "{\"cmd\":\"status\"}");
 		if (!r || !strstr(r, "\"ok\":true"))
 			_exit(13);
@@ -242,7 +246,7 @@ Test(control, quotactl_commands_and_metrics, .timeout = 30)
 		cr_assert_eq(sh("'%s' check metrics <'%s'", promtool, out), 0, "promtool check metrics failed on %s", out);
 	else
 		fprintf(stderr, "promtool not found: metrics checked for content only\n");
-	cr_assert_eq(sh("grep -q '^quota_limit_capacity{quota=\"llama-4-scout\",limit=\"rpm\"} 1200$' '%s'", out), 0);
+	cr_assert_eq(sh("grep -q '^quota_limit_capacity{quota=\"llama-4-scout\",limit=\"rpm\"} 1188$' '%s'", out), 0);
 	cr_assert_eq(sh("grep -q '^quota_admitted_total{quota=\"llama-4-scout\"} 3$' '%s'", out), 0);
 	cr_assert_eq(sh("grep -q '^# TYPE quota_reclaimed_total counter$' '%s'", out), 0);
 
@@ -254,7 +258,27 @@ Test(control, quotactl_commands_and_metrics, .timeout = 30)
 	cr_assert(in.paused_ns > 2 * CL_S && in.paused_ns <= 2500 * CL_MS, "paused %lld", (long long)in.paused_ns);
 	cr_assert_eq(sh("'%s' --socket '%s' backoff llama-4-scout soon 2>/dev/null", q, e.sock), 2);
 	cr_assert_eq(sh("'%s' --socket '%s' backoff nosuch 1 2>/dev/null", q, e.sock), 1);
+	/* set: one limit changed live, spent budget kept; bad input refused. */
+	cr_assert_eq(quota_info(c, id, &in), 0);
+	uint64_t tpm_avail = in.rate[QUOTA_TPM].available;
+	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 600 >/dev/null", q, e.sock), 0);
+	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout max_inflight 7 >/dev/null", q, e.sock), 0);
+	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(in.rate[QUOTA_RPM].limit, 600);
+	cr_assert_eq(in.max_inflight, 7);
+	cr_assert_leq(in.rate[QUOTA_TPM].available, tpm_avail + 1000, "tpm not refilled by a set");
+	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 1.5 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout bogus 3 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(sh("'%s' --socket '%s' set nosuch rpm 3 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 2>/dev/null", q, e.sock), 2);
+	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm -4 2>/dev/null", q, e.sock), 2);
+	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(in.rate[QUOTA_RPM].limit, 600, "a refused set changes nothing");
+	/* reload returns to the configuration source. */
 	cr_assert_eq(sh("'%s' --socket '%s' reload >/dev/null", q, e.sock), 0);
+	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(in.rate[QUOTA_RPM].limit, 1200);
+	cr_assert_eq(in.max_inflight, 0);
 	cr_assert_eq(sh("'%s' --segment '%s' status --watch --interval 0.05 --count 3 | grep -c 'quotad up' | "
 			"grep -qx 3", q, e.seg), 0);
 	cr_assert_eq(sh("'%s' --socket '%s' frobnicate 2>/dev/null", q, e.sock), 2);
