@@ -134,7 +134,9 @@ static int rewrite(struct daemon *d, uint32_t id, const struct qd_quota *qc)
 			at[fresh[f++]] = (int)k;
 
 	uint32_t seq = atomic_load_explicit(&q->cfg_seq, memory_order_relaxed);
-	atomic_store_explicit(&q->cfg_seq, seq + 1, memory_order_relaxed);
+	/* seq_cst: a reservation whose slots were taken (seq_cst CAS) after
+	 * this store sees the odd value in its re-check and starts over */
+	atomic_store_explicit(&q->cfg_seq, seq + 1, memory_order_seq_cst);
 	/* release fence: the odd cfg_seq is visible before any config store */
 	atomic_thread_fence(memory_order_release);
 	q->flags = qc->refund_actual ? QS_QUOTA_REFUND_ACTUAL : 0;

@@ -496,3 +496,74 @@ Test(gcra, refunds_during_a_wait_keep_the_waiter_in_place)
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	quota_close(c);
 }
+
+Test(gcra, absurd_debt_saturates_instead_of_overflowing)
+{
+	/* Usage reported in bytes instead of tokens, again and again: the TAT
+	 * saturates (UBSan would flag an overflow in the sanitizer build). */
+	char name[128];
+	quota_client *c = tl_manual("debt2", "\"tpd\": 1000000", name, sizeof(name));
+	struct quota_ticket t[4];
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 1, 1 }, &t[i]), 0);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(quota_commit(c, &t[i], &(struct quota_cost){ 1, 1, 1ULL << 62 }), 0);
+	int64_t tat = atomic_load(&tl_quota(c, 0)->tat[0]);
+	cr_assert_gt(tat, 0);
+	cr_assert_leq(tat, INT64_MAX / 2);
+	struct quota_ticket u;
+	cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 1, 0 }, &u), -EAGAIN);
+	cr_assert_gt(u.retry_after_ns, 0);
+	quota_close(c);
+}
+
+Test(gcra, a_refunder_that_dies_mid_refund_is_audited)
+{
+	/* A process killed between refund_begun and refund_done leaves a gap
+	 * that every later ticket would count as movement; reclaiming its slot
+	 * closes it, but only when no live process is refunding that limit. */
+	char name[128];
+	quota_client *c = tl_manual("rfdead", "\"rpm\": 60, \"burst\": 0.05", name, sizeof(name));
+	int fd[2], go[2];
+	cr_assert_eq(pipe(fd), 0);
+	cr_assert_eq(pipe(go), 0);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		quota_client *cc;
+		char b = quota_open(name, &cc) == 0 ? 'y' : 'n';
+		(void)!write(fd[1], &b, 1);
+		(void)!read(go[0], &b, 1); /* killed while waiting here */
+		_exit(0);
+	}
+	char b;
+	cr_assert_eq(read(fd[0], &b, 1), 1);
+	cr_assert_eq(b, 'y');
+	struct qs_header *h = c->h;
+	uint32_t slot = UINT32_MAX;
+	for (uint32_t s = 0; s < h->client_capacity; s++)
+		if (atomic_load(&qs_client_at(c->base, s)->pid) == pid)
+			slot = s;
+	cr_assert_neq(slot, UINT32_MAX);
+	struct qs_client *cs = qs_client_at(c->base, slot);
+	struct qs_quota *q = tl_quota(c, 0);
+	/* Forge the death: journalled refund of limit 0, begun moved, done not. */
+	uint64_t key = (1ULL << 32) | 1;
+	atomic_store(&cs->refund_intent, key);
+	atomic_fetch_add(&q->refund_begun[0], 3 * TL_S);
+	kill(pid, SIGKILL);
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	/* Our own (live) slot journals a refund on the same limit: wait. */
+	atomic_store(&c->cs->refund_intent, key);
+	uint32_t counts[3] = { 0 };
+	uint64_t word = atomic_load(&cs->state);
+	cr_assert_eq(qc_reclaim_slot(c->base, slot, word, counts), -EAGAIN);
+	cr_assert_neq(atomic_load(&q->refund_begun[0]), atomic_load(&q->refund_done[0]));
+	atomic_store(&c->cs->refund_intent, 0);
+	cr_assert_eq(qc_reclaim_slot(c->base, slot, atomic_load(&cs->state), counts), 0);
+	cr_assert_eq(atomic_load(&q->refund_begun[0]), atomic_load(&q->refund_done[0]),
+		     "the gap is closed");
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&cs->state)), QS_CLIENT_FREE);
+	quota_close(c);
+}

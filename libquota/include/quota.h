@@ -112,8 +112,11 @@ QUOTA_PUBLIC int quota_reserve(quota_client *c, int quota, const struct quota_co
  * Settle an open ticket with what the provider reports as used. Where the
  * quota's refund policy is "actual", unused tokens go back to the budget as
  * far as that is safe (see docs/ARCHITECTURE.md); usage above the estimate is
- * charged as debt that later reservations pay. Spend is settled at @actual.
- * The in-flight slot is released. -EINVAL for a ticket already settled.
+ * charged as debt that later reservations pay. Fewer @actual->requests than
+ * reserved give the difference back whatever the policy (those calls were
+ * not made): pass the reserved count, usually 1. Spend is settled at
+ * @actual. The in-flight slot is released. -EINVAL for a ticket already
+ * settled or an @actual field above 2^62.
  */
 QUOTA_PUBLIC int quota_commit(quota_client *c, struct quota_ticket *t,
 			      const struct quota_cost *actual);

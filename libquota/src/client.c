@@ -90,6 +90,7 @@ static int claim_slot(struct quota_client *c)
 		atomic_store_explicit(&cs->pid, pid, memory_order_relaxed);
 		atomic_store_explicit(&cs->starttime, start, memory_order_relaxed);
 		atomic_store_explicit(&cs->intent, 0, memory_order_relaxed);
+		atomic_store_explicit(&cs->refund_intent, 0, memory_order_relaxed);
 		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
 			struct qs_row *row = &cs->rows[r];
 			atomic_store_explicit(&row->quota1, 0, memory_order_relaxed);
@@ -232,12 +233,14 @@ void qc_inflight_release(struct quota_client *c, struct qs_quota *q, struct qs_r
 	/* release: the intent is visible before the counter changes, so that a
 	 * reclaimer that finds us dead in between knows it cannot trust held. */
 	atomic_store_explicit(&c->cs->intent, ((uint64_t)n << 32) | (id + 1), memory_order_release);
-	atomic_fetch_add_explicit(&q->inflight, QS_INFLIGHT_SEQ1 - n, memory_order_acq_rel);
+	/* seq_cst, with the load of inflight_waiters below: either a waiter
+	 * (inflight_wait()) sees this release, or we see its count and wake it */
+	atomic_fetch_add_explicit(&q->inflight, QS_INFLIGHT_SEQ1 - n, memory_order_seq_cst);
 	atomic_store_explicit(&row->held, atomic_load_explicit(&row->held, memory_order_relaxed) - n,
 			      memory_order_relaxed);
 	/* release: held is final before the intent is withdrawn */
 	atomic_store_explicit(&c->cs->intent, 0, memory_order_release);
-	if (atomic_load_explicit(&q->inflight_waiters, memory_order_acquire)) {
+	if (atomic_load_explicit(&q->inflight_waiters, memory_order_seq_cst)) {
 		atomic_fetch_add_explicit(&q->inflight_futex, 1, memory_order_release);
 		syscall(SYS_futex, &q->inflight_futex, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 	}
@@ -284,9 +287,9 @@ int quota_clock_set(quota_client *c, int64_t now_ns)
 	do {
 		if (now_ns < cur)
 			return -EINVAL;
-		/* release: pairs with the acquire in qc_clock() */
+		/* seq_cst: pairs with the load in qc_clock() */
 	} while (!atomic_compare_exchange_weak_explicit(&c->h->manual_now_ns, &cur, now_ns,
-							memory_order_release, memory_order_relaxed));
+							memory_order_seq_cst, memory_order_relaxed));
 	atomic_fetch_add_explicit(&c->h->clock_seq, 1, memory_order_release);
 	syscall(SYS_futex, &c->h->clock_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 	return 0;

@@ -60,6 +60,8 @@
 #include "gcra.h"
 
 #define QG_SATURATE (INT64_MAX / 4)
+/* The largest TAT debt can push a limit to. */
+#define QG_TAT_MAX (INT64_MAX / 2)
 
 int qg_limit_init(struct qs_limit_cfg *l, uint32_t kind, uint64_t limit, int64_t period_ns,
 		  uint32_t burst_ppm)
@@ -136,16 +138,26 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 	 * earlier): nothing to give back, nothing for others to account for.
 	 * This is most commits - a call outlasts its slot - and it spares them
 	 * two contended read-modify-writes. */
-	int64_t now = qc_clock(c);
-	if (tl->end <= now)
+	if (tl->end <= qc_clock(c))
 		return 0;
 	_Atomic int64_t *tat = qs_tat(q, k);
+	uint32_t id = (uint32_t)(((const char *)q - (const char *)c->base - c->h->quota_off) /
+				 c->h->quota_stride);
+	/* Journal the refund in our slot first: if we die before refund_done,
+	 * quotad audits this limit (reclaim.c). The seq_cst RMW below is a
+	 * release: the journal is visible before the counter moves. */
+	atomic_store_explicit(&c->cs->refund_intent, ((uint64_t)(k + 1) << 32) | (id + 1),
+			      memory_order_relaxed);
 	/* seq_cst: a waiter's check (reserve.c) that reads refund_begun without
 	 * this increment is ordered before our clock read below. */
 	atomic_fetch_add(&q->refund_begun[k], delta);
-	now = qc_clock(c); /* after the increment: see the comment above */
+	/* acquire: a refund whose TAT change we see has its refund_begun
+	 * increment (made before its release CAS) visible to our load below. */
+	int64_t cur = atomic_load_explicit(tat, memory_order_acquire);
+	/* The clock after the TAT: a reservation that moved the TAT meanwhile
+	 * is judged as of a time no earlier than its own (see gcra.c). */
+	int64_t now = qc_clock(c);
 	uint64_t given = 0;
-	int64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
 	for (;;) {
 		/* Refunds begun since our reserve, ours excluded: the most that
 		 * slots before ours can have moved it. Read after the TAT we will
@@ -157,17 +169,19 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 			break;
 		}
 		given = (uint64_t)(end - now) < delta ? (uint64_t)(end - now) : delta;
-		/* relaxed: the TAT is the only shared word this decision rests on;
-		 * refund_done below publishes the completion. */
+		/* release on success: our refund_begun increment is visible to
+		 * whoever sees this TAT; acquire on failure, as for the load. */
 		if (atomic_compare_exchange_weak_explicit(tat, &cur, cur - (int64_t)given,
-							  memory_order_relaxed,
-							  memory_order_relaxed))
+							  memory_order_release,
+							  memory_order_acquire))
 			break;
 		now = qc_clock(c); /* the TAT moved: decide again, as of now */
 	}
 	/* release: pairs with the acquire load in reserve; a reserve that sees
 	 * this sees our TAT change. */
 	atomic_fetch_add_explicit(&q->refund_done[k], delta, memory_order_release);
+	/* release: refund_done is final before the journal entry goes */
+	atomic_store_explicit(&c->cs->refund_intent, 0, memory_order_release);
 	return given;
 }
 
@@ -175,13 +189,15 @@ void qg_debt(struct qs_quota *q, uint32_t k, uint64_t ns, int64_t now)
 {
 	if (ns == 0)
 		return;
-	if (ns > (uint64_t)QG_SATURATE)
-		ns = QG_SATURATE;
 	_Atomic int64_t *tat = qs_tat(q, k);
 	int64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
 	int64_t next;
 	do {
-		next = (cur > now ? cur : now) + (int64_t)ns;
+		/* Debt accumulates, but the TAT stays <= QG_TAT_MAX, so that every
+		 * later TAT + charge (<= INT64_MAX / 4) fits an int64. */
+		int64_t base = cur > now ? cur : now;
+		next = base >= QG_TAT_MAX ? base :
+		       base + (int64_t)(ns < (uint64_t)(QG_TAT_MAX - base) ? ns : (uint64_t)(QG_TAT_MAX - base));
 	} while (!atomic_compare_exchange_weak_explicit(tat, &cur, next, memory_order_relaxed,
 							memory_order_relaxed));
 }

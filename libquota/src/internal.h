@@ -82,8 +82,10 @@ static inline struct qt_priv *qt_priv(struct quota_ticket *t)
 static inline int64_t qc_clock(const struct quota_client *c)
 {
 	if (c->manual)
-		/* acquire: pairs with the release in quota_clock_set() */
-		return atomic_load_explicit(&c->h->manual_now_ns, memory_order_acquire);
+		/* seq_cst: pairs with quota_clock_set(); the refund/waiter argument
+		 * (gcra.c) orders clock reads against refund_begun (a plain mov on
+		 * x86) */
+		return atomic_load_explicit(&c->h->manual_now_ns, memory_order_seq_cst);
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * QC_NS_PER_S + ts.tv_nsec;

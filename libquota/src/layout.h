@@ -232,7 +232,11 @@ struct qs_client {
 	uint32_t pad0;
 	_Atomic uint64_t starttime; /* /proc/<pid>/stat field 22 */
 	_Atomic uint64_t intent;
-	uint64_t reserved0[4];
+	/* A refund in progress (quota id + 1, limit position + 1 << 32): a
+	 * process that dies inside one leaves refund_begun ahead of
+	 * refund_done; quotad's reclamation then audits that limit. */
+	_Atomic uint64_t refund_intent;
+	uint64_t reserved0[3];
 	struct qs_row rows[QS_CLIENT_ROWS];
 };
 static_assert(sizeof(struct qs_client) == 64 + 128 * QS_CLIENT_ROWS, "client size");

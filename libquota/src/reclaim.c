@@ -196,6 +196,47 @@ static void fold_row(void *base, struct qs_row *row, uint32_t id1)
  * slot is no longer in state @word (its owner closed it, or another quotad
  * reclaimed it), -EINVAL for a slot out of range.
  */
+/*
+ * THE REFUND AUDIT. A refund adds its amount to refund_begun[k] before its
+ * TAT change and to refund_done[k] after, journalled in the slot's
+ * refund_intent; begun - done is what refunds in progress may still move
+ * (gcra.c). A refunder that died in between leaves that gap forever, and
+ * every later ticket would count it as movement (waiters would requeue
+ * needlessly). The audit closes it: with no LIVE client journalling a refund
+ * on this limit and refund_begun unchanged across the scan, no refund is in
+ * progress, so done may catch up with begun. A refund that starts after the
+ * scan adds to both counters; one that also finished before we read done can
+ * only make the catch-up smaller (a gap left: conservative, never too
+ * small a count of movement).
+ */
+static int refund_audit(void *base, uint32_t id1, uint32_t k)
+{
+	struct qs_header *h = base;
+	struct qs_quota *q = qs_quota_at(base, id1 - 1);
+	uint64_t key = ((uint64_t)(k + 1) << 32) | id1;
+	for (int attempt = 0; attempt < AUDIT_ATTEMPTS; attempt++) {
+		/* seq_cst: pairs with the refunder's seq_cst increment, which is
+		 * also the release of its journal entry */
+		uint64_t b1 = atomic_load(&q->refund_begun[k]);
+		bool busy = false;
+		for (uint32_t s = 0; s < h->client_capacity && !busy; s++) {
+			const struct qs_client *cs = qs_client_at(base, s);
+			if (QS_CLIENT_STATUS(atomic_load_explicit(&cs->state, memory_order_acquire)) ==
+				    QS_CLIENT_LIVE &&
+			    atomic_load_explicit(&cs->refund_intent, memory_order_acquire) == key)
+				busy = true;
+		}
+		uint64_t b2 = atomic_load(&q->refund_begun[k]);
+		if (busy || b1 != b2)
+			continue;
+		uint64_t d = atomic_load_explicit(&q->refund_done[k], memory_order_acquire);
+		if ((int64_t)(b1 - d) > 0)
+			atomic_fetch_add_explicit(&q->refund_done[k], b1 - d, memory_order_release);
+		return 0;
+	}
+	return -EAGAIN;
+}
+
 int qc_reclaim_slot(void *base, uint32_t slot, uint64_t word, uint32_t counts[3])
 {
 	struct qs_header *h = base;
@@ -226,6 +267,16 @@ int qc_reclaim_slot(void *base, uint32_t slot, uint64_t word, uint32_t counts[3]
 				atomic_store_explicit(&cs->rows[r].held, 0, memory_order_relaxed);
 		/* release: the zeroed rows are visible before the intent goes */
 		atomic_store_explicit(&cs->intent, 0, memory_order_release);
+	}
+
+	/* 1b. A refund it was in the middle of: close the gap it left. */
+	uint64_t ri = atomic_load_explicit(&cs->refund_intent, memory_order_acquire);
+	if (ri) {
+		uint32_t rid1 = (uint32_t)ri, rk = (uint32_t)(ri >> 32) - 1;
+		if (quota_id_ok(h, rid1) && rk < QS_RATE_KINDS && refund_audit(base, rid1, rk) < 0)
+			pending = true;
+		else
+			atomic_store_explicit(&cs->refund_intent, 0, memory_order_release);
 	}
 
 	/* 2. Every other row: exact, or journaled by a quotad that died while

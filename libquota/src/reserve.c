@@ -175,10 +175,13 @@ static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *t
 	uint64_t ain = actual ? actual->input_tokens : 0;
 	uint64_t aout = actual ? actual->output_tokens : 0;
 	int64_t now = -1; /* read only if debt or spend needs it */
-	/* A snapshot of the limits under cfg_seq, as in quota_reserve(). */
+	/* A snapshot of the limits under cfg_seq, as in quota_reserve(); not
+	 * needed when the usage is exactly what was reserved. */
 	struct qs_limit_cfg lc[QS_RATE_KINDS];
-	uint32_t n, flags, seq;
-	do {
+	uint32_t n = 0, flags = 0, seq;
+	bool exact = actual && areq == tk->requests && ain == tk->input_tokens &&
+		     aout == tk->output_tokens;
+	while (!exact) {
 		/* acquire: the config loads below are not hoisted above it */
 		seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
 		n = tk->nlimits <= q->nlimits ? tk->nlimits : q->nlimits;
@@ -187,7 +190,9 @@ static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *t
 		flags = q->flags;
 		/* acquire fence: the config loads complete before the re-check */
 		atomic_thread_fence(memory_order_acquire);
-	} while ((seq & 1) || atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) != seq);
+		if (!(seq & 1) && atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) == seq)
+			break;
+	}
 	bool refund_tokens = actual == NULL || (flags & QS_QUOTA_REFUND_ACTUAL);
 
 	for (uint32_t k = 0; k < n; k++) {
@@ -408,9 +413,11 @@ again:;
 		bool later = false;
 		for (;;) {
 			int64_t e = (cur > lo ? cur : lo) + (int64_t)inc[k];
-			/* relaxed: the TAT is self-contained; what the slot is
-			 * worth was decided from values this CAS validates. */
-			if (atomic_compare_exchange_weak_explicit(w, &cur, e, memory_order_relaxed,
+			/* seq_cst on success (the same instruction as relaxed on
+			 * x86): ordered before the cfg_seq re-check below. What
+			 * the slot is worth was decided from values this CAS
+			 * validates. */
+			if (atomic_compare_exchange_weak_explicit(w, &cur, e, memory_order_seq_cst,
 								  memory_order_relaxed)) {
 				tk.lim[k] = (struct qt_limit){ .end = e, .inc = inc[k], .done0 = done0[k],
 							       .kind = kind[k] };
@@ -425,7 +432,11 @@ again:;
 		if (later)
 			break;
 	}
-	if (k < n) {
+	/* A reload that rewrote the config after our snapshot but before our
+	 * slots were taken: they were sized by the old limits. Give them back
+	 * and reserve again under the new ones. */
+	bool reloaded = k == n && atomic_load(&q->cfg_seq) != seq;
+	if (k < n || reloaded) {
 		/* A limit moved past our admission time: give back, start over. */
 		for (uint32_t j = 0; j < k; j++)
 			qg_refund(c, q, j, &tk.lim[j], tk.lim[j].inc);
@@ -436,6 +447,8 @@ again:;
 		if (maxif)
 			qc_inflight_release(c, q, row, (uint32_t)id, (uint32_t)req);
 		now = qc_clock(c);
+		if (reloaded)
+			return quota_reserve(c, id, cost, deadline > now ? deadline - now : 0, ret);
 		goto again;
 	}
 
