@@ -129,7 +129,7 @@ void qg_atomic_max(_Atomic int64_t *w, int64_t v)
 		;
 }
 
-uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
+uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id, uint32_t k,
 		   const struct qt_limit *tl, uint64_t delta)
 {
 	if (delta == 0)
@@ -141,8 +141,6 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
 	if (tl->end <= qc_clock(c))
 		return 0;
 	_Atomic int64_t *tat = qs_tat(q, k);
-	uint32_t id = (uint32_t)(((const char *)q - (const char *)c->base - c->h->quota_off) /
-				 c->h->quota_stride);
 	/* Journal the refund in our slot first: if we die before refund_done,
 	 * quotad audits this limit (reclaim.c). The seq_cst RMW below is a
 	 * release: the journal is visible before the counter moves. */

@@ -39,9 +39,9 @@ static inline uint64_t qg_charge(const struct qs_limit_cfg *l, uint64_t units)
 /* Units admissible now on a limit whose TAT is @tat. */
 uint64_t qg_available(const struct qs_limit_cfg *l, int64_t tat, int64_t now);
 
-/* Give back up to @delta ns of the slot @tl on limit @k of @q (commit refund,
- * cancel, rollback). Returns the ns actually given back. */
-uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t k,
+/* Give back up to @delta ns of the slot @tl on limit @k of quota @q (id @id):
+ * commit refund, cancel, rollback. Returns the ns actually given back. */
+uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id, uint32_t k,
 		   const struct qt_limit *tl, uint64_t delta);
 
 /* Charge @ns more on limit @k as of @now (usage above the estimate). */
