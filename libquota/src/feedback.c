@@ -14,13 +14,10 @@ int quota_feedback_apply(quota_client *c, int id, const struct quota_feedback *f
 {
 	if (!c || !fb)
 		return -EINVAL;
-	if (c->fork_gen != qc_fork_gen)
-		return -ECHILD;
-	if (!c->cs)
-		return -EPERM;
-	struct qs_quota *q = qc_quota(c, id);
-	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
-		return -ENOENT;
+	struct qs_quota *q;
+	int err = qc_writable_quota(c, id, &q);
+	if (err < 0)
+		return err;
 	if (fb->retry_after_ns > 0) {
 		int r = quota_backoff(c, id, fb->retry_after_ns > QC_DAY_NS ? QC_DAY_NS : fb->retry_after_ns);
 		if (r < 0)

@@ -100,6 +100,11 @@ int qg_limit_init(struct qs_limit_cfg *l, uint32_t kind, uint64_t limit, int64_t
 
 uint64_t qg_charge_slow(const struct qs_limit_cfg *l, uint64_t units)
 {
+	/* A config read while quotad rewrites it (reserve computes inside its
+	 * seqlock read and discards a torn result) may hold a zero limit: never
+	 * divide by it. */
+	if (l->limit == 0)
+		return (uint64_t)QG_SATURATE;
 	unsigned __int128 n = (unsigned __int128)units * (uint64_t)l->period_ns;
 	unsigned __int128 q = (n + l->limit - 1) / l->limit;
 	return q > QG_SATURATE ? (uint64_t)QG_SATURATE : (uint64_t)q;
@@ -111,6 +116,8 @@ uint64_t qg_available(const struct qs_limit_cfg *l, int64_t tat, int64_t now)
 	if (backlog >= l->tau_ns)
 		return 0;
 	uint64_t room = (uint64_t)(l->tau_ns - backlog);
+	if (l->period_ns <= 0)
+		return 0;
 	/* Largest c with charge(c) <= room: start from floor(room / T). */
 	uint64_t c = (uint64_t)(((unsigned __int128)room * l->limit) / (uint64_t)l->period_ns);
 	if (c > l->capacity)

@@ -107,6 +107,25 @@ static inline struct qs_quota *qc_quota(const struct quota_client *c, int id)
 	return qs_quota_at(c->base, (uint32_t)id);
 }
 
+/*
+ * The checks every call that writes a quota's state starts with: a handle
+ * of this process (-ECHILD after fork), one that holds a client slot (-EPERM
+ * for an observer), and an ACTIVE quota (-ENOENT). Sets *@ret.
+ */
+static inline int qc_writable_quota(const struct quota_client *c, int id, struct qs_quota **ret)
+{
+	if (c->fork_gen != qc_fork_gen)
+		return -ECHILD;
+	if (!c->cs)
+		return -EPERM;
+	struct qs_quota *q = qc_quota(c, id);
+	/* acquire: pairs with quotad's release when it activates the quota */
+	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
+		return -ENOENT;
+	*ret = q;
+	return 0;
+}
+
 /* Assign this process a row for quota id: NULL if every row is taken. */
 struct qs_row *qc_row_new(struct quota_client *c, uint32_t id);
 

@@ -270,14 +270,10 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 {
 	if (!c || !cost || !ret || timeout_ns < 0)
 		return -EINVAL;
-	if (c->fork_gen != qc_fork_gen)
-		return -ECHILD;
-	if (!c->cs)
-		return -EPERM;
-	struct qs_quota *q = qc_quota(c, id);
-	/* acquire: pairs with quotad's release when it activates the quota */
-	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
-		return -ENOENT;
+	struct qs_quota *q;
+	int err = qc_writable_quota(c, id, &q);
+	if (err < 0)
+		return err;
 	uint64_t req = cost->requests, in = cost->input_tokens, out = cost->output_tokens;
 	if ((req | in | out) == 0 || req > QC_COST_MAX || in > QC_COST_MAX || out > QC_COST_MAX)
 		return -EINVAL;
@@ -555,13 +551,10 @@ int quota_backoff(quota_client *c, int id, int64_t retry_after_ns)
 {
 	if (!c || retry_after_ns < 0 || retry_after_ns > QC_BACKOFF_MAX)
 		return -EINVAL;
-	if (c->fork_gen != qc_fork_gen)
-		return -ECHILD;
-	if (!c->cs)
-		return -EPERM;
-	struct qs_quota *q = qc_quota(c, id);
-	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
-		return -ENOENT;
+	struct qs_quota *q;
+	int err = qc_writable_quota(c, id, &q);
+	if (err < 0)
+		return err;
 	qg_atomic_max(&q->paused_until, qc_clock(c) + retry_after_ns);
 	return 0;
 }

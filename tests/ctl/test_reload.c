@@ -164,7 +164,8 @@ Test(reload, reserve_never_sees_a_torn_config, .timeout = 60)
 		cr_assert(r && strstr(r, "\"ok\":true"), "reload %d: %s", i, r ? r : "(no reply)");
 		free(r);
 		int st;
-		cr_assert_eq(waitpid(kid, &st, WNOHANG), 0, "the reserving process died (exit %d)", WEXITSTATUS(st));
+		cr_assert_eq(waitpid(kid, &st, WNOHANG), 0, "the reserving process died (%s %d)",
+			     WIFSIGNALED(st) ? "signal" : "exit", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
 	}
 	int status = cl_stop(kid, SIGKILL);
 	cr_assert(WIFSIGNALED(status), "the reserving process saw an error (exit %d)", WEXITSTATUS(status));
