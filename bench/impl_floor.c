@@ -16,12 +16,6 @@
 
 static struct qb_table tab;
 
-struct floor_state {
-	void *map;
-	uint64_t len;
-	struct qb_entry *e;
-};
-
 static int floor_setup(void)
 {
 	return 0;
@@ -35,22 +29,13 @@ static int floor_prepare(const struct qb_quota_spec *spec, int nquotas)
 
 static int floor_attach(int quota_index, void **state)
 {
-	struct floor_state *s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->e = qb_table_attach(&tab, quota_index, &s->map, &s->len);
-	if (!s->e) {
-		free(s);
-		return -EIO;
-	}
-	*state = s;
-	return 0;
+	return qb_table_state_attach(&tab, quota_index, state);
 }
 
 static int floor_op(void *state, enum qb_op op, struct qb_counts *c)
 {
 	(void)op;
-	struct floor_state *s = state;
+	struct qb_table_state *s = state;
 	_Atomic int64_t *w = &s->e->tat[0];
 	int64_t now = qb_now_ns();
 	int64_t old = atomic_load_explicit(w, memory_order_relaxed);
@@ -61,13 +46,6 @@ static int floor_op(void *state, enum qb_op op, struct qb_counts *c)
 						      memory_order_acq_rel, memory_order_relaxed))
 		c->retries++;
 	return 1;
-}
-
-static void floor_detach(void *state)
-{
-	struct floor_state *s = state;
-	qb_table_detach(s->map, s->len);
-	free(s);
 }
 
 static void floor_finish(void)
@@ -83,7 +61,7 @@ const struct qb_impl qb_impl_floor = {
 	.prepare = floor_prepare,
 	.attach = floor_attach,
 	.op = floor_op,
-	.detach = floor_detach,
+	.detach = qb_table_state_detach,
 	.finish = floor_finish,
 	.teardown = floor_finish,
 };

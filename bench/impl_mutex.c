@@ -15,12 +15,6 @@
 
 static struct qb_table tab;
 
-struct mutex_state {
-	void *map;
-	uint64_t len;
-	struct qb_entry *e;
-};
-
 static int mutex_setup(void)
 {
 	return 0;
@@ -34,16 +28,7 @@ static int mutex_prepare(const struct qb_quota_spec *spec, int nquotas)
 
 static int mutex_attach(int quota_index, void **state)
 {
-	struct mutex_state *s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->e = qb_table_attach(&tab, quota_index, &s->map, &s->len);
-	if (!s->e) {
-		free(s);
-		return -EIO;
-	}
-	*state = s;
-	return 0;
+	return qb_table_state_attach(&tab, quota_index, state);
 }
 
 static int lock(struct qb_entry *e, struct qb_counts *c)
@@ -60,7 +45,7 @@ static int lock(struct qb_entry *e, struct qb_counts *c)
 
 static int mutex_op(void *state, enum qb_op op, struct qb_counts *c)
 {
-	struct mutex_state *s = state;
+	struct qb_table_state *s = state;
 	const struct qb_gcra *g = &tab.g;
 	struct qb_entry *e = s->e;
 	int64_t next[QB_GCRA_MAX];
@@ -95,13 +80,6 @@ static int mutex_op(void *state, enum qb_op op, struct qb_counts *c)
 	return 1;
 }
 
-static void mutex_detach(void *state)
-{
-	struct mutex_state *s = state;
-	qb_table_detach(s->map, s->len);
-	free(s);
-}
-
 static void mutex_finish(void)
 {
 	qb_table_remove(&tab);
@@ -115,7 +93,7 @@ const struct qb_impl qb_impl_mutex = {
 	.prepare = mutex_prepare,
 	.attach = mutex_attach,
 	.op = mutex_op,
-	.detach = mutex_detach,
+	.detach = qb_table_state_detach,
 	.finish = mutex_finish,
 	.teardown = mutex_finish,
 };

@@ -21,12 +21,6 @@
 
 static struct qb_table tab;
 
-struct refcas_state {
-	void *map;
-	uint64_t len;
-	struct qb_entry *e;
-};
-
 static int refcas_setup(void)
 {
 	return 0;
@@ -40,21 +34,12 @@ static int refcas_prepare(const struct qb_quota_spec *spec, int nquotas)
 
 static int refcas_attach(int quota_index, void **state)
 {
-	struct refcas_state *s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->e = qb_table_attach(&tab, quota_index, &s->map, &s->len);
-	if (!s->e) {
-		free(s);
-		return -EIO;
-	}
-	*state = s;
-	return 0;
+	return qb_table_state_attach(&tab, quota_index, state);
 }
 
 static int refcas_op(void *state, enum qb_op op, struct qb_counts *c)
 {
-	struct refcas_state *s = state;
+	struct qb_table_state *s = state;
 	const struct qb_gcra *g = &tab.g;
 	struct qb_entry *e = s->e;
 	int64_t seen[QB_GCRA_MAX], next[QB_GCRA_MAX];
@@ -91,13 +76,6 @@ static int refcas_op(void *state, enum qb_op op, struct qb_counts *c)
 	return 1;
 }
 
-static void refcas_detach(void *state)
-{
-	struct refcas_state *s = state;
-	qb_table_detach(s->map, s->len);
-	free(s);
-}
-
 static void refcas_finish(void)
 {
 	qb_table_remove(&tab);
@@ -111,7 +89,7 @@ const struct qb_impl qb_impl_refcas = {
 	.prepare = refcas_prepare,
 	.attach = refcas_attach,
 	.op = refcas_op,
-	.detach = refcas_detach,
+	.detach = qb_table_state_detach,
 	.finish = refcas_finish,
 	.teardown = refcas_finish,
 };

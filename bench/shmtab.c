@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -76,4 +77,25 @@ void qb_table_remove(struct qb_table *t)
 	if (t->name[0])
 		shm_unlink(t->name);
 	t->name[0] = 0;
+}
+
+int qb_table_state_attach(const struct qb_table *t, int index, void **state)
+{
+	struct qb_table_state *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->e = qb_table_attach(t, index, &s->map, &s->len);
+	if (!s->e) {
+		free(s);
+		return -EIO;
+	}
+	*state = s;
+	return 0;
+}
+
+void qb_table_state_detach(void *state)
+{
+	struct qb_table_state *s = state;
+	qb_table_detach(s->map, s->len);
+	free(s);
 }

@@ -35,4 +35,16 @@ void qb_table_detach(void *map, uint64_t len);
 /* Remove the shm object (idempotent). */
 void qb_table_remove(struct qb_table *t);
 
+/* A worker's handle on one entry: the per-process state of every baseline
+ * built on the table (floor, mutex, refcas). */
+struct qb_table_state {
+	void *map;
+	uint64_t len;
+	struct qb_entry *e;
+};
+/* Map @t and allocate a state for entry @index: 0, -ENOMEM or -EIO. */
+int qb_table_state_attach(const struct qb_table *t, int index, void **state);
+/* Unmap and free a state from qb_table_state_attach(). */
+void qb_table_state_detach(void *state);
+
 #endif /* QBENCH_SHMTAB_H */
