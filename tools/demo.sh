@@ -130,19 +130,8 @@ die() {
 	exit 1
 }
 
-# Poll (bounded: 10 s) until file $1 has a first line, while process $2 lives.
-wait_line() {
-	local i line
-	for ((i = 0; i < 200; i++)); do
-		if [ -s "$1" ] && IFS= read -r line <"$1" && [ -n "$line" ]; then
-			printf '%s\n' "$line"
-			return 0
-		fi
-		kill -0 "$2" 2>/dev/null || return 1
-		sleep 0.05
-	done
-	return 1
-}
+# wait_line FILE PID (tools/wait-line.sh)
+. "$SRC/tools/wait-line.sh"
 
 # quotad on its embedded default configuration (burst 0.99: 1 % below the
 # provider, for the delay between our admission and the provider counting the

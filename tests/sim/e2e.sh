@@ -64,19 +64,8 @@ fail() {
 	exit 1
 }
 
-# Poll (bounded: 10 s) until file $1 has a first line; print it.
-wait_line() {
-	local i line
-	for ((i = 0; i < 200; i++)); do
-		if [ -s "$1" ] && IFS= read -r line <"$1" && [ -n "$line" ]; then
-			printf '%s\n' "$line"
-			return 0
-		fi
-		kill -0 "$2" 2>/dev/null || return 1
-		sleep 0.05
-	done
-	return 1
-}
+# wait_line FILE PID (tools/wait-line.sh)
+. "$(dirname "$0")/../../tools/wait-line.sh"
 
 # GET $1 from the simulator (bash's /dev/tcp: no curl binary needed).
 sim_get() {

@@ -41,12 +41,8 @@ trap 'exit 1' INT TERM
 # One request at once, then one per second, per key.
 "$SIM" --rpm 60 --burst 0.01 --latency-ms 5 --per-token-us 0 >"$tmp/port" 2>"$tmp/sim.err" &
 sim_pid=$!
-port=
-for ((i = 0; i < 200; i++)); do
-	[ -s "$tmp/port" ] && IFS= read -r port <"$tmp/port" && [ -n "$port" ] && break
-	kill -0 "$sim_pid" 2>/dev/null || break
-	sleep 0.05
-done
+. "$(dirname "$0")/../../tools/wait-line.sh"
+port=$(wait_line "$tmp/port" "$sim_pid")
 [ -n "$port" ] || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
 
 node "$NODE_DIR/openai_sdk.mjs" "$port"

@@ -23,12 +23,8 @@ trap 'exit 1' INT TERM
 
 "$SIM" --context 1000 --max-body 4096 >"$tmp/port" 2>"$tmp/sim.err" &
 sim_pid=$!
-port=
-for ((i = 0; i < 200; i++)); do
-	[ -s "$tmp/port" ] && IFS= read -r port <"$tmp/port" && [ -n "$port" ] && break
-	kill -0 "$sim_pid" 2>/dev/null || break
-	sleep 0.05
-done
+. "$(dirname "$0")/../../tools/wait-line.sh"
+port=$(wait_line "$tmp/port" "$sim_pid")
 [ -n "$port" ] || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
 
 fails=0 passes=0

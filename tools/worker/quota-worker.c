@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "quota.h"
+#include "opt.h"
 
 #define NS_PER_MS INT64_C(1000000)
 #define NS_PER_S INT64_C(1000000000)
@@ -514,23 +515,10 @@ static void usage(FILE *f)
 		"  -h, --help               this text\n");
 }
 
-/* A decimal integer in [lo, hi] for option @name, or exit 2. */
+/* A decimal integer in [lo, hi] for option @name, or exit 2 (opt.c). */
 static uint64_t opt_uint(const char *name, const char *s, uint64_t lo, uint64_t hi)
 {
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	if (!s || !*s || *s == '-' || *s == '+')
-		goto bad;
-	v = strtoull(s, &end, 10);
-	if (errno || *end || v < lo || v > hi)
-		goto bad;
-	return v;
-bad:
-	fprintf(stderr, "quota-worker: --%s: expected an integer in [%" PRIu64 ", %" PRIu64
-		"], got '%s'\n", name, lo, hi, s ? s : "");
-	exit(2);
+	return tool_opt_uint("quota-worker", name, s, lo, hi);
 }
 
 /* A duration in any format quota_parse_duration() accepts, or exit 2. */
