@@ -273,6 +273,9 @@ int qs_validate_quota(const struct qs_header *h, const struct qs_quota *q);
  * retried while quotad rewrites it (cfg_seq odd or moved). The hot words of
  * @out are not filled. Returns 0, or -EAGAIN if it never settled. */
 int qs_quota_snapshot(const struct qs_quota *q, struct qs_quota *out);
+/* The same, copying only the scalars and the first @nlimits limit configs
+ * (commit needs no more). */
+int qs_quota_snapshot_n(const struct qs_quota *q, struct qs_quota *out, uint32_t nlimits);
 
 static inline struct qs_quota *qs_quota_at(void *base, uint32_t id)
 {

@@ -175,24 +175,19 @@ static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *t
 	uint64_t ain = actual ? actual->input_tokens : 0;
 	uint64_t aout = actual ? actual->output_tokens : 0;
 	int64_t now = -1; /* read only if debt or spend needs it */
-	/* A snapshot of the limits under cfg_seq, as in quota_reserve(); not
+	/* The limits, copied consistently (quotad may be reloading); not
 	 * needed when the usage is exactly what was reserved. */
-	struct qs_limit_cfg lc[QS_RATE_KINDS];
-	uint32_t n = 0, flags = 0, seq;
+	struct qs_quota cfg;
+	uint32_t n = 0, flags = 0;
 	bool exact = actual && areq == tk->requests && ain == tk->input_tokens &&
 		     aout == tk->output_tokens;
-	while (!exact) {
-		/* acquire: the config loads below are not hoisted above it */
-		seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
-		n = tk->nlimits <= q->nlimits ? tk->nlimits : q->nlimits;
-		n = n <= QS_RATE_KINDS ? n : QS_RATE_KINDS;
-		memcpy(lc, q->cfg, n * sizeof(lc[0]));
-		flags = q->flags;
-		/* acquire fence: the config loads complete before the re-check */
-		atomic_thread_fence(memory_order_acquire);
-		if (!(seq & 1) && atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) == seq)
-			break;
+	if (!exact) {
+		while (qs_quota_snapshot_n(q, &cfg, tk->nlimits) < 0)
+			; /* quotad is rewriting it: it finishes in microseconds */
+		n = tk->nlimits <= cfg.nlimits ? tk->nlimits : cfg.nlimits;
+		flags = cfg.flags;
 	}
+	const struct qs_limit_cfg *lc = cfg.cfg;
 	bool refund_tokens = actual == NULL || (flags & QS_QUOTA_REFUND_ACTUAL);
 
 	for (uint32_t k = 0; k < n; k++) {

@@ -89,6 +89,13 @@ static bool range_ok(uint64_t off, uint64_t n, uint64_t stride, uint64_t size)
 
 int qs_quota_snapshot(const struct qs_quota *q, struct qs_quota *out)
 {
+	return qs_quota_snapshot_n(q, out, QS_RATE_KINDS);
+}
+
+int qs_quota_snapshot_n(const struct qs_quota *q, struct qs_quota *out, uint32_t nlimits)
+{
+	size_t bytes = offsetof(struct qs_quota, cfg) +
+		       (nlimits < QS_RATE_KINDS ? nlimits : QS_RATE_KINDS) * sizeof(q->cfg[0]);
 	for (int attempt = 0; attempt < 1000; attempt++) {
 		/* acquire: the copy below is not hoisted above it */
 		uint32_t seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
@@ -96,7 +103,7 @@ int qs_quota_snapshot(const struct qs_quota *q, struct qs_quota *out)
 			sched_yield();
 			continue;
 		}
-		memcpy(out, (const void *)q, QS_QUOTA_CFG_BYTES);
+		memcpy(out, (const void *)q, bytes);
 		/* acquire fence: the copy completes before the re-check */
 		atomic_thread_fence(memory_order_acquire);
 		if (atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) == seq)
