@@ -186,7 +186,7 @@ static int lq_attach(int quota_index, void **state)
 		return r;
 	}
 #ifdef QBENCH_LQ_CAS_RETRIES
-	s->retries0 = s->c->cas_retries;
+	s->retries0 = s->c->first->cas_retries;
 #endif
 	*state = s;
 	return 0;
@@ -205,7 +205,7 @@ static int lq_op(void *state, enum qb_op op, struct qb_counts *c)
 		r = r < 0 ? r : 0;
 	}
 #ifdef QBENCH_LQ_CAS_RETRIES
-	c->retries = s->c->cas_retries - s->retries0; /* process-local, cumulative */
+	c->retries = s->c->first->cas_retries - s->retries0; /* process-local, cumulative */
 #else
 	(void)c; /* CAS retries are not visible through the public API */
 #endif

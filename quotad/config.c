@@ -403,30 +403,56 @@ void qd_config_free(struct qd_config *cfg)
 	cfg->nquotas = 0;
 }
 
-int qd_quota_write(void *base, uint32_t id, const struct qd_quota *qc)
+int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *out)
 {
-	struct qs_quota *q = qs_quota_at(base, id);
-	memset(q->name, 0, sizeof(q->name));
-	strcpy(q->name, qc->name);
-	q->flags = qc->refund_actual ? QS_QUOTA_REFUND_ACTUAL : 0;
-	q->context_window = qc->context_window;
-	q->max_inflight = qc->max_inflight;
-	q->price_in_pusd = qc->price_in_pusd;
-	q->price_out_pusd = qc->price_out_pusd;
-	q->budget_day_nusd = qc->budget_day_nusd;
-	q->budget_month_nusd = qc->budget_month_nusd;
-	uint32_t n = 0;
-	for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
+	memset(out, 0, sizeof(*out));
+	snprintf(out->name, sizeof(out->name), "%s", qc->name);
+	out->quota_id = id;
+	out->flags = qc->refund_actual ? QS_REC_REFUND_ACTUAL : 0;
+	out->context_window = qc->context_window;
+	out->max_inflight = qc->max_inflight;
+	out->price_in_pusd = qc->price_in_pusd;
+	out->price_out_pusd = qc->price_out_pusd;
+	out->budget_day_nusd = qc->budget_day_nusd;
+	out->budget_month_nusd = qc->budget_month_nusd;
+	for (uint32_t k = 0; k < QUOTA_RATE_KINDS; k++) {
 		if (!qc->rate[k])
 			continue;
-		int64_t period = (k & 1) ? QC_DAY_NS : QC_MINUTE_NS;
-		int r = qg_limit_init(&q->cfg[n], (uint32_t)k, qc->rate[k], period, qc->burst_ppm);
+		struct qs_limit_cfg l;
+		int r = qg_limit_init(&l, k, qc->rate[k], qg_period_of(k), qc->burst_ppm);
 		if (r < 0)
 			return r;
-		n++;
+		out->lim[out->nlimits++] = (struct qs_limit_src){ .kind = k, .burst_ppm = qc->burst_ppm,
+								   .limit = qc->rate[k] };
 	}
-	q->nlimits = n;
-	return 0;
+	return qs_config_check(out) < 0 ? -EINVAL : 0;
+}
+
+/* Publish every quota of @cfg into the fresh segment described by @g: record
+ * i for quota i, then the name index. */
+static int populate(const struct qs_geom *g, const struct qd_config *cfg, char *err, size_t errlen)
+{
+	char (*names)[64] = calloc(cfg->nquotas ? cfg->nquotas : 1, sizeof(*names));
+	uint32_t *ids = calloc(cfg->nquotas ? cfg->nquotas : 1, sizeof(*ids));
+	int r = names && ids ? 0 : -ENOMEM;
+	for (uint32_t i = 0; i < cfg->nquotas && r == 0; i++) {
+		struct qs_config qc;
+		r = qd_quota_config(&cfg->quotas[i], i, &qc);
+		if (r < 0) {
+			snprintf(err, errlen, "quota %s: %s", cfg->quotas[i].name, strerror(-r));
+			break;
+		}
+		qs_record_publish(g, i, qs_next_generation(g), &qc);
+		memcpy(names[i], qc.name, sizeof(names[i]));
+		ids[i] = i;
+	}
+	if (r == 0 && (r = qs_index_publish(g, (const char (*)[64])names, ids, cfg->nquotas)) < 0)
+		snprintf(err, errlen, "name index: %s", strerror(-r));
+	if (r == -ENOMEM)
+		snprintf(err, errlen, "out of memory");
+	free(names);
+	free(ids);
+	return r;
 }
 
 int qd_segment_create(const struct qd_config *cfg, const char *name, void **ret_base,
@@ -437,7 +463,7 @@ int qd_segment_create(const struct qd_config *cfg, const char *name, void **ret_
 		.client_capacity = cfg->max_clients,
 		.incompat_flags = cfg->manual_clock ? QS_INCOMPAT_MANUAL_CLOCK : 0,
 	};
-	uint64_t size = qs_segment_size(&g, NULL);
+	uint64_t size = qs_segment_size(&g);
 	if (size == 0) {
 		snprintf(err, errlen, "segment geometry out of range");
 		return -EINVAL;
@@ -483,20 +509,16 @@ int qd_segment_create(const struct qd_config *cfg, const char *name, void **ret_
 	/* A manual clock starts at 0: UTC periods are counted from creation. */
 	atomic_store_explicit(&h->realtime_offset_ns, cfg->manual_clock ? rt_ns : rt_ns - mono_ns,
 			      memory_order_relaxed);
-	for (uint32_t i = 0; i < cfg->nquotas; i++) {
-		int r = qd_quota_write(base, i, &cfg->quotas[i]);
-		if (r == 0)
-			r = qs_index_insert(base, cfg->quotas[i].name, i);
-		if (r < 0) {
-			snprintf(err, errlen, "quota %s: %s", cfg->quotas[i].name, strerror(-r));
-			munmap(base, size);
-			shm_unlink(path);
-			return r;
-		}
-		atomic_store_explicit(&qs_quota_at(base, i)->state, QS_QUOTA_ACTIVE, memory_order_relaxed);
+	struct qs_geom geom;
+	(void)qs_geom_load(&geom, base, size); /* -EAGAIN: not READY yet, as it should */
+	int r = populate(&geom, cfg, err, errlen);
+	if (r < 0) {
+		munmap(base, size);
+		shm_unlink(path);
+		return r;
 	}
 	atomic_store_explicit(&h->quota_count, cfg->nquotas, memory_order_relaxed);
-	/* release: the complete segment is visible before READY (qs_validate) */
+	/* release: the complete segment is visible before READY (qs_geom_load) */
 	atomic_store_explicit(&h->state, QS_STATE_READY, memory_order_release);
 	*ret_base = base;
 	*ret_size = size;

@@ -50,8 +50,10 @@ int qd_config_load(const char *path, struct qd_config *cfg, char *err, size_t er
 
 void qd_config_free(struct qd_config *cfg);
 
-/* Write quota @qc into entry @id of the segment at @base (not yet ACTIVE). */
-int qd_quota_write(void *base, uint32_t id, const struct qd_quota *qc);
+struct qs_config;
+/* The record content of quota @qc as id @id: 0, or -EINVAL / -ERANGE for
+ * limits out of the arithmetic's range. */
+int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *out);
 
 /*
  * Create the shm object "/@name" (O_CREAT|O_EXCL, mode 0660) sized for @cfg,

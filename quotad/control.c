@@ -97,8 +97,8 @@ static double usd(uint64_t nusd)
 static uint32_t live_clients(struct daemon *d)
 {
 	uint32_t n = 0;
-	for (uint32_t s = 0; s < d->h->client_capacity; s++)
-		if (QS_CLIENT_STATUS(atomic_load_explicit(&qs_client_at(d->base, s)->state,
+	for (uint32_t s = 0; s < d->g.client_capacity; s++)
+		if (QS_CLIENT_STATUS(atomic_load_explicit(&qs_client_at(&d->g, s)->state,
 							  memory_order_relaxed)) == QS_CLIENT_LIVE)
 			n++;
 	return n;
@@ -126,13 +126,15 @@ static char *cmd_status(struct daemon *d)
 	cJSON_AddNumberToObject(dj, "generation",
 				(double)atomic_load_explicit(&d->h->generation, memory_order_relaxed));
 	cJSON_AddNumberToObject(dj, "clients", live_clients(d));
-	cJSON_AddNumberToObject(dj, "client_capacity", d->h->client_capacity);
-	cJSON_AddNumberToObject(dj, "quota_capacity", d->h->quota_capacity);
+	cJSON_AddNumberToObject(dj, "client_capacity", d->g.client_capacity);
+	cJSON_AddNumberToObject(dj, "quota_capacity", d->g.quota_capacity);
 	cJSON_AddNumberToObject(dj, "connections", active_conns(d));
 	cJSON *rj = cJSON_AddObjectToObject(dj, "reclaim");
 	cJSON_AddNumberToObject(rj, "slots", (double)d->st.reclaimed_slots);
 	cJSON_AddNumberToObject(rj, "inflight", (double)d->st.reclaimed_inflight);
 	cJSON_AddNumberToObject(rj, "audits", (double)d->st.audits);
+	cJSON_AddNumberToObject(rj, "repaired", (double)d->st.repaired);
+	cJSON_AddNumberToObject(dj, "segment_damage", (double)d->st.damage);
 	cJSON_AddNumberToObject(rj, "anomalies", (double)d->st.anomalies);
 	cJSON_AddNumberToObject(rj, "pid_reused", (double)d->st.pid_reused);
 	cJSON *cj = cJSON_AddObjectToObject(dj, "control");
@@ -149,7 +151,7 @@ static char *cmd_status(struct daemon *d)
 	int n = quota_count(d->obs);
 	for (int id = 0; id < n; id++) {
 		struct quota_info in;
-		if (quota_info(d->obs, id, &in) < 0 || in.removed)
+		if (quota_info(d->obs, id, &in, sizeof(in)) < 0 || in.removed)
 			continue;
 		cJSON *q = cJSON_CreateObject();
 		cJSON_AddItemToArray(arr, q);
@@ -182,23 +184,23 @@ static char *cmd_clients(struct daemon *d)
 	cJSON *root = cJSON_CreateObject();
 	cJSON_AddTrueToObject(root, "ok");
 	cJSON *arr = cJSON_AddArrayToObject(root, "clients");
-	uint32_t count = atomic_load_explicit(&d->h->quota_count, memory_order_acquire);
-	for (uint32_t s = 0; s < d->h->client_capacity; s++) {
-		struct qs_client *cs = qs_client_at(d->base, s);
+	uint32_t count = qs_quota_count(&d->g);
+	for (uint32_t s = 0; s < d->g.client_capacity; s++) {
+		struct qs_client *cs = qs_client_at(&d->g, s);
 		uint64_t w = atomic_load_explicit(&cs->state, memory_order_acquire);
 		if (QS_CLIENT_STATUS(w) == QS_CLIENT_FREE)
 			continue;
 		cJSON *cj = cJSON_CreateObject();
 		cJSON_AddItemToArray(arr, cj);
 		cJSON_AddNumberToObject(cj, "slot", s);
-		cJSON_AddNumberToObject(cj, "pid", atomic_load_explicit(&cs->pid, memory_order_relaxed));
+		cJSON_AddNumberToObject(cj, "pid", QS_CLIENT_PID(w));
 		cJSON_AddStringToObject(cj, "state", status_name(w));
 		cJSON_AddNumberToObject(cj, "generation", (double)QS_CLIENT_GEN(w));
 		cJSON_AddNumberToObject(cj, "starttime",
 					(double)atomic_load_explicit(&cs->starttime, memory_order_relaxed));
 		cJSON_AddBoolToObject(cj, "watched", s < d->nwatch && d->watch[s].pidfd >= 0);
 		cJSON *rows = cJSON_AddArrayToObject(cj, "quotas");
-		uint64_t held_total = 0;
+		int64_t held_total = 0;
 		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
 			struct qs_row *row = &cs->rows[r];
 			uint32_t id1 = atomic_load_explicit(&row->quota1, memory_order_acquire);
@@ -207,11 +209,11 @@ static char *cmd_clients(struct daemon *d)
 			uint64_t rej = 0;
 			for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
 				rej += atomic_load_explicit(&row->rejected[k], memory_order_relaxed);
-			uint32_t held = atomic_load_explicit(&row->held, memory_order_relaxed);
+			int32_t held = atomic_load_explicit(&row->held, memory_order_relaxed);
 			held_total += held;
 			cJSON *rj = cJSON_CreateObject();
 			cJSON_AddItemToArray(rows, rj);
-			cJSON_AddStringToObject(rj, "quota", qs_quota_at(d->base, id1 - 1)->name);
+			cJSON_AddStringToObject(rj, "quota", d->pub[id1 - 1].cfg.name);
 			cJSON_AddNumberToObject(rj, "inflight", held);
 			cJSON_AddNumberToObject(rj, "admitted",
 						(double)atomic_load_explicit(&row->admitted, memory_order_relaxed));
@@ -301,19 +303,28 @@ static char *cmd_metrics(struct daemon *d)
 		return reply_error("out of memory");
 	}
 	for (int id = 0; id < n; id++)
-		ok[id] = quota_info(d->obs, id, &in[id]) == 0 && !in[id].removed;
+		ok[id] = quota_info(d->obs, id, &in[id], sizeof(in[id])) == 0 && !in[id].removed;
 
 	family(&b, "quotad_up", "gauge", "1 while quotad serves the segment.");
 	bprintf(&b, "quotad_up{segment=\"%s\"} 1\n", d->segment + 1);
 	family(&b, "quotad_clients", "gauge", "Processes attached to the segment.");
 	bprintf(&b, "quotad_clients %u\n", live_clients(d));
 	family(&b, "quotad_client_capacity", "gauge", "Client slots of the segment (fixed at creation).");
-	bprintf(&b, "quotad_client_capacity %u\n", d->h->client_capacity);
+	bprintf(&b, "quotad_client_capacity %u\n", d->g.client_capacity);
 	family(&b, "quotad_reclaimed_clients_total", "counter", "Client slots of dead processes reclaimed.");
 	bprintf(&b, "quotad_reclaimed_clients_total %llu\n", (unsigned long long)d->st.reclaimed_slots);
 	family(&b, "quotad_audits_total", "counter",
-	       "In-flight counts repaired after a client died mid-update.");
+	       "In-flight count audits installed (after a client died mid-update, and periodic).");
 	bprintf(&b, "quotad_audits_total %llu\n", (unsigned long long)d->st.audits);
+	family(&b, "quotad_inflight_repaired_total", "counter",
+	       "In-flight slots of drift that audits corrected (should stay 0).");
+	bprintf(&b, "quotad_inflight_repaired_total %llu\n", (unsigned long long)d->st.repaired);
+	family(&b, "quotad_segment_damage_total", "counter",
+	       "Damaged parts of the segment found and repaired (should stay 0).");
+	bprintf(&b, "quotad_segment_damage_total %llu\n", (unsigned long long)d->st.damage);
+	family(&b, "quotad_client_notifies_total", "counter",
+	       "Client slot claims announced on the notify socket.");
+	bprintf(&b, "quotad_client_notifies_total %llu\n", (unsigned long long)d->st.notifies);
 	family(&b, "quotad_reclaim_anomalies_total", "counter",
 	       "In-flight give-backs clamped at zero (should stay 0).");
 	bprintf(&b, "quotad_reclaim_anomalies_total %llu\n", (unsigned long long)d->st.anomalies);
@@ -386,16 +397,17 @@ static char *cmd_backoff(struct daemon *d, const cJSON *req)
 		return reply_error("backoff: \"quota\" must be a quota name");
 	if (!cJSON_IsNumber(secs) || !(secs->valuedouble > 0) || secs->valuedouble > 86400)
 		return reply_error("backoff: \"seconds\" must be a number in (0, 86400]");
-	int id = qs_index_find(d->base, name->valuestring);
+	int id = qs_index_find(&d->g, name->valuestring);
 	if (id < 0)
 		return reply_error("backoff: no quota named \"%.64s\"", name->valuestring);
-	struct qs_quota *q = qs_quota_at(d->base, (uint32_t)id);
+	struct qs_quota *q = qs_quota_at(&d->g, (uint32_t)id);
+	const char *qname = d->pub[id].cfg.name;
 	int64_t ns = (int64_t)(secs->valuedouble * 1e9);
 	qg_atomic_max(&q->paused_until, qd_now(d) + ns);
-	qd_log("info", "backoff: quota %s paused for %.3f s", q->name, secs->valuedouble);
+	qd_log("info", "backoff: quota %s paused for %.3f s", qname, secs->valuedouble);
 	cJSON *root = cJSON_CreateObject();
 	cJSON_AddTrueToObject(root, "ok");
-	cJSON_AddStringToObject(root, "quota", q->name);
+	cJSON_AddStringToObject(root, "quota", qname);
 	cJSON_AddNumberToObject(root, "paused_s", secs->valuedouble);
 	return reply_json(root);
 }

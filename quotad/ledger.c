@@ -52,16 +52,16 @@ static char *render(struct daemon *d)
 	cJSON_AddNumberToObject(root, "day", day);
 	cJSON_AddNumberToObject(root, "month", month);
 	cJSON *qs = cJSON_AddObjectToObject(root, "quotas");
-	uint32_t count = atomic_load_explicit(&d->h->quota_count, memory_order_acquire);
-	for (uint32_t id = 0; id < count && id < d->h->quota_capacity; id++) {
-		struct qs_quota *q = qs_quota_at(d->base, id);
-		if (atomic_load_explicit(&q->state, memory_order_acquire) == QS_QUOTA_FREE)
+	uint32_t count = qs_quota_count(&d->g);
+	for (uint32_t id = 0; id < count; id++) {
+		struct qs_quota *q = qs_quota_at(&d->g, id);
+		if (!d->pub[id].word)
 			continue;
 		uint64_t sd = qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), day);
 		uint64_t sm = qs_spend_in(atomic_load_explicit(&q->spend_month, memory_order_relaxed), month);
 		if (!sd && !sm)
 			continue;
-		cJSON *e = cJSON_AddObjectToObject(qs, q->name);
+		cJSON *e = cJSON_AddObjectToObject(qs, d->pub[id].cfg.name);
 		cJSON_AddNumberToObject(e, "day_nusd", (double)sd);
 		cJSON_AddNumberToObject(e, "month_nusd", (double)sm);
 	}
@@ -274,12 +274,12 @@ int qd_ledger_restore(struct daemon *d)
 	periods(d, &day, &month);
 	bool same_day = get_u64(root, "day") == day, same_month = get_u64(root, "month") == month;
 	const cJSON *qs = cJSON_GetObjectItemCaseSensitive(root, "quotas");
-	uint32_t count = atomic_load_explicit(&d->h->quota_count, memory_order_acquire);
-	for (uint32_t id = 0; cJSON_IsObject(qs) && id < count && id < d->h->quota_capacity; id++) {
-		struct qs_quota *q = qs_quota_at(d->base, id);
-		if (atomic_load_explicit(&q->state, memory_order_acquire) == QS_QUOTA_FREE)
+	uint32_t count = qs_quota_count(&d->g);
+	for (uint32_t id = 0; cJSON_IsObject(qs) && id < count; id++) {
+		struct qs_quota *q = qs_quota_at(&d->g, id);
+		if (!d->pub[id].word)
 			continue;
-		const cJSON *e = cJSON_GetObjectItemCaseSensitive(qs, q->name);
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(qs, d->pub[id].cfg.name);
 		if (!cJSON_IsObject(e))
 			continue;
 		if (same_day)

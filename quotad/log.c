@@ -34,7 +34,7 @@ int64_t qd_mono(void)
 
 int64_t qd_now(const struct daemon *d)
 {
-	if (d->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK)
+	if (d->g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK)
 		return atomic_load_explicit(&d->h->manual_now_ns, memory_order_acquire);
 	return qd_mono();
 }

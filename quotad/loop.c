@@ -5,7 +5,8 @@
  * timeout that ticks every QD_TICK_NS (client scan, heartbeat, idle control
  * connections, ledger), pidfd polls (a client died), and the control
  * socket's accept, recv and send; and the periodic work of the tick
- * (heartbeat, scan, idle connections, reload fix-ups, ledger). Nothing here
+ * (heartbeat, scan, idle connections, damage check and in-flight audit,
+ * ledger); the notify socket's datagrams (a client claimed a slot). Nothing here
  * waits on a client: each
  * operation is asynchronous, and a handler only touches memory and issues
  * further submissions.
@@ -24,7 +25,7 @@ void qd_heartbeat(struct daemon *d)
 	clock_gettime(CLOCK_MONOTONIC, &mono);
 	int64_t rt_ns = (int64_t)rt.tv_sec * QC_NS_PER_S + rt.tv_nsec;
 	int64_t mono_ns = (int64_t)mono.tv_sec * QC_NS_PER_S + mono.tv_nsec;
-	if (!(d->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK))
+	if (!(d->g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK))
 		atomic_store_explicit(&d->h->realtime_offset_ns, rt_ns - mono_ns, memory_order_relaxed);
 	atomic_store_explicit(&d->h->heartbeat_ns, mono_ns, memory_order_relaxed);
 }
@@ -38,7 +39,18 @@ void qd_tick(struct daemon *d)
 	}
 	qd_clients_scan(d);
 	qd_control_tick(d);
-	qd_reload_tick(d);
+	if (now >= d->next_check) {
+		qd_check(d);
+		struct qc_reclaim_counts counts = { 0 };
+		(void)qc_audit_some(&d->g, &d->audit_cursor, QD_AUDIT_PER_CHECK, &counts);
+		if (counts.repaired) {
+			d->st.repaired += counts.repaired;
+			qd_log("warning", "in-flight audit: %u slot%s of drift repaired (a count that no live "
+			       "client's holdings explain)", counts.repaired, counts.repaired == 1 ? "" : "s");
+		}
+		d->st.audits += counts.audits;
+		d->next_check = now + QD_CHECK_NS;
+	}
 	if (d->state_dir && now >= d->next_ledger) {
 		qd_ledger_flush(d);
 		d->next_ledger = now + QD_LEDGER_NS;
@@ -61,7 +73,7 @@ int qd_loop_init(struct daemon *d)
 	/* Room for a completion per client slot's pidfd poll and per control
 	 * connection's recv and send, plus the fixed ones. */
 	struct io_uring_params p = { .flags = IORING_SETUP_CQSIZE };
-	p.cq_entries = 2 * (d->h->client_capacity + 4 * d->max_conns + 16);
+	p.cq_entries = 2 * (d->g.client_capacity + 4 * d->max_conns + 16);
 	int r = io_uring_queue_init_params(256, &d->ring, &p);
 	if (r < 0)
 		qd_log("error", "io_uring_queue_init: %s", strerror(-r));
@@ -122,6 +134,9 @@ static void dispatch(struct daemon *d, uint64_t ud, int res)
 		break;
 	case QD_EV_LEDGER:
 		qd_ledger_event(d, ud, res);
+		break;
+	case QD_EV_NOTIFY:
+		qd_notify_event(d, res);
 		break;
 	case QD_EV_ACCEPT:
 	case QD_EV_RECV:

@@ -87,7 +87,7 @@ static int attach_existing(struct daemon *d, char *err, size_t errlen)
 	}
 	int r;
 	/* A quotad creating it right now publishes READY within milliseconds. */
-	for (int i = 0; (r = qs_validate(base, (uint64_t)st.st_size)) == -EAGAIN && i < 2000; i++)
+	for (int i = 0; (r = qs_geom_load(&d->g, base, (uint64_t)st.st_size)) == -EAGAIN && i < 2000; i++)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	if (r < 0) {
 		munmap(base, (size_t)st.st_size);
@@ -98,8 +98,6 @@ static int attach_existing(struct daemon *d, char *err, size_t errlen)
 			snprintf(err, errlen, "refusing segment %s: %s", d->segment, quota_strerror(r));
 		return r;
 	}
-	d->base = base;
-	d->size = (uint64_t)st.st_size;
 	return 0;
 }
 
@@ -154,7 +152,8 @@ static void stop(struct daemon *d)
 	qd_clients_stop(d);
 	quota_close(d->obs);
 	atomic_store_explicit(&d->h->daemon_pid, 0, memory_order_relaxed);
-	munmap(d->base, d->size);
+	qd_pub_free(d);
+	munmap(d->g.base, d->g.size);
 	if (d->remove_on_exit) {
 		if (shm_unlink(d->segment) < 0)
 			qd_log("warning", "cannot remove segment %s: %s", d->segment, strerror(errno));
@@ -188,7 +187,7 @@ int main(int argc, char **argv)
 		{ 0 },
 	};
 	const char *segment = NULL, *check = NULL;
-	static struct daemon d = { .sigfd = -1, .segfd = -1, .lfd = -1 };
+	static struct daemon d = { .sigfd = -1, .segfd = -1, .lfd = -1, .nfd = -1 };
 	d.max_conns = QD_MAX_CONNS_DEFAULT;
 	d.max_line = QD_MAX_LINE_DEFAULT;
 	d.idle_ns = QD_IDLE_DEFAULT_NS;
@@ -293,7 +292,13 @@ int main(int argc, char **argv)
 		return EXIT_RUNTIME;
 	}
 
-	r = qd_segment_create(&cfg, cfg.segment, &d.base, &d.size, err, sizeof(err));
+	void *base;
+	uint64_t size;
+	r = qd_segment_create(&cfg, cfg.segment, &base, &size, err, sizeof(err));
+	if (r == 0 && qs_geom_load(&d.g, base, size) < 0) {
+		snprintf(err, sizeof(err), "the segment just created does not validate");
+		r = -EBADMSG;
+	}
 	if (r == -EEXIST) {
 		d.adopted = true;
 		r = attach_existing(&d, err, sizeof(err));
@@ -303,10 +308,10 @@ int main(int argc, char **argv)
 		qd_config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
-	d.h = d.base;
+	d.h = d.g.h;
 	if (lock_segment(&d, err, sizeof(err)) < 0) {
 		qd_log("error", "%s", err);
-		munmap(d.base, d.size);
+		munmap(d.g.base, d.g.size);
 		qd_config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
@@ -314,6 +319,11 @@ int main(int argc, char **argv)
 	atomic_store_explicit(&d.h->daemon_starttime, qc_proc_starttime(getpid()), memory_order_relaxed);
 	qd_heartbeat(&d);
 	d.started_mono = qd_mono();
+	if (qd_pub_init(&d) < 0) {
+		munmap(d.g.base, d.g.size);
+		qd_config_free(&cfg);
+		return EXIT_RUNTIME;
+	}
 	if (d.adopted) {
 		qd_log("info", "adopting live segment %s (previous quotad pid %d, generation %llu): "
 		       "budget state kept", d.segment, prev,
@@ -333,28 +343,28 @@ int main(int argc, char **argv)
 		qd_ledger_restore(&d);
 	/* One pidfd per client slot plus the control connections. */
 	struct rlimit rl;
-	rlim_t need = (rlim_t)d.h->client_capacity + 2 * d.max_conns + 64;
+	rlim_t need = (rlim_t)d.g.client_capacity + 2 * d.max_conns + 64;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
 		rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
 		if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
 			qd_log("warning", "RLIMIT_NOFILE %llu is below the %llu descriptors %u clients may need",
-			       (unsigned long long)rl.rlim_cur, (unsigned long long)need, d.h->client_capacity);
+			       (unsigned long long)rl.rlim_cur, (unsigned long long)need, d.g.client_capacity);
 	}
 	if (qd_loop_init(&d) < 0) {
 		stop(&d);
 		qd_config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
-	if (qd_clients_init(&d) < 0 || qd_control_open(&d) < 0) {
+	if (qd_clients_init(&d) < 0 || qd_control_open(&d) < 0 || qd_notify_open(&d) < 0) {
 		qd_loop_exit(&d);
 		stop(&d);
 		qd_config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
 	qd_log("info", "serving %u quota%s on segment %s (%llu bytes, %u clients max, %s clock)%s%s",
-	       cfg.nquotas, cfg.nquotas == 1 ? "" : "s", d.segment, (unsigned long long)d.size,
-	       d.h->client_capacity,
-	       (d.h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) ? "manual" : "monotonic",
+	       cfg.nquotas, cfg.nquotas == 1 ? "" : "s", d.segment, (unsigned long long)d.g.size,
+	       d.g.client_capacity,
+	       (d.g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) ? "manual" : "monotonic",
 	       d.lfd >= 0 ? ", control socket " : "", d.lfd >= 0 ? d.socket_path : "");
 	for (uint32_t i = 0; i < cfg.nquotas; i++)
 		qd_log("debug", "quota %u: %s", i, cfg.quotas[i].name);

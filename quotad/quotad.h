@@ -5,7 +5,9 @@
  * io_uring event loop: signals, the tick, submissions), clients.c (client
  * liveness through pidfds, reclamation), control.c (the control socket and
  * its commands), reload.c (applying a config to the live segment),
- * ledger.c (the spend ledger under --state-dir).
+ * ledger.c (the spend ledger under --state-dir), publish.c (what quotad
+ * published in the segment: records, the name index, and the check that
+ * it is still there).
  */
 #ifndef QUOTAD_H
 #define QUOTAD_H
@@ -24,6 +26,8 @@
 #define QD_TICK_NS (20 * 1000000LL)       /* client scan, idle checks */
 #define QD_HEARTBEAT_NS (QC_NS_PER_S / 2)
 #define QD_LEDGER_NS (5 * QC_NS_PER_S)    /* spend ledger flush period */
+#define QD_CHECK_NS (QC_NS_PER_S / 4)     /* damage check and in-flight audit */
+#define QD_AUDIT_PER_CHECK 256u           /* quotas audited per check */
 
 /* Control socket defaults (overridable on the command line). */
 #define QD_MAX_LINE_DEFAULT 4096
@@ -40,6 +44,7 @@ enum qd_ev {
 	QD_EV_RECV,    /* | conn << 32 | generation */
 	QD_EV_SEND,
 	QD_EV_LEDGER,  /* | stage */
+	QD_EV_NOTIFY,  /* a client claimed a slot (datagram) */
 };
 #define QD_UD(ev, hi, lo) (((uint64_t)(ev) << 56) | ((uint64_t)(hi) << 32) | (uint32_t)(lo))
 #define QD_UD_EV(ud) ((unsigned)((ud) >> 56))
@@ -51,9 +56,9 @@ struct qd_watch {
 	uint64_t word;    /* the slot's state word when we last acted on it; 0 none */
 	int pidfd;        /* polled through io_uring; -1 none */
 	int pid;
+	uint64_t start;   /* the process's start time when adopted */
 	bool pending;     /* RECLAIMING, waiting for an audit */
-	bool warned;      /* a stuck CLAIMING slot was logged */
-	uint32_t ticks;   /* how long it has been CLAIMING */
+	bool warned;      /* pidfd_open failed and was logged */
 };
 
 struct qd_conn {
@@ -81,6 +86,15 @@ struct qd_stats {
 	uint64_t reloads_ok, reloads_failed;
 	uint64_t conns_refused, conns_evicted, requests, bad_requests;
 	uint64_t ledger_writes, ledger_errors;
+	uint64_t repaired;           /* in-flight drift corrected by audits */
+	uint64_t damage;             /* damaged segment parts found (and repaired) */
+	uint64_t notifies;           /* client claims announced by datagram */
+};
+
+/* What quotad published for one quota id. */
+struct qd_pub {
+	uint64_t word;               /* the config word; 0 = id unused */
+	struct qs_config cfg;
 };
 
 /* A `quotactl set` change, kept on top of the config source until the
@@ -99,9 +113,16 @@ struct daemon {
 	struct __kernel_timespec tick;
 	int64_t next_heartbeat, next_ledger;
 
-	void *base;
-	uint64_t size;
-	struct qs_header *h;
+	struct qs_geom g;          /* validated geometry: every address comes from here */
+	struct qs_header *h;       /* = g.h, for the control-state words */
+	struct qs_header hcopy;    /* the identity and geometry words as published */
+	struct qd_pub *pub;        /* per quota id */
+	uint8_t *rec_used;         /* per record: named by a config word */
+	uint64_t index_word;       /* the name index word as published */
+	uint32_t audit_cursor;
+	int64_t next_check;
+	int nfd;                   /* notify datagram socket, -1 none */
+	uint32_t nbuf;             /* its receive buffer: a slot number */
 	int segfd;                 /* kept open: holds the segment's flock */
 	char segment[QD_SEGMENT_NAME_MAX + 2]; /* "/NAME" */
 	quota_client *obs;         /* read-only handle for quota_info() */
@@ -152,6 +173,9 @@ int qd_loop_run(struct daemon *d);
 
 /* clients.c */
 void qd_clients_scan(struct daemon *d);
+/* The notify socket: clients announce a claimed slot (client.c). */
+int qd_notify_open(struct daemon *d);
+void qd_notify_event(struct daemon *d, int res);
 void qd_clients_event(struct daemon *d, uint64_t ud, int res);
 void qd_clients_stop(struct daemon *d);
 int qd_clients_init(struct daemon *d);
@@ -165,14 +189,24 @@ void qd_control_close(struct daemon *d);
  * Returns the reply (malloc'ed, newline-terminated). */
 char *qd_control_handle(struct daemon *d, const char *line, size_t len, bool privileged);
 
+/* publish.c */
+/* Learn what the segment's config words name (at start and adoption). */
+int qd_pub_init(struct daemon *d);
+void qd_pub_free(struct daemon *d);
+/* Publish @cfg as quota cfg->quota_id's config in a free record. */
+int qd_publish(struct daemon *d, const struct qs_config *cfg);
+/* Publish the name index of every quota not removed. */
+int qd_publish_index(struct daemon *d);
+/* Compare the segment with what was published; repair and report damage. */
+void qd_check(struct daemon *d);
+
 /* reload.c */
-/* Apply a validated config to the live segment: limits rewritten in place
- * under each quota's cfg_seq (TATs kept), quotas added and removed. Returns
- * 0, or -errno with the reason in @err and nothing changed. */
+/* Apply a validated config to the live segment: a new record published for
+ * each quota that changed (TATs kept), quotas added and removed. Returns 0,
+ * or -errno with the reason in @err and nothing changed. */
 int qd_reload_apply(struct daemon *d, const struct qd_config *cfg, char *err, size_t errlen);
 /* Load @d->config_path (or the embedded default) and apply it. */
 int qd_reload(struct daemon *d, char *err, size_t errlen);
-void qd_reload_tick(struct daemon *d);
 
 /* ledger.c */
 int qd_ledger_restore(struct daemon *d);

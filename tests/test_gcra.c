@@ -30,7 +30,7 @@ static int reserve0(quota_client *c, struct quota_cost cost, struct quota_ticket
 static uint64_t avail(quota_client *c, enum quota_limit_kind k)
 {
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	return in.rate[k].available;
 }
 
@@ -163,17 +163,17 @@ Test(gcra, cancel_gives_everything_back)
 	cr_assert_eq(quota_cancel(c, &t), 0);
 	cr_assert_eq(avail(c, QUOTA_TPM), 600);
 	cr_assert_eq(avail(c, QUOTA_RPM), 1);
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	cr_assert_eq(in.inflight, 0);
 	cr_assert_eq(in.admitted, 0, "a cancelled reservation is not counted as admitted");
 	cr_assert_eq(quota_cancel(c, &t), -EINVAL, "nothing is given back twice");
 	/* quota_close gives back the in-flight slot of a ticket left open. */
 	cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 300, 0 }, &u), 0);
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	cr_assert_eq(in.inflight, 1);
 	quota_close(c);
 	cr_assert_eq(quota_open(name, &c), 0);
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	cr_assert_eq(in.inflight, 0);
 	cr_assert_eq(in.admitted, 1, "the closed client's statistics are kept");
 	cr_assert_eq(avail(c, QUOTA_TPM), 300, "tokens already charged stay charged");
@@ -193,7 +193,7 @@ Test(gcra, all_or_nothing_when_one_limit_is_short)
 		cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 1, 0 }, &t), -EAGAIN);
 	cr_assert_eq(avail(c, QUOTA_RPM), 2, "the refusals charged nothing to rpm");
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	cr_assert_eq(in.inflight, 1, "nor to in-flight");
 	cr_assert_eq(in.rejected[QUOTA_TPM], 5);
 	cr_assert_eq(in.rejected[QUOTA_RPM], 0);
@@ -229,7 +229,7 @@ Test(gcra, spend_budget_is_edquot_until_the_next_day)
 	struct quota_ticket u;
 	cr_assert_eq(quota_commit(c, &t, &(struct quota_cost){ 1, 300, 50 }), 0);
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	cr_assert_eq(in.spent_day_nusd, 400000);
 	cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 600, 0 }, &u), 0);
 	cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 1, 0 }, &t), -EDQUOT);

@@ -155,7 +155,7 @@ Test(multiproc, bound_inflight_and_utilisation, .timeout = 120)
 	quota_client *c;
 	cr_assert_eq(quota_open(name, &c), 0);
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, 0, &in), 0);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	quota_close(c);
 	cr_assert_eq(in.admitted, n);
 	cr_assert_eq(in.inflight, 0);

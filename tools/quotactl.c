@@ -75,8 +75,8 @@ struct daemon_state {
 static struct daemon_state daemon_state(quota_client *c)
 {
 	struct daemon_state d = { 0 };
-	d.pid = atomic_load_explicit(&c->h->daemon_pid, memory_order_relaxed);
-	int64_t hb = atomic_load_explicit(&c->h->heartbeat_ns, memory_order_relaxed);
+	d.pid = atomic_load_explicit(&c->g.h->daemon_pid, memory_order_relaxed);
+	int64_t hb = atomic_load_explicit(&c->g.h->heartbeat_ns, memory_order_relaxed);
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	d.heartbeat_age_ns = (int64_t)ts.tv_sec * QC_NS_PER_S + ts.tv_nsec - hb;
@@ -111,7 +111,7 @@ static int status_text(quota_client *c, const char *segment)
 	int n = quota_count(c);
 	for (int id = 0; id < n; id++) {
 		struct quota_info in;
-		if (quota_info(c, id, &in) < 0 || in.removed)
+		if (quota_info(c, id, &in, sizeof(in)) < 0 || in.removed)
 			continue;
 		char inflight[32];
 		if (in.max_inflight)
@@ -158,7 +158,7 @@ static int status_json(quota_client *c, const char *segment)
 	int n = quota_count(c);
 	for (int id = 0; id < n; id++) {
 		struct quota_info in;
-		if (quota_info(c, id, &in) < 0 || in.removed)
+		if (quota_info(c, id, &in, sizeof(in)) < 0 || in.removed)
 			continue;
 		cJSON *q = cJSON_CreateObject();
 		cJSON_AddItemToArray(arr, q);

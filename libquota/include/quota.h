@@ -30,13 +30,20 @@ extern "C" {
 #define QUOTA_PUBLIC
 #endif
 
-#define QUOTA_VERSION_MAJOR 1
+#define QUOTA_VERSION_MAJOR 2
 #define QUOTA_VERSION_MINOR 0
 
 /* Longest quota name, without the terminating NUL. */
 #define QUOTA_NAME_MAX 63
 
-/** A process's handle on one segment. Opaque; one per process is enough. */
+/**
+ * A process's handle on one segment. Opaque. One per process is enough: a
+ * handle may be used by any number of threads at once (each thread that
+ * uses it takes a client slot of its own on first use, so a segment's
+ * max_clients counts threads). A ticket may be settled by any thread of the
+ * handle that took it. quota_close() must not run while another thread uses
+ * the handle.
+ */
 typedef struct quota_client quota_client;
 
 /**
@@ -51,9 +58,11 @@ struct quota_cost {
 
 /**
  * An admitted reservation, filled by quota_reserve(). Settle it exactly once
- * with quota_commit() or quota_cancel(). Do not copy a ticket and settle both
- * copies: the library detects a second settle of the same ticket object, not
- * of a copy.
+ * with quota_commit() or quota_cancel(), through the handle that took it (a
+ * ticket of another handle, or of an earlier quota_open(), is refused with
+ * -EINVAL). Do not copy a ticket and settle both copies: the library detects
+ * a second settle of the same ticket object, not of a copy; nor settle one
+ * ticket from two threads at once.
  */
 struct quota_ticket {
 	int64_t waited_ns;      /* how long quota_reserve() slept before admitting */
@@ -71,20 +80,23 @@ struct quota_ticket {
  * -EBADMSG not a quota segment or corrupt (bad sizes, offsets or indices);
  * -EPROTONOSUPPORT a layout major or incompatible flag this library does not
  * know; -ETIMEDOUT still initializing; -EUSERS the client table is full;
- * -EINVAL bad name; -ENOMEM.
+ * -EINVAL bad name; -ENOMEM. quotad is told about the new client at once
+ * (so it reclaims the slot promptly if the process dies).
  */
 QUOTA_PUBLIC int quota_open(const char *segment, quota_client **ret);
 
 /**
  * Detach: gives back the in-flight slots of tickets still open (tokens they
- * were charged stay charged), folds this process's statistics into the
- * segment's totals and frees the client slot. NULL is fine.
+ * were charged stay charged), folds this handle's statistics into the
+ * segment's totals and frees its client slots. NULL is fine. No other
+ * thread may be using @c.
  */
 QUOTA_PUBLIC void quota_close(quota_client *c);
 
 /**
  * Quota id (>= 0) of the quota named @quota_name, or -ENOENT, -EINVAL;
- * -EAGAIN if quotad kept rewriting the name index (a reload) throughout.
+ * -EAGAIN if quotad kept republishing the name index (reloads) throughout.
+ * Ids are stable: a removed quota keeps its id, and comes back with it.
  */
 QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
 
@@ -93,8 +105,13 @@ QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
  *
  * Returns 0 when admitted; the ticket is then open. If the budget is short
  * now and @timeout_ns > 0, the reservation takes its place in line at once
- * (FIFO) and the call sleeps until its slot, at most @timeout_ns; waited_ns
- * says how long it slept. @timeout_ns == 0 never sleeps.
+ * and the call sleeps until its slot, at most @timeout_ns; waited_ns says
+ * how long it slept. @timeout_ns == 0 never sleeps. Order: reservations
+ * waiting for rate budget are admitted in the order they took their place
+ * (first come, first served), except that one whose place was moved by
+ * refunds while it slept (by more than an eighth of the limit's burst)
+ * queues again at the back; reservations waiting for an in-flight slot
+ * (max_inflight) are all woken when one frees and race for it: no order.
  *
  * Errors: -EAGAIN not admissible within @timeout_ns (nothing was charged;
  * ret->retry_after_ns holds the earliest delay worth retrying after; only
@@ -103,7 +120,10 @@ QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
  * above the budget); -EDQUOT the spend budget of the current day or month is
  * reached; -ENOENT unknown or removed quota; -EINVAL bad arguments (NULL, a
  * negative timeout, an all-zero cost, token sums that overflow); -ENOSPC this
- * process already tracks in-flight requests on too many distinct quotas.
+ * thread already tracks in-flight requests on too many distinct quotas (64);
+ * -EBADMSG the quota's configuration in the segment is damaged; -ECHILD a
+ * handle of the parent process; -EPERM a read-only handle; -EUSERS no
+ * client slot free for this thread's first call.
  */
 QUOTA_PUBLIC int quota_reserve(quota_client *c, int quota, const struct quota_cost *cost,
 			       int64_t timeout_ns, struct quota_ticket *ret);
@@ -116,7 +136,7 @@ QUOTA_PUBLIC int quota_reserve(quota_client *c, int quota, const struct quota_co
  * reserved give the difference back whatever the policy (those calls were
  * not made): pass the reserved count, usually 1. Spend is settled at
  * @actual. The in-flight slot is released. -EINVAL for a ticket already
- * settled or an @actual field above 2^62.
+ * settled, of another handle, or an @actual field above 2^62.
  */
 QUOTA_PUBLIC int quota_commit(quota_client *c, struct quota_ticket *t,
 			      const struct quota_cost *actual);
@@ -168,7 +188,7 @@ enum quota_limit_kind {
 	QUOTA_ITPD, /* input tokens per day */
 	QUOTA_OTPM, /* output tokens per minute */
 	QUOTA_OTPD, /* output tokens per day */
-	QUOTA_RATE_KINDS
+	QUOTA_RATE_KINDS /* kinds known to this version of the header */
 };
 
 /** Why a reservation was refused; counted per quota. */
@@ -178,22 +198,31 @@ enum quota_reject_reason {
 	QUOTA_REJECT_SPEND,                       /* spend budget reached (-EDQUOT) */
 	QUOTA_REJECT_TOO_BIG,                     /* -E2BIG */
 	QUOTA_REJECT_PAUSED,                      /* paused by quota_backoff() */
-	QUOTA_REJECT_REASONS
+	QUOTA_REJECT_REASONS /* reasons known to this version of the header */
 };
+
+/* Room in struct quota_info for kinds and reasons later versions add: the
+ * arrays never change size, so the struct only grows at its end. */
+#define QUOTA_INFO_KINDS 16
+#define QUOTA_INFO_REASONS 32
 
 struct quota_limit_info {
 	uint64_t limit;     /* units per period; 0 = no such limit */
-	uint64_t capacity;  /* largest cost admissible at once (burst) */
+	uint64_t capacity;  /* largest cost admissible at once: ceil(limit * burst) */
 	uint64_t available; /* cost admissible now without waiting (0 if in debt) */
 	int64_t period_ns;  /* 60 s or 86400 s */
 };
 
-/** A snapshot of one quota, for tools. Units: USD amounts in nano-dollars. */
+/**
+ * A snapshot of one quota, for tools. Units: USD amounts in nano-dollars.
+ * Later versions only append fields; quota_info() fills as much as the
+ * caller's struct holds.
+ */
 struct quota_info {
 	char name[QUOTA_NAME_MAX + 1];
 	int32_t removed; /* 1 if a reload removed this quota */
 	int32_t refund_actual;
-	struct quota_limit_info rate[QUOTA_RATE_KINDS];
+	struct quota_limit_info rate[QUOTA_INFO_KINDS]; /* by enum quota_limit_kind */
 	uint64_t max_inflight, inflight; /* max 0 = no limit */
 	uint64_t context_window;         /* 0 = no limit */
 	uint64_t price_input_pusd, price_output_pusd; /* pico-USD per token */
@@ -202,29 +231,40 @@ struct quota_info {
 	int64_t paused_ns;               /* time left of a backoff, 0 if none */
 	uint64_t admitted;               /* reservations admitted */
 	uint64_t admitted_input_tokens, admitted_output_tokens; /* settled at commit */
-	uint64_t rejected[QUOTA_REJECT_REASONS];
+	uint64_t rejected[QUOTA_INFO_REASONS]; /* by enum quota_reject_reason */
 	uint64_t reclaimed;              /* in-flight slots given back for dead clients */
-	uint64_t reserved_[8];
+	uint64_t repaired;               /* in-flight drift corrected by quotad's audits */
+	uint64_t generation;             /* of the configuration shown */
 };
 
-/** Fill *@ret with a snapshot of @quota (sums every client's counters). */
-QUOTA_PUBLIC int quota_info(quota_client *c, int quota, struct quota_info *ret);
+/**
+ * Fill *@ret with a snapshot of @quota (sums every client's counters).
+ * @size is sizeof(*@ret) as the caller was compiled: pass sizeof(struct
+ * quota_info). -EINVAL if @size is below the size of version 2.0's struct;
+ * -ENOENT, -EBADMSG (damaged record).
+ */
+QUOTA_PUBLIC int quota_info(quota_client *c, int quota, struct quota_info *ret, size_t size);
 
 /* ---- Provider feedback ------------------------------------------------ */
 
 /**
  * What a provider's rate-limit response headers said. -1 marks "not present".
  * remaining_* are what the provider says is left; reset_*_ns how long until
- * that limit is full again.
+ * that limit is full again. Initialise with quota_feedback_init(), which
+ * records sizeof as the caller was compiled: later versions append fields.
  */
 struct quota_feedback {
+	uint32_t size;  /* set by quota_feedback_init() */
+	uint32_t flags; /* 0 */
 	int64_t limit_requests, remaining_requests, reset_requests_ns;
 	int64_t limit_tokens, remaining_tokens, reset_tokens_ns;
 	int64_t retry_after_ns;
+	int64_t reserved_[9]; /* -1 */
 };
 
-/** Set every field of *@fb to -1 (nothing known). */
-QUOTA_PUBLIC void quota_feedback_init(struct quota_feedback *fb);
+/** Set every field of *@fb to -1 (nothing known) and its size to @size
+ * (pass sizeof(*@fb)). */
+QUOTA_PUBLIC void quota_feedback_init(struct quota_feedback *fb, size_t size);
 
 /**
  * Fold one HTTP response header into *@fb. Understands retry-after (seconds)

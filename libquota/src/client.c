@@ -1,18 +1,23 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * client.c - the per-process handle: attach (open, validate, take a client
- * slot), detach (give back what is held), name lookup, the manual clock and
- * error strings.
+ * client.c - the per-process handle: attach (open, validate the header into
+ * a private geometry, make a nonce), the per-thread contexts (each claims a
+ * client slot on its first use and tells quotad at once), detach (give back
+ * what is held), and the in-flight release every path shares.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,9 +39,7 @@ static void atfork_register(void)
 static bool segment_name_ok(const char *name)
 {
 	size_t n = strnlen(name, 256);
-	if (n == 0 || n > 250)
-		return false;
-	return strchr(name, '/') == NULL;
+	return n > 0 && n <= 250 && strchr(name, '/') == NULL;
 }
 
 static int map_segment(const char *name, bool readonly, void **ret_base, uint64_t *ret_size)
@@ -72,46 +75,145 @@ static int map_segment(const char *name, bool readonly, void **ret_base, uint64_
 	return 0;
 }
 
-static int claim_slot(struct quota_client *c)
+static uint64_t make_nonce(void)
+{
+	static _Atomic uint64_t counter;
+	uint64_t n = 0;
+	if (getrandom(&n, sizeof(n), GRND_NONBLOCK) != sizeof(n)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		n = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^ ((uint64_t)getpid() << 40);
+	}
+	n ^= atomic_fetch_add(&counter, 0x9e3779b97f4a7c15ULL);
+	return n ? n : 1;
+}
+
+int qc_notify_addr(const char *segment, void *sockaddr_un, unsigned *ret_len)
+{
+	struct sockaddr_un *a = sockaddr_un;
+	uint64_t h = 14695981039346656037ULL;
+	for (const char *p = segment; *p; p++) {
+		h ^= (unsigned char)*p;
+		h *= 1099511628211ULL;
+	}
+	memset(a, 0, sizeof(*a));
+	a->sun_family = AF_UNIX;
+	/* Abstract namespace: nothing on disk to leave behind. */
+	int n = snprintf(a->sun_path + 1, sizeof(a->sun_path) - 1, "libquota.notify.%016llx",
+			 (unsigned long long)h);
+	*ret_len = (unsigned)(offsetof(struct sockaddr_un, sun_path) + 1 + (unsigned)n);
+	return 0;
+}
+
+/* Tell quotad that slot @slot was claimed, so that it watches our process
+ * from now on (not at its next scan). Best effort: no quotad, no harm. */
+static void notify(const struct quota_client *c, uint32_t slot)
+{
+	struct sockaddr_un a;
+	unsigned len;
+	qc_notify_addr(c->segment, &a, &len);
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return;
+	(void)sendto(fd, &slot, sizeof(slot), MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&a, len);
+	close(fd);
+}
+
+static int claim_slot(struct quota_client *c, struct qc_thread *t)
 {
 	int pid = getpid();
+	if (pid <= 0 || pid > QS_PID_MAX)
+		return -EOVERFLOW;
 	uint64_t start = qc_proc_starttime(pid);
-	for (uint32_t i = 0; i < c->h->client_capacity; i++) {
-		struct qs_client *cs = qs_client_at(c->base, i);
+	for (uint32_t i = 0; i < c->g.client_capacity; i++) {
+		struct qs_client *cs = qs_client_at(&c->g, i);
 		uint64_t w = atomic_load_explicit(&cs->state, memory_order_relaxed);
 		if (QS_CLIENT_STATUS(w) != QS_CLIENT_FREE)
 			continue;
-		uint64_t claiming = ((QS_CLIENT_GEN(w) + 1) << 8) | QS_CLIENT_CLAIMING;
+		uint32_t gen = QS_CLIENT_GEN(w) + 1;
+		uint64_t claiming = QS_CLIENT_WORD(gen, pid, QS_CLIENT_CLAIMING);
 		/* acquire: the previous owner's (or reclaimer's) writes to the slot
-		 * happen before we reuse it. */
+		 * happen before we reuse it. The word names our pid: a death from
+		 * here on is quotad's to clean up. */
 		if (!atomic_compare_exchange_strong_explicit(&cs->state, &w, claiming,
 							     memory_order_acquire, memory_order_relaxed))
 			continue;
-		atomic_store_explicit(&cs->pid, pid, memory_order_relaxed);
+		notify(c, i);
 		atomic_store_explicit(&cs->starttime, start, memory_order_relaxed);
 		atomic_store_explicit(&cs->intent, 0, memory_order_relaxed);
 		atomic_store_explicit(&cs->refund_intent, 0, memory_order_relaxed);
-		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
-			struct qs_row *row = &cs->rows[r];
-			atomic_store_explicit(&row->quota1, 0, memory_order_relaxed);
-			atomic_store_explicit(&row->held, 0, memory_order_relaxed);
-			atomic_store_explicit(&row->admitted, 0, memory_order_relaxed);
-			atomic_store_explicit(&row->in_tokens, 0, memory_order_relaxed);
-			atomic_store_explicit(&row->out_tokens, 0, memory_order_relaxed);
-			for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
-				atomic_store_explicit(&row->rejected[k], 0, memory_order_relaxed);
-		}
-		uint64_t live = (claiming & ~0xffULL) | QS_CLIENT_LIVE;
-		/* release: pid, start time and clean rows are visible before LIVE */
+		static const struct qs_row zero;
+		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
+			qs_store_words(&cs->rows[r], &zero, sizeof(zero));
+		uint64_t live = QS_CLIENT_WORD(gen, pid, QS_CLIENT_LIVE);
+		/* release: start time and clean rows are visible before LIVE */
 		atomic_store_explicit(&cs->state, live, memory_order_release);
-		c->slot = i;
-		c->cs = cs;
-		c->slot_word = live;
-		/* Tell a running quotad to look (it rescans on its next tick). */
-		atomic_fetch_add_explicit(&c->h->client_seq, 1, memory_order_release);
+		atomic_fetch_add_explicit(&c->g.h->client_seq, 1, memory_order_relaxed);
+		t->slot = i;
+		t->cs = cs;
+		t->slot_word = live;
 		return 0;
 	}
 	return -EUSERS;
+}
+
+/* A thread that used the handle exits: its context (and client slot, with
+ * what its rows hold) waits for the next thread. */
+static void thread_exit(void *p)
+{
+	struct qc_thread *t = p;
+	/* release: the thread's last writes to its slot happen before another
+	 * thread takes the context over (pairs with the acquire below) */
+	atomic_store_explicit(&t->in_use, 0, memory_order_release);
+}
+
+static void thread_free(struct qc_thread *t, uint32_t quota_capacity)
+{
+	if (t->cfg)
+		for (uint32_t i = 0; i < quota_capacity; i++)
+			free(t->cfg[i]);
+	free(t->cfg);
+	free(t->row_of);
+	free(t);
+}
+
+struct qc_thread *qc_thread_slow(struct quota_client *c, int *err)
+{
+	if (c->observer) {
+		*err = -EPERM;
+		return NULL;
+	}
+	pthread_mutex_lock(&c->lock);
+	struct qc_thread *t;
+	for (t = c->threads; t; t = t->next) {
+		int free_ = 0;
+		/* acquire: pairs with thread_exit()'s release */
+		if (atomic_compare_exchange_strong_explicit(&t->in_use, &free_, 1, memory_order_acquire,
+							    memory_order_relaxed))
+			break;
+	}
+	if (!t) {
+		t = calloc(1, sizeof(*t));
+		if (t) {
+			t->c = c;
+			t->row_of = calloc(c->g.quota_capacity, sizeof(*t->row_of));
+			t->cfg = calloc(c->g.quota_capacity, sizeof(*t->cfg));
+		}
+		int r = t && t->row_of && t->cfg ? claim_slot(c, t) : -ENOMEM;
+		if (r < 0) {
+			if (t)
+				thread_free(t, c->g.quota_capacity);
+			pthread_mutex_unlock(&c->lock);
+			*err = r;
+			return NULL;
+		}
+		atomic_store_explicit(&t->in_use, 1, memory_order_relaxed);
+		t->next = c->threads;
+		c->threads = t;
+	}
+	pthread_mutex_unlock(&c->lock);
+	pthread_setspecific(c->key, t);
+	return t;
 }
 
 static int attach(const char *segment, bool observer, quota_client **ret)
@@ -132,39 +234,39 @@ static int attach(const char *segment, bool observer, quota_client **ret)
 	int r = map_segment(segment, observer, &base, &size);
 	if (r < 0)
 		return r;
-	/* quotad publishes READY when the segment is complete: wait a little
-	 * for one that is starting. */
-	for (int i = 0; (r = qs_validate(base, size)) == -EAGAIN && i < 2000; i++) {
-		struct timespec ts = { 0, 1000000 };
-		nanosleep(&ts, NULL);
-	}
-	if (r < 0) {
-		munmap(base, size);
-		return r == -EAGAIN ? -ETIMEDOUT : r;
-	}
 	struct quota_client *c = calloc(1, sizeof(*c));
 	if (!c) {
 		munmap(base, size);
 		return -ENOMEM;
 	}
-	c->base = base;
-	c->size = size;
-	c->h = base;
-	c->manual = (c->h->incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) != 0;
-	c->quota_capacity = c->h->quota_capacity;
-	c->fork_gen = qc_fork_gen;
-	c->row_of = calloc(c->quota_capacity, sizeof(*c->row_of));
-	if (!c->row_of) {
-		munmap(base, size);
-		free(c);
-		return -ENOMEM;
-	}
-	r = observer ? 0 : claim_slot(c);
+	/* quotad publishes READY when the segment is complete: wait a little
+	 * for one that is starting. */
+	for (int i = 0; (r = qs_geom_load(&c->g, base, size)) == -EAGAIN && i < 2000; i++)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	if (r == 0 && pthread_key_create(&c->key, thread_exit) != 0)
+		r = -EAGAIN;
 	if (r < 0) {
 		munmap(base, size);
-		free(c->row_of);
 		free(c);
-		return r;
+		return r == -EAGAIN ? -ETIMEDOUT : r;
+	}
+	c->manual = (c->g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) != 0;
+	c->observer = observer;
+	c->nonce = make_nonce();
+	c->fork_gen = qc_fork_gen;
+	snprintf(c->segment, sizeof(c->segment), "%s", segment);
+	c->mono0 = qc_clock(c);
+	c->tsc0 = qc_tsc(); /* after the clock read: calibration is a lower bound */
+	pthread_mutex_init(&c->lock, NULL);
+	if (!observer) {
+		c->first = qc_thread_slow(c, &r);
+		if (!c->first) {
+			pthread_key_delete(c->key);
+			pthread_mutex_destroy(&c->lock);
+			munmap(base, size);
+			free(c);
+			return r;
+		}
 	}
 	*ret = c;
 	return 0;
@@ -180,70 +282,125 @@ int qc_open_observer(const char *segment, quota_client **ret)
 	return attach(segment, true, ret);
 }
 
-void quota_close(quota_client *c)
+struct qs_row *qc_row_new(struct qc_thread *t, uint32_t id)
 {
-	if (!c)
-		return;
-	/* A forked child holds a copy of its parent's handle: the slot is not
-	 * its to give back. An observer has none. */
-	if (c->cs && c->fork_gen == qc_fork_gen) {
-		for (uint32_t r = 0; r < c->rows_used; r++) {
-			struct qs_row *row = &c->cs->rows[r];
-			uint32_t id1 = atomic_load_explicit(&row->quota1, memory_order_relaxed);
-			if (id1 == 0 || id1 > c->quota_capacity)
-				continue;
-			struct qs_quota *q = qs_quota_at(c->base, id1 - 1);
-			uint32_t held = atomic_load_explicit(&row->held, memory_order_relaxed);
-			if (held)
-				qc_inflight_release(c, q, row, id1 - 1, held);
-			atomic_fetch_add_explicit(&q->st_admitted, atomic_load_explicit(&row->admitted, memory_order_relaxed), memory_order_relaxed);
-			atomic_fetch_add_explicit(&q->st_in_tokens, atomic_load_explicit(&row->in_tokens, memory_order_relaxed), memory_order_relaxed);
-			atomic_fetch_add_explicit(&q->st_out_tokens, atomic_load_explicit(&row->out_tokens, memory_order_relaxed), memory_order_relaxed);
-			for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
-				atomic_fetch_add_explicit(&q->st_rejected[k], atomic_load_explicit(&row->rejected[k], memory_order_relaxed), memory_order_relaxed);
-			/* The reader sums rows of LIVE slots plus st_*: clear the row so
-			 * nothing is counted twice while we go. */
-			atomic_store_explicit(&row->quota1, 0, memory_order_relaxed);
-		}
-		uint64_t w = c->slot_word;
-		uint64_t free_word = (w & ~0xffULL) | QS_CLIENT_FREE;
-		/* release: our last writes to the slot happen before it is reused */
-		atomic_compare_exchange_strong_explicit(&c->cs->state, &w, free_word,
-							memory_order_release, memory_order_relaxed);
-	}
-	munmap(c->base, c->size);
-	free(c->row_of);
-	free(c);
-}
-
-struct qs_row *qc_row_new(struct quota_client *c, uint32_t id)
-{
-	if (c->rows_used >= QS_CLIENT_ROWS)
+	if (t->rows_used >= QS_CLIENT_ROWS)
 		return NULL;
-	struct qs_row *row = &c->cs->rows[c->rows_used];
+	struct qs_row *row = &t->cs->rows[t->rows_used];
 	/* release: readers that see quota1 see the zeroed counters */
 	atomic_store_explicit(&row->quota1, id + 1, memory_order_release);
-	c->row_of[id] = (uint16_t)(++c->rows_used);
+	t->row_of[id] = (uint16_t)(++t->rows_used);
 	return row;
 }
 
-void qc_inflight_release(struct quota_client *c, struct qs_quota *q, struct qs_row *row,
-			 uint32_t id, uint32_t n)
+void qc_inflight_wake(struct qs_quota *q)
 {
-	/* release: the intent is visible before the counter changes, so that a
-	 * reclaimer that finds us dead in between knows it cannot trust held. */
-	atomic_store_explicit(&c->cs->intent, ((uint64_t)n << 32) | (id + 1), memory_order_release);
-	/* seq_cst, with the load of inflight_waiters below: either a waiter
-	 * (inflight_wait()) sees this release, or we see its count and wake it */
-	atomic_fetch_add_explicit(&q->inflight, QS_INFLIGHT_SEQ1 - n, memory_order_seq_cst);
-	atomic_store_explicit(&row->held, atomic_load_explicit(&row->held, memory_order_relaxed) - n,
-			      memory_order_relaxed);
-	/* release: held is final before the intent is withdrawn */
-	atomic_store_explicit(&c->cs->intent, 0, memory_order_release);
+	/* seq_cst, with the RMW on the in-flight word before it: either a
+	 * waiter (reserve.c) sees the release, or we see its count and wake it */
 	if (atomic_load_explicit(&q->inflight_waiters, memory_order_seq_cst)) {
 		atomic_fetch_add_explicit(&q->inflight_futex, 1, memory_order_release);
 		syscall(SYS_futex, &q->inflight_futex, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 	}
+}
+
+/* Lower the in-flight count by @n, saturating at zero. */
+static void inflight_sub(struct qs_quota *q, uint32_t n)
+{
+	uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed), next;
+	do {
+		uint32_t cnt = QS_INFLIGHT_COUNT(w);
+		next = w - (cnt < n ? cnt : n) + QS_INFLIGHT_SEQ1;
+		/* seq_cst: see qc_inflight_wake() */
+	} while (!atomic_compare_exchange_weak_explicit(&q->inflight, &w, next, memory_order_seq_cst,
+							memory_order_relaxed));
+}
+
+void qc_inflight_release(struct qc_thread *t, struct qs_quota *q, struct qs_row *row, uint32_t id,
+			 uint32_t n)
+{
+	/* release: the intent is visible before the counter changes, so that a
+	 * reclaimer that finds us dead in between knows it cannot trust held. */
+	atomic_store_explicit(&t->cs->intent, ((uint64_t)n << 32) | (id + 1), memory_order_release);
+	inflight_sub(q, n);
+	atomic_store_explicit(&row->held, atomic_load_explicit(&row->held, memory_order_relaxed) - (int32_t)n,
+			      memory_order_relaxed);
+	/* release: held is final before the intent is withdrawn */
+	atomic_store_explicit(&t->cs->intent, 0, memory_order_release);
+	qc_inflight_wake(q);
+}
+
+/* Give back what every context's rows hold for quota @id, net (one thread
+ * may have settled another's tickets), through @t0's intent. */
+static void close_quota(struct quota_client *c, struct qc_thread *t0, uint32_t id)
+{
+	struct qs_quota *q = qs_quota_at(&c->g, id);
+	int64_t net = 0;
+	for (struct qc_thread *t = c->threads; t; t = t->next)
+		if (t->row_of[id])
+			net += atomic_load_explicit(&t->cs->rows[t->row_of[id] - 1].held, memory_order_relaxed);
+	uint32_t n = net > 0 ? (net > UINT32_MAX ? UINT32_MAX : (uint32_t)net) : 0;
+	atomic_store_explicit(&t0->cs->intent, ((uint64_t)n << 32) | (id + 1), memory_order_release);
+	if (n)
+		inflight_sub(q, n);
+	for (struct qc_thread *t = c->threads; t; t = t->next)
+		if (t->row_of[id])
+			atomic_store_explicit(&t->cs->rows[t->row_of[id] - 1].held, 0, memory_order_relaxed);
+	atomic_store_explicit(&t0->cs->intent, 0, memory_order_release);
+	if (n)
+		qc_inflight_wake(q);
+}
+
+/* Fold a row's statistics into its quota's totals and free the row. */
+static void fold_row(struct qs_quota *q, struct qs_row *row)
+{
+	atomic_fetch_add_explicit(&q->st_admitted, atomic_load_explicit(&row->admitted, memory_order_relaxed), memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_in_tokens, atomic_load_explicit(&row->in_tokens, memory_order_relaxed), memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_out_tokens, atomic_load_explicit(&row->out_tokens, memory_order_relaxed), memory_order_relaxed);
+	for (unsigned k = 0; k < QS_REASONS; k++)
+		atomic_fetch_add_explicit(&q->st_rejected[k], atomic_load_explicit(&row->rejected[k], memory_order_relaxed), memory_order_relaxed);
+	/* The reader sums rows of LIVE slots plus st_*: clear the row so
+	 * nothing is counted twice while we go. */
+	atomic_store_explicit(&row->quota1, 0, memory_order_release);
+}
+
+/* Give back everything the handle's slots hold and free them. */
+static void close_slots(struct quota_client *c)
+{
+	struct qc_thread *t0 = c->first ? c->first : c->threads;
+	for (struct qc_thread *t = c->threads; t; t = t->next)
+		for (uint32_t id = 0; id < c->g.quota_capacity && t->rows_used; id++)
+			if (t->row_of[id])
+				close_quota(c, t0, id);
+	for (struct qc_thread *t = c->threads; t; t = t->next) {
+		for (uint32_t id = 0; id < c->g.quota_capacity && t->rows_used; id++)
+			if (t->row_of[id])
+				fold_row(qs_quota_at(&c->g, id), &t->cs->rows[t->row_of[id] - 1]);
+		uint64_t w = t->slot_word;
+		uint64_t free_word = QS_CLIENT_WORD(QS_CLIENT_GEN(w), 0, QS_CLIENT_FREE);
+		/* release: our last writes to the slot happen before it is reused */
+		atomic_compare_exchange_strong_explicit(&t->cs->state, &w, free_word,
+							memory_order_release, memory_order_relaxed);
+	}
+}
+
+void quota_close(quota_client *c)
+{
+	if (!c)
+		return;
+	/* A forked child holds a copy of its parent's handle: the slots are
+	 * not its to give back. */
+	if (!c->observer && c->fork_gen == qc_fork_gen)
+		close_slots(c);
+	pthread_key_delete(c->key);
+	struct qc_thread *t = c->threads;
+	while (t) {
+		struct qc_thread *next = t->next;
+		thread_free(t, c->g.quota_capacity);
+		t = next;
+	}
+	pthread_mutex_destroy(&c->lock);
+	munmap(c->g.base, c->g.size);
+	free(c);
 }
 
 int quota_find(quota_client *c, const char *quota_name)
@@ -253,21 +410,14 @@ int quota_find(quota_client *c, const char *quota_name)
 	size_t n = strnlen(quota_name, QUOTA_NAME_MAX + 1);
 	if (n == 0 || n > QUOTA_NAME_MAX)
 		return -EINVAL;
-	int id = qs_index_find(c->base, quota_name);
-	if (id < 0)
-		return id == -EAGAIN ? -EAGAIN : -ENOENT;
-	/* A quota added after we attached was not validated by quota_open. */
-	if (qs_validate_quota(c->h, qs_quota_at(c->base, (uint32_t)id)) < 0)
-		return -EBADMSG;
-	return id;
+	return qs_index_find(&c->g, quota_name);
 }
 
 int quota_count(quota_client *c)
 {
 	if (!c)
 		return -EINVAL;
-	uint32_t n = atomic_load_explicit(&c->h->quota_count, memory_order_acquire);
-	return (int)(n > c->quota_capacity ? c->quota_capacity : n);
+	return (int)qs_quota_count(&c->g);
 }
 
 int64_t quota_now(quota_client *c)
@@ -281,17 +431,18 @@ int quota_clock_set(quota_client *c, int64_t now_ns)
 {
 	if (!c || now_ns < 0)
 		return -EINVAL;
-	if (!c->manual || !c->cs)
+	if (!c->manual || c->observer)
 		return -EPERM;
-	int64_t cur = atomic_load_explicit(&c->h->manual_now_ns, memory_order_relaxed);
+	struct qs_header *h = c->g.h;
+	int64_t cur = atomic_load_explicit(&h->manual_now_ns, memory_order_relaxed);
 	do {
 		if (now_ns < cur)
 			return -EINVAL;
 		/* seq_cst: pairs with the load in qc_clock() */
-	} while (!atomic_compare_exchange_weak_explicit(&c->h->manual_now_ns, &cur, now_ns,
+	} while (!atomic_compare_exchange_weak_explicit(&h->manual_now_ns, &cur, now_ns,
 							memory_order_seq_cst, memory_order_relaxed));
-	atomic_fetch_add_explicit(&c->h->clock_seq, 1, memory_order_release);
-	syscall(SYS_futex, &c->h->clock_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	atomic_fetch_add_explicit(&h->clock_seq, 1, memory_order_release);
+	syscall(SYS_futex, &h->clock_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 	return 0;
 }
 
@@ -303,17 +454,18 @@ const char *quota_strerror(int err)
 	case -E2BIG: return "request can never be admitted (above a limit's capacity, the context window or the budget)";
 	case -EDQUOT: return "spend budget of the current day or month reached";
 	case -ENOENT: return "no such segment or quota";
-	case -EINVAL: return "invalid argument (or ticket already settled)";
+	case -EINVAL: return "invalid argument (or a ticket already settled, or of another handle)";
 	case -EACCES: return "permission denied on the segment";
-	case -EPERM: return "operation not permitted (manual clock only)";
+	case -EPERM: return "operation not permitted (manual clock only, or a read-only handle)";
 	case -EBADMSG: return "not a quota segment, or a corrupt one";
 	case -EPROTONOSUPPORT: return "segment layout version or feature not supported by this library";
 	case -ETIMEDOUT: return "segment still initializing";
 	case -EUSERS: return "client table of the segment is full";
-	case -ENOSPC: return "this process tracks in-flight requests on too many quotas";
+	case -ENOSPC: return "this thread tracks in-flight requests on too many quotas";
 	case -ENOMEM: return "out of memory";
 	case -ECHILD: return "handle was opened by the parent process: call quota_open() in the child";
 	case -ERANGE: return "value out of range";
+	case -EOVERFLOW: return "process id too large for the segment's client table";
 	default: return err < 0 ? "unknown error" : "not an error code";
 	}
 }

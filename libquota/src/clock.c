@@ -39,7 +39,7 @@ void qc_periods_of(int64_t realtime_ns, uint32_t *day, uint32_t *month)
 
 void qc_periods(const struct quota_client *c, int64_t now, uint32_t *day, uint32_t *month)
 {
-	int64_t off = atomic_load_explicit(&c->h->realtime_offset_ns, memory_order_relaxed);
+	int64_t off = atomic_load_explicit(&c->g.h->realtime_offset_ns, memory_order_relaxed);
 	qc_periods_of(now + off, day, month);
 }
 

@@ -268,17 +268,21 @@ static int parse_seconds(const char *s, int64_t *ret_ns)
 }
 
 /* See quota.h. */
-void quota_feedback_init(struct quota_feedback *fb)
+void quota_feedback_init(struct quota_feedback *fb, size_t size)
 {
-	if (!fb)
+	if (!fb || size < offsetof(struct quota_feedback, reserved_))
 		return;
-	fb->limit_requests = -1;
-	fb->remaining_requests = -1;
-	fb->reset_requests_ns = -1;
-	fb->limit_tokens = -1;
-	fb->remaining_tokens = -1;
-	fb->reset_tokens_ns = -1;
-	fb->retry_after_ns = -1;
+	/* Only as much as the caller's struct holds. */
+	size_t n = size < sizeof(*fb) ? size : sizeof(*fb);
+	memset(fb, 0xff, n); /* every int64_t field -1 */
+	fb->size = (uint32_t)n;
+	fb->flags = 0;
+}
+
+/* The caller's struct holds the field at @off. */
+static int has_field(const struct quota_feedback *fb, size_t off)
+{
+	return fb->size >= off + sizeof(int64_t) && fb->size <= sizeof(*fb) + 4096;
 }
 
 /* ASCII lower case, whatever the locale. */
@@ -336,6 +340,8 @@ int quota_feedback_header(struct quota_feedback *fb, const char *name, const cha
 			break;
 	if (i == sizeof(headers) / sizeof(headers[0]))
 		return 0;
+	if (!has_field(fb, headers[i].field))
+		return -EINVAL; /* not initialised by quota_feedback_init() */
 
 	/* Optional whitespace around a field value is not part of it (RFC
 	 * 9110 5.5); copy the rest so the parsers see exactly the value. */

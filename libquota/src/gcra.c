@@ -4,24 +4,40 @@
  * nanosecond time line per limit, with refunds that provably never let the
  * admitted rate exceed the limit.
  *
- * THE ALGORITHM. A limit of L units per period P (ns) with capacity b units
- * has emission interval T = P/L and tolerance tau = floor(b*T). Its state is
- * one word, TAT, the theoretical arrival time. A cost of c units takes the
- * slot [s, e) with s = max(TAT, t), e = s + inc(c), inc(c) = ceil(c*T), and is
- * admitted at a = max(t, e - tau): at once if e - tau <= t, else after a wait.
- * Reserving moves TAT to e with one compare-and-swap; a refusal writes
- * nothing. Several limits of one quota share the admission time
- * a = max(t, max_k(TAT_k + inc_k - tau_k)) and take slots s_k = max(TAT_k, a),
- * so e_k - tau_k <= a <= s_k on every limit (reserve.c).
+ * THE ALGORITHM. A limit of L units per period P (ns) with capacity
+ * b = ceil(L * burst) units charges each unit T' ns, where T' = P/L, or
+ * ceil(P/L) when P/L >= 2^16 ns (see CAPACITY). Its tolerance is
+ * tau = inc(b). Its state is one word, TAT, the theoretical arrival time. A
+ * cost of c units takes the slot [s, e) with s = max(TAT, t),
+ * e = s + inc(c), inc(c) = ceil(c*T'), and is admitted at a = max(t, e - tau):
+ * at once if e - tau <= t, else after a wait. Reserving moves TAT to e with
+ * one compare-and-swap; a refusal writes nothing. Several limits of one quota
+ * share the admission time a = max(t, max_k(TAT_k + inc_k - tau_k)) and take
+ * slots s_k = max(TAT_k, a), so e_k - tau_k <= a <= s_k on every limit
+ * (reserve.c).
  *
  * INVARIANT. The slots of the admitted reservations of a limit are disjoint,
- * each as long as its cost (inc(c) >= c*T), and each lies in [a, a + tau]
- * of its own admission time a.
+ * each as long as its cost (inc(c) >= c*T' >= c*P/L), and each lies in
+ * [a, a + tau] of its own admission time a.
  *
- * BOUND. For any window [t1, t2] of length W, the reservations admitted in it
- * have slots inside [t1, t2 + tau], disjoint, so sum(c)*T <= sum(inc) <=
- * W + tau, that is sum(c) <= W/T + b = r*W + b. Rounding: inc is rounded up
- * and tau down, so the bound holds exactly, in integers.
+ * BOUND. Time is integer nanoseconds; a window of length W is the W
+ * instants [t1, t1 + W). The reservations admitted in it have admission
+ * times a <= t1 + W - 1, so their slots lie inside [t1, t1 + W - 1 + tau],
+ * disjoint: sum(c) * T' <= sum(inc) <= W - 1 + tau. With tau = inc(b) =
+ * ceil(b*T') < b*T' + 1: sum(c) * T' < W + b*T', so sum(c) < W/T' + b, and
+ * as T' >= P/L, sum(c) < r*W + b with r = L/P: the admitted cost never
+ * exceeds r*W + b, exactly, in integers.
+ *
+ * CAPACITY. Every limit admits exactly b = ceil(L * burst) units at one
+ * instant from a full bucket, in one reservation or in unit steps: a cost c
+ * fits iff inc(c) <= inc(b), i.e. c <= b. For unit steps, n steps take
+ * n * inc(1) = n * ceil(T'), which is <= inc(b) for every n <= b only if T'
+ * is a whole number of ns; so T' is rounded up to a whole number when
+ * P/L >= 2^16 ns (limits up to ~915k per minute or ~1.3G per day: every
+ * request limit and most token limits), which lowers the rate by less than
+ * 2^-16 (1.5e-5). Higher-rate limits keep the exact fractional T', and a
+ * burst of unit steps on them may stop up to b * (1 - T/ceil(T)) units
+ * short (never above b).
  *
  * REFUNDS (commit with usage below the estimate, cancel, rollback of a
  * partial reservation). Giving back d ns lowers TAT by d, which moves every
@@ -38,75 +54,84 @@
  * has slack s - a of up to tau/8; the waiter checks on waking that the
  * refunds begun meanwhile cannot have moved it by more, and otherwise gives
  * its slot back and queues again (reserve.c) - in practice only if an eighth
- * of a period's worth of refunds happened during its wait. So the bound above holds with refunds, and a refund is lost
- * only when the budget it would return has already flowed away (our slot is
- * in the past: the provider has also counted that time).
+ * of a period's worth of refunds happened during its wait. So the bound
+ * above holds with refunds, and a refund is lost only when the budget it
+ * would return has already flowed away (our slot is in the past: the
+ * provider has also counted that time). Deciding that a slot is in the past
+ * from an over-estimate of the time (reserve.c's TSC shortcut) only ever
+ * skips a refund: safe.
  *
  * DEBT (usage above the estimate) appends inc(extra) at max(TAT, now): it may
  * push TAT beyond now + tau; later reservations then wait until it is paid.
  *
- * EXACT CHARGE WITHOUT DIVISION. T = t_int + m/L with m = P mod L. With
- * t_frac = ceil(m * 2^64 / L) and p = c * t_frac = hi*2^64 + lo:
- * ceil(c*m/L) = hi + (lo >= c), provided c*L <= 2^64 (fast_cmax). If c*m/L
- * is an integer k, p/2^64 lies in [k, k + c/2^64): hi = k and lo < c. If
- * not, its fractional part is at least 1/L, so lo >= 2^64/L >= c and the
- * error c/2^64 <= 1/L cannot carry into hi. Larger costs use a 128-bit
- * division (rare: only costs above 2^64 / L).
+ * EXACT CHARGE WITHOUT DIVISION. T' = t_int + m/L with m = P mod L (m = 0
+ * when T' is rounded to whole ns). With t_frac = ceil(m * 2^64 / L) and
+ * p = c * t_frac = hi*2^64 + lo: ceil(c*m/L) = hi + (lo >= c), provided
+ * c*L <= 2^64 (fast_cmax). If c*m/L is an integer k, p/2^64 lies in
+ * [k, k + c/2^64): hi = k and lo < c. If not, its fractional part is at
+ * least 1/L, so lo >= 2^64/L >= c and the error c/2^64 <= 1/L cannot carry
+ * into hi. Larger costs use a 128-bit division (rare: only costs above
+ * 2^64 / L).
+ *
+ * GARBAGE. Every shared word read here may have been scribbled over: TATs
+ * are clamped (qg_tat_clamp) before arithmetic, counters are used through
+ * saturating differences, and nothing divides by a value read from shared
+ * memory.
  */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
 #include "gcra.h"
+#include "internal.h"
 
 #define QG_SATURATE (INT64_MAX / 4)
 /* The largest TAT debt can push a limit to. */
 #define QG_TAT_MAX (INT64_MAX / 2)
+/* T at or above this many ns is rounded up to whole ns (see CAPACITY). */
+#define QG_WHOLE_T_MIN 65536u
 
 int qg_limit_init(struct qs_limit_cfg *l, uint32_t kind, uint64_t limit, int64_t period_ns,
 		  uint32_t burst_ppm)
 {
-	if (limit == 0 || period_ns <= 0 || burst_ppm == 0 || burst_ppm > 1000000)
+	if (limit == 0 || period_ns <= 0 || burst_ppm == 0 || burst_ppm > 1000000 || kind >= QS_KINDS)
 		return -EINVAL;
 	/* Keep every product within the fast path's and the TAT's range. */
 	if (limit > (1ULL << 40) || (uint64_t)period_ns > (1ULL << 50))
 		return -ERANGE;
 	uint64_t P = (uint64_t)period_ns;
-	*l = (struct qs_limit_cfg){ .limit = limit, .period_ns = period_ns, .kind = kind };
+	*l = (struct qs_limit_cfg){ .limit = limit, .period_ns = period_ns, .kind = kind,
+				    .burst_ppm = burst_ppm };
 	l->t_int = P / limit;
 	uint64_t m = P % limit;
-	unsigned __int128 f = ((unsigned __int128)m << 64);
-	l->t_frac = (uint64_t)((f + limit - 1) / limit);
+	if (m && l->t_int >= QG_WHOLE_T_MIN) {
+		l->t_int++; /* T' = ceil(P/L): unit bursts exact (see CAPACITY) */
+		m = 0;
+	}
+	l->t_frac = m ? (uint64_t)((((unsigned __int128)m << 64) + limit - 1) / limit) : 0;
 	l->fast_cmax = UINT64_MAX / limit;
 
-	/* capacity = ceil(limit * burst), in integers. */
+	/* capacity = ceil(limit * burst), in integers, at least 1. */
 	unsigned __int128 cap = ((unsigned __int128)limit * burst_ppm + 999999) / 1000000;
 	if (cap == 0)
 		cap = 1;
-	unsigned __int128 tau = cap * P / limit; /* rounded down */
-	if (tau > (unsigned __int128)INT64_MAX / 4)
+	l->capacity = (uint64_t)cap;
+	uint64_t tau = qg_charge(l, l->capacity);
+	if (tau == 0 || tau > (uint64_t)INT64_MAX / 8)
 		return -ERANGE;
 	l->tau_ns = (int64_t)tau;
-	/* The largest cost whose charge fits in tau: cap itself unless cap*T is
-	 * not a whole number of ns. */
-	uint64_t c = (uint64_t)cap;
-	while (c > 0 && qg_charge(l, c) > (uint64_t)l->tau_ns)
-		c--;
-	if (c == 0)
-		return -ERANGE;
-	l->capacity = c;
 	return 0;
 }
 
 uint64_t qg_charge_slow(const struct qs_limit_cfg *l, uint64_t units)
 {
-	/* A config read while quotad rewrites it (reserve computes inside its
-	 * seqlock read and discards a torn result) may hold a zero limit: never
-	 * divide by it. */
-	if (l->limit == 0)
+	unsigned __int128 q;
+	if (l->t_frac == 0) /* T' is whole: units * T' */
+		q = (unsigned __int128)units * l->t_int;
+	else if (l->limit == 0) /* never divide by a value that was not checked */
 		return (uint64_t)QG_SATURATE;
-	unsigned __int128 n = (unsigned __int128)units * (uint64_t)l->period_ns;
-	unsigned __int128 q = (n + l->limit - 1) / l->limit;
+	else
+		q = ((unsigned __int128)units * (uint64_t)l->period_ns + l->limit - 1) / l->limit;
 	return q > QG_SATURATE ? (uint64_t)QG_SATURATE : (uint64_t)q;
 }
 
@@ -136,7 +161,7 @@ void qg_atomic_max(_Atomic int64_t *w, int64_t v)
 		;
 }
 
-uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id, uint32_t k,
+uint64_t qg_refund(const struct qc_thread *t, struct qs_quota *q, uint32_t id,
 		   const struct qt_limit *tl, uint64_t delta)
 {
 	if (delta == 0)
@@ -145,13 +170,14 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id
 	 * earlier): nothing to give back, nothing for others to account for.
 	 * This is most commits - a call outlasts its slot - and it spares them
 	 * two contended read-modify-writes. */
-	if (tl->end <= qc_clock(c))
+	if (tl->end <= qc_clock(t->c))
 		return 0;
+	uint32_t k = tl->kind & (QS_KINDS - 1);
 	_Atomic int64_t *tat = qs_tat(q, k);
 	/* Journal the refund in our slot first: if we die before refund_done,
 	 * quotad audits this limit (reclaim.c). The seq_cst RMW below is a
 	 * release: the journal is visible before the counter moves. */
-	atomic_store_explicit(&c->cs->refund_intent, ((uint64_t)(k + 1) << 32) | (id + 1),
+	atomic_store_explicit(&t->cs->refund_intent, ((uint64_t)(k + 1) << 32) | (id + 1),
 			      memory_order_relaxed);
 	/* seq_cst: a waiter's check (reserve.c) that reads refund_begun without
 	 * this increment is ordered before our clock read below. */
@@ -161,7 +187,7 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id
 	int64_t cur = atomic_load_explicit(tat, memory_order_acquire);
 	/* The clock after the TAT: a reservation that moved the TAT meanwhile
 	 * is judged as of a time no earlier than its own (see gcra.c). */
-	int64_t now = qc_clock(c);
+	int64_t now = qc_clock(t->c);
 	uint64_t given = 0;
 	for (;;) {
 		/* Refunds begun since our reserve, ours excluded: the most that
@@ -174,46 +200,52 @@ uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id
 			break;
 		}
 		given = (uint64_t)(end - now) < delta ? (uint64_t)(end - now) : delta;
+		/* A TAT below the part we give back is garbage (our slot is in
+		 * it): give nothing rather than wrap. */
+		if (cur < INT64_MIN / 4 + (int64_t)given) {
+			given = 0;
+			break;
+		}
 		/* release on success: our refund_begun increment is visible to
 		 * whoever sees this TAT; acquire on failure, as for the load. */
 		if (atomic_compare_exchange_weak_explicit(tat, &cur, cur - (int64_t)given,
 							  memory_order_release,
 							  memory_order_acquire))
 			break;
-		now = qc_clock(c); /* the TAT moved: decide again, as of now */
+		now = qc_clock(t->c); /* the TAT moved: decide again, as of now */
 	}
 	/* release: pairs with the acquire load in reserve; a reserve that sees
 	 * this sees our TAT change. */
 	atomic_fetch_add_explicit(&q->refund_done[k], delta, memory_order_release);
 	/* release: refund_done is final before the journal entry goes */
-	atomic_store_explicit(&c->cs->refund_intent, 0, memory_order_release);
+	atomic_store_explicit(&t->cs->refund_intent, 0, memory_order_release);
 	return given;
 }
 
-void qg_debt(struct qs_quota *q, uint32_t k, uint64_t ns, int64_t now)
+void qg_debt(struct qs_quota *q, uint32_t kind, uint64_t ns, int64_t now)
 {
 	if (ns == 0)
 		return;
-	_Atomic int64_t *tat = qs_tat(q, k);
+	_Atomic int64_t *tat = qs_tat(q, kind);
 	int64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
 	int64_t next;
 	do {
 		/* Debt accumulates, but the TAT stays <= QG_TAT_MAX, so that every
 		 * later TAT + charge (<= INT64_MAX / 4) fits an int64. */
-		int64_t base = cur > now ? cur : now;
+		int64_t c = qg_tat_clamp(cur);
+		int64_t base = c > now ? c : now;
 		next = base >= QG_TAT_MAX ? base :
 		       base + (int64_t)(ns < (uint64_t)(QG_TAT_MAX - base) ? ns : (uint64_t)(QG_TAT_MAX - base));
 	} while (!atomic_compare_exchange_weak_explicit(tat, &cur, next, memory_order_relaxed,
 							memory_order_relaxed));
 }
 
-void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, const struct qs_limit_cfg *l,
-		uint64_t remaining)
+void qg_tighten(struct qs_quota *q, int64_t now, const struct qs_limit_cfg *l, uint64_t remaining)
 {
 	if (remaining >= l->capacity)
 		return;
 	/* Available c is the largest with max(TAT, now) + charge(c) - tau <= now;
 	 * TAT = now + tau - charge(remaining) leaves exactly `remaining`. */
 	int64_t target = now + l->tau_ns - (int64_t)qg_charge(l, remaining);
-	qg_atomic_max(qs_tat(q, k), target);
+	qg_atomic_max(qs_tat(q, l->kind), target);
 }

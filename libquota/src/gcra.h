@@ -9,11 +9,36 @@
 
 #include <stdint.h>
 
-#include "internal.h"
 #include "layout.h"
 
-/* Derive a limit's constants. @burst_ppm in (0, 1e6]. Returns 0 or -ERANGE
- * if the numbers would overflow the arithmetic. */
+struct quota_client;
+struct qt_priv;
+struct qc_thread;
+struct qt_limit;
+
+/* One rate limit's constants, derived from its source values (kind, limit,
+ * burst) by qg_limit_init(): private memory only, never shared. */
+struct qs_limit_cfg {
+	uint64_t limit;     /* units per period */
+	int64_t period_ns;  /* 60e9 or 86400e9 */
+	uint64_t capacity;  /* ceil(limit * burst): largest cost admissible at once */
+	int64_t tau_ns;     /* burst tolerance: charge(capacity) */
+	uint64_t t_int;     /* ns per unit T', integer part (see gcra.c) */
+	uint64_t t_frac;    /* ceil(frac(T') * 2^64); 0 when T' is whole */
+	uint64_t fast_cmax; /* costs below this use the multiply-only path */
+	uint32_t kind;      /* enum quota_limit_kind */
+	uint32_t burst_ppm;
+};
+
+/* A kind's period: per day for the odd kinds, per minute for the even. */
+static inline int64_t qg_period_of(uint32_t kind)
+{
+	return (kind & 1) ? 86400LL * 1000000000LL : 60LL * 1000000000LL;
+}
+
+/* Derive a limit's constants. @burst_ppm in (0, 1e6]. Returns 0, -EINVAL
+ * for a zero or out-of-range value, -ERANGE if the numbers would overflow
+ * the arithmetic. */
 int qg_limit_init(struct qs_limit_cfg *l, uint32_t kind, uint64_t limit, int64_t period_ns,
 		  uint32_t burst_ppm);
 
@@ -39,18 +64,26 @@ static inline uint64_t qg_charge(const struct qs_limit_cfg *l, uint64_t units)
 /* Units admissible now on a limit whose TAT is @tat. */
 uint64_t qg_available(const struct qs_limit_cfg *l, int64_t tat, int64_t now);
 
-/* Give back up to @delta ns of the slot @tl on limit @k of quota @q (id @id):
- * commit refund, cancel, rollback. Returns the ns actually given back. */
-uint64_t qg_refund(const struct quota_client *c, struct qs_quota *q, uint32_t id, uint32_t k,
+/* Give back up to @delta ns of the slot @tl (on kind tl->kind) of quota @q
+ * (id @id), journalled in thread @t's client slot: commit refund, cancel,
+ * rollback. Returns the ns actually given back. */
+uint64_t qg_refund(const struct qc_thread *t, struct qs_quota *q, uint32_t id,
 		   const struct qt_limit *tl, uint64_t delta);
 
-/* Charge @ns more on limit @k as of @now (usage above the estimate). */
-void qg_debt(struct qs_quota *q, uint32_t k, uint64_t ns, int64_t now);
+/* Charge @ns more on kind @kind as of @now (usage above the estimate). */
+void qg_debt(struct qs_quota *q, uint32_t kind, uint64_t ns, int64_t now);
 
-/* Provider feedback: make at most @remaining units available now on limit
- * @k, whose config is @l (only ever raises the TAT). */
-void qg_tighten(struct qs_quota *q, uint32_t k, int64_t now, const struct qs_limit_cfg *l,
-		uint64_t remaining);
+/* Provider feedback: make at most @remaining units available now on the
+ * limit @l (only ever raises the TAT). */
+void qg_tighten(struct qs_quota *q, int64_t now, const struct qs_limit_cfg *l, uint64_t remaining);
+
+/* A TAT read from shared memory, bounded so that TAT + charge - tau never
+ * overflows whatever a scribbler wrote there. */
+static inline int64_t qg_tat_clamp(int64_t tat)
+{
+	const int64_t lo = -(INT64_MAX / 4), hi = INT64_MAX / 2;
+	return tat < lo ? lo : tat > hi ? hi : tat;
+}
 
 /* Raise *@w to at least @v. */
 void qg_atomic_max(_Atomic int64_t *w, int64_t v);

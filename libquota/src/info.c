@@ -7,74 +7,67 @@
 #include <errno.h>
 #include <string.h>
 
-#include "gcra.h"
 #include "internal.h"
+
+/* The size of version 2.0's struct quota_info: the least a caller passes. */
+#define QUOTA_INFO_SIZE_V2_0 (offsetof(struct quota_info, generation) + sizeof(uint64_t))
 
 static void add_row(struct quota_info *ret, const struct qs_row *row)
 {
 	ret->admitted += atomic_load_explicit(&row->admitted, memory_order_relaxed);
 	ret->admitted_input_tokens += atomic_load_explicit(&row->in_tokens, memory_order_relaxed);
 	ret->admitted_output_tokens += atomic_load_explicit(&row->out_tokens, memory_order_relaxed);
-	for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
+	for (unsigned k = 0; k < QS_REASONS; k++)
 		ret->rejected[k] += atomic_load_explicit(&row->rejected[k], memory_order_relaxed);
 }
 
-int quota_info(quota_client *c, int id, struct quota_info *ret)
+/* The configuration part. */
+static void fill_config(struct quota_info *info, const struct qs_config *src, const struct qc_cfg *cf,
+			struct qs_quota *q, int64_t now)
 {
-	if (!c || !ret)
-		return -EINVAL;
-	struct qs_quota *q = qc_quota(c, id);
-	if (!q || id >= quota_count(c))
-		return -ENOENT;
-	uint32_t st = atomic_load_explicit(&q->state, memory_order_acquire);
-	if (st == QS_QUOTA_FREE)
-		return -ENOENT;
-	/* The configuration from a consistent copy (quotad may be reloading);
-	 * the hot words from the live entry. */
-	struct qs_quota cfg;
-	int err = qs_quota_snapshot(q, &cfg);
-	if (err < 0)
-		return err;
-	struct quota_info info;
-	memset(&info, 0, sizeof(info));
-	memcpy(info.name, cfg.name, QUOTA_NAME_MAX);
-	info.name[QUOTA_NAME_MAX] = '\0';
-	info.removed = st == QS_QUOTA_REMOVED;
-	info.refund_actual = (cfg.flags & QS_QUOTA_REFUND_ACTUAL) != 0;
-	int64_t now = qc_clock(c);
-	uint32_t n = cfg.nlimits <= QS_RATE_KINDS ? cfg.nlimits : QS_RATE_KINDS;
-	for (uint32_t k = 0; k < n; k++) {
-		const struct qs_limit_cfg *l = &cfg.cfg[k];
-		if (l->kind >= QUOTA_RATE_KINDS)
-			continue;
-		struct quota_limit_info *li = &info.rate[l->kind];
+	memcpy(info->name, src->name, QUOTA_NAME_MAX);
+	info->name[QUOTA_NAME_MAX] = '\0';
+	info->removed = (cf->flags & QS_REC_REMOVED) != 0;
+	info->refund_actual = (cf->flags & QS_REC_REFUND_ACTUAL) != 0;
+	for (uint32_t k = 0; k < cf->n; k++) {
+		const struct qs_limit_cfg *l = &cf->lim[k];
+		struct quota_limit_info *li = &info->rate[l->kind];
 		li->limit = l->limit;
 		li->capacity = l->capacity;
 		li->period_ns = l->period_ns;
-		li->available = qg_available(l, atomic_load_explicit(qs_tat(q, k), memory_order_relaxed), now);
+		int64_t tat = qg_tat_clamp(atomic_load_explicit(qs_tat(q, l->kind), memory_order_relaxed));
+		li->available = qg_available(l, tat, now);
 	}
-	info.max_inflight = cfg.max_inflight;
-	info.inflight = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
-	info.context_window = cfg.context_window;
-	info.price_input_pusd = cfg.price_in_pusd;
-	info.price_output_pusd = cfg.price_out_pusd;
-	info.budget_day_nusd = cfg.budget_day_nusd;
-	info.budget_month_nusd = cfg.budget_month_nusd;
+	info->max_inflight = cf->max_inflight;
+	info->context_window = cf->context_window;
+	info->price_input_pusd = cf->price_in_pusd;
+	info->price_output_pusd = cf->price_out_pusd;
+	info->budget_day_nusd = cf->budget_day_nusd;
+	info->budget_month_nusd = cf->budget_month_nusd;
+	info->generation = QS_CFG_GEN(cf->word);
+}
+
+/* The hot words and the statistics. */
+static void fill_state(quota_client *c, uint32_t id, struct qs_quota *q, struct quota_info *info,
+		       int64_t now)
+{
+	info->inflight = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
 	uint32_t day, month;
 	qc_periods(c, now, &day, &month);
-	info.spent_day_nusd = qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), day);
-	info.spent_month_nusd = qs_spend_in(atomic_load_explicit(&q->spend_month, memory_order_relaxed), month);
+	info->spent_day_nusd = qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), day);
+	info->spent_month_nusd = qs_spend_in(atomic_load_explicit(&q->spend_month, memory_order_relaxed), month);
 	int64_t paused = atomic_load_explicit(&q->paused_until, memory_order_relaxed);
-	info.paused_ns = paused > now ? paused - now : 0;
+	info->paused_ns = paused > now ? paused - now : 0;
 
-	info.admitted = atomic_load_explicit(&q->st_admitted, memory_order_relaxed);
-	info.admitted_input_tokens = atomic_load_explicit(&q->st_in_tokens, memory_order_relaxed);
-	info.admitted_output_tokens = atomic_load_explicit(&q->st_out_tokens, memory_order_relaxed);
-	info.reclaimed = atomic_load_explicit(&q->st_reclaimed, memory_order_relaxed);
-	for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
-		info.rejected[k] = atomic_load_explicit(&q->st_rejected[k], memory_order_relaxed);
-	for (uint32_t s = 0; s < c->h->client_capacity; s++) {
-		const struct qs_client *cs = qs_client_at(c->base, s);
+	info->admitted = atomic_load_explicit(&q->st_admitted, memory_order_relaxed);
+	info->admitted_input_tokens = atomic_load_explicit(&q->st_in_tokens, memory_order_relaxed);
+	info->admitted_output_tokens = atomic_load_explicit(&q->st_out_tokens, memory_order_relaxed);
+	info->reclaimed = atomic_load_explicit(&q->st_reclaimed, memory_order_relaxed);
+	info->repaired = atomic_load_explicit(&q->st_repaired, memory_order_relaxed);
+	for (unsigned k = 0; k < QS_REASONS; k++)
+		info->rejected[k] = atomic_load_explicit(&q->st_rejected[k], memory_order_relaxed);
+	for (uint32_t s = 0; s < c->g.client_capacity; s++) {
+		const struct qs_client *cs = qs_client_at(&c->g, s);
 		if (QS_CLIENT_STATUS(atomic_load_explicit(&cs->state, memory_order_acquire)) != QS_CLIENT_LIVE)
 			continue;
 		/* Rows are taken in order and only cleared on close. */
@@ -82,12 +75,40 @@ int quota_info(quota_client *c, int id, struct quota_info *ret)
 			uint32_t id1 = atomic_load_explicit(&cs->rows[r].quota1, memory_order_acquire);
 			if (id1 == 0)
 				break;
-			if (id1 == (uint32_t)id + 1) {
-				add_row(&info, &cs->rows[r]);
+			if (id1 == id + 1) {
+				add_row(info, &cs->rows[r]);
 				break;
 			}
 		}
 	}
-	*ret = info;
+}
+
+int quota_info(quota_client *c, int id, struct quota_info *ret, size_t size)
+{
+	if (!c || !ret || size < QUOTA_INFO_SIZE_V2_0)
+		return -EINVAL;
+	struct qs_quota *q = qc_quota(c, id);
+	if (!q || (uint32_t)id >= qs_quota_count(&c->g))
+		return -ENOENT;
+	struct qs_config src;
+	uint64_t word;
+	int err = qs_config_get(&c->g, (uint32_t)id, &src, &word);
+	if (err < 0)
+		return err;
+	struct qc_cfg cf;
+	err = qc_cfg_decode(&src, word, &cf);
+	if (err < 0)
+		return err;
+	struct quota_info info;
+	memset(&info, 0, sizeof(info));
+	int64_t now = qc_clock(c);
+	fill_config(&info, &src, &cf, q, now);
+	fill_state(c, (uint32_t)id, q, &info, now);
+	/* Only as much as the caller's struct holds; zero beyond ours. */
+	if (size > sizeof(info)) {
+		memset((char *)ret + sizeof(info), 0, size - sizeof(info));
+		size = sizeof(info);
+	}
+	memcpy(ret, &info, size);
 	return 0;
 }

@@ -2,73 +2,173 @@
 /*
  * internal.h - the per-process half of libquota (nginx keeps ngx_shmtx_sh_t,
  * the shared half, apart from ngx_shmtx_t, the per-process half; so do we):
- * struct quota_client, the ticket's private layout, the clock, and the helpers
- * reserve.c, client.c, info.c and feedback.c share.
+ * struct quota_client and its per-thread contexts, the decoded config cache,
+ * the ticket's private layout, the clock, and the helpers reserve.c,
+ * settle.c, client.c, info.c and feedback.c share.
+ *
+ * THREADS. A handle may be used by many threads at once. Each thread that
+ * uses it gets a context of its own (struct qc_thread) holding its own
+ * client slot in the segment, so that everything a thread writes in its slot
+ * (its rows' statistics and held counts, its intent words) has one writer, as
+ * the reclamation protocol needs (reclaim.c). A ticket may be settled by any
+ * thread of the handle that took it: the settling thread releases through
+ * its own row, whose held may go below zero; the process's sum over its
+ * slots stays exact and quotad reclaims a dead process's slots together.
  */
 #ifndef QUOTA_INTERNAL_H
 #define QUOTA_INTERNAL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
 
+#include "gcra.h"
 #include "layout.h"
+
+struct qt_priv;
 
 #define QC_NS_PER_S 1000000000LL
 #define QC_DAY_NS (86400LL * QC_NS_PER_S)
 #define QC_MINUTE_NS (60LL * QC_NS_PER_S)
 
-struct quota_client {
-	void *base;          /* the mapping */
-	uint64_t size;       /* its length, validated */
-	struct qs_header *h;
-	bool manual;         /* the segment keeps its own clock */
-	uint32_t slot;       /* our client slot */
+/* A quota's configuration decoded for the hot path, cached per thread and
+ * keyed by the config word it was read from. */
+struct qc_cfg {
+	uint64_t word;
+	uint32_t n;      /* limits in lim[] */
+	uint32_t flags;  /* QS_REC_* */
+	uint64_t context_window, max_inflight;
+	uint64_t price_in_pusd, price_out_pusd;
+	uint64_t budget_day_nusd, budget_month_nusd;
+	int8_t pos[QS_KINDS]; /* kind -> index in lim[], -1 none */
+	struct qs_limit_cfg lim[QS_KINDS];
+};
+
+struct qc_thread {
+	struct quota_client *c;
+	uint32_t slot;           /* our client slot */
 	struct qs_client *cs;
-	uint64_t slot_word;  /* our slot's state word (generation | LIVE) */
-	uint64_t fork_gen;   /* qc_fork_gen when opened: a forked child must reopen */
-	uint16_t *row_of;    /* quota id -> row index + 1 (0: none yet) */
-	uint32_t quota_capacity;
+	uint64_t slot_word;      /* its state word (generation | pid | LIVE) */
+	uint16_t *row_of;        /* quota id -> row index + 1 (0: none yet) */
 	uint32_t rows_used;
-	uint64_t serial;     /* ticket serial numbers */
-	uint64_t cas_retries; /* failed CASes on rate limits (benchmarks read it) */
+	struct qc_cfg **cfg;     /* quota id -> decoded config, allocated on use */
+	uint64_t cas_retries;    /* failed CASes on rate limits (benchmarks) */
+	_Atomic int in_use;      /* a live thread owns this context */
+	struct qc_thread *next;  /* the handle's list */
+};
+
+struct quota_client {
+	struct qs_geom g;
+	bool manual;             /* the segment keeps its own clock */
+	bool observer;           /* attached read-only, no client slot */
+	uint64_t nonce;          /* unique per open: tickets carry it */
+	uint64_t fork_gen;       /* qc_fork_gen when opened: a forked child must reopen */
+	/* A lower bound of ns per TSC tick << 32 (0: not calibrated yet),
+	 * measured from tsc0/mono0 taken at open (settle.c). */
+	_Atomic uint64_t tsc_q32;
+	uint64_t tsc0;
+	int64_t mono0;
+	char segment[256];
+	pthread_key_t key;       /* this thread's context */
+	pthread_mutex_t lock;    /* the list of contexts (slow path only) */
+	struct qc_thread *threads;
+	struct qc_thread *first; /* the opening thread's context */
 };
 
 /* Attach without taking a client slot, for tools that only read (quotactl
- * status, quotad's restart checks): reserve and friends must not be called
- * on such a handle. */
+ * status, quotad's restart checks): reserve and friends return -EPERM. */
 int qc_open_observer(const char *segment, quota_client **ret);
 
 /* Bumped in every forked child (pthread_atfork): a handle opened before the
  * fork belongs to the parent. */
 extern uint64_t qc_fork_gen;
 
+/* The calling thread's context of @c (claimed on its first use): NULL with
+ * *@err set (-EUSERS no client slot free, -ENOMEM). */
+struct qc_thread *qc_thread_slow(struct quota_client *c, int *err);
+
+static inline struct qc_thread *qc_thread_get(struct quota_client *c, int *err)
+{
+	struct qc_thread *t = pthread_getspecific(c->key);
+	return t ? t : qc_thread_slow(c, err);
+}
+
+/* The checks every call that writes shared state starts with: a handle of
+ * this process (-ECHILD after fork) that holds client slots (-EPERM for an
+ * observer). Sets *@ret to the calling thread's context. */
+static inline int qc_writer(struct quota_client *c, struct qc_thread **ret)
+{
+	*ret = NULL;
+	if (c->fork_gen != qc_fork_gen)
+		return -ECHILD;
+	if (c->observer)
+		return -EPERM;
+	int err = 0;
+	struct qc_thread *t = qc_thread_get(c, &err);
+	if (!t)
+		return err;
+	*ret = t;
+	return 0;
+}
+
+/*
+ * The decoded config of quota @id for thread @t: the cached one while the
+ * quota's config word is unchanged, else read and decoded again. Returns 0
+ * and sets *@ret (a removed quota's too: QS_REC_REMOVED in its flags),
+ * -ENOENT (no such id), -EBADMSG (damaged
+ * record), -EAGAIN (quotad kept republishing), -ENOMEM.
+ */
+int qc_cfg_refresh(struct qc_thread *t, uint32_t id, const struct qc_cfg **ret);
+
+static inline int qc_cfg_get(struct qc_thread *t, uint32_t id, struct qs_quota *q,
+			     const struct qc_cfg **ret)
+{
+	/* acquire: pairs with quotad's publication of the word (records.c) */
+	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);
+	const struct qc_cfg *cf = t->cfg[id];
+	if (cf && cf->word == w && w) {
+		*ret = cf;
+		return 0;
+	}
+	return qc_cfg_refresh(t, id, ret);
+}
+
+/* Give back what ticket @tk holds beyond @actual (cancel: @actual NULL),
+ * through thread @t's row (settle.c). */
+void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
+	       const struct quota_cost *actual);
+
+/* Decode @src into @out (limits' constants derived): 0 or -EBADMSG. */
+int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qc_cfg *out);
+
 /* Ticket's private layout, inside quota_ticket.private_. */
-#define QT_OPEN 0x514f50454e544b31ULL   /* open, may be settled */
-#define QT_CLOSED 0x514f434c4f534531ULL /* settled */
+#define QT_OPEN 0x514f50454e544b32ULL   /* open, may be settled */
+#define QT_CLOSED 0x514f434c4f534532ULL /* settled */
 
 struct qt_limit {
 	int64_t end;       /* end of our slot on this limit's time line */
 	uint64_t inc;      /* its length in ns */
-	uint64_t done0;    /* refund_done of the limit, read before our CAS */
-	uint32_t kind;     /* the limit's kind when reserved (a reload may move it) */
+	uint64_t done0;    /* refund_done of the kind, read before our CAS */
+	uint32_t kind;     /* the limit's kind */
 	uint32_t pad;
 };
 
 struct qt_priv {
 	uint64_t magic;
-	uint64_t owner;     /* (uintptr_t)client ^ serial */
-	uint64_t serial;
+	uint64_t owner;     /* the handle's nonce */
 	uint32_t quota;
-	uint32_t row1;      /* row index + 1, 0 if none */
 	uint32_t nlimits;
 	uint32_t held;      /* in-flight slots taken */
+	uint32_t pad;
 	int64_t admitted_at;
+	int64_t decided_at; /* segment clock when the slots were taken */
+	uint64_t tsc;       /* TSC then (0: not on this CPU architecture) */
 	uint64_t requests, input_tokens, output_tokens;
 	uint64_t spend_nusd;   /* charged at reserve (quotas with a budget), else 0 */
 	uint32_t day, month;   /* spend periods charged */
-	struct qt_limit lim[QS_RATE_KINDS];
+	struct qt_limit lim[QS_KINDS];
 };
 static_assert(sizeof(struct qt_priv) <= sizeof(((struct quota_ticket *)0)->private_),
 	      "ticket private area");
@@ -85,10 +185,20 @@ static inline int64_t qc_clock(const struct quota_client *c)
 		/* seq_cst: pairs with quota_clock_set(); the refund/waiter argument
 		 * (gcra.c) orders clock reads against refund_begun (a plain mov on
 		 * x86) */
-		return atomic_load_explicit(&c->h->manual_now_ns, memory_order_seq_cst);
+		return atomic_load_explicit(&c->g.h->manual_now_ns, memory_order_seq_cst);
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * QC_NS_PER_S + ts.tv_nsec;
+}
+
+/* The CPU's timestamp counter, or 0 where there is none to read cheaply. */
+static inline uint64_t qc_tsc(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	return __builtin_ia32_rdtsc();
+#else
+	return 0;
+#endif
 }
 
 /* Read the process start time (clock ticks since boot) of @pid from
@@ -99,50 +209,39 @@ uint64_t qc_proc_starttime(int pid);
 void qc_periods(const struct quota_client *c, int64_t now, uint32_t *day, uint32_t *month);
 void qc_periods_of(int64_t realtime_ns, uint32_t *day, uint32_t *month);
 
-/* The quota entry for id, or NULL if the id is out of range. */
+/* The quota entry for @id, or NULL if out of range. */
 static inline struct qs_quota *qc_quota(const struct quota_client *c, int id)
 {
-	if (id < 0 || (uint32_t)id >= c->quota_capacity)
-		return NULL;
-	return qs_quota_at(c->base, (uint32_t)id);
+	return id < 0 ? NULL : qs_quota_at(&c->g, (uint32_t)id);
 }
 
-/*
- * The checks every call that writes a quota's state starts with: a handle
- * of this process (-ECHILD after fork), one that holds a client slot (-EPERM
- * for an observer), and an ACTIVE quota (-ENOENT). Sets *@ret.
- */
-static inline int qc_writable_quota(const struct quota_client *c, int id, struct qs_quota **ret)
-{
-	if (c->fork_gen != qc_fork_gen)
-		return -ECHILD;
-	if (!c->cs)
-		return -EPERM;
-	struct qs_quota *q = qc_quota(c, id);
-	/* acquire: pairs with quotad's release when it activates the quota */
-	if (!q || atomic_load_explicit(&q->state, memory_order_acquire) != QS_QUOTA_ACTIVE)
-		return -ENOENT;
-	*ret = q;
-	return 0;
-}
+/* Assign thread @t a row for quota id: NULL if every row is taken. */
+struct qs_row *qc_row_new(struct qc_thread *t, uint32_t id);
 
-/* Assign this process a row for quota id: NULL if every row is taken. */
-struct qs_row *qc_row_new(struct quota_client *c, uint32_t id);
-
-/* The row of this process for quota id (assigned on first use), or NULL if
+/* The row of thread @t for quota id (assigned on first use), or NULL if
  * every row is taken. */
-static inline struct qs_row *qc_row(struct quota_client *c, uint32_t id)
+static inline struct qs_row *qc_row(struct qc_thread *t, uint32_t id)
 {
-	uint16_t r = c->row_of[id];
-	return r ? &c->cs->rows[r - 1] : qc_row_new(c, id);
+	uint16_t r = t->row_of[id];
+	return r ? &t->cs->rows[r - 1] : qc_row_new(t, id);
 }
 
-/* Give back @n in-flight slots of quota @q held through @row. */
-void qc_inflight_release(struct quota_client *c, struct qs_quota *q, struct qs_row *row,
-			 uint32_t id, uint32_t n);
+/* One writer (the row's thread): a relaxed load and store, no lock prefix. */
+static inline void qc_row_add(_Atomic uint64_t *f, uint64_t v)
+{
+	atomic_store_explicit(f, atomic_load_explicit(f, memory_order_relaxed) + v,
+			      memory_order_relaxed);
+}
 
-/* Nano-USD for a token count at a quota's prices, rounded up; saturates. */
-uint64_t qc_spend_nusd(const struct qs_quota *q, uint64_t in, uint64_t out);
+/* Give back @n in-flight slots of quota @q (id @id) through thread @t's row. */
+void qc_inflight_release(struct qc_thread *t, struct qs_quota *q, struct qs_row *row, uint32_t id,
+			 uint32_t n);
+
+/* Wake the processes sleeping for an in-flight slot of @q, if any. */
+void qc_inflight_wake(struct qs_quota *q);
+
+/* Nano-USD for a token count at a config's prices, rounded up; saturates. */
+uint64_t qc_spend_nusd(const struct qc_cfg *cf, uint64_t in, uint64_t out);
 
 /* Adjust the spend that word @w holds for period @period by @delta nano-USD.
  * If that period is over, a charge (delta > 0) goes to period @current and a
@@ -169,10 +268,38 @@ static inline uint64_t qs_spend_in(uint64_t w, uint32_t period)
 		       qs_spend_amount(w) : 0;
 }
 
-/* Count a rejection for @reason in this process's row (or the shared
- * overflow counters if it has none). */
-void qc_count_reject(struct quota_client *c, struct qs_quota *q, uint32_t id, unsigned reason);
+/* Count a rejection for @reason in thread @t's row (or the shared overflow
+ * counters if it has none). */
+void qc_count_reject(struct qc_thread *t, struct qs_quota *q, uint32_t id, unsigned reason);
 
-int qc_reclaim_slot(void *base, uint32_t slot, uint64_t word, uint32_t counts[3]); /* reclaim.c, quotad only */
+/* Units of a cost a limit kind counts. */
+static inline uint64_t qc_units_of(uint32_t kind, uint64_t req, uint64_t in, uint64_t out)
+{
+	switch ((kind >> 1) & 3) {
+	case 0: return req;            /* RPM, RPD */
+	case 1: return in + out;       /* TPM, TPD */
+	case 2: return in;             /* ITPM, ITPD */
+	default: return out;           /* OTPM, OTPD */
+	}
+}
+
+/* The abstract unix datagram address quotad listens on for segment @segment
+ * (client slot claims, so that quotad watches a new client at once). */
+int qc_notify_addr(const char *segment, void *sockaddr_un, unsigned *ret_len);
+
+/* reclaim.c, quotad only: see there. */
+struct qc_reclaim_counts {
+	uint32_t given;     /* in-flight slots given back */
+	uint32_t audits;    /* in-flight audits done */
+	uint32_t anomalies; /* give-backs clamped at zero */
+	uint32_t repaired;  /* slots of drift an audit corrected */
+};
+int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
+		     struct qc_reclaim_counts *counts);
+/* Audit the in-flight counts of up to @max quotas from *@cursor on
+ * (advanced), repairing drift: 0, or -EAGAIN if some were busy or a
+ * reclamation is in progress. */
+int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
+		  struct qc_reclaim_counts *counts);
 
 #endif /* QUOTA_INTERNAL_H */

@@ -1,21 +1,39 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * layout.h - the shared segment's layout: the one definition that libquota,
- * quotad and quotactl all use. Offsets and indices only, never pointers;
- * fixed-width types only; every struct's size and every hot field's offset is
- * pinned by a static_assert so that a change shows up as a compile error and
- * a layout major bump, not as silent corruption.
+ * layout.h - the shared segment's layout (major 2): the one definition that
+ * libquota, quotad and quotactl all use. Offsets and indices only, never
+ * pointers; fixed-width types only; every struct's size and every hot
+ * field's offset is pinned by a static_assert.
  *
  *   +--------------------+ 0
- *   | qs_header          |  4 KiB: identity, geometry, daemon liveness, clock
+ *   | qs_header          |  4 KiB: identity, geometry, daemon liveness, clock,
+ *   |                    |  the published name index word
  *   +--------------------+ quota_off
- *   | qs_quota[cap]      |  1 KiB each: config lines, then hot lines, then stats
+ *   | qs_quota[cap]      |  512 B each: the published config word and the hot
+ *   |                    |  state (TATs, in flight, spend), refunds, statistics
+ *   +--------------------+ record_off
+ *   | qs_record[rcap]    |  512 B each: immutable config records (rcap = 2 cap + 2)
  *   +--------------------+ index_off
- *   | qs_index[icap]     |  name hash -> quota id, open addressing (read-only
- *   |                    |  for clients; quotad writes it under index_seq)
+ *   | qs_index[2][icap]  |  two name tables: one published, one being built
  *   +--------------------+ client_off
- *   | qs_client[ccap]    |  one slot per attached process + its per-quota rows
+ *   | qs_client[ccap]    |  one slot per attached thread + its per-quota rows
  *   +--------------------+ size
+ *
+ * PUBLICATION (records.c proves it). quotad never rewrites anything a client
+ * may be reading: a quota's configuration is a record written while no quota
+ * points to it and published by one release store of the quota's config
+ * word (generation | record index); the name index likewise is built in the
+ * table that is not published and published by one store of the header's
+ * index word. A reader copies a record (atomic loads), then checks that the
+ * record's stamp still equals the generation of the word it followed. A
+ * writer killed at any instruction leaves the published words pointing at
+ * complete records.
+ *
+ * GEOMETRY is read from the header once, validated and copied into private
+ * memory (struct qs_geom) by whoever attaches; no offset, stride or capacity
+ * is read from shared memory again. Everything else in the segment may be
+ * garbage (a buggy process can write it): every index read from it is range
+ * checked against the private geometry, every value bounded before use.
  *
  * Who writes what is said at each field. "quotad" means the process that
  * created the segment (or a later quotad that adopted it).
@@ -30,8 +48,8 @@
 
 #include "quota.h"
 
-#define QS_MAGIC 0x3147455341544f51ULL /* "QOTASEG1" little-endian */
-#define QS_MAJOR 1
+#define QS_MAGIC 0x3247455341544f51ULL /* "QOTASEG2" little-endian */
+#define QS_MAJOR 2
 #define QS_MINOR 0
 #define QS_CACHELINE 64
 #define QS_HEADER_SIZE 4096
@@ -50,14 +68,17 @@
  * walk something absurd. */
 #define QS_MAX_QUOTAS 65536u
 #define QS_MAX_CLIENTS 4096u
-#define QS_CLIENT_ROWS 64u /* distinct quotas one process can track */
+#define QS_CLIENT_ROWS 64u /* distinct quotas one thread can track */
 
-/* Limits per quota: the eight rate kinds of quota.h, in that order. */
-#define QS_RATE_KINDS QUOTA_RATE_KINDS
+/* Limit kinds: the eight of quota.h. Kind k's TAT lives in hot line A
+ * (per-minute kinds, k even) or B (per-day kinds, k odd) at index k / 2. */
+#define QS_KINDS 8u
+/* Reject reasons counted per quota (room beyond quota.h's for growth). */
+#define QS_REASONS 16u
 
 struct qs_header {
-	/* Identity and geometry: written by quotad before state becomes READY,
-	 * never after. */
+	/* Lines 0-1: identity and geometry, written by quotad before state
+	 * becomes READY, never after. */
 	uint64_t magic;
 	uint16_t major;
 	uint16_t minor;
@@ -68,67 +89,104 @@ struct qs_header {
 	uint32_t quota_capacity; /* entries in the quota table */
 	uint32_t quota_stride;   /* bytes per entry */
 	uint64_t quota_off;
-	uint32_t index_capacity; /* power of two, >= 2 * quota_capacity */
+	uint32_t record_capacity;
+	uint32_t record_stride;
+	uint64_t record_off;
+	uint32_t index_capacity; /* entries per table, power of two >= 2 * quota_capacity */
 	uint32_t index_stride;
-	uint64_t index_off;
+	uint64_t index_off;      /* table 0; table 1 follows it */
 	uint32_t client_capacity;
 	uint32_t client_stride;
 	uint64_t client_off;
 	uint32_t client_rows;
 	uint32_t pad0;
 	int64_t created_realtime_ns; /* CLOCK_REALTIME at creation, informative */
-	uint64_t reserved0[3];
+	uint64_t reserved0;
 
 	/* Line 2 (offset 128): control state, written by quotad. */
 	_Atomic uint32_t state;        /* QS_STATE_*; READY published with release */
 	_Atomic uint32_t quota_count;  /* ids 0..count-1 have been used */
-	_Atomic uint64_t generation;   /* bumped by quotad on every config change */
-	_Atomic uint32_t index_seq;    /* odd while quotad rewrites the index */
+	_Atomic uint64_t generation;   /* last record/index generation handed out */
+	_Atomic uint64_t index_word;   /* published name table: generation << 1 | table */
 	_Atomic int32_t daemon_pid;    /* 0 when no quotad holds the segment */
+	uint32_t pad1;
 	_Atomic int64_t heartbeat_ns;  /* segment clock, last quotad heartbeat */
 	/* CLOCK_REALTIME - segment clock, so that the hot path can tell the UTC
 	 * day and month (spend periods) from the one clock read it already does.
 	 * Written by quotad at start and on every heartbeat. */
 	_Atomic int64_t realtime_offset_ns;
 	_Atomic uint64_t daemon_starttime; /* /proc start time of daemon_pid */
-	_Atomic uint32_t client_seq;   /* bumped by quota_open(): quotad rescans */
+	_Atomic uint32_t client_seq;   /* bumped by every client slot claim */
 	uint32_t pad2;
-	uint64_t reserved1[1];
 
 	/* Line 3 (offset 192): manual clock, written by quota_clock_set(). */
 	_Atomic int64_t manual_now_ns;
 	_Atomic uint32_t clock_seq;    /* futex word: bumped on every clock move */
-	uint32_t pad1;
-	uint64_t reserved2[6];
+	uint32_t pad3;
+	/* Stamps of the two name tables: the generation each holds, 0 while
+	 * quotad writes it (index.c). */
+	_Atomic uint64_t index_stamp[2];
+	uint64_t reserved2[4];
 
-	uint8_t reserved_tail[QS_HEADER_SIZE - 256];
+	/* Line 4 (offset 256): reserved. */
+	uint64_t reserved3[8];
+
+	uint8_t reserved_tail[QS_HEADER_SIZE - 320];
 };
 static_assert(sizeof(struct qs_header) == QS_HEADER_SIZE, "header size");
 static_assert(offsetof(struct qs_header, state) == 128, "control line");
 static_assert(offsetof(struct qs_header, manual_now_ns) == 192, "clock line");
 
-/* One rate limit's configuration, derived by quotad from the config and
- * written only while the quota is not ACTIVE (or under the quota's cfg_seq). */
-struct qs_limit_cfg {
-	uint64_t limit;     /* units per period; 0 = unused slot */
-	int64_t period_ns;  /* 60e9 or 86400e9 */
-	uint64_t capacity;  /* largest admissible single cost, in units */
-	int64_t tau_ns;     /* burst tolerance: capacity * period / limit, rounded down */
-	uint64_t t_int;     /* floor(period / limit): ns per unit, integer part */
-	uint64_t t_frac;    /* ceil(frac(period / limit) * 2^64) */
-	uint64_t fast_cmax; /* costs below this use the multiply-only path */
+/* ---- Config records ---------------------------------------------------- */
+
+/* One rate limit as configured: the source values only. Everything the hot
+ * path derives (ns per unit, tolerance, capacity) is recomputed from these
+ * by whoever reads the record, so that a record cannot lie about it. */
+struct qs_limit_src {
 	uint32_t kind;      /* enum quota_limit_kind */
-	uint32_t pad;
+	uint32_t burst_ppm; /* burst in millionths of the limit, (0, 1e6] */
+	uint64_t limit;     /* units per period */
 };
-static_assert(sizeof(struct qs_limit_cfg) == 64, "limit cfg size");
 
-/* qs_quota.state */
-#define QS_QUOTA_FREE 0u
-#define QS_QUOTA_ACTIVE 1u
-#define QS_QUOTA_REMOVED 2u
+/* record.flags */
+#define QS_REC_REFUND_ACTUAL (1u << 0)
+#define QS_REC_REMOVED (1u << 1) /* the quota was removed by a reload */
+#define QS_REC_FLAGS_KNOWN (QS_REC_REFUND_ACTUAL | QS_REC_REMOVED)
 
-/* qs_quota.flags */
-#define QS_QUOTA_REFUND_ACTUAL (1u << 0)
+/*
+ * An immutable configuration record. Written by quotad only while no
+ * quota's config word points to it (stamp 0 during the write, then the
+ * generation); read by everyone with atomic loads, then the stamp is checked
+ * again (records.c).
+ */
+struct qs_record {
+	_Atomic uint64_t stamp;  /* generation of the content; 0 while written */
+	char name[64];           /* NUL-terminated */
+	uint32_t quota_id;
+	uint32_t flags;          /* QS_REC_* */
+	uint32_t nlimits;        /* lim[0 .. nlimits-1], distinct kinds */
+	uint32_t pad;
+	uint64_t context_window; /* 0 = none */
+	uint64_t max_inflight;   /* 0 = none */
+	uint64_t price_in_pusd;  /* pico-USD per input token */
+	uint64_t price_out_pusd; /* pico-USD per output token */
+	uint64_t budget_day_nusd;   /* 0 = none */
+	uint64_t budget_month_nusd; /* 0 = none */
+	struct qs_limit_src lim[QS_KINDS];
+	uint64_t reserved[31];   /* zero: room for lanes and later keys */
+};
+static_assert(sizeof(struct qs_record) == 512, "record size");
+static_assert(offsetof(struct qs_record, lim) == 136, "record limits");
+
+/* A quota's config word: generation << 24 | (record index + 1); 0 = the id
+ * is not in use. */
+#define QS_CFG_IDX_BITS 24
+#define QS_CFG_WORD(gen, idx) (((uint64_t)(gen) << QS_CFG_IDX_BITS) | ((uint64_t)(idx) + 1))
+#define QS_CFG_IDX1(w) ((uint32_t)((w) & ((1u << QS_CFG_IDX_BITS) - 1)))
+#define QS_CFG_GEN(w) ((w) >> QS_CFG_IDX_BITS)
+#define QS_GEN_MAX ((1ULL << (64 - QS_CFG_IDX_BITS)) - 1)
+
+/* ---- Quota entries ----------------------------------------------------- */
 
 /* Spend words pack the period (UTC day or month number, mod 2^12) with the
  * amount spent in it (nano-USD, up to 2^52 = $4.5M per period). */
@@ -137,109 +195,119 @@ static_assert(sizeof(struct qs_limit_cfg) == 64, "limit cfg size");
 #define QS_SPEND_AMOUNT_MAX ((1ULL << QS_SPEND_AMOUNT_BITS) - 1)
 
 /* In-flight word: count in the low 32 bits, a sequence number bumped by every
- * change in the high 32 bits (quotad's audit detects quiet periods by it). */
+ * change in the high 32 bits (audits detect quiet periods by it). */
 #define QS_INFLIGHT_COUNT(w) ((uint32_t)(w))
 #define QS_INFLIGHT_SEQ1 (1ULL << 32)
 
 struct qs_quota {
-	/* Lines 0-1: identity and scalar config (quotad). */
-	char name[64];
-	_Atomic uint32_t state;  /* QS_QUOTA_*; ACTIVE published with release */
-	uint32_t flags;          /* QS_QUOTA_* */
-	uint32_t nlimits;        /* rate limits in use: cfg[0 .. nlimits-1] */
-	_Atomic uint32_t cfg_seq; /* odd while quotad rewrites the config (reload) */
-	uint64_t context_window; /* 0 = none */
-	uint64_t max_inflight;   /* 0 = none */
-	uint64_t price_in_pusd;  /* pico-USD per input token */
-	uint64_t price_out_pusd; /* pico-USD per output token */
-	uint64_t budget_day_nusd;   /* 0 = none */
-	uint64_t budget_month_nusd; /* 0 = none */
+	/* Line 0 (hot A): what a reservation of a quota with per-minute limits,
+	 * in-flight and a daily budget reads and writes. */
+	_Atomic uint64_t cfg;          /* QS_CFG_WORD; written by quotad (seq_cst) */
+	_Atomic int64_t tat_min[4];    /* TAT of kinds RPM, TPM, ITPM, OTPM */
+	_Atomic uint64_t inflight;     /* QS_INFLIGHT_* */
+	_Atomic int64_t paused_until;  /* quota_backoff(); segment clock */
+	_Atomic uint64_t spend_day;    /* QS_SPEND_* packed */
 
-	/* Lines 2-9: rate limits (quotad). */
-	struct qs_limit_cfg cfg[QS_RATE_KINDS];
-
-	/* Line 10: the hot line. One reservation of a quota with up to four rate
-	 * limits moves this line only. Written by every client with CAS. */
-	_Atomic int64_t tat[4];         /* theoretical arrival time, cfg[0..3] */
-	_Atomic uint64_t inflight;      /* QS_INFLIGHT_* */
-	_Atomic int64_t paused_until;   /* quota_backoff(); segment clock */
-	_Atomic uint64_t spend_day;     /* QS_SPEND_* packed */
+	/* Line 1 (hot B): per-day kinds, the month, in-flight waiters. */
+	_Atomic int64_t tat_day[4];    /* TAT of kinds RPD, TPD, ITPD, OTPD */
 	_Atomic uint64_t spend_month;
-
-	/* Line 11: tat of cfg[4..7]; futex word for in-flight waiters. */
-	_Atomic int64_t tat_hi[4];
 	_Atomic uint32_t inflight_waiters; /* processes sleeping for a slot */
 	_Atomic uint32_t inflight_futex;   /* bumped on every in-flight release */
-	uint64_t reserved1[3];
+	uint64_t reserved1[2];
 
-	/* Lines 12-13: refund accounting per limit (see gcra.c): ns of refunds
+	/* Lines 2-3: refund accounting per kind (see gcra.c): ns of refunds
 	 * begun and finished. Written by commit/cancel, read by reserve. */
-	_Atomic uint64_t refund_begun[QS_RATE_KINDS];
-	_Atomic uint64_t refund_done[QS_RATE_KINDS];
+	_Atomic uint64_t refund_begun[QS_KINDS];
+	_Atomic uint64_t refund_done[QS_KINDS];
 
-	/* Lines 14-15: statistics of clients that left (folded in by
+	/* Lines 4-6: statistics of clients that left (folded in by
 	 * quota_close() or quotad's reclamation) or that had no row free. */
 	_Atomic uint64_t st_admitted;
 	_Atomic uint64_t st_in_tokens;
 	_Atomic uint64_t st_out_tokens;
-	_Atomic uint64_t st_reclaimed;
-	_Atomic uint64_t st_rejected[QUOTA_REJECT_REASONS];
+	_Atomic uint64_t st_reclaimed;  /* in-flight slots given back for dead clients */
+	_Atomic uint64_t st_repaired;   /* in-flight drift repaired by audits (quotad) */
+	_Atomic uint64_t st_rejected[QS_REASONS];
+	uint64_t reserved6[3];
+
+	/* Line 7: reserved. */
+	uint64_t reserved7[8];
 };
-static_assert(QUOTA_REJECT_REASONS == 12, "stats lines");
-static_assert(sizeof(struct qs_quota) == 1024, "quota entry size");
-static_assert(offsetof(struct qs_quota, cfg) == 128, "cfg lines");
-static_assert(offsetof(struct qs_quota, tat) == 640, "hot line");
-static_assert(offsetof(struct qs_quota, tat_hi) == 704, "hot line 2");
-static_assert(offsetof(struct qs_quota, refund_begun) == 768, "refund lines");
-static_assert(offsetof(struct qs_quota, st_admitted) == 896, "stats lines");
+static_assert(sizeof(struct qs_quota) == 512, "quota entry size");
+static_assert(offsetof(struct qs_quota, tat_day) == 64, "hot line B");
+static_assert(offsetof(struct qs_quota, refund_begun) == 128, "refund lines");
+static_assert(offsetof(struct qs_quota, st_admitted) == 256, "stats lines");
+static_assert(QUOTA_RATE_KINDS == QS_KINDS, "kinds");
+static_assert(QUOTA_REJECT_REASONS <= QS_REASONS, "reasons");
+
+static inline _Atomic int64_t *qs_tat(struct qs_quota *q, uint32_t kind)
+{
+	return (kind & 1) ? &q->tat_day[(kind >> 1) & 3] : &q->tat_min[(kind >> 1) & 3];
+}
+
+/* ---- Name index -------------------------------------------------------- */
 
 /* Name index entry: quota id + 1 (0 = empty) and the name's hash. */
 struct qs_index {
-	uint32_t id1;
-	uint32_t hash;
+	_Atomic uint32_t id1;
+	_Atomic uint32_t hash;
 };
 static_assert(sizeof(struct qs_index) == 8, "index entry size");
 
-/* Per-process, per-quota row: written only by the owning process (relaxed
+/* ---- Client slots ------------------------------------------------------ */
+
+/* Per-thread, per-quota row: written only by the owning thread (relaxed
  * atomics, so that readers see torn-free values), read by quotactl and by
- * quotad when it reclaims the slot. Two cache lines. */
+ * quotad when it reclaims the slot. Three cache lines. */
 struct qs_row {
 	_Atomic uint32_t quota1;   /* quota id + 1; 0 = free row */
-	_Atomic uint32_t held;     /* in-flight slots this process holds here */
+	/* In-flight slots this thread took minus those it gave back (int32:
+	 * a ticket taken by one thread may be settled by another, whose row
+	 * then goes below zero; the process's sum is exact). */
+	_Atomic int32_t held;
+	_Atomic uint32_t journal;  /* quotad: a give-back of this row in progress */
+	uint32_t pad;
 	_Atomic uint64_t admitted;
 	_Atomic uint64_t in_tokens;
 	_Atomic uint64_t out_tokens;
-	_Atomic uint64_t rejected[QUOTA_REJECT_REASONS];
+	_Atomic uint64_t rejected[QS_REASONS];
+	uint64_t reserved[3];
 };
-static_assert(sizeof(struct qs_row) == 128, "row size");
+static_assert(sizeof(struct qs_row) == 192, "row size");
 
-/* qs_client.state: generation << 8 | status. */
+/* qs_client.state: generation << 32 | pid << 8 | status. The pid is in the
+ * word so that a slot whose process died inside quota_open() (CLAIMING)
+ * names it. */
 #define QS_CLIENT_FREE 0u
 #define QS_CLIENT_CLAIMING 1u
 #define QS_CLIENT_LIVE 2u
 #define QS_CLIENT_RECLAIMING 3u
 #define QS_CLIENT_STATUS(w) ((uint32_t)((w) & 0xff))
-#define QS_CLIENT_GEN(w) ((w) >> 8)
+#define QS_CLIENT_PID(w) ((int32_t)(((w) >> 8) & 0xffffff))
+#define QS_CLIENT_GEN(w) ((uint32_t)((w) >> 32))
+#define QS_CLIENT_WORD(gen, pid, st) \
+	(((uint64_t)(gen) << 32) | ((uint64_t)((uint32_t)(pid) & 0xffffff) << 8) | (uint64_t)(st))
+#define QS_PID_MAX 0xffffff
 
 /* qs_client.intent: an in-flight change in progress, so that a process dying
- * between the shared counter and its own row is detectable:
- * quota id + 1 in the low 32 bits, the amount in the high 32 bits. */
+ * between the shared counter and its own row is detectable: quota id + 1 in
+ * the low 32 bits, the amount in the high 32 bits. */
 
 struct qs_client {
 	/* Line 0: written by the owner (and by quotad when reclaiming). */
 	_Atomic uint64_t state;
-	_Atomic int32_t pid;
-	uint32_t pad0;
 	_Atomic uint64_t starttime; /* /proc/<pid>/stat field 22 */
 	_Atomic uint64_t intent;
-	/* A refund in progress (quota id + 1, limit position + 1 << 32): a
-	 * process that dies inside one leaves refund_begun ahead of
-	 * refund_done; quotad's reclamation then audits that limit. */
+	/* A refund in progress (quota id + 1, kind + 1 << 32): a process that
+	 * dies inside one leaves refund_begun ahead of refund_done; quotad's
+	 * reclamation then audits that limit. */
 	_Atomic uint64_t refund_intent;
-	uint64_t reserved0[3];
+	uint64_t reserved0[4];
 	struct qs_row rows[QS_CLIENT_ROWS];
 };
-static_assert(sizeof(struct qs_client) == 64 + 128 * QS_CLIENT_ROWS, "client size");
+static_assert(sizeof(struct qs_client) == 64 + 192 * QS_CLIENT_ROWS, "client size");
+
+/* ---- Geometry ------------------------------------------------------------ */
 
 /* Geometry chosen at creation. */
 struct qs_geometry {
@@ -248,67 +316,129 @@ struct qs_geometry {
 	uint64_t incompat_flags;
 };
 
+/* The private copy of a validated segment's geometry: every address the
+ * library and quotad compute comes from here, never from the header. */
+struct qs_geom {
+	char *base;
+	uint64_t size;
+	struct qs_header *h;
+	char *quotas, *records, *clients;
+	struct qs_index *index[2];
+	uint32_t quota_capacity, record_capacity, index_capacity, client_capacity;
+	uint64_t incompat_flags;
+};
+
 /* The size of a segment with this geometry, or 0 if out of range. */
-uint64_t qs_segment_size(const struct qs_geometry *g, uint32_t *ret_index_capacity);
+uint64_t qs_segment_size(const struct qs_geometry *g);
 
 /* Lay out an empty segment in @base (zeroed memory of qs_segment_size()
  * bytes): header in INITIALIZING state, no quotas. */
 void qs_format(void *base, const struct qs_geometry *g);
 
 /*
- * Validate a mapped segment of @size bytes before trusting anything in it:
- * magic, major, flags, sizes, every offset and stride, quota count, every
- * active quota's config and every index entry. Returns 0 or -EBADMSG,
- * -EPROTONOSUPPORT; -EAGAIN while the state is INITIALIZING.
+ * Validate the header of a mapped segment of @size bytes (magic, major,
+ * flags, sizes, every offset, stride and capacity) and copy its geometry
+ * into *@g. Returns 0, -EBADMSG, -EPROTONOSUPPORT; -EAGAIN while the state
+ * is INITIALIZING (*@g is filled anyway for quotad's own use).
  */
-int qs_validate(const void *base, uint64_t size);
+int qs_geom_load(struct qs_geom *g, void *base, uint64_t size);
 
-/* Validate one quota entry's config (used by qs_validate and on lookup). */
-int qs_validate_quota(const struct qs_header *h, const struct qs_quota *q);
-
-/* The configuration part of a quota entry: everything before the hot line. */
-#define QS_QUOTA_CFG_BYTES offsetof(struct qs_quota, tat)
-
-/* Copy @q's configuration (name, scalars, limits) into @out consistently:
- * retried while quotad rewrites it (cfg_seq odd or moved). The hot words of
- * @out are not filled. Returns 0, or -EAGAIN if it never settled. */
-int qs_quota_snapshot(const struct qs_quota *q, struct qs_quota *out);
-/* The same, copying only the scalars and the first @nlimits limit configs
- * (commit needs no more). */
-int qs_quota_snapshot_n(const struct qs_quota *q, struct qs_quota *out, uint32_t nlimits);
-
-static inline struct qs_quota *qs_quota_at(void *base, uint32_t id)
+static inline struct qs_quota *qs_quota_at(const struct qs_geom *g, uint32_t id)
 {
-	struct qs_header *h = base;
-	return (struct qs_quota *)((char *)base + h->quota_off + (uint64_t)id * h->quota_stride);
+	return id < g->quota_capacity ? (struct qs_quota *)(g->quotas + (uint64_t)id * sizeof(struct qs_quota)) : 0;
 }
 
-static inline struct qs_index *qs_index_at(void *base)
+static inline struct qs_record *qs_record_at(const struct qs_geom *g, uint32_t idx)
 {
-	struct qs_header *h = base;
-	return (struct qs_index *)((char *)base + h->index_off);
+	return idx < g->record_capacity ?
+		(struct qs_record *)(g->records + (uint64_t)idx * sizeof(struct qs_record)) : 0;
 }
 
-static inline struct qs_client *qs_client_at(void *base, uint32_t slot)
+static inline struct qs_client *qs_client_at(const struct qs_geom *g, uint32_t slot)
 {
-	struct qs_header *h = base;
-	return (struct qs_client *)((char *)base + h->client_off + (uint64_t)slot * h->client_stride);
+	return slot < g->client_capacity ?
+		(struct qs_client *)(g->clients + (uint64_t)slot * sizeof(struct qs_client)) : 0;
 }
 
-static inline _Atomic int64_t *qs_tat(struct qs_quota *q, uint32_t k)
+/* The number of quota ids in use, bounded by the capacity. */
+static inline uint32_t qs_quota_count(const struct qs_geom *g)
 {
-	return k < 4 ? &q->tat[k] : &q->tat_hi[k - 4];
+	/* acquire: pairs with quotad's release after publishing a new id */
+	uint32_t n = atomic_load_explicit(&g->h->quota_count, memory_order_acquire);
+	return n < g->quota_capacity ? n : g->quota_capacity;
 }
+
+/* ---- Records (records.c) ------------------------------------------------ */
+
+/* A configuration as plain private values (the content of a record). */
+struct qs_config {
+	char name[64];
+	uint32_t quota_id;
+	uint32_t flags;
+	uint32_t nlimits;
+	uint64_t context_window, max_inflight;
+	uint64_t price_in_pusd, price_out_pusd;
+	uint64_t budget_day_nusd, budget_month_nusd;
+	struct qs_limit_src lim[QS_KINDS];
+};
+
+/* Check a configuration's values (what a record may hold): 0 or -EBADMSG. */
+int qs_config_check(const struct qs_config *cfg);
+
+/*
+ * Read the record that config word @word of quota @id points to into
+ * *@out: 0; -ENOENT if @word is 0; -EAGAIN if the record changed while it
+ * was copied (the caller loads the word again); -EBADMSG if the word or the
+ * record is not valid (out of range, another quota's, bad values).
+ */
+int qs_record_read(const struct qs_geom *g, uint32_t id, uint64_t word, struct qs_config *out);
+
+/* The quota's current configuration: loads the config word, reads, retries
+ * a bounded number of times. *@ret_word gets the word read. */
+int qs_config_get(const struct qs_geom *g, uint32_t id, struct qs_config *out, uint64_t *ret_word);
+
+/* quotad: write @cfg into record @idx (one no config word points to) with
+ * generation @gen, and publish it as quota @cfg->quota_id's config. */
+void qs_record_publish(const struct qs_geom *g, uint32_t idx, uint64_t gen,
+		       const struct qs_config *cfg);
+
+/* quotad: the next generation (header.generation + 1, stored). */
+uint64_t qs_next_generation(const struct qs_geom *g);
+
+/* ---- Name index (index.c) ------------------------------------------------ */
 
 /* FNV-1a, 32 bits: the index hash. */
 uint32_t qs_name_hash(const char *name, size_t len);
 
-/* Insert @id under @name into the index (quotad, while it holds index_seq odd
- * or before READY). -ENOSPC if full, -EEXIST if the name is there. */
-int qs_index_insert(void *base, const char *name, uint32_t id);
-/* Rebuild the index from the ACTIVE quotas (quotad, after removals). */
-void qs_index_rebuild(void *base);
-/* Look a name up: quota id or -ENOENT. Safe against concurrent rebuilds. */
-int qs_index_find(void *base, const char *name);
+/* quotad: build a table of the @n quotas named @names[i] with ids @ids[i]
+ * into the unpublished table and publish it. -ENOSPC if it does not fit. */
+int qs_index_publish(const struct qs_geom *g, const char (*names)[64], const uint32_t *ids,
+		     uint32_t n);
+
+/* Look a name up in the published table: a candidate id (the caller checks
+ * the quota's record names it), -ENOENT, or -EAGAIN if quotad kept
+ * republishing throughout. */
+int qs_index_find(const struct qs_geom *g, const char *name);
+
+/* ---- Copies with atomic loads and stores ----------------------------------- */
+
+/* Copy @n bytes (a multiple of 8, both 8-aligned) from shared memory with
+ * relaxed atomic loads, or into it with relaxed atomic stores: another
+ * process may write the same words concurrently (C11 data-race freedom). */
+static inline void qs_load_words(void *dst, const void *src, size_t n)
+{
+	uint64_t *d = dst;
+	const uint64_t *s = src;
+	for (size_t i = 0; i < n / 8; i++)
+		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+}
+
+static inline void qs_store_words(void *dst, const void *src, size_t n)
+{
+	uint64_t *d = dst;
+	const uint64_t *s = src;
+	for (size_t i = 0; i < n / 8; i++)
+		__atomic_store_n(&d[i], s[i], __ATOMIC_RELAXED);
+}
 
 #endif /* QUOTA_LAYOUT_H */

@@ -1,18 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * reserve.c - the hot path: reserve, commit, cancel and backoff on one quota.
+ * reserve.c - the hot path's first half: quota_reserve() and quota_backoff().
  *
- * A reservation is all or nothing across the quota's limits. It first reads
- * every word it depends on and decides (a refusal writes nothing shared),
- * then takes, in this order, the in-flight slots (CAS), the spend (CAS) and
- * one slot per rate limit (CAS each, at the common admission time computed
- * in gcra.c's terms). If a rate limit moved so that the admission time would
- * have to be later, everything taken so far is given back and the
- * reservation starts over; otherwise the CAS is simply retried. Waiting
- * means sleeping until the admission time the slots were taken for; FIFO
- * follows because slots are handed out in CAS order.
+ * A reservation is all or nothing across the quota's limits, done in named
+ * steps over one struct qc_resv:
+ *   plan    the costs in ns per limit from the thread's cached config (the
+ *           quota's config word is one load; the record is decoded again
+ *           only when quotad published a new one); costs that can never fit
+ *           are refused at once;
+ *   decide  read every word the reservation depends on and compute the
+ *           common admission time (a refusal writes nothing shared);
+ *   take    the in-flight slots (CAS), the spend (CAS), one slot per rate
+ *           limit (CAS each, at the admission time, gcra.c);
+ *   undo    give back what take took when a limit moved past the admission
+ *           time or quotad published a new config meanwhile; start over;
+ *   wait    sleep until the admission time, then check that refunds made
+ *           meanwhile cannot have moved the slots before it (else requeue).
  *
- * Per-process statistics go to the caller's own row in its client slot (one
+ * ORDER OF ADMISSION. Rate waits are first come, first served by
+ * construction: a waiting reservation takes its slots at once, in CAS order,
+ * and sleeps until its own admission time. Two exceptions, both documented
+ * in quota.h: a waiter whose slack was used up by refunds while it slept
+ * queues again, and in-flight waiters (max_inflight) are all woken when a
+ * slot frees and race for it.
+ *
+ * Per-thread statistics go to the caller's own row in its client slot (one
  * writer, relaxed stores): nothing shared is written for them.
  */
 #include <errno.h>
@@ -22,7 +34,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "gcra.h"
 #include "internal.h"
 
 /* Largest cost field accepted: keeps every sum and product in range. */
@@ -33,26 +44,16 @@
 /* quota_backoff() accepts at most a day. */
 #define QC_BACKOFF_MAX QC_DAY_NS
 
-static inline uint64_t units_of(uint32_t kind, uint64_t req, uint64_t in, uint64_t out)
-{
-	switch (kind >> 1) {
-	case 0: return req;            /* RPM, RPD */
-	case 1: return in + out;       /* TPM, TPD */
-	case 2: return in;             /* ITPM, ITPD */
-	default: return out;           /* OTPM, OTPD */
-	}
-}
-
 static inline int64_t add_sat(int64_t a, int64_t b)
 {
 	int64_t r;
 	return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
 }
 
-uint64_t qc_spend_nusd(const struct qs_quota *q, uint64_t in, uint64_t out)
+uint64_t qc_spend_nusd(const struct qc_cfg *cf, uint64_t in, uint64_t out)
 {
-	unsigned __int128 p = (unsigned __int128)in * q->price_in_pusd +
-			      (unsigned __int128)out * q->price_out_pusd;
+	unsigned __int128 p = (unsigned __int128)in * cf->price_in_pusd +
+			      (unsigned __int128)out * cf->price_out_pusd;
 	p = (p + 999) / 1000; /* pico -> nano USD, rounded up */
 	return p > QS_SPEND_AMOUNT_MAX ? QS_SPEND_AMOUNT_MAX : (uint64_t)p;
 }
@@ -92,28 +93,21 @@ static bool spend_take(_Atomic uint64_t *w, uint32_t period, uint64_t budget, ui
 	return true;
 }
 
-static inline void row_add(_Atomic uint64_t *f, uint64_t v)
+void qc_count_reject(struct qc_thread *t, struct qs_quota *q, uint32_t id, unsigned reason)
 {
-	/* One writer (this process): a relaxed load and store, no lock prefix. */
-	atomic_store_explicit(f, atomic_load_explicit(f, memory_order_relaxed) + v,
-			      memory_order_relaxed);
-}
-
-void qc_count_reject(struct quota_client *c, struct qs_quota *q, uint32_t id, unsigned reason)
-{
-	struct qs_row *row = qc_row(c, id);
+	struct qs_row *row = qc_row(t, id);
 	if (row)
-		row_add(&row->rejected[reason], 1);
+		qc_row_add(&row->rejected[reason], 1);
 	else
 		atomic_fetch_add_explicit(&q->st_rejected[reason], 1, memory_order_relaxed);
 }
 
 /* Take @n in-flight slots if fewer than @max - @n are taken. */
-static bool inflight_take(struct quota_client *c, struct qs_quota *q, struct qs_row *row,
-			  uint32_t id, uint32_t n, uint64_t max)
+static bool inflight_take(struct qc_thread *t, struct qs_quota *q, struct qs_row *row, uint32_t id,
+			  uint32_t n, uint64_t max)
 {
 	/* release (by the CAS): the intent is visible before the counter moves */
-	atomic_store_explicit(&c->cs->intent, ((uint64_t)n << 32) | (id + 1), memory_order_relaxed);
+	atomic_store_explicit(&t->cs->intent, ((uint64_t)n << 32) | (id + 1), memory_order_relaxed);
 	uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed);
 	bool ok = false;
 	while (QS_INFLIGHT_COUNT(w) + (uint64_t)n <= max) {
@@ -124,10 +118,10 @@ static bool inflight_take(struct quota_client *c, struct qs_quota *q, struct qs_
 		}
 	}
 	if (ok)
-		atomic_store_explicit(&row->held, atomic_load_explicit(&row->held, memory_order_relaxed) + n,
+		atomic_store_explicit(&row->held, atomic_load_explicit(&row->held, memory_order_relaxed) + (int32_t)n,
 				      memory_order_relaxed);
 	/* release: held is final before the intent is withdrawn */
-	atomic_store_explicit(&c->cs->intent, 0, memory_order_release);
+	atomic_store_explicit(&t->cs->intent, 0, memory_order_release);
 	return ok;
 }
 
@@ -159,90 +153,211 @@ static void sleep_until(struct quota_client *c, int64_t until)
 		return;
 	}
 	for (;;) {
-		uint32_t seq = atomic_load_explicit(&c->h->clock_seq, memory_order_acquire);
+		uint32_t seq = atomic_load_explicit(&c->g.h->clock_seq, memory_order_acquire);
 		if (qc_clock(c) >= until)
 			return;
-		syscall(SYS_futex, &c->h->clock_seq, FUTEX_WAIT, seq, NULL, NULL, 0);
+		syscall(SYS_futex, &c->g.h->clock_seq, FUTEX_WAIT, seq, NULL, NULL, 0);
 	}
 }
 
-/* Give back what a ticket holds: everything (cancel, @actual NULL) or the
- * difference to @actual (commit). */
-static void settle(struct quota_client *c, struct qs_quota *q, struct qt_priv *tk,
-		   const struct quota_cost *actual)
+/* One reservation in progress. */
+struct qc_resv {
+	struct qc_thread *t;
+	struct quota_client *c;
+	struct qs_quota *q;
+	const struct qc_cfg *cf;
+	uint32_t id;
+	uint64_t req, in, out;
+	uint64_t inc[QS_KINDS];
+	uint64_t spend;
+	struct qs_row *row;
+	int64_t start, now, deadline;
+	int64_t a;                 /* admission time */
+	int64_t tat[QS_KINDS];     /* as read by decide, raw */
+	uint64_t done0[QS_KINDS];
+	uint32_t day, month;
+	unsigned reason;
+	int64_t retry_at;
+	struct qt_priv tk;
+};
+
+/* Outcomes of decide and take besides 0 and errors. */
+enum { STEP_AGAIN = 1, STEP_WAIT_INFLIGHT, STEP_RELOADED };
+
+/* Plan: the config and the cost of each limit. 0, -E2BIG, or an error of
+ * qc_cfg_get(). */
+static int plan(struct qc_resv *r)
 {
-	uint64_t areq = actual ? actual->requests : 0;
-	uint64_t ain = actual ? actual->input_tokens : 0;
-	uint64_t aout = actual ? actual->output_tokens : 0;
-	int64_t now = -1; /* read only if debt or spend needs it */
-	/* The limits, copied consistently (quotad may be reloading); not
-	 * needed when the usage is exactly what was reserved. */
-	struct qs_quota cfg;
-	uint32_t n = 0, flags = 0;
-	bool exact = actual && areq == tk->requests && ain == tk->input_tokens &&
-		     aout == tk->output_tokens;
-	if (!exact) {
-		while (qs_quota_snapshot_n(q, &cfg, tk->nlimits) < 0)
-			; /* quotad is rewriting it: it finishes in microseconds */
-		n = tk->nlimits <= cfg.nlimits ? tk->nlimits : cfg.nlimits;
-		flags = cfg.flags;
+	int err = qc_cfg_get(r->t, r->id, r->q, &r->cf);
+	if (err < 0)
+		return err;
+	const struct qc_cfg *cf = r->cf;
+	if (cf->flags & QS_REC_REMOVED)
+		return -ENOENT;
+	if ((cf->context_window && r->in + r->out > cf->context_window) ||
+	    (cf->max_inflight && r->req > cf->max_inflight))
+		return -E2BIG;
+	for (uint32_t k = 0; k < cf->n; k++) {
+		const struct qs_limit_cfg *l = &cf->lim[k];
+		uint64_t u = qc_units_of(l->kind, r->req, r->in, r->out);
+		if (u > l->capacity)
+			return -E2BIG;
+		r->inc[k] = qg_charge(l, u);
 	}
-	const struct qs_limit_cfg *lc = cfg.cfg;
-	bool refund_tokens = actual == NULL || (flags & QS_QUOTA_REFUND_ACTUAL);
+	r->spend = 0;
+	if (cf->budget_day_nusd || cf->budget_month_nusd) {
+		r->spend = qc_spend_nusd(cf, r->in, r->out);
+		if ((cf->budget_day_nusd && r->spend > cf->budget_day_nusd) ||
+		    (cf->budget_month_nusd && r->spend > cf->budget_month_nusd))
+			return -E2BIG;
+	}
+	if (cf->max_inflight && !r->row)
+		return -ENOSPC;
+	return 0;
+}
 
-	for (uint32_t k = 0; k < n; k++) {
-		const struct qs_limit_cfg *l = &lc[k];
-		struct qt_limit *tl = &tk->lim[k];
-		if (l->kind != tl->kind)
-			continue; /* a reload changed this limit: nothing to settle */
-		uint64_t est = units_of(tl->kind, tk->requests, tk->input_tokens, tk->output_tokens);
-		uint64_t act = units_of(tl->kind, areq, ain, aout);
-		if (act < est && (refund_tokens || (tl->kind >> 1) == 0)) {
-			uint64_t keep = qg_charge(l, act);
-			if (keep < tl->inc)
-				qg_refund(c, q, tk->quota, k, tl, tl->inc - keep);
-		} else if (act > est) {
-			if (now < 0)
-				now = qc_clock(c);
-			qg_debt(q, k, qg_charge(l, act - est), now);
+/* Decide: 0 to take at admission time r->a, STEP_WAIT_INFLIGHT, or a
+ * refusal (-EAGAIN with r->retry_at, -EDQUOT) with r->reason set. Reads
+ * only. */
+static int decide(struct qc_resv *r)
+{
+	const struct qc_cfg *cf = r->cf;
+	struct qs_quota *q = r->q;
+	int64_t paused = atomic_load_explicit(&q->paused_until, memory_order_relaxed);
+	int64_t a = paused > r->now ? paused : r->now;
+	if (cf->budget_day_nusd || cf->budget_month_nusd) {
+		qc_periods(r->c, r->now, &r->day, &r->month);
+		uint64_t sd = qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), r->day);
+		uint64_t sm = qs_spend_in(atomic_load_explicit(&q->spend_month, memory_order_relaxed), r->month);
+		if ((cf->budget_day_nusd && sd + r->spend > cf->budget_day_nusd) ||
+		    (cf->budget_month_nusd && sm + r->spend > cf->budget_month_nusd)) {
+			r->reason = QUOTA_REJECT_SPEND;
+			return -EDQUOT;
 		}
 	}
-
-	if (tk->spend_nusd || actual) {
-		uint64_t spent = actual ? qc_spend_nusd(q, ain, aout) : 0;
-		int64_t delta = (int64_t)spent - (int64_t)tk->spend_nusd;
-		if (delta) {
-			uint32_t day, month;
-			if (now < 0)
-				now = qc_clock(c);
-			qc_periods(c, now, &day, &month);
-			if (!tk->spend_nusd) /* no budget: charged at commit only */
-				tk->day = day, tk->month = month;
-			qc_spend_adjust(&q->spend_day, tk->day, day, delta);
-			qc_spend_adjust(&q->spend_month, tk->month, month, delta);
+	r->reason = QUOTA_REJECT_PAUSED;
+	for (uint32_t k = 0; k < cf->n; k++) {
+		uint32_t kind = cf->lim[k].kind;
+		/* acquire: pairs with the release in qg_refund(); a refund counted
+		 * as done here is already in the TAT we read next. */
+		r->done0[k] = atomic_load_explicit(&q->refund_done[kind], memory_order_acquire);
+		r->tat[k] = atomic_load_explicit(qs_tat(q, kind), memory_order_relaxed);
+		int64_t need = qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - cf->lim[k].tau_ns;
+		if (need > a) {
+			a = need;
+			r->reason = kind;
 		}
 	}
-
-	struct qs_row *row = tk->row1 ? &c->cs->rows[tk->row1 - 1] : NULL;
-	if (tk->held && row)
-		qc_inflight_release(c, q, row, tk->quota, tk->held);
-	if (actual) {
-		if (row) {
-			row_add(&row->in_tokens, ain - tk->input_tokens);
-			row_add(&row->out_tokens, aout - tk->output_tokens);
-		} else {
-			atomic_fetch_add_explicit(&q->st_in_tokens, ain - tk->input_tokens, memory_order_relaxed);
-			atomic_fetch_add_explicit(&q->st_out_tokens, aout - tk->output_tokens, memory_order_relaxed);
+	r->a = a;
+	if (cf->max_inflight) {
+		uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed);
+		if (QS_INFLIGHT_COUNT(w) + r->req > cf->max_inflight) {
+			if (!r->c->manual && r->now < r->deadline && a <= r->deadline)
+				return STEP_WAIT_INFLIGHT;
+			r->reason = QUOTA_REJECT_INFLIGHT;
+			r->retry_at = a > r->now ? a : r->now + 1000000; /* frees when a call ends */
+			return -EAGAIN;
 		}
-	} else if (row) {
-		row_add(&row->admitted, (uint64_t)-1);
-		row_add(&row->in_tokens, 0 - tk->input_tokens);
-		row_add(&row->out_tokens, 0 - tk->output_tokens);
-	} else {
-		atomic_fetch_sub_explicit(&q->st_admitted, 1, memory_order_relaxed);
-		atomic_fetch_sub_explicit(&q->st_in_tokens, tk->input_tokens, memory_order_relaxed);
-		atomic_fetch_sub_explicit(&q->st_out_tokens, tk->output_tokens, memory_order_relaxed);
 	}
+	if (a > r->deadline) {
+		r->retry_at = a;
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+/* Undo: give back the first @k rate slots, the spend and the in-flight
+ * slots that take took. */
+static void undo(struct qc_resv *r, uint32_t k)
+{
+	for (uint32_t j = 0; j < k; j++)
+		qg_refund(r->t, r->q, r->id, &r->tk.lim[j], r->tk.lim[j].inc);
+	if (r->spend) {
+		qc_spend_adjust(&r->q->spend_day, r->day, r->day, -(int64_t)r->spend);
+		qc_spend_adjust(&r->q->spend_month, r->month, r->month, -(int64_t)r->spend);
+	}
+	if (r->cf->max_inflight)
+		qc_inflight_release(r->t, r->q, r->row, r->id, (uint32_t)r->req);
+}
+
+/* Take one slot on limit @k at admission time r->a: false if the limit
+ * moved past it (the caller undoes and starts over). */
+static bool take_slot(struct qc_resv *r, uint32_t k, bool waits)
+{
+	const struct qs_limit_cfg *l = &r->cf->lim[k];
+	_Atomic int64_t *w = qs_tat(r->q, l->kind);
+	int64_t cur = r->tat[k], tau = l->tau_ns, inc = (int64_t)r->inc[k];
+	/* A reservation that waits places its slot at least tau/8 after its
+	 * admission time (within its window [a, a + tau]), so that refunds
+	 * made while it sleeps have room to move it (gcra.c) instead of making
+	 * it requeue. Not later: a limit that does not bind keeps 7/8 of its
+	 * burst to absorb the mix of costs, instead of pacing every request. */
+	int64_t room = tau - inc;
+	int64_t lo = waits ? r->a + (room < tau / QC_WAIT_SLACK_DIV ? room : tau / QC_WAIT_SLACK_DIV) : r->a;
+	for (;;) {
+		int64_t c = qg_tat_clamp(cur);
+		int64_t e = (c > lo ? c : lo) + inc;
+		/* relaxed: what the slot is worth was decided from values this
+		 * CAS validates; the order against the config word re-check
+		 * comes from the barrier in take(). */
+		if (atomic_compare_exchange_weak_explicit(w, &cur, e, memory_order_relaxed,
+							  memory_order_relaxed)) {
+			r->tk.lim[k] = (struct qt_limit){ .end = e, .inc = (uint64_t)inc,
+							  .done0 = r->done0[k], .kind = l->kind };
+			return true;
+		}
+		r->t->cas_retries++;
+		if (qg_tat_clamp(cur) + inc - tau > r->a)
+			return false;
+	}
+}
+
+/* Take: 0 when everything is taken, STEP_AGAIN (given back: decide again),
+ * STEP_RELOADED (given back: plan again), -EDQUOT. */
+static int take(struct qc_resv *r)
+{
+	const struct qc_cfg *cf = r->cf;
+	if (cf->max_inflight &&
+	    !inflight_take(r->t, r->q, r->row, r->id, (uint32_t)r->req, cf->max_inflight))
+		return STEP_AGAIN;
+	if (r->spend) {
+		bool ok = spend_take(&r->q->spend_day, r->day, cf->budget_day_nusd, r->spend);
+		if (ok && !spend_take(&r->q->spend_month, r->month, cf->budget_month_nusd, r->spend)) {
+			qc_spend_adjust(&r->q->spend_day, r->day, r->day, -(int64_t)r->spend);
+			ok = false;
+		}
+		if (!ok) {
+			if (cf->max_inflight)
+				qc_inflight_release(r->t, r->q, r->row, r->id, (uint32_t)r->req);
+			r->reason = QUOTA_REJECT_SPEND;
+			return -EDQUOT;
+		}
+	}
+	bool waits = r->a > r->now;
+	uint32_t k;
+	for (k = 0; k < cf->n; k++)
+		if (!take_slot(r, k, waits))
+			break;
+	if (k < cf->n) {
+		undo(r, k);
+		return STEP_AGAIN;
+	}
+	/* A config published after plan read it, before our slots were taken:
+	 * they were sized by the old limits. The slots are taken before the
+	 * re-check: on x86 a locked CAS is already a full barrier, so only the
+	 * compiler must be held back (a seq_cst CAS there cost 20 % of
+	 * reserve's throughput); other architectures get the fence C11 asks
+	 * for. Pairs with the seq_cst store of the word (records.c). */
+#if defined(__x86_64__) || defined(__i386__)
+	atomic_signal_fence(memory_order_seq_cst);
+#else
+	atomic_thread_fence(memory_order_seq_cst);
+#endif
+	if (atomic_load_explicit(&r->q->cfg, memory_order_relaxed) != cf->word) {
+		undo(r, k);
+		return STEP_RELOADED;
+	}
+	return 0;
 }
 
 /* The refunds begun since the ticket's CAS may have moved a waiting slot
@@ -252,7 +367,7 @@ static bool waiter_still_valid(struct qs_quota *q, const struct qt_priv *tk)
 	for (uint32_t k = 0; k < tk->nlimits; k++) {
 		const struct qt_limit *tl = &tk->lim[k];
 		/* seq_cst: pairs with the refund's seq_cst increment (gcra.c) */
-		uint64_t moved = atomic_load(&q->refund_begun[k]) - tl->done0;
+		uint64_t moved = atomic_load(&q->refund_begun[tl->kind & (QS_KINDS - 1)]) - tl->done0;
 		int64_t start = tl->end - (int64_t)tl->inc;
 		if (moved > (uint64_t)INT64_MAX / 4 || start - (int64_t)moved < tk->admitted_at)
 			return false;
@@ -260,306 +375,133 @@ static bool waiter_still_valid(struct qs_quota *q, const struct qt_priv *tk)
 	return true;
 }
 
+/* Fill the ticket and count the admission. */
+static void admit(struct qc_resv *r)
+{
+	struct qt_priv *tk = &r->tk;
+	tk->magic = QT_OPEN;
+	tk->owner = r->c->nonce;
+	tk->quota = r->id;
+	tk->nlimits = r->cf->n;
+	tk->held = r->cf->max_inflight ? (uint32_t)r->req : 0;
+	tk->admitted_at = r->a;
+	tk->decided_at = r->now;
+	tk->tsc = qc_tsc(); /* after the clock read: see settle.c */
+	tk->requests = r->req;
+	tk->input_tokens = r->in;
+	tk->output_tokens = r->out;
+	tk->spend_nusd = r->spend;
+	tk->day = r->day;
+	tk->month = r->month;
+	/* Counted now so that a requeue (which cancels) undoes it. */
+	if (r->row) {
+		qc_row_add(&r->row->admitted, 1);
+		qc_row_add(&r->row->in_tokens, r->in);
+		qc_row_add(&r->row->out_tokens, r->out);
+	} else {
+		atomic_fetch_add_explicit(&r->q->st_admitted, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&r->q->st_in_tokens, r->in, memory_order_relaxed);
+		atomic_fetch_add_explicit(&r->q->st_out_tokens, r->out, memory_order_relaxed);
+	}
+}
+
+/* Plan, decide, take and wait until admitted or refused. */
+static int run(struct qc_resv *r)
+{
+	int s;
+replan:
+	s = plan(r);
+	if (s < 0)
+		return s == -E2BIG ? (r->reason = QUOTA_REJECT_TOO_BIG, -E2BIG) : s;
+	for (;;) {
+		s = decide(r);
+		if (s == STEP_WAIT_INFLIGHT) {
+			inflight_wait(r->c, r->q, r->req, r->cf->max_inflight, r->deadline);
+			r->now = qc_clock(r->c);
+			continue;
+		}
+		if (s < 0)
+			return s;
+		s = take(r);
+		if (s == STEP_RELOADED) {
+			r->now = qc_clock(r->c);
+			goto replan;
+		}
+		if (s == STEP_AGAIN) {
+			r->now = qc_clock(r->c);
+			continue;
+		}
+		if (s < 0)
+			return s;
+		admit(r);
+		if (r->a <= r->now)
+			return 0;
+		/* Wait: until our admission time; then requeue if our slots may
+		 * have moved before it, or the provider asked the host to pause. */
+		sleep_until(r->c, r->a);
+		r->now = qc_clock(r->c);
+		if (waiter_still_valid(r->q, &r->tk) &&
+		    atomic_load_explicit(&r->q->paused_until, memory_order_relaxed) <= r->a)
+			return 0;
+		qc_settle(r->t, r->q, &r->tk, NULL);
+	}
+}
+
 int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
 		  struct quota_ticket *ret)
 {
 	if (!c || !cost || !ret || timeout_ns < 0)
 		return -EINVAL;
-	struct qs_quota *q;
-	int err = qc_writable_quota(c, id, &q);
+	struct qc_resv r;
+	int err = qc_writer(c, &r.t);
 	if (err < 0)
 		return err;
-	uint64_t req = cost->requests, in = cost->input_tokens, out = cost->output_tokens;
-	if ((req | in | out) == 0 || req > QC_COST_MAX || in > QC_COST_MAX || out > QC_COST_MAX)
+	r.q = qc_quota(c, id);
+	if (!r.q)
+		return -ENOENT;
+	r.c = c;
+	r.id = (uint32_t)id;
+	r.req = cost->requests, r.in = cost->input_tokens, r.out = cost->output_tokens;
+	if ((r.req | r.in | r.out) == 0 || r.req > QC_COST_MAX || r.in > QC_COST_MAX ||
+	    r.out > QC_COST_MAX)
 		return -EINVAL;
-	/* Costs that can never fit are refused at once, whatever else is short.
-	 * The config is read between two loads of cfg_seq (quotad rewrites it
-	 * on reload, odd while it does): retry on a torn read. */
-	uint64_t inc[QS_RATE_KINDS];
-	int64_t tau[QS_RATE_KINDS];
-	uint32_t kind[QS_RATE_KINDS];
-	uint64_t maxif, bday, bmonth, spend;
-	uint32_t n, seq;
-	bool big;
-	do {
-		/* acquire: the config loads below are not hoisted above it */
-		seq = atomic_load_explicit(&q->cfg_seq, memory_order_acquire);
-		n = q->nlimits;
-		maxif = q->max_inflight;
-		bday = q->budget_day_nusd, bmonth = q->budget_month_nusd;
-		spend = 0;
-		big = n > QS_RATE_KINDS || (q->context_window && in + out > q->context_window);
-		for (uint32_t k = 0; k < n && !big; k++) {
-			kind[k] = q->cfg[k].kind;
-			tau[k] = q->cfg[k].tau_ns;
-			uint64_t u = units_of(kind[k], req, in, out);
-			big = u > q->cfg[k].capacity;
-			inc[k] = big ? 0 : qg_charge(&q->cfg[k], u);
-		}
-		big = big || (maxif && req > maxif);
-		if (!big && (bday || bmonth)) {
-			spend = qc_spend_nusd(q, in, out);
-			big = (bday && spend > bday) || (bmonth && spend > bmonth);
-		}
-		/* acquire fence: the config loads complete before the re-check */
-		atomic_thread_fence(memory_order_acquire);
-	} while ((seq & 1) || atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) != seq);
-	if (n > QS_RATE_KINDS)
-		return -EBADMSG;
-	if (big)
-		goto too_big;
-	struct qs_row *row = qc_row(c, (uint32_t)id);
-	if (maxif && !row)
-		return -ENOSPC;
-
-	int64_t start = qc_clock(c), now = start;
-	int64_t deadline = add_sat(start, timeout_ns);
-	struct qt_priv tk;
-	unsigned reason;
-	int64_t retry_at;
-	int r;
-
-again:;
-	int64_t paused = atomic_load_explicit(&q->paused_until, memory_order_relaxed);
-	int64_t t = paused > now ? paused : now;
-	uint32_t day = 0, month = 0;
-	if (bday || bmonth) {
-		qc_periods(c, now, &day, &month);
-		if ((bday && qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), day) + spend > bday) ||
-		    (bmonth && qs_spend_in(atomic_load_explicit(&q->spend_month, memory_order_relaxed), month) + spend > bmonth)) {
-			r = -EDQUOT;
-			reason = QUOTA_REJECT_SPEND;
-			goto refuse;
-		}
+	r.row = qc_row(r.t, r.id);
+	r.start = r.now = qc_clock(c);
+	r.deadline = add_sat(r.start, timeout_ns);
+	r.day = r.month = 0;
+	err = run(&r);
+	if (err == 0) {
+		ret->waited_ns = r.now - r.start;
+		ret->retry_after_ns = 0;
+		/* Only the limits in use: the rest of the ticket is never read. */
+		memcpy(ret->private_, &r.tk, offsetof(struct qt_priv, lim) + r.tk.nlimits * sizeof(r.tk.lim[0]));
+		return 0;
 	}
-
-	/* Decide: the common admission time over all limits, reading only. */
-	int64_t tat[QS_RATE_KINDS];
-	uint64_t done0[QS_RATE_KINDS];
-	int64_t a = t;
-	reason = QUOTA_REJECT_PAUSED;
-	for (uint32_t k = 0; k < n; k++) {
-		/* acquire: pairs with the release in qg_refund(); a refund counted
-		 * as done here is already in the TAT we read next. */
-		done0[k] = atomic_load_explicit(&q->refund_done[k], memory_order_acquire);
-		tat[k] = atomic_load_explicit(qs_tat(q, k), memory_order_relaxed);
-		int64_t need = tat[k] + (int64_t)inc[k] - tau[k];
-		if (need > a) {
-			a = need;
-			reason = kind[k];
-		}
+	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
+		qc_count_reject(r.t, r.q, r.id, r.reason);
+		if (err == -EAGAIN)
+			ret->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
 	}
-	if (maxif) {
-		uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed);
-		if (QS_INFLIGHT_COUNT(w) + req > maxif) {
-			if (!c->manual && now < deadline && a <= deadline) {
-				inflight_wait(c, q, req, maxif, deadline);
-				now = qc_clock(c);
-				goto again;
-			}
-			r = -EAGAIN;
-			reason = QUOTA_REJECT_INFLIGHT;
-			retry_at = a > now ? a : now + 1000000; /* frees when a call ends */
-			goto refuse;
-		}
-	}
-	if (a > deadline) {
-		r = -EAGAIN;
-		retry_at = a;
-		goto refuse;
-	}
-
-	/* Take: in-flight, spend, then a slot per rate limit. */
-	if (maxif && !inflight_take(c, q, row, (uint32_t)id, (uint32_t)req, maxif)) {
-		now = qc_clock(c);
-		goto again;
-	}
-	if (bday || bmonth) {
-		bool ok = spend_take(&q->spend_day, day, bday, spend);
-		if (ok && !spend_take(&q->spend_month, month, bmonth, spend)) {
-			qc_spend_adjust(&q->spend_day, day, day, -(int64_t)spend);
-			ok = false;
-		}
-		if (!ok) {
-			if (maxif)
-				qc_inflight_release(c, q, row, (uint32_t)id, (uint32_t)req);
-			r = -EDQUOT;
-			reason = QUOTA_REJECT_SPEND;
-			goto refuse;
-		}
-	}
-	/* A reservation that waits places each slot at least tau/8 after its
-	 * admission time (within its window [a, a + tau]), so that refunds made
-	 * while it sleeps have room to move it (see gcra.c) instead of making it
-	 * requeue. Not later: a limit that does not bind keeps 7/8 of its burst
-	 * to absorb the mix of costs, instead of pacing every request. */
-	bool waits = a > now;
-	uint32_t k;
-	for (k = 0; k < n; k++) {
-		_Atomic int64_t *w = qs_tat(q, k);
-		int64_t cur = tat[k];
-		int64_t room = tau[k] - (int64_t)inc[k];
-		int64_t lo = waits ? a + (room < tau[k] / QC_WAIT_SLACK_DIV ?
-					  room : tau[k] / QC_WAIT_SLACK_DIV) : a;
-		bool later = false;
-		for (;;) {
-			int64_t e = (cur > lo ? cur : lo) + (int64_t)inc[k];
-			/* relaxed: what the slot is worth was decided from values
-			 * this CAS validates; the order against the cfg_seq
-			 * re-check below comes from the fence there. */
-			if (atomic_compare_exchange_weak_explicit(w, &cur, e, memory_order_relaxed,
-								  memory_order_relaxed)) {
-				tk.lim[k] = (struct qt_limit){ .end = e, .inc = inc[k], .done0 = done0[k],
-							       .kind = kind[k] };
-				break;
-			}
-			c->cas_retries++;
-			if (cur + (int64_t)inc[k] - tau[k] > a) {
-				later = true;
-				break;
-			}
-		}
-		if (later)
-			break;
-	}
-	/* A reload that rewrote the config after our snapshot but before our
-	 * slots were taken: they were sized by the old limits. Give them back
-	 * and reserve again under the new ones. */
-	bool reloaded = false;
-	if (k == n) {
-		/* The slots taken before the re-check. On x86 a locked CAS is
-		 * already a full barrier, so only the compiler must be held back
-		 * (a seq_cst CAS there cost 20 % of reserve's throughput); other
-		 * architectures get the fence C11 asks for. */
-#if defined(__x86_64__) || defined(__i386__)
-		atomic_signal_fence(memory_order_seq_cst);
-#else
-		atomic_thread_fence(memory_order_seq_cst);
-#endif
-		reloaded = atomic_load_explicit(&q->cfg_seq, memory_order_relaxed) != seq;
-	}
-	if (k < n || reloaded) {
-		/* A limit moved past our admission time: give back, start over. */
-		for (uint32_t j = 0; j < k; j++)
-			qg_refund(c, q, (uint32_t)id, j, &tk.lim[j], tk.lim[j].inc);
-		if (bday || bmonth) {
-			qc_spend_adjust(&q->spend_day, day, day, -(int64_t)spend);
-			qc_spend_adjust(&q->spend_month, month, month, -(int64_t)spend);
-		}
-		if (maxif)
-			qc_inflight_release(c, q, row, (uint32_t)id, (uint32_t)req);
-		now = qc_clock(c);
-		if (reloaded)
-			return quota_reserve(c, id, cost, deadline > now ? deadline - now : 0, ret);
-		goto again;
-	}
-
-	tk.magic = QT_OPEN;
-	tk.serial = ++c->serial;
-	tk.owner = (uint64_t)(uintptr_t)c ^ tk.serial;
-	tk.quota = (uint32_t)id;
-	tk.row1 = row ? c->row_of[id] : 0;
-	tk.nlimits = n;
-	tk.held = maxif ? (uint32_t)req : 0;
-	tk.admitted_at = a;
-	tk.requests = req;
-	tk.input_tokens = in;
-	tk.output_tokens = out;
-	tk.spend_nusd = spend;
-	tk.day = day;
-	tk.month = month;
-	/* Counted now so that a requeue below (which cancels) undoes it. */
-	if (row) {
-		row_add(&row->admitted, 1);
-		row_add(&row->in_tokens, in);
-		row_add(&row->out_tokens, out);
-	} else {
-		atomic_fetch_add_explicit(&q->st_admitted, 1, memory_order_relaxed);
-		atomic_fetch_add_explicit(&q->st_in_tokens, in, memory_order_relaxed);
-		atomic_fetch_add_explicit(&q->st_out_tokens, out, memory_order_relaxed);
-	}
-
-	if (a > now) {
-		sleep_until(c, a);
-		now = qc_clock(c);
-		int64_t p = atomic_load_explicit(&q->paused_until, memory_order_relaxed);
-		if (!waiter_still_valid(q, &tk) || p > a) {
-			/* Our slot may have moved before our admission time, or the
-			 * provider asked the host to pause: requeue. */
-			settle(c, q, &tk, NULL);
-			goto again;
-		}
-	}
-	ret->waited_ns = now - start;
-	ret->retry_after_ns = 0;
-	/* Only the limits in use: the rest of the ticket is never read. */
-	memcpy(ret->private_, &tk, offsetof(struct qt_priv, lim) + n * sizeof(tk.lim[0]));
-	return 0;
-
-refuse:
-	qc_count_reject(c, q, (uint32_t)id, reason);
-	if (r == -EAGAIN)
-		ret->retry_after_ns = retry_at > now ? retry_at - now : 0;
-	return r;
-
-too_big:
-	qc_count_reject(c, q, (uint32_t)id, QUOTA_REJECT_TOO_BIG);
-	return -E2BIG;
-}
-
-static int settle_ticket(quota_client *c, struct quota_ticket *t, const struct quota_cost *actual)
-{
-	if (!c || !t)
-		return -EINVAL;
-	struct qt_priv *tk = qt_priv(t);
-	if (tk->magic != QT_OPEN || tk->owner != ((uint64_t)(uintptr_t)c ^ tk->serial) ||
-	    tk->nlimits > QS_RATE_KINDS || tk->row1 > QS_CLIENT_ROWS)
-		return -EINVAL;
-	if (actual && (actual->requests > QC_COST_MAX || actual->input_tokens > QC_COST_MAX ||
-		       actual->output_tokens > QC_COST_MAX))
-		return -EINVAL;
-	if (c->fork_gen != qc_fork_gen)
-		return -ECHILD;
-	if (!c->cs)
-		return -EPERM;
-	struct qs_quota *q = qc_quota(c, (int)tk->quota);
-	if (!q)
-		return -EINVAL;
-	tk->magic = QT_CLOSED;
-	settle(c, q, tk, actual);
-	return 0;
-}
-
-int quota_commit(quota_client *c, struct quota_ticket *t, const struct quota_cost *actual)
-{
-	if (!actual)
-		return -EINVAL;
-	return settle_ticket(c, t, actual);
-}
-
-int quota_cancel(quota_client *c, struct quota_ticket *t)
-{
-	return settle_ticket(c, t, NULL);
+	return err;
 }
 
 int quota_backoff(quota_client *c, int id, int64_t retry_after_ns)
 {
 	if (!c || retry_after_ns < 0 || retry_after_ns > QC_BACKOFF_MAX)
 		return -EINVAL;
-	struct qs_quota *q;
-	int err = qc_writable_quota(c, id, &q);
+	struct qc_thread *t;
+	int err = qc_writer(c, &t);
 	if (err < 0)
 		return err;
+	struct qs_quota *q = qc_quota(c, id);
+	const struct qc_cfg *cf;
+	if (!q)
+		return -ENOENT;
+	err = qc_cfg_get(t, (uint32_t)id, q, &cf);
+	if (err < 0)
+		return err;
+	if (cf->flags & QS_REC_REMOVED)
+		return -ENOENT;
 	qg_atomic_max(&q->paused_until, qc_clock(c) + retry_after_ns);
 	return 0;
-}
-
-int64_t quota_ticket_time(const struct quota_ticket *t)
-{
-	if (!t)
-		return -EINVAL;
-	const struct qt_priv *tk = (const struct qt_priv *)(const void *)t->private_;
-	if (tk->magic != QT_OPEN && tk->magic != QT_CLOSED)
-		return -EINVAL;
-	return tk->admitted_at;
 }

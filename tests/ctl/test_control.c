@@ -254,16 +254,16 @@ Test(control, quotactl_commands_and_metrics, .timeout = 30)
 		     "clients lists this process");
 	cr_assert_eq(sh("'%s' --socket '%s' backoff llama-4-scout 2.5 >/dev/null", q, e.sock), 0);
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert(in.paused_ns > 2 * CL_S && in.paused_ns <= 2500 * CL_MS, "paused %lld", (long long)in.paused_ns);
 	cr_assert_eq(sh("'%s' --socket '%s' backoff llama-4-scout soon 2>/dev/null", q, e.sock), 2);
 	cr_assert_eq(sh("'%s' --socket '%s' backoff nosuch 1 2>/dev/null", q, e.sock), 1);
 	/* set: one limit changed live, spent budget kept; bad input refused. */
-	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	uint64_t tpm_avail = in.rate[QUOTA_TPM].available;
 	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 600 >/dev/null", q, e.sock), 0);
 	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout max_inflight 7 >/dev/null", q, e.sock), 0);
-	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_eq(in.rate[QUOTA_RPM].limit, 600);
 	cr_assert_eq(in.max_inflight, 7);
 	cr_assert_leq(in.rate[QUOTA_TPM].available, tpm_avail + 1000, "tpm not refilled by a set");
@@ -272,11 +272,11 @@ Test(control, quotactl_commands_and_metrics, .timeout = 30)
 	cr_assert_eq(sh("'%s' --socket '%s' set nosuch rpm 3 2>/dev/null", q, e.sock), 1);
 	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 2>/dev/null", q, e.sock), 2);
 	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm -4 2>/dev/null", q, e.sock), 2);
-	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_eq(in.rate[QUOTA_RPM].limit, 600, "a refused set changes nothing");
 	/* reload returns to the configuration source. */
 	cr_assert_eq(sh("'%s' --socket '%s' reload >/dev/null", q, e.sock), 0);
-	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_eq(in.rate[QUOTA_RPM].limit, 1200);
 	cr_assert_eq(in.max_inflight, 0);
 	cr_assert_eq(sh("'%s' --segment '%s' status --watch --interval 0.05 --count 3 | grep -c 'quotad up' | "

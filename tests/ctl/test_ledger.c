@@ -38,7 +38,7 @@ static void expect_spent(const char *seg, uint64_t nusd)
 {
 	quota_client *c = cl_open(seg);
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, quota_find(c, "q"), &in), 0);
+	cr_assert_eq(quota_info(c, quota_find(c, "q"), &in, sizeof(in)), 0);
 	cr_assert_eq(in.spent_day_nusd, nusd, "day: %llu", (unsigned long long)in.spent_day_nusd);
 	cr_assert_eq(in.spent_month_nusd, nusd, "month: %llu", (unsigned long long)in.spent_month_nusd);
 	quota_close(c);

@@ -35,7 +35,7 @@ static uint64_t avail(quota_client *c, const char *name, int kind)
 	struct quota_info in;
 	int id = quota_find(c, name);
 	cr_assert_geq(id, 0, "quota %s: %s", name, quota_strerror(id));
-	cr_assert_eq(quota_info(c, id, &in), 0);
+	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_neq(in.rate[kind].limit, 0, "quota %s has no limit of kind %d", name, kind);
 	return in.rate[kind].available;
 }
@@ -43,7 +43,7 @@ static uint64_t avail(quota_client *c, const char *name, int kind)
 static uint64_t limit_of(quota_client *c, const char *name, int kind)
 {
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, quota_find(c, name), &in), 0);
+	cr_assert_eq(quota_info(c, quota_find(c, name), &in, sizeof(in)), 0);
 	return in.rate[kind].limit;
 }
 

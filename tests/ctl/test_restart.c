@@ -164,7 +164,7 @@ Test(restart, kill9_under_load_keeps_the_bound, .timeout = 60)
 	cr_assert_eq(QS_INFLIGHT_COUNT(atomic_load(&q->inflight)), 0, "every in-flight slot is back");
 
 	struct quota_info in;
-	cr_assert_eq(quota_info(c, quota_find(c, "q"), &in), 0);
+	cr_assert_eq(quota_info(c, quota_find(c, "q"), &in, sizeof(in)), 0);
 	qsort(sh->rec, n, sizeof(sh->rec[0]), cmp_rec);
 	check_bound(sh->rec, n, false, in.rate[QUOTA_RPM].limit, in.rate[QUOTA_RPM].capacity, 60 * CL_S);
 	check_bound(sh->rec, n, true, in.rate[QUOTA_TPM].limit, in.rate[QUOTA_TPM].capacity, 60 * CL_S);

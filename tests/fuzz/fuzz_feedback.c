@@ -29,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (r == 0 && ns < 0)
 		abort();
 	struct quota_feedback fb;
-	quota_feedback_init(&fb);
+	quota_feedback_init(&fb, sizeof(fb));
 	char *colon = strchr(s, ':');
 	if (colon) {
 		*colon = '\0';

@@ -215,7 +215,7 @@ Test(feedback_parse, headers)
 		struct quota_feedback fb, before;
 		int r;
 
-		quota_feedback_init(&fb);
+		quota_feedback_init(&fb, sizeof(fb));
 		before = fb;
 		r = quota_feedback_header(&fb, c->name, c->value);
 		cr_expect_eq(r, c->ret, "header(\"%s\", \"%s\") = %d, want %d", c->name, c->value,
@@ -237,7 +237,7 @@ Test(feedback_parse, header_null_and_long)
 	struct quota_feedback fb;
 	char big[1024];
 
-	quota_feedback_init(&fb);
+	quota_feedback_init(&fb, sizeof(fb));
 	cr_expect_eq(quota_feedback_header(NULL, "retry-after", "1"), -EINVAL);
 	cr_expect_eq(quota_feedback_header(&fb, NULL, "1"), -EINVAL);
 	cr_expect_eq(quota_feedback_header(&fb, "retry-after", NULL), -EINVAL);
@@ -257,7 +257,7 @@ Test(feedback_parse, init)
 	struct quota_feedback fb;
 
 	memset(&fb, 0x5a, sizeof(fb));
-	quota_feedback_init(&fb);
+	quota_feedback_init(&fb, sizeof(fb));
 	cr_expect_eq(fb.limit_requests, -1);
 	cr_expect_eq(fb.remaining_requests, -1);
 	cr_expect_eq(fb.reset_requests_ns, -1);
@@ -265,7 +265,7 @@ Test(feedback_parse, init)
 	cr_expect_eq(fb.remaining_tokens, -1);
 	cr_expect_eq(fb.reset_tokens_ns, -1);
 	cr_expect_eq(fb.retry_after_ns, -1);
-	quota_feedback_init(NULL); /* no crash */
+	quota_feedback_init(NULL, 0); /* no crash */
 }
 
 /* Every prefix and every one-byte mutation of real values: no crash, and

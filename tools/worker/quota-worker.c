@@ -191,7 +191,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 
 	if (bytes >= 5 && memcmp(data, "HTTP/", 5) == 0) {
 		/* A new response (after a 100 Continue, say): start over. */
-		quota_feedback_init(&h->fb);
+		quota_feedback_init(&h->fb, sizeof(h->fb));
 		h->bad_headers = 0;
 		return bytes;
 	}
@@ -269,7 +269,7 @@ static long http_post(struct http *h, const char *req, size_t req_len)
 	h->overflow = 0;
 	h->bad_headers = 0;
 	h->body_sent = 0;
-	quota_feedback_init(&h->fb);
+	quota_feedback_init(&h->fb, sizeof(h->fb));
 	curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, req);
 	curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req_len);
 	rc = curl_easy_perform(h->curl);

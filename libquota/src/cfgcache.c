@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cfgcache.c - each thread's cache of decoded quota configurations, keyed
+ * by the config word they were read from: the hot path compares one word
+ * and reads the record again (records.c) only when quotad published a new
+ * one. Decoding recomputes every limit's constants from its source values.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qc_cfg *out)
+{
+	memset(out, 0, sizeof(*out));
+	memset(out->pos, -1, sizeof(out->pos));
+	out->word = word;
+	out->n = src->nlimits <= QS_KINDS ? src->nlimits : QS_KINDS;
+	out->flags = src->flags;
+	out->context_window = src->context_window;
+	out->max_inflight = src->max_inflight;
+	out->price_in_pusd = src->price_in_pusd;
+	out->price_out_pusd = src->price_out_pusd;
+	out->budget_day_nusd = src->budget_day_nusd;
+	out->budget_month_nusd = src->budget_month_nusd;
+	for (uint32_t k = 0; k < out->n; k++) {
+		const struct qs_limit_src *l = &src->lim[k];
+		if (l->kind >= QS_KINDS || out->pos[l->kind] >= 0 ||
+		    qg_limit_init(&out->lim[k], l->kind, l->limit, qg_period_of(l->kind), l->burst_ppm) < 0) {
+			out->word = 0;
+			return -EBADMSG;
+		}
+		out->pos[l->kind] = (int8_t)k;
+	}
+	return 0;
+}
+
+int qc_cfg_refresh(struct qc_thread *t, uint32_t id, const struct qc_cfg **ret)
+{
+	struct qs_config src;
+	uint64_t word;
+	int r = qs_config_get(&t->c->g, id, &src, &word);
+	if (r < 0)
+		return r;
+	struct qc_cfg *cf = t->cfg[id];
+	if (!cf) {
+		cf = malloc(sizeof(*cf));
+		if (!cf)
+			return -ENOMEM;
+		t->cfg[id] = cf;
+	}
+	r = qc_cfg_decode(&src, word, cf);
+	if (r < 0)
+		return r;
+	*ret = cf;
+	return 0;
+}

@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * settle.c - the hot path's second half: commit and cancel an admitted
+ * ticket. A ticket is bound to the handle that took it (the handle's nonce,
+ * unique per quota_open()), so a ticket of another handle, or of an earlier
+ * open of this one at the same address, is refused with -EINVAL and touches
+ * nothing. Any thread of the handle may settle it.
+ *
+ * WHEN A SLOT HAS ENDED nothing can be refunded on it (gcra.c), and most
+ * commits come after their slots ended. Deciding that takes the time; the
+ * clock read costs about as much as the rest of a commit, so a cheaper lower
+ * bound of the time comes first: the segment time at admission plus the TSC
+ * ticks since then at a lower bound of ns per tick (calibrated per handle
+ * against CLOCK_MONOTONIC). If the slot ended by that bound it has ended;
+ * otherwise the clock is read. A wrong bound (a TSC that is not constant,
+ * CPUs whose TSCs differ) can only skip a refund that was still possible:
+ * never a refund that was not.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Largest cost field accepted: keeps every sum and product in range. */
+#define QC_COST_MAX (1ULL << 62)
+/* Calibrate the TSC over at least this long (per handle). */
+#define QC_TSC_CALIBRATE_NS (20 * 1000000LL)
+
+/* A lower bound of the segment time now, from the ticket's admission, or
+ * INT64_MIN if unknown. */
+static int64_t time_lower_bound(const struct quota_client *c, const struct qt_priv *tk)
+{
+	uint64_t q32 = atomic_load_explicit(&c->tsc_q32, memory_order_relaxed);
+	uint64_t now = qc_tsc();
+	if (!q32 || !tk->tsc || c->manual || now < tk->tsc)
+		return INT64_MIN;
+	unsigned __int128 ns = ((unsigned __int128)(now - tk->tsc) * q32) >> 32;
+	return ns > (unsigned __int128)(INT64_MAX / 4) ? INT64_MIN : tk->decided_at + (int64_t)ns;
+}
+
+/* Having read the clock: calibrate the TSC if not done and long enough
+ * since open. ns per tick measured over the whole interval, less 0.1 %
+ * and the clock's and counter's read skew, so that it is a lower bound. */
+static void calibrate(struct quota_client *c, int64_t now)
+{
+	if (c->manual || atomic_load_explicit(&c->tsc_q32, memory_order_relaxed) || !c->tsc0)
+		return;
+	int64_t dt = now - c->mono0;
+	uint64_t ticks = qc_tsc() - c->tsc0;
+	if (dt < QC_TSC_CALIBRATE_NS || ticks == 0)
+		return;
+	unsigned __int128 q = ((unsigned __int128)(uint64_t)(dt - dt / 1000 - 1000) << 32) / ticks;
+	atomic_store_explicit(&c->tsc_q32, q > UINT64_MAX ? 0 : (uint64_t)q, memory_order_relaxed);
+}
+
+/* Refund @delta ns of the ticket's limit @tl unless its slot has ended. */
+static void refund(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
+		   const struct qt_limit *tl, uint64_t delta, int64_t *lower)
+{
+	if (*lower == INT64_MIN + 1)
+		*lower = time_lower_bound(t->c, tk);
+	if (tl->end <= *lower)
+		return;
+	qg_refund(t, q, tk->quota, tl, delta);
+	calibrate(t->c, qc_clock(t->c));
+}
+
+/* Refunds and debt of every limit the ticket holds. */
+static void settle_limits(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
+			  const struct quota_cost *actual, const struct qc_cfg *cf)
+{
+	uint64_t areq = actual ? actual->requests : 0;
+	uint64_t ain = actual ? actual->input_tokens : 0;
+	uint64_t aout = actual ? actual->output_tokens : 0;
+	bool refund_tokens = actual == NULL || (cf->flags & QS_REC_REFUND_ACTUAL);
+	int64_t lower = INT64_MIN + 1; /* computed on first use */
+	int64_t now = -1;
+	for (uint32_t k = 0; k < tk->nlimits; k++) {
+		const struct qt_limit *tl = &tk->lim[k];
+		uint32_t kind = tl->kind & (QS_KINDS - 1);
+		int p = cf->pos[kind];
+		if (p < 0)
+			continue; /* a reload removed this kind: nothing to settle */
+		const struct qs_limit_cfg *l = &cf->lim[p];
+		uint64_t est = qc_units_of(kind, tk->requests, tk->input_tokens, tk->output_tokens);
+		uint64_t act = qc_units_of(kind, areq, ain, aout);
+		if (act < est && (refund_tokens || (kind >> 1) == 0)) {
+			uint64_t keep = qg_charge(l, act);
+			if (keep < tl->inc)
+				refund(t, q, tk, tl, tl->inc - keep, &lower);
+		} else if (act > est) {
+			if (now < 0)
+				now = qc_clock(t->c);
+			qg_debt(q, kind, qg_charge(l, act - est), now);
+		}
+	}
+}
+
+/* Spend at @actual instead of what was charged at reserve. */
+static void settle_spend(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
+			 const struct quota_cost *actual, const struct qc_cfg *cf)
+{
+	uint64_t spent = actual ? qc_spend_nusd(cf, actual->input_tokens, actual->output_tokens) : 0;
+	int64_t delta = (int64_t)spent - (int64_t)tk->spend_nusd;
+	if (!delta)
+		return;
+	uint32_t day, month;
+	qc_periods(t->c, qc_clock(t->c), &day, &month);
+	if (!tk->spend_nusd) /* no budget: charged at commit only */
+		tk->day = day, tk->month = month;
+	qc_spend_adjust(&q->spend_day, tk->day, day, delta);
+	qc_spend_adjust(&q->spend_month, tk->month, month, delta);
+}
+
+/* Statistics: commit corrects the token counts, cancel undoes the admission. */
+static void settle_stats(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
+			 const struct quota_cost *actual, struct qs_row *row)
+{
+	uint64_t dadm = actual ? 0 : (uint64_t)-1;
+	uint64_t din = (actual ? actual->input_tokens : 0) - tk->input_tokens;
+	uint64_t dout = (actual ? actual->output_tokens : 0) - tk->output_tokens;
+	(void)t;
+	if (row) {
+		qc_row_add(&row->admitted, dadm);
+		qc_row_add(&row->in_tokens, din);
+		qc_row_add(&row->out_tokens, dout);
+	} else {
+		atomic_fetch_add_explicit(&q->st_admitted, dadm, memory_order_relaxed);
+		atomic_fetch_add_explicit(&q->st_in_tokens, din, memory_order_relaxed);
+		atomic_fetch_add_explicit(&q->st_out_tokens, dout, memory_order_relaxed);
+	}
+}
+
+void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
+	       const struct quota_cost *actual)
+{
+	bool exact = actual && actual->requests == tk->requests &&
+		     actual->input_tokens == tk->input_tokens && actual->output_tokens == tk->output_tokens;
+	if (!exact) {
+		/* The config of now (a removed quota's too); a damaged record
+		 * settles nothing but the in-flight slots and the statistics. */
+		const struct qc_cfg *cf;
+		if (qc_cfg_get(t, tk->quota, q, &cf) == 0) {
+			settle_limits(t, q, tk, actual, cf);
+			if (tk->spend_nusd || (actual && (cf->price_in_pusd || cf->price_out_pusd)))
+				settle_spend(t, q, tk, actual, cf);
+		}
+	}
+	struct qs_row *row = qc_row(t, tk->quota);
+	if (tk->held) {
+		if (row)
+			qc_inflight_release(t, q, row, tk->quota, tk->held);
+		/* else: no row free in this thread for that quota; the slots stay
+		 * counted until an audit finds no process holding them */
+	}
+	settle_stats(t, q, tk, actual, row);
+}
+
+static int settle_ticket(quota_client *c, struct quota_ticket *ticket, const struct quota_cost *actual)
+{
+	if (!c || !ticket)
+		return -EINVAL;
+	struct qt_priv *tk = qt_priv(ticket);
+	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+		return -EINVAL;
+	if (actual && (actual->requests > QC_COST_MAX || actual->input_tokens > QC_COST_MAX ||
+		       actual->output_tokens > QC_COST_MAX))
+		return -EINVAL;
+	struct qc_thread *t;
+	int err = qc_writer(c, &t);
+	if (err < 0)
+		return err;
+	struct qs_quota *q = qc_quota(c, (int)tk->quota);
+	if (!q)
+		return -EINVAL;
+	tk->magic = QT_CLOSED;
+	qc_settle(t, q, tk, actual);
+	return 0;
+}
+
+int quota_commit(quota_client *c, struct quota_ticket *t, const struct quota_cost *actual)
+{
+	if (!actual)
+		return -EINVAL;
+	return settle_ticket(c, t, actual);
+}
+
+int quota_cancel(quota_client *c, struct quota_ticket *t)
+{
+	return settle_ticket(c, t, NULL);
+}
+
+int64_t quota_ticket_time(const struct quota_ticket *t)
+{
+	if (!t)
+		return -EINVAL;
+	const struct qt_priv *tk = (const struct qt_priv *)(const void *)t->private_;
+	if (tk->magic != QT_OPEN && tk->magic != QT_CLOSED)
+		return -EINVAL;
+	return tk->admitted_at;
+}
