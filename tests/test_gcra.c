@@ -2,7 +2,8 @@
 /*
  * test_gcra.c - the arithmetic on the manual clock: admission times, waits
  * and retry delays checked against sequences computed by hand from the
- * definitions in gcra.c (T = period / limit, tau = capacity * T).
+ * definitions in gcra.c (T = period / limit, rounded up to whole ns when it
+ * is at least 2^16 ns; capacity = ceil(limit * burst); tau = charge(capacity)).
  */
 #include <errno.h>
 #include <sched.h>
@@ -16,6 +17,7 @@
 #include <criterion/criterion.h>
 
 #include "gcra.h"
+#include "internal.h"
 #include "testlib.h"
 
 TestSuite(gcra, .fini = tl_cleanup, .timeout = 60);
@@ -245,7 +247,7 @@ Test(gcra, spend_budget_is_edquot_until_the_next_day)
 static void wait_tat_past(quota_client *c, int64_t old)
 {
 	struct qs_quota *q = tl_quota(c, 0);
-	while (atomic_load(&q->tat[0]) <= old)
+	while (atomic_load(qs_tat(q, QUOTA_RPM)) <= old)
 		sched_yield();
 }
 
@@ -260,7 +262,7 @@ Test(gcra, waiters_are_fifo_with_exact_waits)
 	pid_t pids[3];
 	for (int i = 0; i < 3; i++) {
 		cr_assert_eq(pipe(fds[i]), 0);
-		int64_t before = atomic_load(&tl_quota(c, 0)->tat[0]);
+		int64_t before = atomic_load(qs_tat(tl_quota(c, 0), QUOTA_RPM));
 		pids[i] = fork();
 		cr_assert_geq(pids[i], 0);
 		if (pids[i] == 0) {
@@ -280,11 +282,11 @@ Test(gcra, waiters_are_fifo_with_exact_waits)
 	}
 	/* A fourth, not willing to wait long enough, is refused with the exact
 	 * delay and charges nothing. */
-	int64_t tat = atomic_load(&tl_quota(c, 0)->tat[0]);
+	int64_t tat = atomic_load(qs_tat(tl_quota(c, 0), QUOTA_RPM));
 	cr_assert_eq(tat, 4 * TL_S);
 	cr_assert_eq(quota_reserve(c, 0, &ONE_REQ, 3 * TL_S + TL_S / 2, &t), -EAGAIN);
 	cr_assert_eq(t.retry_after_ns, 4 * TL_S);
-	cr_assert_eq(atomic_load(&tl_quota(c, 0)->tat[0]), tat);
+	cr_assert_eq(atomic_load(qs_tat(tl_quota(c, 0), QUOTA_RPM)), tat);
 	for (int i = 0; i < 3; i++) {
 		cr_assert_eq(quota_clock_set(c, (i + 1) * TL_S), 0);
 		int64_t rep[3];
@@ -382,25 +384,42 @@ Test(gcra, backoff_pauses_the_quota)
 
 Test(gcra, charge_is_exact_ceiling)
 {
-	/* The multiply-only path against 128-bit division, on awkward limits. */
-	static const uint64_t limits[] = { 1, 3, 7, 60, 1200, 900000, 999983, 1000000000, 1ULL << 40,
-					   123456789, 86399 };
+	/* The multiply-only path against 128-bit division, on awkward limits.
+	 * Layout 2 charges T' = P/L per unit when P/L < 2^16 ns (fractional,
+	 * the multiply-only path proper) and T' = ceil(P/L) above (gcra.c,
+	 * CAPACITY), so the reference is ceil(u * T') with that T'. The
+	 * limits from 999983 per minute up keep a fractional T'. */
+	static const uint64_t limits[] = { 1, 3, 7, 60, 1200, 900000, 999983, 1000003, 7777777,
+					   1000000000, 1ULL << 40, 123456789, 86399, 999999999999ULL };
 	static const int64_t periods[] = { 60LL * TL_S, 86400LL * TL_S };
 	uint64_t x = 88172645463325252ULL;
+	int fractional = 0;
 	for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
 		for (size_t p = 0; p < 2; p++) {
 			struct qs_limit_cfg l;
-			cr_assert_eq(qg_limit_init(&l, 0, limits[i], periods[p], 1000000), 0);
+			uint64_t P = (uint64_t)periods[p], L = limits[i];
+			bool whole = P % L == 0 || P / L >= 65536;
+			fractional += !whole;
+			cr_assert_eq(qg_limit_init(&l, 0, L, periods[p], 1000000), 0);
 			for (int n = 0; n < 20000; n++) {
 				x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 				uint64_t u = n < 1000 ? (uint64_t)n : x % (l.capacity + 1);
-				unsigned __int128 want = ((unsigned __int128)u * (uint64_t)periods[p] +
-							  limits[i] - 1) / limits[i];
+				unsigned __int128 want = whole ?
+					(unsigned __int128)u * ((P + L - 1) / L) :
+					((unsigned __int128)u * P + L - 1) / L;
 				cr_assert_eq(qg_charge(&l, u), (uint64_t)want, "limit %llu units %llu",
-					     (unsigned long long)limits[i], (unsigned long long)u);
+					     (unsigned long long)L, (unsigned long long)u);
 			}
-			cr_assert_leq(qg_charge(&l, l.capacity), (uint64_t)l.tau_ns);
+			/* Exact capacity: ceil(limit * burst), tau = its charge. */
+			cr_assert_eq(l.capacity, L);
+			cr_assert_eq(qg_charge(&l, l.capacity), (uint64_t)l.tau_ns);
+			if (whole)
+				cr_assert_leq((unsigned __int128)l.capacity * qg_charge(&l, 1),
+					      (unsigned __int128)l.tau_ns,
+					      "unit steps reach the capacity (limit %llu)",
+					      (unsigned long long)L);
 		}
+	cr_assert_geq(fractional, 6, "the fractional path is exercised");
 }
 
 Test(gcra, bad_arguments)
@@ -465,7 +484,7 @@ Test(gcra, refunds_during_a_wait_keep_the_waiter_in_place)
 	cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 100, 0 }, &t), 0); /* rpm TAT 1 s */
 	int fd[2];
 	cr_assert_eq(pipe(fd), 0);
-	int64_t before = atomic_load(&tl_quota(c, 0)->tat[0]);
+	int64_t before = atomic_load(qs_tat(tl_quota(c, 0), QUOTA_RPM));
 	pid_t pid = fork();
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
@@ -483,7 +502,7 @@ Test(gcra, refunds_during_a_wait_keep_the_waiter_in_place)
 	wait_tat_past(c, before);
 	/* The waiter's tpm slot starts tau/8 = 75 ms after its admission time
 	 * (1 s): [1.075 s, 1.175 s). */
-	cr_assert_eq(atomic_load(&tl_quota(c, 0)->tat[1]), 1175 * TL_MS);
+	cr_assert_eq(atomic_load(qs_tat(tl_quota(c, 0), QUOTA_TPM)), 1175 * TL_MS);
 	/* 50 of our 100 tokens come back while it waits (a refund that moves its
 	 * tpm slot by 50 ms, within its 75 ms of room). */
 	cr_assert_eq(quota_commit(c, &t, &(struct quota_cost){ 1, 50, 0 }), 0);
@@ -508,7 +527,7 @@ Test(gcra, absurd_debt_saturates_instead_of_overflowing)
 		cr_assert_eq(reserve0(c, (struct quota_cost){ 1, 1, 1 }, &t[i]), 0);
 	for (int i = 0; i < 4; i++)
 		cr_assert_eq(quota_commit(c, &t[i], &(struct quota_cost){ 1, 1, 1ULL << 62 }), 0);
-	int64_t tat = atomic_load(&tl_quota(c, 0)->tat[0]);
+	int64_t tat = atomic_load(qs_tat(tl_quota(c, 0), QUOTA_TPD));
 	cr_assert_gt(tat, 0);
 	cr_assert_leq(tat, INT64_MAX / 2);
 	struct quota_ticket u;
@@ -539,30 +558,31 @@ Test(gcra, a_refunder_that_dies_mid_refund_is_audited)
 	char b;
 	cr_assert_eq(read(fd[0], &b, 1), 1);
 	cr_assert_eq(b, 'y');
-	struct qs_header *h = c->h;
 	uint32_t slot = UINT32_MAX;
-	for (uint32_t s = 0; s < h->client_capacity; s++)
-		if (atomic_load(&qs_client_at(c->base, s)->pid) == pid)
+	for (uint32_t s = 0; s < c->g.client_capacity; s++) {
+		uint64_t w = atomic_load(&qs_client_at(&c->g, s)->state);
+		if (QS_CLIENT_STATUS(w) == QS_CLIENT_LIVE && QS_CLIENT_PID(w) == pid)
 			slot = s;
+	}
 	cr_assert_neq(slot, UINT32_MAX);
-	struct qs_client *cs = qs_client_at(c->base, slot);
+	struct qs_client *cs = qs_client_at(&c->g, slot);
 	struct qs_quota *q = tl_quota(c, 0);
-	/* Forge the death: journalled refund of limit 0, begun moved, done not. */
-	uint64_t key = (1ULL << 32) | 1;
+	/* Forge the death: journalled refund of the rpm limit (kind + 1 << 32 |
+	 * quota id + 1), begun moved, done not. */
+	uint64_t key = ((uint64_t)(QUOTA_RPM + 1) << 32) | 1;
 	atomic_store(&cs->refund_intent, key);
-	atomic_fetch_add(&q->refund_begun[0], 3 * TL_S);
+	atomic_fetch_add(&q->refund_begun[QUOTA_RPM], 3 * TL_S);
 	kill(pid, SIGKILL);
 	int st;
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	/* Our own (live) slot journals a refund on the same limit: wait. */
-	atomic_store(&c->cs->refund_intent, key);
-	uint32_t counts[3] = { 0 };
-	uint64_t word = atomic_load(&cs->state);
-	cr_assert_eq(qc_reclaim_slot(c->base, slot, word, counts), -EAGAIN);
-	cr_assert_neq(atomic_load(&q->refund_begun[0]), atomic_load(&q->refund_done[0]));
-	atomic_store(&c->cs->refund_intent, 0);
-	cr_assert_eq(qc_reclaim_slot(c->base, slot, atomic_load(&cs->state), counts), 0);
-	cr_assert_eq(atomic_load(&q->refund_begun[0]), atomic_load(&q->refund_done[0]),
+	atomic_store(&c->first->cs->refund_intent, key);
+	struct qc_reclaim_counts counts = { 0 };
+	cr_assert_eq(qc_reclaim_group(&c->g, &slot, 1, &counts), -EAGAIN);
+	cr_assert_neq(atomic_load(&q->refund_begun[QUOTA_RPM]), atomic_load(&q->refund_done[QUOTA_RPM]));
+	atomic_store(&c->first->cs->refund_intent, 0);
+	cr_assert_eq(qc_reclaim_group(&c->g, &slot, 1, &counts), 0);
+	cr_assert_eq(atomic_load(&q->refund_begun[QUOTA_RPM]), atomic_load(&q->refund_done[QUOTA_RPM]),
 		     "the gap is closed");
 	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&cs->state)), QS_CLIENT_FREE);
 	quota_close(c);
