@@ -41,7 +41,7 @@ static void child(const char *seg, int fd, int mode, unsigned seed)
 	if (quota_open(seg, &c) < 0)
 		_exit(1);
 	int id = quota_find(c, "q");
-	uint32_t slot = c->slot;
+	uint32_t slot = c->first->slot; /* the opening thread's slot */
 	if (write(fd, &slot, sizeof(slot)) != sizeof(slot))
 		_exit(1);
 	struct quota_ticket t[4];
@@ -101,7 +101,7 @@ static int cmp64(const void *a, const void *b)
  * leaves [@want, 64] meanwhile. Returns the ns it took from @t0. */
 static int64_t wait_back(quota_client *c, struct qs_quota *q, uint32_t slot, uint32_t want, int64_t t0)
 {
-	struct qs_client *cs = qs_client_at(c->base, slot);
+	struct qs_client *cs = qs_client_at(&c->g, slot);
 	for (;;) {
 		uint32_t n = count_of(q);
 		cr_assert(n >= want && n <= 64, "in-flight count %u outside [%u, 64]", n, want);
@@ -147,8 +147,9 @@ Test(reclaim, kill9_at_random_moments, .timeout = 120)
 		if (mode == 2)
 			cr_assert_eq(read(p[0], &h, 1), 1);
 		/* Modes 1 and 2 are long-lived workers: quotad watches them before
-		 * they die (the pidfd path). Mode 0 dies before quotad has even
-		 * seen it (found by the next scan of the client table). */
+		 * they die (the pidfd path). Mode 0 is killed without waiting for
+		 * quotad to watch it (its claim notice or the next scan of the
+		 * client table finds it, possibly dead already). */
 		for (int64_t t = cl_now(); mode != 0 && !watched(e.sock, pid);)
 			cr_assert_lt(cl_now() - t, 2 * CL_S, "quotad never adopted child %d", (int)pid);
 		if (mode == 1) /* a random moment inside the loop (not a synchronisation) */
@@ -167,7 +168,7 @@ Test(reclaim, kill9_at_random_moments, .timeout = 120)
 	qsort(path[0], (size_t)np[0], sizeof(int64_t), cmp64);
 	qsort(path[1], (size_t)np[1], sizeof(int64_t), cmp64);
 	fprintf(stderr, "reclaim latency, watched workers (pidfd, %d runs): median %.3f ms, max %.3f ms; "
-		"killed right after quota_open (next scan, %d runs): median %.3f ms, max %.3f ms\n",
+		"killed right after quota_open (notice or scan, %d runs): median %.3f ms, max %.3f ms\n",
 		np[1], path[1][np[1] / 2] / 1e6, path[1][np[1] - 1] / 1e6, np[0], path[0][np[0] / 2] / 1e6,
 		path[0][np[0] - 1] / 1e6);
 	qsort(lat, REPS, sizeof(lat[0]), cmp64);
@@ -227,7 +228,7 @@ Test(reclaim, died_between_count_and_row_is_audited)
 	cr_assert_eq(count_of(q), 3);
 	/* Forge the moment of death: the child's CAS took one more slot, its
 	 * row was never updated, its intent still says so. */
-	struct qs_client *cs = qs_client_at(c->base, slot);
+	struct qs_client *cs = qs_client_at(&c->g, slot);
 	atomic_store(&cs->intent, (1ULL << 32) | (uint32_t)(id + 1));
 	atomic_fetch_add(&q->inflight, QS_INFLIGHT_SEQ1 + 1);
 	kill(pid, SIGKILL);
@@ -259,19 +260,19 @@ Test(reclaim, reused_pid_is_reclaimed_not_adopted)
 			pause();
 	/* Forge a slot as a dead client would have left it, whose pid now
 	 * belongs to @other (a different start time), holding 2. */
-	uint32_t s = c->h->client_capacity - 1;
-	struct qs_client *cs = qs_client_at(c->base, s);
+	uint32_t s = c->g.client_capacity - 1;
+	struct qs_client *cs = qs_client_at(&c->g, s);
 	uint64_t w = atomic_load(&cs->state);
 	cr_assert_eq(QS_CLIENT_STATUS(w), QS_CLIENT_FREE);
-	uint64_t gen = QS_CLIENT_GEN(w) + 1;
-	cr_assert(atomic_compare_exchange_strong(&cs->state, &w, (gen << 8) | QS_CLIENT_CLAIMING));
-	atomic_store(&cs->pid, other);
+	uint32_t gen = QS_CLIENT_GEN(w) + 1;
+	/* The pid is in the state word (layout 2). */
+	cr_assert(atomic_compare_exchange_strong(&cs->state, &w, QS_CLIENT_WORD(gen, other, QS_CLIENT_CLAIMING)));
 	atomic_store(&cs->starttime, qc_proc_starttime(other) + 4242);
 	atomic_store(&cs->rows[0].quota1, (uint32_t)id + 1);
 	atomic_store(&cs->rows[0].held, 2);
 	atomic_fetch_add(&q->inflight, QS_INFLIGHT_SEQ1 + 2);
-	atomic_store(&cs->state, (gen << 8) | QS_CLIENT_LIVE);
-	atomic_fetch_add(&c->h->client_seq, 1);
+	atomic_store(&cs->state, QS_CLIENT_WORD(gen, other, QS_CLIENT_LIVE));
+	atomic_fetch_add(&c->g.h->client_seq, 1);
 	int64_t lat = wait_back(c, q, s, 0, cl_now());
 	cr_assert_eq(kill(other, 0), 0, "the other process must be left alone");
 	char *st = cl_request(e.sock, "{\"cmd\":\"status\"}");
@@ -301,9 +302,9 @@ Test(reclaim, late_quotad_adopts_living_reclaims_dead)
 	cr_assert_eq(count_of(q), 4, "nobody reclaims while quotad is down");
 	cl_quotad(&e, cfg, NULL);
 	/* Ready is written after the first scan: the dead one is back already. */
-	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, dead_slot)->state)), QS_CLIENT_FREE);
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(&c->g, dead_slot)->state)), QS_CLIENT_FREE);
 	cr_assert_eq(count_of(q), 2);
-	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, live_slot)->state)), QS_CLIENT_LIVE);
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(&c->g, live_slot)->state)), QS_CLIENT_LIVE);
 	char *cl = cl_request(e.sock, "{\"cmd\":\"clients\"}");
 	cr_assert(cl && strstr(cl, "\"watched\":true"), "%s", cl ? cl : "(no reply)");
 	free(cl);
@@ -325,7 +326,7 @@ Test(reclaim, stalled_process_keeps_what_it_holds)
 	kill(pid, SIGSTOP);
 	/* An observation window of 25 ticks: a stalled process is not a dead one. */
 	nanosleep(&(struct timespec){ 0, 25 * 20 * CL_MS }, NULL);
-	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, slot)->state)), QS_CLIENT_LIVE);
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(&c->g, slot)->state)), QS_CLIENT_LIVE);
 	cr_assert_eq(count_of(q), 2);
 	kill(pid, SIGCONT);
 	kill(pid, SIGKILL);
@@ -336,7 +337,6 @@ Test(reclaim, stalled_process_keeps_what_it_holds)
 
 #define CONFIG2 "{\"quotas\": {\"q\": {\"rpm\": 100000000, \"max_inflight\": 64}, " \
 	"\"r\": {\"rpm\": 100000000, \"max_inflight\": 64}}}"
-#define JOURNAL (1u << 31) /* reclaim.c's HELD_JOURNAL */
 
 /* A child holding 2 on "q" and 2 on "r"; returns its pid and slot. */
 static pid_t holder2(const char *seg, uint32_t *slot)
@@ -353,7 +353,7 @@ static pid_t holder2(const char *seg, uint32_t *slot)
 		for (int i = 0; i < 4; i++)
 			if (quota_reserve(c, i < 2 ? q : r, &one, 0, &t[i]) < 0)
 				_exit(1);
-		uint32_t s = c->slot;
+		uint32_t s = c->first->slot;
 		if (write(p[1], &s, sizeof(s)) != sizeof(s))
 			_exit(1);
 		for (;;)
@@ -381,13 +381,14 @@ Test(reclaim, quotad_killed_mid_give_back_is_repaired)
 		cl_stop(holder(e.seg, &slot), SIGKILL);
 		cr_assert_eq(count_of(q), 3);
 		/* Forge what a quotad killed inside give_back() leaves: the slot
-		 * RECLAIMING, the row journaled, the counter moved or not yet. */
-		struct qs_client *cs = qs_client_at(c->base, slot);
+		 * RECLAIMING, the row journalled (journal = the amount, held not
+		 * yet zeroed), the counter moved or not yet. */
+		struct qs_client *cs = qs_client_at(&c->g, slot);
 		uint64_t w = atomic_load(&cs->state);
 		atomic_store(&cs->state, (w & ~0xffULL) | QS_CLIENT_RECLAIMING);
 		for (int r = 0; r < (int)QS_CLIENT_ROWS; r++)
 			if (atomic_load(&cs->rows[r].quota1) == (uint32_t)id + 1)
-				atomic_store(&cs->rows[r].held, 2 | JOURNAL);
+				atomic_store(&cs->rows[r].journal, 2);
 		if (moved)
 			atomic_fetch_add(&q->inflight, QS_INFLIGHT_SEQ1 - 2);
 		cl_quotad(&e, cfg, NULL);
@@ -414,16 +415,16 @@ Test(reclaim, an_ambiguity_does_not_hold_back_other_quotas)
 	pid_t pid = holder2(e.seg, &slot);
 	/* The child dies mid-update on q; and this (living) process looks as
 	 * if it were mid-update on q too, so q cannot be audited yet. */
-	atomic_store(&qs_client_at(c->base, slot)->intent, (1ULL << 32) | (uint32_t)(q + 1));
+	atomic_store(&qs_client_at(&c->g, slot)->intent, (1ULL << 32) | (uint32_t)(q + 1));
 	atomic_fetch_add(&qq->inflight, QS_INFLIGHT_SEQ1 + 1);
-	atomic_store(&c->cs->intent, (1ULL << 32) | (uint32_t)(q + 1));
+	atomic_store(&c->first->cs->intent, (1ULL << 32) | (uint32_t)(q + 1));
 	kill(pid, SIGKILL);
 	int64_t t0 = cl_now();
 	while (QS_INFLIGHT_COUNT(atomic_load(&qr->inflight)) != 0)
 		cr_assert_lt(cl_now() - t0, 2 * CL_S, "r's slots not given back while q waits");
-	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, slot)->state)), QS_CLIENT_RECLAIMING);
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(&c->g, slot)->state)), QS_CLIENT_RECLAIMING);
 	cr_assert_eq(count_of(qq), 3, "q is left alone while it cannot be audited");
-	atomic_store(&c->cs->intent, 0); /* our "update" is done */
+	atomic_store(&c->first->cs->intent, 0); /* our "update" is done */
 	wait_back(c, qq, slot, 0, cl_now());
 	cl_stop(pid, SIGKILL);
 	quota_close(c);
