@@ -47,7 +47,7 @@ static void worker(const char *seg, struct shared *sh, int w, int gate)
 		_exit(1);
 	}
 	int id = quota_find(c, "q");
-	sh->slot[w] = c->slot;
+	sh->slot[w] = c->first->slot;
 	if (read(gate, &b, 1) < 0) /* returns at EOF: the start barrier */
 		atomic_fetch_add(&sh->errors, 1);
 	uint64_t x = (uint64_t)w * 2654435761u + 7;
@@ -96,10 +96,15 @@ static void check_bound(const struct rec *r, uint32_t n, bool tokens, uint64_t L
 	}
 }
 
-static void read_tats(struct qs_quota *q, int64_t *tat)
+/* The TAT of each of quota @id's limits, in the order of its config. */
+static uint32_t read_tats(quota_client *c, int id, int64_t *tat)
 {
-	for (uint32_t k = 0; k < q->nlimits; k++)
-		tat[k] = atomic_load(qs_tat(q, k));
+	struct qs_config cfg;
+	cr_assert_eq(qs_config_get(&c->g, (uint32_t)id, &cfg, NULL), 0);
+	struct qs_quota *q = qs_quota_at(&c->g, (uint32_t)id);
+	for (uint32_t k = 0; k < cfg.nlimits; k++)
+		tat[k] = atomic_load(qs_tat(q, cfg.lim[k].kind));
+	return cfg.nlimits;
 }
 
 Test(restart, kill9_under_load_keeps_the_bound, .timeout = 60)
@@ -122,31 +127,33 @@ Test(restart, kill9_under_load_keeps_the_bound, .timeout = 60)
 	}
 	close(gate[0]);
 	quota_client *c = cl_open(e.seg);
-	struct qs_quota *q = qc_quota(c, quota_find(c, "q"));
+	int id = quota_find(c, "q");
+	struct qs_quota *q = qc_quota(c, id);
 	close(gate[1]); /* go */
 
 	nanosleep(&(struct timespec){ 1, 0 }, NULL); /* load runs */
 	cl_stop(qd, SIGKILL);
 	int64_t t_kill = cl_now();
-	int64_t before[QS_RATE_KINDS];
-	read_tats(q, before);
+	int64_t before[QS_KINDS];
+	uint32_t nlim = read_tats(c, id, before);
+	cr_assert_eq(nlim, 2, "rpm and tpm");
 	uint32_t n_before = atomic_load(&sh->n);
 	/* A worker dies while quotad is down, probably holding in-flight. */
 	cl_stop(pids[0], SIGKILL);
 	uint32_t victim = sh->slot[0];
-	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, victim)->state)), QS_CLIENT_LIVE);
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(&c->g, victim)->state)), QS_CLIENT_LIVE);
 	nanosleep(&(struct timespec){ 0, 300 * CL_MS }, NULL); /* quotad stays down; load runs */
 	cr_assert_gt(atomic_load(&sh->n), n_before, "workers must keep admitting while quotad is down");
 
 	int64_t t_start = cl_now();
 	cl_quotad(&e, cfg, NULL);
 	int64_t t_ready = cl_now();
-	int64_t after[QS_RATE_KINDS];
-	read_tats(q, after);
-	for (uint32_t k = 0; k < q->nlimits; k++)
+	int64_t after[QS_KINDS];
+	cr_assert_eq(read_tats(c, id, after), nlim, "the restart kept the config");
+	for (uint32_t k = 0; k < nlim; k++)
 		cr_assert_geq(after[k], before[k], "limit %u went back: budget refilled by the restart", k);
 	/* The new quotad scanned before it said ready. */
-	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(c->base, victim)->state)), QS_CLIENT_FREE,
+	cr_assert_eq(QS_CLIENT_STATUS(atomic_load(&qs_client_at(&c->g, victim)->state)), QS_CLIENT_FREE,
 		     "the worker that died while quotad was down is reclaimed after the restart");
 	fprintf(stderr, "restart: quotad start to ready %.3f ms (down %.3f ms in total, of which 300 ms "
 		"on purpose); admissions went on throughout\n", (t_ready - t_start) / 1e6,
