@@ -28,6 +28,7 @@ static const char *seeds[] = {
 	"{\"cmd\":\"backoff\",\"quota\":\"q\",\"seconds\":1.5}",
 	"{\"cmd\":\"backoff\",\"quota\":\"nosuch\",\"seconds\":2}",
 	"{\"cmd\":\"reload\"}",
+	"{\"cmd\":\"set\",\"quota\":\"q\",\"key\":\"rpm\",\"value\":120}",
 	"{\"cmd\": \"status\", \"extra\": [1, 2, {\"x\": null}]}",
 	"[\"cmd\", \"status\"]",
 	"\"status\"",
@@ -106,10 +107,10 @@ Test(protocol, mutated_requests_get_one_json_line, .timeout = 120)
 		     "%s", err);
 	quota_client *c = cl_open(e.seg);
 	static struct daemon d;
-	d.base = c->base;
-	d.size = c->size;
-	d.h = c->h;
+	d.g = c->g; /* the validated geometry, as quotad holds it */
+	d.h = c->g.h;
 	d.obs = c;
+	cr_assert_eq(qd_pub_init(&d), 0, "what the segment publishes");
 	snprintf(d.segment, sizeof(d.segment), "/%s", e.seg);
 	/* reload applies this file: the same quota, so the segment stays usable */
 	d.config_path = cl_file(&e, "q.json", "{\"quotas\": {\"q\": {\"rpm\": 60}}}");
@@ -130,20 +131,29 @@ Test(protocol, mutated_requests_get_one_json_line, .timeout = 120)
 		bool privileged = round & 1;
 		int64_t paused = atomic_load(&qc_quota(c, 0)->paused_until);
 		uint64_t gen = atomic_load(&d.h->generation);
+		uint64_t cfgw = atomic_load(&qc_quota(c, 0)->cfg), idxw = atomic_load(&d.h->index_word);
 		char *reply = qd_control_handle(&d, buf, len, privileged);
 		check_reply(reply, buf, len);
 		if (!privileged) {
 			cr_assert_eq(atomic_load(&qc_quota(c, 0)->paused_until), paused, "unprivileged backoff: %.*s",
 				     (int)len, buf);
 			cr_assert_eq(atomic_load(&d.h->generation), gen, "unprivileged reload: %.*s", (int)len, buf);
+			cr_assert_eq(atomic_load(&qc_quota(c, 0)->cfg), cfgw, "unprivileged config change: %.*s",
+				     (int)len, buf);
+			cr_assert_eq(atomic_load(&d.h->index_word), idxw, "unprivileged index change: %.*s",
+				     (int)len, buf);
 		}
 		free(reply);
 	}
 	dup2(saved, 2);
 	close(saved);
 	close(null);
-	fprintf(stderr, "control protocol: %d requests, %llu reloads applied, every reply one JSON line\n", ROUNDS,
+	fprintf(stderr, "control protocol: %d requests, %llu reloads applied, %llu publications, every reply "
+		"one JSON line\n", ROUNDS, (unsigned long long)d.st.reloads_ok,
 		(unsigned long long)(atomic_load(&d.h->generation) - gen0));
 	cr_assert_eq(quota_find(c, "q"), 0, "the segment is still whole");
+	struct qs_config cfg;
+	cr_assert_eq(qs_config_get(&c->g, 0, &cfg, NULL), 0, "its config record is readable");
+	qd_pub_free(&d);
 	quota_close(c);
 }
