@@ -11,7 +11,7 @@
 
 #include "internal.h"
 
-int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qc_cfg *out)
+int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qs_quota *q, struct qc_cfg *out)
 {
 	memset(out, 0, sizeof(*out));
 	memset(out->pos, -1, sizeof(out->pos));
@@ -32,11 +32,16 @@ int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qc_cfg *out
 			return -EBADMSG;
 		}
 		out->pos[l->kind] = (int8_t)k;
+		out->last_units[k] = 0; /* charge(0) = 0 */
+		if (q) {
+			out->tat[k] = qs_tat(q, l->kind);
+			out->done[k] = &q->refund_done[l->kind];
+		}
 	}
 	return 0;
 }
 
-int qc_cfg_refresh(struct qc_thread *t, uint32_t id, const struct qc_cfg **ret)
+int qc_cfg_refresh(struct qc_thread *t, uint32_t id, struct qc_cfg **ret)
 {
 	struct qs_config src;
 	uint64_t word;
@@ -50,7 +55,7 @@ int qc_cfg_refresh(struct qc_thread *t, uint32_t id, const struct qc_cfg **ret)
 			return -ENOMEM;
 		t->cfg[id] = cf;
 	}
-	r = qc_cfg_decode(&src, word, cf);
+	r = qc_cfg_decode(&src, word, qs_quota_at(&t->c->g, id), cf);
 	if (r < 0)
 		return r;
 	*ret = cf;

@@ -24,6 +24,7 @@
 #include "internal.h"
 
 uint64_t qc_fork_gen;
+__thread struct qc_tls qc_tls __attribute__((tls_model("initial-exec")));
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void atfork_child(void)
@@ -162,6 +163,7 @@ static int claim_slot(struct quota_client *c, struct qc_thread *t)
 static void thread_exit(void *p)
 {
 	struct qc_thread *t = p;
+	qc_tls.c = NULL;
 	/* release: the thread's last writes to its slot happen before another
 	 * thread takes the context over (pairs with the acquire below) */
 	atomic_store_explicit(&t->in_use, 0, memory_order_release);
@@ -255,8 +257,6 @@ static int attach(const char *segment, bool observer, quota_client **ret)
 	c->nonce = make_nonce();
 	c->fork_gen = qc_fork_gen;
 	snprintf(c->segment, sizeof(c->segment), "%s", segment);
-	c->mono0 = qc_clock(c);
-	c->tsc0 = qc_tsc(); /* after the clock read: calibration is a lower bound */
 	pthread_mutex_init(&c->lock, NULL);
 	if (!observer) {
 		c->first = qc_thread_slow(c, &r);
@@ -392,6 +392,8 @@ void quota_close(quota_client *c)
 	if (!c->observer && c->fork_gen == qc_fork_gen)
 		close_slots(c);
 	pthread_key_delete(c->key);
+	if (qc_tls.c == c)
+		qc_tls.c = NULL;
 	struct qc_thread *t = c->threads;
 	while (t) {
 		struct qc_thread *next = t->next;

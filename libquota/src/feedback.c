@@ -21,7 +21,7 @@ int quota_feedback_apply(quota_client *c, int id, const struct quota_feedback *f
 	struct qs_quota *q = qc_quota(c, id);
 	if (!q)
 		return -ENOENT;
-	const struct qc_cfg *cf;
+	struct qc_cfg *cf;
 	err = qc_cfg_get(t, (uint32_t)id, q, &cf);
 	if (err < 0)
 		return err;

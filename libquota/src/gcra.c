@@ -57,9 +57,22 @@
  * of a period's worth of refunds happened during its wait. So the bound
  * above holds with refunds, and a refund is lost only when the budget it
  * would return has already flowed away (our slot is in the past: the
- * provider has also counted that time). Deciding that a slot is in the past
- * from an over-estimate of the time (reserve.c's TSC shortcut) only ever
- * skips a refund: safe.
+ * provider has also counted that time).
+ *
+ * THE LAST SLOT (the refund's fast path, no clock, no counter). If no refund
+ * has begun since our reserve read refund_done (refund_begun == done0, so
+ * every refund ever begun had finished before that read and is already in
+ * the TAT our reserve CAS replaced: our slot has not moved), and the TAT
+ * still equals our slot's end, then no non-empty slot lies after ours:
+ * every slot taken later ends after ours, so it would hold the TAT above
+ * our end, unless it was given back whole. Lowering the TAT from our end by
+ * d <= inc then only shortens our own slot to its new length (invariant
+ * (2)) and moves no other slot (invariant (1) untouched), whatever the time;
+ * one CAS does it, and since it moves nobody it is not counted in
+ * refund_begun. The CAS compares the whole word, so a TAT that left our end
+ * and came back (an earlier refund moved our slot, then a later slot
+ * appended exactly to our old end) is excluded by the first condition: that
+ * earlier refund is in refund_begun.
  *
  * DEBT (usage above the estimate) appends inc(extra) at max(TAT, now): it may
  * push TAT beyond now + tau; later reservations then wait until it is paid.
@@ -166,14 +179,21 @@ uint64_t qg_refund(const struct qc_thread *t, struct qs_quota *q, uint32_t id,
 {
 	if (delta == 0)
 		return 0;
+	uint32_t k = tl->kind & (QS_KINDS - 1);
+	_Atomic int64_t *tat = qs_tat(q, k);
+	/* The last slot (see the top): shortened in place. seq_cst load, like
+	 * the waiters' check, of the counter every moving refund raises first. */
+	int64_t end = tl->end;
+	if (atomic_load(&q->refund_begun[k]) == tl->done0 && end > INT64_MIN / 4 + (int64_t)delta &&
+	    atomic_compare_exchange_strong_explicit(tat, &end, end - (int64_t)delta,
+						    memory_order_relaxed, memory_order_relaxed))
+		return delta;
 	/* A slot that has ended cannot move anything (slots only ever move
 	 * earlier): nothing to give back, nothing for others to account for.
 	 * This is most commits - a call outlasts its slot - and it spares them
 	 * two contended read-modify-writes. */
 	if (tl->end <= qc_clock(t->c))
 		return 0;
-	uint32_t k = tl->kind & (QS_KINDS - 1);
-	_Atomic int64_t *tat = qs_tat(q, k);
 	/* Journal the refund in our slot first: if we die before refund_done,
 	 * quotad audits this limit (reclaim.c). The seq_cst RMW below is a
 	 * release: the journal is visible before the counter moves. */
@@ -194,7 +214,7 @@ uint64_t qg_refund(const struct qc_thread *t, struct qs_quota *q, uint32_t id,
 		 * slots before ours can have moved it. Read after the TAT we will
 		 * CAS on, so that a refund applied before that value is counted. */
 		uint64_t moved = atomic_load(&q->refund_begun[k]) - tl->done0 - delta;
-		int64_t end = tl->end - (moved > (uint64_t)QG_SATURATE ? QG_SATURATE : (int64_t)moved);
+		end = tl->end - (moved > (uint64_t)QG_SATURATE ? QG_SATURATE : (int64_t)moved);
 		if (end <= now) {
 			given = 0;
 			break;

@@ -96,7 +96,7 @@ int quota_info(quota_client *c, int id, struct quota_info *ret, size_t size)
 	if (err < 0)
 		return err;
 	struct qc_cfg cf;
-	err = qc_cfg_decode(&src, word, &cf);
+	err = qc_cfg_decode(&src, word, NULL, &cf);
 	if (err < 0)
 		return err;
 	struct quota_info info;

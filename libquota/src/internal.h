@@ -44,6 +44,12 @@ struct qc_cfg {
 	uint64_t budget_day_nusd, budget_month_nusd;
 	int8_t pos[QS_KINDS]; /* kind -> index in lim[], -1 none */
 	struct qs_limit_cfg lim[QS_KINDS];
+	/* The last cost's units and charge per limit (this thread's): most
+	 * reservations repeat a cost (requests: always 1). */
+	uint64_t last_units[QS_KINDS], last_inc[QS_KINDS];
+	/* Each limit's TAT and refund_done words in the quota entry. */
+	_Atomic int64_t *tat[QS_KINDS];
+	_Atomic uint64_t *done[QS_KINDS];
 };
 
 struct qc_thread {
@@ -65,11 +71,6 @@ struct quota_client {
 	bool observer;           /* attached read-only, no client slot */
 	uint64_t nonce;          /* unique per open: tickets carry it */
 	uint64_t fork_gen;       /* qc_fork_gen when opened: a forked child must reopen */
-	/* A lower bound of ns per TSC tick << 32 (0: not calibrated yet),
-	 * measured from tsc0/mono0 taken at open (settle.c). */
-	_Atomic uint64_t tsc_q32;
-	uint64_t tsc0;
-	int64_t mono0;
 	char segment[256];
 	pthread_key_t key;       /* this thread's context */
 	pthread_mutex_t lock;    /* the list of contexts (slow path only) */
@@ -89,10 +90,26 @@ extern uint64_t qc_fork_gen;
  * *@err set (-EUSERS no client slot free, -ENOMEM). */
 struct qc_thread *qc_thread_slow(struct quota_client *c, int *err);
 
+/* The last handle this thread used and its context there: one compare on
+ * the hot path instead of a pthread_getspecific() call. initial-exec: a
+ * few bytes of static TLS, no __tls_get_addr call. The nonce makes a handle
+ * closed and reopened at the same address miss. */
+struct qc_tls {
+	const struct quota_client *c;
+	uint64_t nonce;
+	struct qc_thread *t;
+};
+extern __thread struct qc_tls qc_tls __attribute__((tls_model("initial-exec")));
+
 static inline struct qc_thread *qc_thread_get(struct quota_client *c, int *err)
 {
+	if (qc_tls.c == c && qc_tls.nonce == c->nonce)
+		return qc_tls.t;
 	struct qc_thread *t = pthread_getspecific(c->key);
-	return t ? t : qc_thread_slow(c, err);
+	if (!t && !(t = qc_thread_slow(c, err)))
+		return NULL;
+	qc_tls = (struct qc_tls){ c, c->nonce, t };
+	return t;
 }
 
 /* The checks every call that writes shared state starts with: a handle of
@@ -120,14 +137,14 @@ static inline int qc_writer(struct quota_client *c, struct qc_thread **ret)
  * -ENOENT (no such id), -EBADMSG (damaged
  * record), -EAGAIN (quotad kept republishing), -ENOMEM.
  */
-int qc_cfg_refresh(struct qc_thread *t, uint32_t id, const struct qc_cfg **ret);
+int qc_cfg_refresh(struct qc_thread *t, uint32_t id, struct qc_cfg **ret);
 
 static inline int qc_cfg_get(struct qc_thread *t, uint32_t id, struct qs_quota *q,
-			     const struct qc_cfg **ret)
+			     struct qc_cfg **ret)
 {
 	/* acquire: pairs with quotad's publication of the word (records.c) */
 	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);
-	const struct qc_cfg *cf = t->cfg[id];
+	struct qc_cfg *cf = t->cfg[id];
 	if (cf && cf->word == w && w) {
 		*ret = cf;
 		return 0;
@@ -140,8 +157,9 @@ static inline int qc_cfg_get(struct qc_thread *t, uint32_t id, struct qs_quota *
 void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 	       const struct quota_cost *actual);
 
-/* Decode @src into @out (limits' constants derived): 0 or -EBADMSG. */
-int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qc_cfg *out);
+/* Decode @src into @out (limits' constants derived) for quota entry @q
+ * (NULL: no word pointers): 0 or -EBADMSG. */
+int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qs_quota *q, struct qc_cfg *out);
 
 /* Ticket's private layout, inside quota_ticket.private_. */
 #define QT_OPEN 0x514f50454e544b32ULL   /* open, may be settled */
@@ -163,8 +181,6 @@ struct qt_priv {
 	uint32_t held;      /* in-flight slots taken */
 	uint32_t pad;
 	int64_t admitted_at;
-	int64_t decided_at; /* segment clock when the slots were taken */
-	uint64_t tsc;       /* TSC then (0: not on this CPU architecture) */
 	uint64_t requests, input_tokens, output_tokens;
 	uint64_t spend_nusd;   /* charged at reserve (quotas with a budget), else 0 */
 	uint32_t day, month;   /* spend periods charged */
@@ -189,16 +205,6 @@ static inline int64_t qc_clock(const struct quota_client *c)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * QC_NS_PER_S + ts.tv_nsec;
-}
-
-/* The CPU's timestamp counter, or 0 where there is none to read cheaply. */
-static inline uint64_t qc_tsc(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	return __builtin_ia32_rdtsc();
-#else
-	return 0;
-#endif
 }
 
 /* Read the process start time (clock ticks since boot) of @pid from

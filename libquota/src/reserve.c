@@ -165,7 +165,7 @@ struct qc_resv {
 	struct qc_thread *t;
 	struct quota_client *c;
 	struct qs_quota *q;
-	const struct qc_cfg *cf;
+	struct qc_cfg *cf;
 	uint32_t id;
 	uint64_t req, in, out;
 	uint64_t inc[QS_KINDS];
@@ -191,7 +191,7 @@ static int plan(struct qc_resv *r)
 	int err = qc_cfg_get(r->t, r->id, r->q, &r->cf);
 	if (err < 0)
 		return err;
-	const struct qc_cfg *cf = r->cf;
+	struct qc_cfg *cf = r->cf;
 	if (cf->flags & QS_REC_REMOVED)
 		return -ENOENT;
 	if ((cf->context_window && r->in + r->out > cf->context_window) ||
@@ -202,7 +202,11 @@ static int plan(struct qc_resv *r)
 		uint64_t u = qc_units_of(l->kind, r->req, r->in, r->out);
 		if (u > l->capacity)
 			return -E2BIG;
-		r->inc[k] = qg_charge(l, u);
+		if (u != cf->last_units[k]) {
+			cf->last_units[k] = u;
+			cf->last_inc[k] = qg_charge(l, u);
+		}
+		r->inc[k] = cf->last_inc[k];
 	}
 	r->spend = 0;
 	if (cf->budget_day_nusd || cf->budget_month_nusd) {
@@ -240,8 +244,8 @@ static int decide(struct qc_resv *r)
 		uint32_t kind = cf->lim[k].kind;
 		/* acquire: pairs with the release in qg_refund(); a refund counted
 		 * as done here is already in the TAT we read next. */
-		r->done0[k] = atomic_load_explicit(&q->refund_done[kind], memory_order_acquire);
-		r->tat[k] = atomic_load_explicit(qs_tat(q, kind), memory_order_relaxed);
+		r->done0[k] = atomic_load_explicit(cf->done[k], memory_order_acquire);
+		r->tat[k] = atomic_load_explicit(cf->tat[k], memory_order_relaxed);
 		int64_t need = qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - cf->lim[k].tau_ns;
 		if (need > a) {
 			a = need;
@@ -285,15 +289,18 @@ static void undo(struct qc_resv *r, uint32_t k)
 static bool take_slot(struct qc_resv *r, uint32_t k, bool waits)
 {
 	const struct qs_limit_cfg *l = &r->cf->lim[k];
-	_Atomic int64_t *w = qs_tat(r->q, l->kind);
+	_Atomic int64_t *w = r->cf->tat[k];
 	int64_t cur = r->tat[k], tau = l->tau_ns, inc = (int64_t)r->inc[k];
 	/* A reservation that waits places its slot at least tau/8 after its
 	 * admission time (within its window [a, a + tau]), so that refunds
 	 * made while it sleeps have room to move it (gcra.c) instead of making
 	 * it requeue. Not later: a limit that does not bind keeps 7/8 of its
 	 * burst to absorb the mix of costs, instead of pacing every request. */
-	int64_t room = tau - inc;
-	int64_t lo = waits ? r->a + (room < tau / QC_WAIT_SLACK_DIV ? room : tau / QC_WAIT_SLACK_DIV) : r->a;
+	int64_t lo = r->a;
+	if (waits) {
+		int64_t room = tau - inc;
+		lo += room < tau / QC_WAIT_SLACK_DIV ? room : tau / QC_WAIT_SLACK_DIV;
+	}
 	for (;;) {
 		int64_t c = qg_tat_clamp(cur);
 		int64_t e = (c > lo ? c : lo) + inc;
@@ -375,24 +382,30 @@ static bool waiter_still_valid(struct qs_quota *q, const struct qt_priv *tk)
 	return true;
 }
 
-/* Fill the ticket and count the admission. */
-static void admit(struct qc_resv *r)
+/* Fill ticket @tk (the caller's, or r->tk while it waits) and count the
+ * admission. Field by field: a block copy of r->tk right after take()
+ * wrote it costs store-forwarding stalls. */
+static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struct qt_priv *tk)
 {
-	struct qt_priv *tk = &r->tk;
 	tk->magic = QT_OPEN;
 	tk->owner = r->c->nonce;
 	tk->quota = r->id;
 	tk->nlimits = r->cf->n;
 	tk->held = r->cf->max_inflight ? (uint32_t)r->req : 0;
 	tk->admitted_at = r->a;
-	tk->decided_at = r->now;
-	tk->tsc = qc_tsc(); /* after the clock read: see settle.c */
 	tk->requests = r->req;
 	tk->input_tokens = r->in;
 	tk->output_tokens = r->out;
 	tk->spend_nusd = r->spend;
 	tk->day = r->day;
 	tk->month = r->month;
+	if (tk != &r->tk)
+		for (uint32_t k = 0; k < r->cf->n; k++) {
+			tk->lim[k].end = r->tk.lim[k].end;
+			tk->lim[k].inc = r->tk.lim[k].inc;
+			tk->lim[k].done0 = r->tk.lim[k].done0;
+			tk->lim[k].kind = r->tk.lim[k].kind;
+		}
 	/* Counted now so that a requeue (which cancels) undoes it. */
 	if (r->row) {
 		qc_row_add(&r->row->admitted, 1);
@@ -405,8 +418,9 @@ static void admit(struct qc_resv *r)
 	}
 }
 
-/* Plan, decide, take and wait until admitted or refused. */
-static int run(struct qc_resv *r)
+/* Plan, decide, take and wait until admitted (the ticket written into
+ * @ret) or refused. */
+static int run(struct qc_resv *r, struct quota_ticket *ret)
 {
 	int s;
 replan:
@@ -433,16 +447,22 @@ replan:
 		}
 		if (s < 0)
 			return s;
-		admit(r);
-		if (r->a <= r->now)
+		if (r->a <= r->now) {
+			admit(r, qt_priv(ret));
 			return 0;
+		}
+		admit(r, &r->tk);
 		/* Wait: until our admission time; then requeue if our slots may
 		 * have moved before it, or the provider asked the host to pause. */
 		sleep_until(r->c, r->a);
 		r->now = qc_clock(r->c);
 		if (waiter_still_valid(r->q, &r->tk) &&
-		    atomic_load_explicit(&r->q->paused_until, memory_order_relaxed) <= r->a)
+		    atomic_load_explicit(&r->q->paused_until, memory_order_relaxed) <= r->a) {
+			/* Only the limits in use: the rest is never read. */
+			memcpy(ret->private_, &r->tk, offsetof(struct qt_priv, lim) +
+			       r->tk.nlimits * sizeof(r->tk.lim[0]));
 			return 0;
+		}
 		qc_settle(r->t, r->q, &r->tk, NULL);
 	}
 }
@@ -469,12 +489,10 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 	r.start = r.now = qc_clock(c);
 	r.deadline = add_sat(r.start, timeout_ns);
 	r.day = r.month = 0;
-	err = run(&r);
+	err = run(&r, ret);
 	if (err == 0) {
 		ret->waited_ns = r.now - r.start;
 		ret->retry_after_ns = 0;
-		/* Only the limits in use: the rest of the ticket is never read. */
-		memcpy(ret->private_, &r.tk, offsetof(struct qt_priv, lim) + r.tk.nlimits * sizeof(r.tk.lim[0]));
 		return 0;
 	}
 	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
@@ -494,7 +512,7 @@ int quota_backoff(quota_client *c, int id, int64_t retry_after_ns)
 	if (err < 0)
 		return err;
 	struct qs_quota *q = qc_quota(c, id);
-	const struct qc_cfg *cf;
+	struct qc_cfg *cf;
 	if (!q)
 		return -ENOENT;
 	err = qc_cfg_get(t, (uint32_t)id, q, &cf);

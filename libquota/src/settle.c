@@ -6,15 +6,9 @@
  * open of this one at the same address, is refused with -EINVAL and touches
  * nothing. Any thread of the handle may settle it.
  *
- * WHEN A SLOT HAS ENDED nothing can be refunded on it (gcra.c), and most
- * commits come after their slots ended. Deciding that takes the time; the
- * clock read costs about as much as the rest of a commit, so a cheaper lower
- * bound of the time comes first: the segment time at admission plus the TSC
- * ticks since then at a lower bound of ns per tick (calibrated per handle
- * against CLOCK_MONOTONIC). If the slot ended by that bound it has ended;
- * otherwise the clock is read. A wrong bound (a TSC that is not constant,
- * CPUs whose TSCs differ) can only skip a refund that was still possible:
- * never a refund that was not.
+ * Refunds go through qg_refund() (gcra.c), whose fast path needs neither the
+ * clock nor a contended counter when the ticket's slot is still the last
+ * one on its limit's time line.
  */
 #include <errno.h>
 #include <string.h>
@@ -23,47 +17,6 @@
 
 /* Largest cost field accepted: keeps every sum and product in range. */
 #define QC_COST_MAX (1ULL << 62)
-/* Calibrate the TSC over at least this long (per handle). */
-#define QC_TSC_CALIBRATE_NS (20 * 1000000LL)
-
-/* A lower bound of the segment time now, from the ticket's admission, or
- * INT64_MIN if unknown. */
-static int64_t time_lower_bound(const struct quota_client *c, const struct qt_priv *tk)
-{
-	uint64_t q32 = atomic_load_explicit(&c->tsc_q32, memory_order_relaxed);
-	uint64_t now = qc_tsc();
-	if (!q32 || !tk->tsc || c->manual || now < tk->tsc)
-		return INT64_MIN;
-	unsigned __int128 ns = ((unsigned __int128)(now - tk->tsc) * q32) >> 32;
-	return ns > (unsigned __int128)(INT64_MAX / 4) ? INT64_MIN : tk->decided_at + (int64_t)ns;
-}
-
-/* Having read the clock: calibrate the TSC if not done and long enough
- * since open. ns per tick measured over the whole interval, less 0.1 %
- * and the clock's and counter's read skew, so that it is a lower bound. */
-static void calibrate(struct quota_client *c, int64_t now)
-{
-	if (c->manual || atomic_load_explicit(&c->tsc_q32, memory_order_relaxed) || !c->tsc0)
-		return;
-	int64_t dt = now - c->mono0;
-	uint64_t ticks = qc_tsc() - c->tsc0;
-	if (dt < QC_TSC_CALIBRATE_NS || ticks == 0)
-		return;
-	unsigned __int128 q = ((unsigned __int128)(uint64_t)(dt - dt / 1000 - 1000) << 32) / ticks;
-	atomic_store_explicit(&c->tsc_q32, q > UINT64_MAX ? 0 : (uint64_t)q, memory_order_relaxed);
-}
-
-/* Refund @delta ns of the ticket's limit @tl unless its slot has ended. */
-static void refund(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
-		   const struct qt_limit *tl, uint64_t delta, int64_t *lower)
-{
-	if (*lower == INT64_MIN + 1)
-		*lower = time_lower_bound(t->c, tk);
-	if (tl->end <= *lower)
-		return;
-	qg_refund(t, q, tk->quota, tl, delta);
-	calibrate(t->c, qc_clock(t->c));
-}
 
 /* Refunds and debt of every limit the ticket holds. */
 static void settle_limits(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
@@ -73,7 +26,6 @@ static void settle_limits(struct qc_thread *t, struct qs_quota *q, const struct 
 	uint64_t ain = actual ? actual->input_tokens : 0;
 	uint64_t aout = actual ? actual->output_tokens : 0;
 	bool refund_tokens = actual == NULL || (cf->flags & QS_REC_REFUND_ACTUAL);
-	int64_t lower = INT64_MIN + 1; /* computed on first use */
 	int64_t now = -1;
 	for (uint32_t k = 0; k < tk->nlimits; k++) {
 		const struct qt_limit *tl = &tk->lim[k];
@@ -87,7 +39,7 @@ static void settle_limits(struct qc_thread *t, struct qs_quota *q, const struct 
 		if (act < est && (refund_tokens || (kind >> 1) == 0)) {
 			uint64_t keep = qg_charge(l, act);
 			if (keep < tl->inc)
-				refund(t, q, tk, tl, tl->inc - keep, &lower);
+				qg_refund(t, q, tk->quota, tl, tl->inc - keep);
 		} else if (act > est) {
 			if (now < 0)
 				now = qc_clock(t->c);
@@ -139,7 +91,7 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 	if (!exact) {
 		/* The config of now (a removed quota's too); a damaged record
 		 * settles nothing but the in-flight slots and the statistics. */
-		const struct qc_cfg *cf;
+		struct qc_cfg *cf;
 		if (qc_cfg_get(t, tk->quota, q, &cf) == 0) {
 			settle_limits(t, q, tk, actual, cf);
 			if (tk->spend_nusd || (actual && (cf->price_in_pusd || cf->price_out_pusd)))
