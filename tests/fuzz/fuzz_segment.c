@@ -93,10 +93,10 @@ static void use(const struct qs_geom *g)
 			/* A record read back is one quotad could have written. */
 			if (cfg.quota_id != id || cfg.nlimits > QS_KINDS || qs_config_check(&cfg) < 0)
 				abort();
-			struct qc_cfg cf;
-			if (qc_cfg_decode(&cfg, word, &cf) < 0)
-				abort();
 			struct qs_quota *q = qs_quota_at(g, id);
+			struct qc_cfg cf;
+			if (qc_cfg_decode(&cfg, word, q, &cf) < 0)
+				abort();
 			for (uint32_t k = 0; k < cf.n; k++) {
 				int64_t tat = qg_tat_clamp(atomic_load(qs_tat(q, cf.lim[k].kind)));
 				(void)qg_available(&cf.lim[k], tat, 0);
