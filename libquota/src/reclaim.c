@@ -258,7 +258,8 @@ static int refund_audit(const struct qs_geom *g, uint32_t id1, uint32_t k)
 /* Step 1: the group's doubts (intents, journals, refunds in progress) are
  * audited; true if one must wait. Zeroes the rows an audit settled. */
 static bool resolve_doubts(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
-			   struct qc_reclaim_counts *counts, uint32_t *doubt, uint32_t *ndoubt)
+			   struct qc_reclaim_counts *counts, uint32_t *doubt, uint32_t maxdoubt,
+			   uint32_t *ndoubt)
 {
 	bool pending = false;
 	*ndoubt = 0;
@@ -282,7 +283,7 @@ static bool resolve_doubts(const struct qs_geom *g, const uint32_t *slots, uint3
 			bool seen = false;
 			for (uint32_t d = 0; d < *ndoubt && !seen; d++)
 				seen = doubt[d] == id1;
-			if (!seen && *ndoubt < QS_CLIENT_ROWS + 1)
+			if (!seen && *ndoubt < maxdoubt)
 				doubt[(*ndoubt)++] = id1;
 		}
 	}
@@ -365,9 +366,14 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
 			live[nlive++] = slots[i];
 		}
 	}
-	uint32_t doubt[QS_CLIENT_ROWS + 1], ndoubt;
-	bool pending = resolve_doubts(g, live, nlive, counts, doubt, &ndoubt);
+	/* At most one doubt per row and intent of each slot. */
+	uint32_t maxdoubt = nlive * (QS_CLIENT_ROWS + 1), ndoubt;
+	uint32_t *doubt = malloc((maxdoubt ? maxdoubt : 1) * sizeof(*doubt));
+	if (!doubt)
+		return -EAGAIN; /* leaves every slot RECLAIMING: retried */
+	bool pending = resolve_doubts(g, live, nlive, counts, doubt, maxdoubt, &ndoubt);
 	give_back_rows(g, live, nlive, doubt, ndoubt, !pending, counts);
+	free(doubt);
 	if (pending)
 		return -EAGAIN;
 	for (uint32_t i = 0; i < nlive; i++) {

@@ -83,6 +83,7 @@ int qs_record_read(const struct qs_geom *g, uint32_t id, uint64_t word, struct q
 	atomic_thread_fence(memory_order_acquire);
 	if (atomic_load_explicit(&r->stamp, memory_order_relaxed) != gen)
 		return -EAGAIN;
+	memset(out, 0, sizeof(*out)); /* padding too: configs are compared whole */
 	memcpy(out->name, copy.name, sizeof(out->name));
 	out->quota_id = copy.quota_id;
 	out->flags = copy.flags;
