@@ -15,7 +15,7 @@ int main()
 		return 1;
 	quota_close(nullptr);
 	struct quota_feedback fb;
-	quota_feedback_init(&fb);
+	quota_feedback_init(&fb, sizeof(fb));
 	std::printf("C++ consumer: quota_open -> %s\n", quota_strerror(r));
 	return std::strlen(quota_strerror(-E2BIG)) > 0 ? 0 : 1;
 }

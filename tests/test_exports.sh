@@ -11,6 +11,6 @@ if [ "$exported" != "$listed" ]; then
   fail=1
 fi
 soname=$(objdump -p "$lib" | awk '/SONAME/ {print $2}')
-if [ "$soname" != "libquota.so.1" ]; then echo "FAIL: SONAME is '$soname'"; fail=1; fi
+if [ "$soname" != "libquota.so.2" ]; then echo "FAIL: SONAME is '$soname'"; fail=1; fi
 [ $fail -eq 0 ] && echo "1 passed, 0 failed" || echo "0 passed, 1 failed"
 exit $fail

@@ -70,16 +70,13 @@ static void fill_state(quota_client *c, uint32_t id, struct qs_quota *q, struct 
 		const struct qs_client *cs = qs_client_at(&c->g, s);
 		if (QS_CLIENT_STATUS(atomic_load_explicit(&cs->state, memory_order_acquire)) != QS_CLIENT_LIVE)
 			continue;
-		/* Rows are taken in order and only cleared on close. */
-		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
-			uint32_t id1 = atomic_load_explicit(&cs->rows[r].quota1, memory_order_acquire);
-			if (id1 == 0)
-				break;
-			if (id1 == id + 1) {
+		/* Every row: quota_close() clears them in quota order, not in
+		 * the order they were taken. */
+		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
+			if (atomic_load_explicit(&cs->rows[r].quota1, memory_order_acquire) == id + 1) {
 				add_row(info, &cs->rows[r]);
 				break;
 			}
-		}
 	}
 }
 
