@@ -58,7 +58,7 @@ static void same(const struct snap *a, const struct snap *b, const char *after)
 const char *__asan_default_options(void);
 const char *__asan_default_options(void)
 {
-	return "quarantine_size_mb=0";
+	return "quarantine_size_mb=0:thread_local_quarantine_size_kb=0";
 }
 
 /* Close @c so that its chunk can come back: glibc's calloc() does not take
