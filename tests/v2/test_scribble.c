@@ -255,7 +255,10 @@ Test(v2_scribble, damaged_state_word, .timeout = 60)
 		if ((r = quota_open(e.seg, &again)) == 0)
 			break;
 	quota_close(again);
-	double damage = v2_metric(e.sock, "quotad_segment_damage_total");
+	double damage = -1;
+	for (int64_t t0 = v2_now(); v2_now() - t0 < 3 * V2_S; nanosleep(&(struct timespec){ 0, 10000000 }, NULL))
+		if ((damage = v2_metric(e.sock, "quotad_segment_damage_total")) > 0)
+			break;
 	printf("damaged state word: quota_open %s; quotad counted %.0f damaged parts\n",
 	       r == 0 ? "succeeds again" : quota_strerror(r), damage);
 	cr_expect_eq(r, 0, "a scribbled header state word locks new clients out: quota_open: %s",
