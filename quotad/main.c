@@ -89,13 +89,17 @@ static int attach_existing(struct daemon *d, char *err, size_t errlen)
 	/* A quotad creating it right now publishes READY within milliseconds. */
 	for (int i = 0; (r = qs_geom_load(&d->g, base, (uint64_t)st.st_size)) == -EAGAIN && i < 2000; i++)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	if (r == -EAGAIN) {
+		/* Its geometry validates but it stays INITIALIZING: its creator
+		 * died before publishing it, or the state word was damaged. Once
+		 * we hold its lock nobody else serves it: adopt it and republish
+		 * everything (main() marks it READY). */
+		d->initializing = true;
+		return 0;
+	}
 	if (r < 0) {
 		munmap(base, (size_t)st.st_size);
-		if (r == -EAGAIN)
-			snprintf(err, errlen, "segment %s stays INITIALIZING (its creator died?): remove "
-				 "/dev/shm%s to start afresh", d->segment, d->segment);
-		else
-			snprintf(err, errlen, "refusing segment %s: %s", d->segment, quota_strerror(r));
+		snprintf(err, errlen, "refusing segment %s: %s", d->segment, quota_strerror(r));
 		return r;
 	}
 	return 0;
@@ -324,6 +328,9 @@ int main(int argc, char **argv)
 		qd_config_free(&cfg);
 		return EXIT_RUNTIME;
 	}
+	if (d.initializing)
+		qd_log("warning", "segment %s was left INITIALIZING (its creator died, or its state word was "
+		       "damaged): adopting it and publishing the configuration again", d.segment);
 	if (d.adopted) {
 		qd_log("info", "adopting live segment %s (previous quotad pid %d, generation %llu): "
 		       "budget state kept", d.segment, prev,
@@ -332,6 +339,11 @@ int main(int argc, char **argv)
 		if (qd_reload_apply(&d, &cfg, err, sizeof(err)) < 0)
 			qd_log("error", "config not applied, serving the segment's current quotas: %s", err);
 	}
+	if (d.initializing && qd_publish_index(&d) < 0)
+		qd_log("error", "cannot publish the name index");
+	if (d.initializing)
+		/* release: everything published above is visible before READY */
+		atomic_store_explicit(&d.h->state, QS_STATE_READY, memory_order_release);
 	r = qc_open_observer(cfg.segment, &d.obs);
 	if (r < 0) {
 		qd_log("error", "cannot observe segment %s: %s", d.segment, quota_strerror(r));

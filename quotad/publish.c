@@ -117,6 +117,19 @@ static void check_header(struct daemon *d)
 		qs_store_words(d->h, &d->hcopy, offsetof(struct qs_header, state));
 		damaged(d, "header identity or geometry");
 	}
+	if (atomic_load_explicit(&d->h->state, memory_order_relaxed) != QS_STATE_READY) {
+		/* release: as when the segment was first published */
+		atomic_store_explicit(&d->h->state, QS_STATE_READY, memory_order_release);
+		damaged(d, "header state word");
+	}
+	uint32_t count = 0;
+	for (uint32_t id = 0; id < d->g.quota_capacity; id++)
+		if (d->pub[id].word)
+			count = id + 1;
+	if (atomic_load_explicit(&d->h->quota_count, memory_order_relaxed) != count) {
+		atomic_store_explicit(&d->h->quota_count, count, memory_order_release);
+		damaged(d, "quota count");
+	}
 	uint64_t w = atomic_load_explicit(&d->h->index_word, memory_order_relaxed);
 	uint64_t stamp = atomic_load_explicit(&d->h->index_stamp[w & 1], memory_order_relaxed);
 	if (w != d->index_word || stamp != w >> 1) {

@@ -130,6 +130,7 @@ struct daemon {
 	struct qd_override overrides[QD_OVERRIDES_MAX]; /* `set`, until the next reload */
 	uint32_t noverrides;
 	bool adopted;
+	bool initializing;         /* adopted a segment left INITIALIZING */
 	int64_t started_mono;
 
 	/* Clients. */

@@ -120,7 +120,7 @@ QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
  * above the budget); -EDQUOT the spend budget of the current day or month is
  * reached; -ENOENT unknown or removed quota; -EINVAL bad arguments (NULL, a
  * negative timeout, an all-zero cost, token sums that overflow); -ENOSPC this
- * thread already tracks in-flight requests on too many distinct quotas (64);
+ * thread holds in-flight slots on 64 other quotas at this moment;
  * -EBADMSG the quota's configuration in the segment is damaged; -ECHILD a
  * handle of the parent process; -EPERM a read-only handle; -EUSERS no
  * client slot free for this thread's first call.

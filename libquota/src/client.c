@@ -282,14 +282,39 @@ int qc_open_observer(const char *segment, quota_client **ret)
 	return attach(segment, true, ret);
 }
 
+static void fold_row(struct qs_quota *q, struct qs_row *row);
+
+/* Every row taken: give up one that holds no in-flight slot (its
+ * statistics folded into its quota's totals), round robin. The index of
+ * the row, or QS_CLIENT_ROWS if every row holds something. */
+static uint32_t evict_row(struct qc_thread *t)
+{
+	for (uint32_t i = 0; i < QS_CLIENT_ROWS; i++) {
+		uint32_t r = (t->evict_next + i) % QS_CLIENT_ROWS;
+		struct qs_row *row = &t->cs->rows[r];
+		uint32_t old1 = atomic_load_explicit(&row->quota1, memory_order_relaxed);
+		if (atomic_load_explicit(&row->held, memory_order_relaxed) != 0 || old1 == 0 ||
+		    old1 > t->c->g.quota_capacity)
+			continue;
+		fold_row(qs_quota_at(&t->c->g, old1 - 1), row);
+		static const struct qs_row zero;
+		qs_store_words(row, &zero, sizeof(zero));
+		t->row_of[old1 - 1] = 0;
+		t->evict_next = r + 1;
+		return r;
+	}
+	return QS_CLIENT_ROWS;
+}
+
 struct qs_row *qc_row_new(struct qc_thread *t, uint32_t id)
 {
-	if (t->rows_used >= QS_CLIENT_ROWS)
+	uint32_t r = t->rows_used < QS_CLIENT_ROWS ? t->rows_used++ : evict_row(t);
+	if (r == QS_CLIENT_ROWS)
 		return NULL;
-	struct qs_row *row = &t->cs->rows[t->rows_used];
+	struct qs_row *row = &t->cs->rows[r];
 	/* release: readers that see quota1 see the zeroed counters */
 	atomic_store_explicit(&row->quota1, id + 1, memory_order_release);
-	t->row_of[id] = (uint16_t)(++t->rows_used);
+	t->row_of[id] = (uint16_t)(r + 1);
 	return row;
 }
 

@@ -59,6 +59,7 @@ struct qc_thread {
 	uint64_t slot_word;      /* its state word (generation | pid | LIVE) */
 	uint16_t *row_of;        /* quota id -> row index + 1 (0: none yet) */
 	uint32_t rows_used;
+	uint32_t evict_next;     /* where the next row eviction looks first */
 	struct qc_cfg **cfg;     /* quota id -> decoded config, allocated on use */
 	uint64_t cas_retries;    /* failed CASes on rate limits (benchmarks) */
 	_Atomic int in_use;      /* a live thread owns this context */
@@ -221,7 +222,9 @@ static inline struct qs_quota *qc_quota(const struct quota_client *c, int id)
 	return id < 0 ? NULL : qs_quota_at(&c->g, (uint32_t)id);
 }
 
-/* Assign thread @t a row for quota id: NULL if every row is taken. */
+/* Assign thread @t a row for quota id, giving up (statistics folded) a
+ * row that holds no in-flight slot if all 64 are taken: NULL if every row
+ * holds in-flight slots. */
 struct qs_row *qc_row_new(struct qc_thread *t, uint32_t id);
 
 /* The row of thread @t for quota id (assigned on first use), or NULL if

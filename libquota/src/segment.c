@@ -150,5 +150,8 @@ int qs_geom_load(struct qs_geom *g, void *base, uint64_t size)
 		.client_capacity = h.client_capacity,
 		.incompat_flags = h.incompat_flags,
 	};
-	return atomic_load_explicit(&live->state, memory_order_acquire) == QS_STATE_READY ? 0 : -EAGAIN;
+	/* Only a segment being created is INITIALIZING; any other value than
+	 * READY is damage (quotad restores it) on a segment that validates. */
+	return atomic_load_explicit(&live->state, memory_order_acquire) == QS_STATE_INITIALIZING ?
+		       -EAGAIN : 0;
 }
