@@ -8,7 +8,7 @@ pkgs=(
   libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
   libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
   prometheus                                            # promtool checks the metrics format
-  nodejs                                                # the official openai SDK test (npm)
+  nodejs curl                                           # the openai SDK and quota-proxy tests
   clang                                                 # libFuzzer targets
 )
 missing=()
