@@ -29,53 +29,49 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct proxy_usage u;
 	struct proxy_event ev;
 	char err[256], *s, *b;
-	size_t n, body, out_len, off;
+	size_t body, out_len, off;
 
-	if (size < 1)
-		return 0;
-	s = malloc(size);
+	s = malloc(size + 1);
 	if (!s)
 		return 0;
-	memcpy(s, data + 1, size - 1);
-	n = size - 1;
-	switch (data[0] % 4) {
-	case 0:
-	case 1:
-		if (proxy_parse_request(s, n, (enum est_endpoint)(data[0] % 3), 4096, &r, err,
-					sizeof(err)) == 0) {
-			if (!memchr(r.model, '\0', sizeof(r.model)))
-				abort();
-			b = proxy_stream_body(s, n, &out_len);
-			if (b) {
-				cJSON *j = cJSON_ParseWithLength(b, out_len);
+	memcpy(s, data, size);
+	s[size] = '\0';
+	/* Every parser on every input: a request for each endpoint ... */
+	for (int ep = EST_CHAT; ep <= EST_EMBEDDING; ep++) {
+		if (proxy_parse_request(s, size, (enum est_endpoint)ep, 4096, &r, err,
+					sizeof(err)) != 0)
+			continue;
+		if (!memchr(r.model, '\0', sizeof(r.model)))
+			abort();
+		b = proxy_stream_body(s, size, &out_len);
+		if (b) {
+			cJSON *j = cJSON_ParseWithLength(b, out_len);
 
-				/* The rewrite keeps the body JSON, with include_usage set. */
-				if (!j || !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
-						  cJSON_GetObjectItemCaseSensitive(j, "stream_options"),
-						  "include_usage")))
-					abort();
-				cJSON_Delete(j);
-				free(b);
-			}
-		}
-		break;
-	case 2:
-		(void)proxy_parse_usage(s, n, &u);
-		(void)est_text(s, n);
-		break;
-	default:
-		for (off = 0; off < n;) {
-			size_t k = proxy_sse_next(s + off, n - off, &body);
-
-			if (!k) {
-				proxy_parse_event(s + off, n - off, &ev);
-				break;
-			}
-			if (k > n - off || body > k)
+			/* The rewrite keeps the body JSON, with include_usage set. */
+			if (!j || !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+					  cJSON_GetObjectItemCaseSensitive(j, "stream_options"),
+					  "include_usage")))
 				abort();
-			proxy_parse_event(s + off, body, &ev);
-			off += k;
+			cJSON_Delete(j);
+			free(b);
 		}
+	}
+	/* ... an answer's usage, the estimator on raw bytes ... */
+	(void)proxy_parse_usage(s, size, &u);
+	if (size && est_text(s, size) == 0)
+		abort();
+	/* ... and an SSE stream cut into events. */
+	for (off = 0; off < size;) {
+		size_t k = proxy_sse_next(s + off, size - off, &body);
+
+		if (!k) {
+			proxy_parse_event(s + off, size - off, &ev);
+			break;
+		}
+		if (k > size - off || body > k)
+			abort();
+		proxy_parse_event(s + off, body, &ev);
+		off += k;
 	}
 	free(s);
 	return 0;
