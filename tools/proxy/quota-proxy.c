@@ -767,15 +767,17 @@ static enum MHD_Result handle_metered(struct MHD_Connection *conn, const char *p
 	}
 	r->qid = quota_find(r->qc, quota);
 	if (r->qid < 0) {
+		if (cfg.pass_unknown)
+			ret = handle_pass(conn, "POST", path, req);
+		else
+			ret = send_error(conn, MHD_HTTP_NOT_FOUND, "invalid_request_error",
+					 "model_not_found", NULL,
+					 "The model '%s' has no quota '%s' on this host (quota-proxy; "
+					 "see --map, -q, --pass-unknown).",
+					 r->pr.model, quota);
 		relay_settle(r, 0);
 		relay_free(r);
-		if (cfg.pass_unknown)
-			return handle_pass(conn, "POST", path, req);
-		return send_error(conn, MHD_HTTP_NOT_FOUND, "invalid_request_error", "model_not_found",
-				  NULL,
-				  "The model '%s' has no quota '%s' on this host (quota-proxy; see "
-				  "--map, -q, --pass-unknown).",
-				  r->pr.model, quota);
+		return ret;
 	}
 	cost = (struct quota_cost){ 1, r->pr.prompt_tokens, r->pr.max_tokens };
 	rc = quota_reserve(r->qc, r->qid, &cost, cfg.max_wait_ns, &r->t);
