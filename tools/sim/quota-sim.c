@@ -5,12 +5,15 @@
  * does, so that libquota's workers (and the naive ones) can be judged against
  * it. It is the referee: its limiter (bucket.c) shares no code with libquota.
  *
- * POST /v1/chat/completions  a chat completion, or 429 when over a limit
+ * POST /v1/chat/completions  a chat completion (or a stream), or 429 when over a limit
  * GET  /stats                counters as JSON
  * GET  /health               {"status":"ok"}
  *
  * Rules (the man page, quota-sim(1), is the reference):
- *  - prompt tokens = sum over messages of (4 + ceil(bytes of content / 4));
+ *  - prompt tokens = sum over messages of (4 + ceil(bytes of content / 4)),
+ *    or with --vocab of (4 + the BPE token count of the content) (bpe.c);
+ *  - "stream": true answers with paced SSE chunks (STREAM_CHUNK_TOKENS
+ *    tokens each), and a usage chunk with stream_options.include_usage;
  *  - a request costs 1 request and prompt + max_tokens tokens, charged when it
  *    arrives (as OpenAI counts); with --refund actual (the default) the unused
  *    max_tokens - completion_tokens go back when the response is sent;
@@ -39,6 +42,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "bpe.h"
 #include "bucket.h"
 #include "format.h"
 #include "opt.h"
@@ -71,6 +75,7 @@ static struct config {
 	unsigned max_connections, max_keys;
 	int quiet;
 	FILE *trace;
+	struct bpe *vocab; /* --vocab: count prompt tokens with real BPE */
 } cfg = {
 	.port = 0,
 	.limit = { 1200, 900000, 0, 0 },
@@ -306,10 +311,28 @@ static int json_depth(const char *s, size_t n)
 	return max;
 }
 
-/* ceil(bytes / 4) + 4: the documented token rule for one message. */
-static uint64_t message_tokens(size_t content_bytes)
+/*
+ * Tokens of one message's content, its text parts given one after another:
+ * with --vocab, the BPE count of each; without, the documented rule
+ * ceil(bytes / 4) over them all. The message costs 4 more (role, framing).
+ */
+struct content_count {
+	size_t bytes;
+	uint64_t bpe;
+};
+
+static void content_add(struct content_count *c, const char *text)
 {
-	return 4 + (content_bytes + 3) / 4;
+	size_t n = strlen(text);
+
+	c->bytes += n;
+	if (cfg.vocab)
+		c->bpe += bpe_count(cfg.vocab, text, n);
+}
+
+static uint64_t message_tokens(const struct content_count *c)
+{
+	return 4 + (cfg.vocab ? c->bpe : (c->bytes + 3) / 4);
 }
 
 /* A JSON integer in [lo, hi], or -1. */
@@ -376,7 +399,7 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 	{
 		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
 		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-		size_t bytes = 0;
+		struct content_count cc = { 0, 0 };
 
 		if (++n > MESSAGES_MAX) {
 			snprintf(err, errsz, "more than %d messages", MESSAGES_MAX);
@@ -388,7 +411,7 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 			return -1;
 		}
 		if (cJSON_IsString(content)) {
-			bytes = strlen(content->valuestring);
+			content_add(&cc, content->valuestring);
 		} else if (cJSON_IsArray(content)) {
 			const cJSON *part;
 
@@ -402,14 +425,14 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 						 n - 1);
 					return -1;
 				}
-				bytes += strlen(text->valuestring);
+				content_add(&cc, text->valuestring);
 			}
 		} else if (content && !cJSON_IsNull(content)) {
 			snprintf(err, errsz, "messages[%d].content must be a string, an array or null",
 				 n - 1);
 			return -1;
 		}
-		c->prompt_tokens += message_tokens(bytes);
+		c->prompt_tokens += message_tokens(&cc);
 	}
 	mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
 	if (!mt || cJSON_IsNull(mt))
@@ -1058,6 +1081,8 @@ static void usage(FILE *f)
 		"      --max-connections N  concurrent connections (default 512)\n"
 		"      --max-keys N         distinct API keys tracked (default 256)\n"
 		"      --trace FILE         log every admission decision and refund to FILE\n"
+		"      --vocab FILE         count prompt tokens with this BPE vocabulary (a tiktoken\n"
+		"                           rank file, o200k pre-tokenizer) instead of ceil(bytes/4)\n"
 		"  -q, --quiet              no log lines on stderr\n"
 		"  -h, --help               this text\n");
 }
@@ -1103,7 +1128,7 @@ static void parse_options(int argc, char **argv)
 {
 	enum {
 		O_RPM = 256, O_TPM, O_RPD, O_TPD, O_BURST, O_REFUND, O_CONTEXT, O_DEFMAX,
-		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE
+		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE, O_VOCAB
 	};
 	static const struct option opts[] = {
 		{ "port", required_argument, NULL, 'p' },
@@ -1122,6 +1147,7 @@ static void parse_options(int argc, char **argv)
 		{ "max-connections", required_argument, NULL, O_CONNS },
 		{ "max-keys", required_argument, NULL, O_KEYS },
 		{ "trace", required_argument, NULL, O_TRACE },
+		{ "vocab", required_argument, NULL, O_VOCAB },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -1162,6 +1188,16 @@ static void parse_options(int argc, char **argv)
 				exit(2);
 			}
 			break;
+		case O_VOCAB: {
+			char err[512];
+
+			cfg.vocab = bpe_load(optarg, err, sizeof(err));
+			if (!cfg.vocab) {
+				fprintf(stderr, "quota-sim: --vocab %s\n", err);
+				exit(2);
+			}
+			break;
+		}
 		case 'q': cfg.quiet = 1; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -1258,6 +1294,7 @@ int main(int argc, char **argv)
 	pthread_mutex_unlock(&st.lock);
 	if (cfg.trace)
 		fclose(cfg.trace);
+	bpe_free(cfg.vocab);
 	free(st.keys);
 	return 0;
 }
