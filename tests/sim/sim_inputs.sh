@@ -3,7 +3,7 @@
 #
 # sim_inputs.sh - quota-sim refuses bad input with the right status and an
 # OpenAI-style error, and keeps serving: malformed and deep JSON, wrong types,
-# out-of-range max_tokens, a prompt above the context window, streaming, no
+# out-of-range max_tokens, a prompt above the context window, a non-boolean stream, no
 # or a malformed key, an oversized body, unknown paths and methods. Then a
 # valid request (content given as text parts) is still served, and /stats
 # counted what it saw. Raw HTTP through bash's /dev/tcp: no client needed.
@@ -85,7 +85,7 @@ expect 400 "max_tokens fraction" POST $C "$K" '{"model":"m","messages":[{"role":
 expect 400 "max_tokens a string" POST $C "$K" '{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"8"}' max_tokens
 expect 400 "max_tokens huge" POST $C "$K" '{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1e300}' max_tokens
 expect 400 "above the context window" POST $C "$K" '{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":999}' "maximum context length"
-expect 400 "stream" POST $C "$K" '{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}' stream
+expect 400 "stream not a boolean" POST $C "$K" '{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}' "'stream'"
 expect 413 "body above --max-body" POST $C "$K" "$big" "request body above"
 expect 404 "unknown path" POST /v1/completions "$K" "$ok" unknown_url
 expect 405 "GET on completions" GET $C "$K" "" "use POST"

@@ -5,12 +5,15 @@
  * does, so that libquota's workers (and the naive ones) can be judged against
  * it. It is the referee: its limiter (bucket.c) shares no code with libquota.
  *
- * POST /v1/chat/completions  a chat completion, or 429 when over a limit
+ * POST /v1/chat/completions  a chat completion (or a stream), or 429 when over a limit
  * GET  /stats                counters as JSON
  * GET  /health               {"status":"ok"}
  *
  * Rules (the man page, quota-sim(1), is the reference):
- *  - prompt tokens = sum over messages of (4 + ceil(bytes of content / 4));
+ *  - prompt tokens = sum over messages of (4 + ceil(bytes of content / 4)),
+ *    or with --vocab of (4 + the BPE token count of the content) (bpe.c);
+ *  - "stream": true answers with paced SSE chunks (STREAM_CHUNK_TOKENS
+ *    tokens each), and a usage chunk with stream_options.include_usage;
  *  - a request costs 1 request and prompt + max_tokens tokens, charged when it
  *    arrives (as OpenAI counts); with --refund actual (the default) the unused
  *    max_tokens - completion_tokens go back when the response is sent;
@@ -39,6 +42,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "bpe.h"
 #include "bucket.h"
 #include "format.h"
 #include "opt.h"
@@ -71,6 +75,7 @@ static struct config {
 	unsigned max_connections, max_keys;
 	int quiet;
 	FILE *trace;
+	struct bpe *vocab; /* --vocab: count prompt tokens with real BPE */
 } cfg = {
 	.port = 0,
 	.limit = { 1200, 900000, 0, 0 },
@@ -306,10 +311,28 @@ static int json_depth(const char *s, size_t n)
 	return max;
 }
 
-/* ceil(bytes / 4) + 4: the documented token rule for one message. */
-static uint64_t message_tokens(size_t content_bytes)
+/*
+ * Tokens of one message's content, its text parts given one after another:
+ * with --vocab, the BPE count of each; without, the documented rule
+ * ceil(bytes / 4) over them all. The message costs 4 more (role, framing).
+ */
+struct content_count {
+	size_t bytes;
+	uint64_t bpe;
+};
+
+static void content_add(struct content_count *c, const char *text)
 {
-	return 4 + (content_bytes + 3) / 4;
+	size_t n = strlen(text);
+
+	c->bytes += n;
+	if (cfg.vocab)
+		c->bpe += bpe_count(cfg.vocab, text, n);
+}
+
+static uint64_t message_tokens(const struct content_count *c)
+{
+	return 4 + (cfg.vocab ? c->bpe : (c->bytes + 3) / 4);
 }
 
 /* A JSON integer in [lo, hi], or -1. */
@@ -328,6 +351,7 @@ static int64_t json_uint(const cJSON *v, int64_t lo, int64_t hi)
 struct chat {
 	const char *model;
 	uint64_t prompt_tokens, max_tokens;
+	int stream, include_usage; /* "stream": true; stream_options.include_usage */
 };
 
 /* Validate a chat completion request; on error write a message to @err. */
@@ -347,9 +371,23 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 	}
 	c->model = model->valuestring;
 	stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
-	if (stream && cJSON_IsTrue(stream)) {
-		snprintf(err, errsz, "'stream': true is not supported by this simulator");
+	if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
+		snprintf(err, errsz, "'stream' must be a boolean");
 		return -1;
+	}
+	c->stream = cJSON_IsTrue(stream);
+	c->include_usage = 0;
+	if (c->stream) {
+		const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+		const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+
+		if (so && !cJSON_IsNull(so) &&
+		    (!cJSON_IsObject(so) || (iu && !cJSON_IsBool(iu)))) {
+			snprintf(err, errsz, "'stream_options' must be an object with a boolean "
+					     "'include_usage'");
+			return -1;
+		}
+		c->include_usage = cJSON_IsTrue(iu);
 	}
 	msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
 	if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) < 1) {
@@ -361,7 +399,7 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 	{
 		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
 		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-		size_t bytes = 0;
+		struct content_count cc = { 0, 0 };
 
 		if (++n > MESSAGES_MAX) {
 			snprintf(err, errsz, "more than %d messages", MESSAGES_MAX);
@@ -373,7 +411,7 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 			return -1;
 		}
 		if (cJSON_IsString(content)) {
-			bytes = strlen(content->valuestring);
+			content_add(&cc, content->valuestring);
 		} else if (cJSON_IsArray(content)) {
 			const cJSON *part;
 
@@ -387,14 +425,14 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 						 n - 1);
 					return -1;
 				}
-				bytes += strlen(text->valuestring);
+				content_add(&cc, text->valuestring);
 			}
 		} else if (content && !cJSON_IsNull(content)) {
 			snprintf(err, errsz, "messages[%d].content must be a string, an array or null",
 				 n - 1);
 			return -1;
 		}
-		c->prompt_tokens += message_tokens(bytes);
+		c->prompt_tokens += message_tokens(&cc);
 	}
 	mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
 	if (!mt || cJSON_IsNull(mt))
@@ -511,6 +549,233 @@ static const char filler[][5] = { "sim ", "tok ", "abc ", "llm ", "out ", "txt "
 				  "mux " };
 
 /*
+ * A response is over: give back the unused max_tokens (--refund actual) and
+ * count it as served with @completion tokens. Takes st.lock.
+ */
+static void settle(struct key_state *k, const char *key, uint64_t prompt, uint64_t max_tokens,
+		   uint64_t completion)
+{
+	uint64_t unused = max_tokens - completion;
+
+	pthread_mutex_lock(&st.lock);
+	if (cfg.refund_actual && unused) {
+		int64_t t = now_ns();
+
+		for (int l = L_TPM; l < L_N; l += 2) {
+			bucket_refill(&k->b[l], t);
+			bucket_give(&k->b[l], unused);
+		}
+		if (cfg.trace) {
+			char lv[32];
+
+			trace_level(&k->b[L_TPM], lv, sizeof(lv));
+			fprintf(cfg.trace, "refund %" PRId64 " %s tokens %" PRIu64 " tpm_level_milli %s\n",
+				t, key, unused, lv);
+		}
+	}
+	k->served++;
+	k->prompt_tokens += prompt;
+	k->completion_tokens += completion;
+	k->charged_tokens += prompt + (cfg.refund_actual ? completion : max_tokens);
+	st.served++;
+	st.in_flight--;
+	pthread_mutex_unlock(&st.lock);
+}
+
+/* ---- streaming (SSE) ------------------------------------------------- */
+
+#define STREAM_CHUNK_TOKENS 4 /* completion tokens per content chunk */
+
+/* A streamed completion in progress; owned by its MHD response. */
+struct sim_stream {
+	struct key_state *k;
+	char key[KEY_MAX + 1], id[64], model[257];
+	uint64_t prompt, max_tokens, completion, sent;
+	int include_usage, phase; /* 0 role, 1 content, 2 finish, 3 usage, 4 [DONE], 5 end */
+	time_t created;
+	char *pending;            /* the event being sent */
+	size_t pending_off, pending_len;
+};
+
+/* "data: <json>\n\n" of a chunk with @choices (consumed); NULL on ENOMEM. */
+static char *chunk_event(const struct sim_stream *s, cJSON *choices, int with_usage)
+{
+	cJSON *o = cJSON_CreateObject();
+	char *json, *ev = NULL;
+
+	cJSON_AddStringToObject(o, "id", s->id);
+	cJSON_AddStringToObject(o, "object", "chat.completion.chunk");
+	cJSON_AddNumberToObject(o, "created", (double)s->created);
+	cJSON_AddStringToObject(o, "model", s->model);
+	cJSON_AddItemToObject(o, "choices", choices);
+	if (with_usage) {
+		cJSON *u = cJSON_AddObjectToObject(o, "usage");
+
+		cJSON_AddNumberToObject(u, "prompt_tokens", (double)s->prompt);
+		cJSON_AddNumberToObject(u, "completion_tokens", (double)s->completion);
+		cJSON_AddNumberToObject(u, "total_tokens", (double)(s->prompt + s->completion));
+	} else if (s->include_usage) {
+		cJSON_AddNullToObject(o, "usage");
+	}
+	json = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (json && asprintf(&ev, "data: %s\n\n", json) < 0)
+		ev = NULL;
+	free(json);
+	return ev;
+}
+
+/* One choice with @delta (consumed) and @finish (NULL: null). */
+static cJSON *one_choice(cJSON *delta, const char *finish)
+{
+	cJSON *arr = cJSON_CreateArray(), *c = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(c, "index", 0);
+	cJSON_AddItemToObject(c, "delta", delta);
+	cJSON_AddNullToObject(c, "logprobs");
+	if (finish)
+		cJSON_AddStringToObject(c, "finish_reason", finish);
+	else
+		cJSON_AddNullToObject(c, "finish_reason");
+	cJSON_AddItemToArray(arr, c);
+	return arr;
+}
+
+/* The next event of @s, after its pacing delay; NULL at the end. */
+static char *stream_next(struct sim_stream *s)
+{
+	cJSON *delta;
+	char *text;
+	uint64_t n;
+
+	switch (s->phase) {
+	case 0:
+		sim_sleep((int64_t)(cfg.latency_ms * (uint64_t)NS_PER_MS));
+		delta = cJSON_CreateObject();
+		cJSON_AddStringToObject(delta, "role", "assistant");
+		cJSON_AddStringToObject(delta, "content", "");
+		s->phase = 1;
+		return chunk_event(s, one_choice(delta, NULL), 0);
+	case 1:
+		n = s->completion - s->sent;
+		if (n > STREAM_CHUNK_TOKENS)
+			n = STREAM_CHUNK_TOKENS;
+		sim_sleep((int64_t)(n * cfg.per_token_us * UINT64_C(1000)));
+		text = malloc(n * 4 + 1);
+		if (!text)
+			return NULL;
+		for (uint64_t i = 0; i < n; i++)
+			memcpy(text + i * 4, filler[(s->sent + i) % 8], 4);
+		text[n * 4] = '\0';
+		s->sent += n;
+		if (s->sent == s->completion)
+			s->phase = 2;
+		delta = cJSON_CreateObject();
+		cJSON_AddStringToObject(delta, "content", text);
+		free(text);
+		return chunk_event(s, one_choice(delta, NULL), 0);
+	case 2:
+		s->phase = s->include_usage ? 3 : 4;
+		return chunk_event(s, one_choice(cJSON_CreateObject(),
+						 s->completion == s->max_tokens ? "length" : "stop"),
+				   0);
+	case 3:
+		s->phase = 4;
+		return chunk_event(s, cJSON_CreateArray(), 1);
+	case 4:
+		s->phase = 5;
+		return strdup("data: [DONE]\n\n");
+	default:
+		return NULL;
+	}
+}
+
+/* MHD content reader: the events one after another, paced. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct sim_stream *s = cls;
+	size_t n;
+
+	(void)pos;
+	while (!s->pending || s->pending_off == s->pending_len) {
+		free(s->pending);
+		s->pending = NULL;
+		if (s->phase == 5)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		pthread_mutex_lock(&stop.lock);
+		n = (size_t)stop.stopping;
+		pthread_mutex_unlock(&stop.lock);
+		if (n)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		s->pending = stream_next(s);
+		if (!s->pending)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		s->pending_off = 0;
+		s->pending_len = strlen(s->pending);
+	}
+	n = s->pending_len - s->pending_off;
+	if (n > max)
+		n = max;
+	memcpy(buf, s->pending + s->pending_off, n);
+	s->pending_off += n;
+	return (ssize_t)n;
+}
+
+/* The stream is over, completed or cut: settle what was generated. */
+static void stream_free(void *cls)
+{
+	struct sim_stream *s = cls;
+
+	if (s->phase < 2)
+		logmsg("stream %s cut after %" PRIu64 " of %" PRIu64 " tokens", s->id, s->sent,
+		       s->completion);
+	settle(s->k, s->key, s->prompt, s->max_tokens, s->sent);
+	free(s->pending);
+	free(s);
+}
+
+/* Start a streamed answer to an admitted request. */
+static enum MHD_Result start_stream(struct MHD_Connection *conn, struct key_state *k,
+				    const char *key, const struct chat *chat, uint64_t completion,
+				    const char *id)
+{
+	struct sim_stream *s = calloc(1, sizeof(*s));
+	struct MHD_Response *resp;
+	struct rl_headers rh;
+	enum MHD_Result ret;
+
+	if (!s) {
+		settle(k, key, chat->prompt_tokens, chat->max_tokens, 0);
+		return MHD_NO;
+	}
+	s->k = k;
+	snprintf(s->key, sizeof(s->key), "%s", key);
+	snprintf(s->id, sizeof(s->id), "%s", id);
+	snprintf(s->model, sizeof(s->model), "%s", chat->model);
+	s->prompt = chat->prompt_tokens;
+	s->max_tokens = chat->max_tokens;
+	s->completion = completion;
+	s->include_usage = chat->include_usage;
+	s->created = time(NULL);
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s,
+						 stream_free);
+	if (!resp) {
+		stream_free(s);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+	MHD_add_response_header(resp, "Cache-Control", "no-cache");
+	pthread_mutex_lock(&st.lock);
+	rl_fill(&rh, k, -1);
+	pthread_mutex_unlock(&st.lock);
+	for (const char *const *h = rh.h; h[0]; h += 2)
+		MHD_add_response_header(resp, h[0], h[1]);
+	ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/*
  * POST /v1/chat/completions: authenticate, validate, admit or refuse at
  * arrival (all limits or none), simulate the latency, answer with usage,
  * then give back the unused max_tokens (--refund actual).
@@ -518,7 +783,7 @@ static const char filler[][5] = { "sim ", "tok ", "abc ", "llm ", "out ", "txt "
 static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *req)
 {
 	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-	uint64_t cost[L_N], completion, unused;
+	uint64_t cost[L_N], completion;
 	struct rl_headers rh;
 	struct key_state *k;
 	struct chat chat;
@@ -635,6 +900,11 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	st.in_flight++;
 	snprintf(id, sizeof(id), "chatcmpl-sim%" PRIu64, ++st.completion_id);
 	pthread_mutex_unlock(&st.lock);
+	if (chat.stream) {
+		ret = start_stream(conn, k, key, &chat, completion, id);
+		cJSON_Delete(root);
+		return ret;
+	}
 
 	sim_sleep((int64_t)(cfg.latency_ms * (uint64_t)NS_PER_MS +
 			    completion * cfg.per_token_us * UINT64_C(1000)));
@@ -674,29 +944,8 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	cJSON_Delete(root);
 
 	/* Settle: refund what max_tokens reserved but was not generated. */
-	unused = chat.max_tokens - completion;
+	settle(k, key, chat.prompt_tokens, chat.max_tokens, completion);
 	pthread_mutex_lock(&st.lock);
-	if (cfg.refund_actual && unused) {
-		int64_t t = now_ns();
-
-		for (l = L_TPM; l < L_N; l += 2) {
-			bucket_refill(&k->b[l], t);
-			bucket_give(&k->b[l], unused);
-		}
-		if (cfg.trace) {
-			char lv[32];
-
-			trace_level(&k->b[L_TPM], lv, sizeof(lv));
-			fprintf(cfg.trace, "refund %" PRId64 " %s tokens %" PRIu64 " tpm_level_milli %s\n",
-				t, key, unused, lv);
-		}
-	}
-	k->served++;
-	k->prompt_tokens += chat.prompt_tokens;
-	k->completion_tokens += completion;
-	k->charged_tokens += chat.prompt_tokens + (cfg.refund_actual ? completion : chat.max_tokens);
-	st.served++;
-	st.in_flight--;
 	rl_fill(&rh, k, -1);
 	pthread_mutex_unlock(&st.lock);
 	ret = send_json(conn, MHD_HTTP_OK, resp, rh.h);
@@ -832,6 +1081,8 @@ static void usage(FILE *f)
 		"      --max-connections N  concurrent connections (default 512)\n"
 		"      --max-keys N         distinct API keys tracked (default 256)\n"
 		"      --trace FILE         log every admission decision and refund to FILE\n"
+		"      --vocab FILE         count prompt tokens with this BPE vocabulary (a tiktoken\n"
+		"                           rank file, o200k pre-tokenizer) instead of ceil(bytes/4)\n"
 		"  -q, --quiet              no log lines on stderr\n"
 		"  -h, --help               this text\n");
 }
@@ -877,7 +1128,7 @@ static void parse_options(int argc, char **argv)
 {
 	enum {
 		O_RPM = 256, O_TPM, O_RPD, O_TPD, O_BURST, O_REFUND, O_CONTEXT, O_DEFMAX,
-		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE
+		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE, O_VOCAB
 	};
 	static const struct option opts[] = {
 		{ "port", required_argument, NULL, 'p' },
@@ -896,6 +1147,7 @@ static void parse_options(int argc, char **argv)
 		{ "max-connections", required_argument, NULL, O_CONNS },
 		{ "max-keys", required_argument, NULL, O_KEYS },
 		{ "trace", required_argument, NULL, O_TRACE },
+		{ "vocab", required_argument, NULL, O_VOCAB },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -936,6 +1188,16 @@ static void parse_options(int argc, char **argv)
 				exit(2);
 			}
 			break;
+		case O_VOCAB: {
+			char err[512];
+
+			cfg.vocab = bpe_load(optarg, err, sizeof(err));
+			if (!cfg.vocab) {
+				fprintf(stderr, "quota-sim: --vocab %s\n", err);
+				exit(2);
+			}
+			break;
+		}
 		case 'q': cfg.quiet = 1; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -1032,6 +1294,7 @@ int main(int argc, char **argv)
 	pthread_mutex_unlock(&st.lock);
 	if (cfg.trace)
 		fclose(cfg.trace);
+	bpe_free(cfg.vocab);
 	free(st.keys);
 	return 0;
 }
