@@ -31,7 +31,7 @@ wait_line "$tmp/ready" $! >/dev/null || { cat "$tmp/quotad.err"; exit 1; }
 "$SIM" --rpm 0 --tpm 0 --latency-ms 0 --per-token-us 0 --max-connections 1024 -q >"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
 sport=$(wait_line "$tmp/sim.port" $!) || exit 1
-"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --quiet --handles 128 >"$tmp/proxy.port" 2>"$tmp/proxy.err" &
+"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --quiet >"$tmp/proxy.port" 2>"$tmp/proxy.err" &
 pids+=($!)
 pport=$(wait_line "$tmp/proxy.port" $!) || exit 1
 echo "quota-proxy overhead: $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)); upstream quota-sim with no latency"

@@ -65,7 +65,7 @@ static struct config {
 	int64_t max_wait_ns;
 	uint64_t default_max_tokens;
 	size_t max_body, max_response;
-	unsigned workers, handles, max_connections;
+	unsigned workers, max_connections;
 	long upstream_timeout_ms;
 	int pass_unknown, verbose, quiet;
 } cfg = {
@@ -76,7 +76,6 @@ static struct config {
 	.max_body = 8u << 20,
 	.max_response = 64u << 20,
 	.workers = 1,
-	.handles = 64,
 	.max_connections = 1024,
 	.upstream_timeout_ms = 600000,
 };
@@ -989,7 +988,7 @@ static int serve(unsigned port, int ready_fd, int print_port)
 	pthread_t wd;
 	int fd, sig = 0, r;
 
-	r = qh_init(cfg.segment, cfg.handles);
+	r = qh_init(cfg.segment);
 	if (r < 0) {
 		fprintf(stderr, "quota-proxy: quota_open(%s): %s\n",
 			cfg.segment ? cfg.segment : "$QUOTA_SEGMENT", quota_strerror(r));
@@ -1117,8 +1116,6 @@ static void usage(FILE *f)
 		"      --default-max-tokens N  reserved when a request sets none (default 4096)\n"
 		"      --max-body BYTES     largest request body (default 8388608)\n"
 		"      --workers N          N server processes on one port (default 1)\n"
-		"      --handles N          libquota handles per process: requests between\n"
-		"                           reserve and commit at once (default 64)\n"
 		"      --max-connections N  client connections per process (default 1024)\n"
 		"      --upstream-timeout DUR  longest exchange with the upstream (default 10m)\n"
 		"  -v, --verbose            a log line per metered request\n"
@@ -1147,8 +1144,7 @@ static int64_t opt_duration(const char *name, const char *s)
 static void parse_options(int argc, char **argv)
 {
 	enum {
-		O_LISTEN = 256, O_MAP, O_PASS, O_WAIT, O_DEFMAX, O_BODY, O_WORKERS, O_HANDLES,
-		O_CONNS, O_UTIMEOUT, O_QUIET
+		O_LISTEN = 256, O_MAP, O_PASS, O_WAIT, O_DEFMAX, O_BODY, O_WORKERS, O_CONNS, O_UTIMEOUT, O_QUIET
 	};
 	static const struct option opts[] = {
 		{ "upstream", required_argument, NULL, 'u' },
@@ -1162,7 +1158,6 @@ static void parse_options(int argc, char **argv)
 		{ "default-max-tokens", required_argument, NULL, O_DEFMAX },
 		{ "max-body", required_argument, NULL, O_BODY },
 		{ "workers", required_argument, NULL, O_WORKERS },
-		{ "handles", required_argument, NULL, O_HANDLES },
 		{ "max-connections", required_argument, NULL, O_CONNS },
 		{ "upstream-timeout", required_argument, NULL, O_UTIMEOUT },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -1200,7 +1195,6 @@ static void parse_options(int argc, char **argv)
 			break;
 		case O_BODY: cfg.max_body = (size_t)opt_uint("max-body", optarg, 1024, 1u << 30); break;
 		case O_WORKERS: cfg.workers = (unsigned)opt_uint("workers", optarg, 1, 256); break;
-		case O_HANDLES: cfg.handles = (unsigned)opt_uint("handles", optarg, 1, 4096); break;
 		case O_CONNS: cfg.max_connections = (unsigned)opt_uint("max-connections", optarg, 1, 65536); break;
 		case O_UTIMEOUT:
 			d = opt_duration("upstream-timeout", optarg);
