@@ -74,7 +74,6 @@ static struct config {
 	} map[MAPS_MAX];
 	unsigned nmap;
 	int64_t max_wait_ns;
-	int64_t busy_poll_ns;
 	uint64_t default_max_tokens;
 	size_t max_body, max_response;
 	unsigned workers, max_connections;
@@ -84,7 +83,6 @@ static struct config {
 	.listen_addr = "127.0.0.1",
 	.port = 8080,
 	.max_wait_ns = 30 * NS_PER_S,
-	.busy_poll_ns = 0,
 	.default_max_tokens = 4096,
 	.max_body = 8u << 20,
 	.max_response = 64u << 20,
@@ -1453,18 +1451,7 @@ static void run_loop(struct MHD_Daemon *d, int ep)
 
 		now = mono_ns();
 		timeout = loop_timeout(now, mhd_at);
-		n = 0;
-		if (timeout != 0 && cfg.busy_poll_ns > 0) {
-			/* Spin a little before sleeping: an answer due within
-			 * microseconds then costs no wake-up. */
-			int64_t until = now + cfg.busy_poll_ns;
-
-			do
-				n = epoll_wait(ep, ev, 64, 0);
-			while (n == 0 && mono_ns() < until);
-		}
-		if (n == 0)
-			n = epoll_wait(ep, ev, 64, timeout);
+		n = epoll_wait(ep, ev, 64, timeout);
 		if (n < 0 && errno != EINTR) {
 			logmsg("epoll_wait: %s", strerror(errno));
 			break;
@@ -1554,7 +1541,7 @@ static int serve(unsigned port, int ready_fd, int print_port)
 	fd = make_socket(port, 1, &bound);
 	if (fd < 0)
 		return 1;
-	d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | (getenv("QP_TURBO") ? MHD_USE_TURBO : 0) |
+	d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
 				     (cfg.quiet ? 0 : MHD_USE_ERROR_LOG),
 			     0, NULL, NULL, on_request, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
 			     MHD_OPTION_CONNECTION_LIMIT, cfg.max_connections,
@@ -1788,7 +1775,6 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 
 	parse_options(argc, argv);
-	if (getenv("QP_BUSY")) cfg.busy_poll_ns = atoll(getenv("QP_BUSY")) * 1000;
 	/* Stop signals go to sigwait in the main thread of each process. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
