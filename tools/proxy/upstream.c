@@ -218,10 +218,30 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 	return bytes;
 }
 
+/* A new easy handle with the options every exchange shares. */
+static CURL *easy_new(void)
+{
+	CURL *e = curl_easy_init();
+
+	if (!e)
+		return NULL;
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, up.connect_ms);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, up.timeout_ms);
+	return e;
+}
+
 int up_begin(struct up_xfer *x, const char *method, const char *url, const char *body,
 	     size_t len, size_t max_buffer)
 {
-	CURL *e = up.nidle ? up.idle[--up.nidle] : curl_easy_init();
+	/* A reused handle keeps the shared options (no curl_easy_reset():
+	 * it costs more than setting the few that differ). */
+	CURL *e = up.nidle ? up.idle[--up.nidle] : easy_new();
+	int get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
+	int post = strcmp(method, "POST") == 0;
 
 	if (!e)
 		return -ENOMEM;
@@ -230,26 +250,18 @@ int up_begin(struct up_xfer *x, const char *method, const char *url, const char 
 	qh_feedback_init(&x->fb);
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->req_headers);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, up.connect_ms);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, up.timeout_ms);
-	if (strcmp(method, "GET") == 0) {
+	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, get || head || post ? NULL : method);
+	curl_easy_setopt(e, CURLOPT_NOBODY, head ? 1L : 0L);
+	if (get || head || (!post && !len)) {
 		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-	} else if (strcmp(method, "HEAD") == 0) {
-		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+		if (head)
+			curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	} else {
-		if (strcmp(method, "POST") != 0)
-			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-		if (len || strcmp(method, "POST") == 0) {
-			curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
-			curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-		}
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 	}
 	if (curl_multi_add_handle(up.multi, e) != CURLM_OK) {
 		curl_easy_cleanup(e);
@@ -337,7 +349,8 @@ void up_end(struct up_xfer *x)
 		 * handle itself is fine to reuse. */
 		curl_multi_remove_handle(up.multi, e);
 		if (up.nidle < IDLE_EASY_MAX) {
-			curl_easy_reset(e);
+			curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL); /* freed below */
+			curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
 			up.idle[up.nidle++] = e;
 		} else {
 			curl_easy_cleanup(e);
