@@ -6,7 +6,8 @@
 # the load (so the proxy never waits): the latency the proxy adds, p50/p99,
 # one client and 64 concurrent. `meson compile -C build proxy-bench`.
 # With $PROXY_BASELINE (another build's quota-proxy binary) that one is
-# measured too, in the same run, on the same segment and upstream.
+# measured too, in the same run, on the same segment and upstream;
+# $PROXY_ARGS are extra options for the proxy under test (e.g. --workers 2).
 #
 # Usage: proxy-bench.sh QUOTAD QUOTA-SIM QUOTA-PROXY PROXY-BENCH [REQUESTS [CLIENTS]]
 set -u
@@ -33,7 +34,7 @@ wait_line "$tmp/ready" $! >/dev/null || { cat "$tmp/quotad.err"; exit 1; }
 "$SIM" --rpm 0 --tpm 0 --latency-ms 0 --per-token-us 0 --max-connections 1024 -q >"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
 sport=$(wait_line "$tmp/sim.port" $!) || exit 1
-"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --quiet >"$tmp/proxy.port" 2>"$tmp/proxy.err" &
+"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --quiet ${PROXY_ARGS:-} >"$tmp/proxy.port" 2>"$tmp/proxy.err" &
 pids+=($!)
 pport=$(wait_line "$tmp/proxy.port" $!) || exit 1
 burl=
@@ -46,5 +47,5 @@ fi
 cs=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "quota-proxy overhead: $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)," \
 	"clocksource $(cat $cs 2>/dev/null || echo unknown), load average $(cut -d' ' -f1-3 /proc/loadavg));" \
-	"upstream quota-sim with no latency${BASE:+; baseline $BASE}"
+	"upstream quota-sim with no latency${PROXY_ARGS:+; proxy $PROXY_ARGS}${BASE:+; baseline $BASE}"
 "$BENCH" "http://127.0.0.1:$sport/v1/chat/completions" "http://127.0.0.1:$pport/v1/chat/completions" "$N" "$C" $burl

@@ -843,6 +843,7 @@ static void rq_drop_relay(struct request *q)
 		relay_settle(q->r, 0);
 		relay_free(q->r);
 		q->r = NULL;
+		q->quota = NULL; /* may have pointed into it */
 	}
 }
 
@@ -1160,15 +1161,19 @@ static enum MHD_Result handle_metered(struct request *q, enum est_endpoint ep)
 	}
 	r->qid = quota_find(r->qc, q->quota);
 	if (r->qid < 0) {
-		rq_drop_relay(q);
-		if (cfg.pass_unknown)
+		if (cfg.pass_unknown) {
+			rq_drop_relay(q);
 			return handle_pass(q, "POST");
+		}
 		STAT(bad, 1);
-		return send_error(q->conn, MHD_HTTP_NOT_FOUND, "invalid_request_error",
-				  "model_not_found", NULL,
-				  "The model '%s' has no quota '%s' on this host (quota-proxy; "
-				  "see --map, -q, --pass-unknown).",
-				  r->pr.model, q->quota);
+		/* q->quota may be r->pr.model: answer before the relay goes. */
+		ret = send_error(q->conn, MHD_HTTP_NOT_FOUND, "invalid_request_error",
+				 "model_not_found", NULL,
+				 "The model '%s' has no quota '%s' on this host (quota-proxy; "
+				 "see --map, -q, --pass-unknown).",
+				 r->pr.model, q->quota);
+		rq_drop_relay(q);
+		return ret;
 	}
 	rc = line_enter(q);
 	if (rc == 1)
