@@ -119,6 +119,8 @@ int main(int argc, char **argv)
 				"[BASELINE-PROXY-URL]]] (REQUESTS >= %d)\n", 10 * ROUNDS);
 		return 2;
 	}
+	int failed = 0;
+
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	printf("%-26s %-9s %9s %9s %11s %11s\n", "scenario", "target", "p50", "p99", "added p50",
 	       "added p99");
@@ -150,6 +152,7 @@ int main(int argc, char **argv)
 		snprintf(name, sizeof(name), "%d client%s x %d requests", clients, clients > 1 ? "s" : "",
 			 round_n * ROUNDS);
 		for (int t = 0; t < targets; t++) {
+			failed |= errors[t] != 0;
 			qsort(lat[t], (size_t)total, sizeof(int64_t), cmp);
 			p[t][0] = (double)lat[t][total / 2] / 1e3;
 			p[t][1] = (double)lat[t][(size_t)total * 99 / 100] / 1e3;
@@ -164,5 +167,5 @@ int main(int argc, char **argv)
 		}
 	}
 	curl_global_cleanup();
-	return 0;
+	return failed; /* 1: a request failed (the figures are still printed) */
 }
