@@ -48,4 +48,18 @@ cs=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "quota-proxy overhead: $(nproc) CPUs ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)," \
 	"clocksource $(cat $cs 2>/dev/null || echo unknown), load average $(cut -d' ' -f1-3 /proc/loadavg));" \
 	"upstream quota-sim with no latency${PROXY_ARGS:+; proxy $PROXY_ARGS}${BASE:+; baseline $BASE}"
-"$BENCH" "http://127.0.0.1:$sport/v1/chat/completions" "http://127.0.0.1:$pport/v1/chat/completions" "$N" "$C" $burl
+# cpu PID: utime + stime of PID, in ticks (not printed with PROXY_ARGS,
+# which may fork --workers).
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+ppid=${pids[2]} bpid=${pids[3]:-}
+c0=$(cpu "$ppid") b0=$([ -n "$bpid" ] && cpu "$bpid")
+"$BENCH" "http://127.0.0.1:$sport/v1/chat/completions" "http://127.0.0.1:$pport/v1/chat/completions" "$N" "$C" $burl | tee "$tmp/out"
+rc=${PIPESTATUS[0]}
+# CPU time per request, a figure the machine's load weighs on less than latency.
+sent=$(sed -n 's/^requests per target: //p' "$tmp/out")
+tick=$(getconf CLK_TCK)
+per() { awk -v t="$1" -v n="$sent" -v hz="$tick" 'BEGIN { printf "%.1f us", t / hz * 1e6 / n }'; }
+if [ -n "$sent" ] && [ "$sent" -gt 0 ]; then
+	[ -z "${PROXY_ARGS:-}" ] && echo "CPU per request: proxy $(per $(($(cpu "$ppid") - c0)))${bpid:+, baseline $(per $(($(cpu "$bpid") - b0)))}"
+fi
+exit "$rc"

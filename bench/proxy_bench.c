@@ -119,7 +119,7 @@ int main(int argc, char **argv)
 				"[BASELINE-PROXY-URL]]] (REQUESTS >= %d)\n", 10 * ROUNDS);
 		return 2;
 	}
-	int failed = 0;
+	int failed = 0, sent = 0;
 
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	printf("%-26s %-9s %9s %9s %11s %11s\n", "scenario", "target", "p50", "p99", "added p50",
@@ -127,6 +127,8 @@ int main(int argc, char **argv)
 	for (int k = 0; k < 2; k++) {
 		int clients = k ? conc : 1, per = k ? (n / 8 > 10 * ROUNDS ? n / 8 : 10 * ROUNDS) : n;
 		int round_n = per / ROUNDS, total = clients * round_n * ROUNDS;
+
+		sent += clients * (round_n + 1) * ROUNDS;
 		int64_t *lat[TARGETS_MAX] = { 0 };
 		double p[TARGETS_MAX][2];
 		int errors[TARGETS_MAX] = { 0 };
@@ -166,6 +168,7 @@ int main(int argc, char **argv)
 			free(lat[t]);
 		}
 	}
+	printf("requests per target: %d\n", sent);
 	curl_global_cleanup();
 	return failed; /* 1: a request failed (the figures are still printed) */
 }
