@@ -68,6 +68,7 @@ cat >"$tmp/quota.json" <<JSON
     "tiny":   { "rpm": 1, "burst": 1 },
     "ctx":    { "rpm": 6000, "context_window": 100 },
     "line":   { "rpm": 120, "burst": 0.008 },
+    "slow":   { "rpm": 6, "burst": 0.1 },
     "budget": { "rpm": 6000, "price_per_mtok": { "input": 100000, "output": 0 },
                 "budget_usd": { "day": 3 } } } }
 JSON
@@ -249,12 +250,37 @@ kill -KILL $p2
 wait $p2 2>/dev/null
 [[ $(proxies_json) == *"\"pid\":$p2,\"alive\":false"* ]] && ok "a killed proxy's record shows as gone" ||
 	nok "killed proxy: $(proxies_json)"
-"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --quiet >"$tmp/p3.port" 2>"$tmp/p3.err" &
+"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --max-wait 30s --quiet \
+	>"$tmp/p3.port" 2>"$tmp/p3.err" &
 p3=$!
 pids+=($p3)
-wait_line "$tmp/p3.port" $p3 >/dev/null || die "third quota-proxy did not start"
+p3port=$(wait_line "$tmp/p3.port" $p3) || die "third quota-proxy did not start"
 [ ! -e "/dev/shm/$seg.proxy.$p2" ] && [ -e "/dev/shm/$seg.proxy.$p3" ] &&
 	ok "the next proxy removed the stale record" || nok "records: $(ls /dev/shm | grep "$seg.proxy")"
+
+# ---- a client that gives up while waiting for budget leaves the line at
+# once, uncharged ("slow": one request, then one every 10 s)
+post3() {
+	curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer sk-s' "$@" \
+		--data-binary "{\"model\":\"slow\",\"max_tokens\":4,$M}" "http://127.0.0.1:$p3port/v1/chat/completions"
+}
+[ "$(post3)" = 200 ] && ok "slow: first request served" || nok "slow: first request"
+post3 --max-time 2 >/dev/null &
+gc=$!
+seen=0
+for ((i = 0; i < 100; i++)); do # bounded: 5 s, while the client waits
+	[ "$(pnum $p3 waiting)" = 1 ] && { seen=1; break; }
+	sleep 0.05
+done
+wait $gc
+left=0
+for ((i = 0; i < 100; i++)); do # bounded: 5 s, before its 10 s turn
+	[ "$(pnum $p3 waiting)" = 0 ] && { left=1; break; }
+	sleep 0.05
+done
+[ $seen = 1 ] && [ $left = 1 ] && [ "$(jnum slow admitted)" = 1 ] &&
+	ok "a client gone while in line left it, uncharged" ||
+	nok "client gone in line: seen $seen, left $left, admitted $(jnum slow admitted): $(proxies_json)"
 kill -TERM $p3
 wait $p3
 [ ! -e "/dev/shm/$seg.proxy.$p3" ] && ok "a stopped proxy leaves no record" || nok "record left by $p3"

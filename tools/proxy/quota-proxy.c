@@ -283,6 +283,13 @@ enum rq_state {
 };
 
 struct relay;
+struct request;
+
+/* The epoll data of a client watched while it waits in line. */
+struct gone_watch {
+	void *tag; /* &tag_client */
+	struct request *q;
+};
 
 /* Per-request state (MHD's con_cls), from the first byte to the answer. */
 struct request {
@@ -301,6 +308,8 @@ struct request {
 	int in_line;
 	int64_t deadline_ns;       /* --max-wait after it arrived */
 	int64_t next_try_ns;       /* when to try to reserve again */
+	struct gone_watch gone;    /* its epoll data while in line */
+	int client_fd;             /* watched for a hang-up while in line; -1 */
 	int refusal;               /* at RQ_READY: the negative errno that refused it */
 	int64_t retry_ns;          /* with -EAGAIN: retry after */
 	const char *quota;
@@ -349,6 +358,10 @@ static int64_t mono_ns(void)
 /* ---- suspend/resume: nothing blocks the event loop --------------------- */
 
 static int resumed;                /* connections resumed since the last MHD_run() */
+static int loop_ep = -1;           /* the event loop's epoll instance */
+/* epoll tags of the event loop's sources; curl's sockets and waiting
+ * clients carry theirs first in their epoll data. */
+static int tag_mhd, tag_signal, tag_curl, tag_client;
 static struct request *requests;   /* all requests, for a stop */
 
 static void rq_suspend(struct request *q)
@@ -939,6 +952,8 @@ static struct {
 
 static void line_add(struct request *q)
 {
+	const union MHD_ConnectionInfo *info;
+
 	q->lnext = NULL;
 	q->lprev = line.tail;
 	if (line.tail)
@@ -948,6 +963,19 @@ static void line_add(struct request *q)
 	line.tail = q;
 	q->in_line = 1;
 	STAT(waiting, 1);
+	/* A client that gives up while in line must not keep its place (nor
+	 * be charged when its turn comes): watch its socket for a hang-up
+	 * (MHD does not while the connection is suspended). */
+	info = MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	q->client_fd = -1;
+	if (info) {
+		struct epoll_event e = { .events = EPOLLRDHUP, .data.ptr = &q->gone };
+
+		q->gone.tag = &tag_client;
+		q->gone.q = q;
+		if (epoll_ctl(loop_ep, EPOLL_CTL_ADD, info->connect_fd, &e) == 0)
+			q->client_fd = info->connect_fd;
+	}
 }
 
 static void line_remove(struct request *q)
@@ -965,6 +993,9 @@ static void line_remove(struct request *q)
 	q->lprev = q->lnext = NULL;
 	q->in_line = 0;
 	STAT(waiting, -1);
+	if (q->client_fd >= 0)
+		epoll_ctl(loop_ep, EPOLL_CTL_DEL, q->client_fd, NULL);
+	q->client_fd = -1;
 }
 
 /* Something was given back: try the heads of the line now. */
@@ -1272,6 +1303,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		q->conn = conn;
 		q->path = url;
+		q->client_fd = -1;
 		q->next = requests;
 		if (requests)
 			requests->prev = q;
@@ -1392,8 +1424,16 @@ static void *stop_watchdog(void *arg)
 	return NULL;
 }
 
-/* epoll tags of the event loop's sources (curl's sockets carry their own). */
-static int tag_mhd, tag_signal, tag_curl;
+/* A client hung up while waiting in line: it leaves the line, uncharged
+ * (MHD then finds the connection closed). */
+static void client_gone(struct request *q)
+{
+	if (!q->in_line)
+		return;
+	if (cfg.verbose)
+		logmsg("%s quota %s: the client left while waiting for budget", q->path, q->quota);
+	line_leave(q, -ECONNRESET);
+}
 
 /* Milliseconds until something in the loop is due (-1: nothing). */
 static int loop_timeout(int64_t now, int64_t mhd_deadline)
@@ -1466,6 +1506,8 @@ static void run_loop(struct MHD_Daemon *d, int ep)
 				run_mhd = 1;
 			else if (ev[i].data.ptr == &tag_signal)
 				stopping = 1;
+			else if (*(void **)ev[i].data.ptr == &tag_client)
+				client_gone(((struct gone_watch *)ev[i].data.ptr)->q);
 			else
 				up_socket(ev[i].data.ptr, ev[i].events);
 		}
@@ -1534,6 +1576,7 @@ static int serve(unsigned port, int ready_fd, int print_port)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
 	ep = epoll_create1(EPOLL_CLOEXEC);
+	loop_ep = ep;
 	sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (ep < 0 || sfd < 0 || add_watch(ep, sfd, &tag_signal) < 0) {
 		fprintf(stderr, "quota-proxy: cannot set up the event loop: %s\n", strerror(errno));
