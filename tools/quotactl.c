@@ -103,6 +103,26 @@ static uint64_t total_rejected(const struct quota_info *in)
 	return t;
 }
 
+/* One line about the segment's running quota-proxy processes, if any. */
+static void proxies_line(const char *segment)
+{
+	struct proxyreg_entry *v = NULL;
+	int n = proxyreg_list(segment, &v), alive = 0;
+	unsigned long long inflight = 0, waiting = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (!v[i].alive)
+			continue;
+		alive++;
+		inflight += atomic_load_explicit(&v[i].r.in_flight, memory_order_relaxed);
+		waiting += atomic_load_explicit(&v[i].r.waiting, memory_order_relaxed);
+	}
+	free(v);
+	if (alive)
+		printf("quota-proxy: %d process%s, %llu in flight, %llu waiting for budget "
+		       "(quotactl proxies)\n", alive, alive > 1 ? "es" : "", inflight, waiting);
+}
+
 static int status_text(quota_client *c, const char *segment)
 {
 	struct daemon_state d = daemon_state(c);
@@ -111,6 +131,7 @@ static int status_text(quota_client *c, const char *segment)
 		       (double)d.heartbeat_age_ns / 1e9);
 	else
 		printf("segment /%s: quotad DOWN (workers still enforce the limits)\n", segment);
+	proxies_line(segment);
 	printf("%-24s %-9s %14s %14s %10s %9s %12s\n", "QUOTA", "LIMIT", "CAPACITY", "AVAILABLE",
 	       "IN-FLIGHT", "ADMITTED", "REJECTED");
 	int n = quota_count(c);

@@ -238,6 +238,8 @@ pj=$(proxies_json)
 	nok "counters: $pj"
 "$QUOTACTL" --segment "$seg" proxies | grep -q "^$proxy  *127.0.0.1:$port  *http://127.0.0.1:$sport " &&
 	ok "quotactl proxies: the table" || nok "table: $("$QUOTACTL" --segment "$seg" proxies)"
+"$QUOTACTL" --segment "$seg" status | grep -q "^quota-proxy: 1 process, 0 in flight, 0 waiting" &&
+	ok "quotactl status: a line about the proxies" || nok "status: $("$QUOTACTL" --segment "$seg" status | head -n 3)"
 # A proxy whose upstream URL holds credentials, killed: they are never
 # recorded; its record shows as gone, and the next proxy removes it.
 "$PROXY" --upstream "http://user:pw-secret@127.0.0.1:$sport" -p 0 -S "$seg" --quiet \
