@@ -1823,7 +1823,8 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 
 	parse_options(argc, argv);
-	/* Stop signals go to sigwait in the main thread of each process. */
+	/* Stop signals: the event loop's signalfd (sigwait in a --workers
+	 * supervisor); blocked in every thread. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
