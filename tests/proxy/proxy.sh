@@ -217,7 +217,9 @@ done
 seen=0
 for ((i = 0; i < 200; i++)); do # bounded: 10 s
 	[ "$(pnum $proxy waiting)" -ge 1 ] 2>/dev/null && { seen=1; break; }
-	kill -0 "${lpids[2]}" 2>/dev/null || break
+	running=0
+	for p in "${lpids[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
+	[ $running = 1 ] || break # all answered (the first one served may be any)
 	sleep 0.05
 done
 wait "${lpids[@]}"

@@ -1511,6 +1511,7 @@ static void run_loop(struct MHD_Daemon *d, int ep)
 			else
 				up_socket(ev[i].data.ptr, ev[i].events);
 		}
+		up_after_events();
 		if (up_timeout_ms() == 0)
 			up_timeout();
 		now = mono_ns();

@@ -20,6 +20,18 @@
 
 #define IDLE_EASY_MAX 64 /* easy handles kept for reuse */
 
+/*
+ * A socket curl watches, from its first CURL_POLL_IN/OUT to its
+ * CURL_POLL_REMOVE. Freed only after the epoll batch that may still point
+ * to it (up_after_events()): handling one socket's event can make curl
+ * drop another one whose event comes later in the same batch.
+ */
+struct watch {
+	struct up_watch pub;   /* first: the epoll data starts with the tag */
+	int removed;
+	struct watch *next_removed;
+};
+
 static struct {
 	CURLM *multi;
 	int epfd;
@@ -28,6 +40,7 @@ static struct {
 	int64_t deadline_ns; /* curl's timer; -1: none */
 	CURL *idle[IDLE_EASY_MAX];
 	int nidle;
+	struct watch *removed; /* to free after the event batch */
 } up = { .epfd = -1, .deadline_ns = -1 };
 
 static int64_t mono_ns(void)
@@ -41,7 +54,7 @@ static int64_t mono_ns(void)
 /* curl: watch @s for @what (CURL_POLL_IN/OUT/INOUT/REMOVE). */
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
 {
-	struct up_watch *w = socketp;
+	struct watch *w = socketp;
 	struct epoll_event ev = { 0 };
 
 	(void)e;
@@ -50,7 +63,9 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 		if (w) {
 			epoll_ctl(up.epfd, EPOLL_CTL_DEL, s, NULL);
 			curl_multi_assign(up.multi, s, NULL);
-			free(w);
+			w->removed = 1;
+			w->next_removed = up.removed;
+			up.removed = w;
 		}
 		return 0;
 	}
@@ -59,8 +74,8 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 		w = calloc(1, sizeof(*w));
 		if (!w)
 			return -1;
-		w->tag = up.tag;
-		w->fd = s;
+		w->pub.tag = up.tag;
+		w->pub.fd = s;
 		ev.data.ptr = w;
 		if (epoll_ctl(up.epfd, EPOLL_CTL_ADD, s, &ev) < 0) {
 			free(w);
@@ -71,6 +86,16 @@ static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 	}
 	ev.data.ptr = w;
 	return epoll_ctl(up.epfd, EPOLL_CTL_MOD, s, &ev) < 0 ? -1 : 0;
+}
+
+void up_after_events(void)
+{
+	while (up.removed) {
+		struct watch *w = up.removed;
+
+		up.removed = w->next_removed;
+		free(w);
+	}
 }
 
 static int on_timer(CURLM *m, long timeout_ms, void *userp)
@@ -104,6 +129,7 @@ void up_global_cleanup(void)
 	if (up.multi)
 		curl_multi_cleanup(up.multi);
 	up.multi = NULL;
+	up_after_events();
 	curl_global_cleanup();
 }
 
@@ -295,16 +321,18 @@ static void reap(void)
 
 void up_socket(void *data, uint32_t events)
 {
-	struct up_watch *w = data;
+	struct watch *w = data;
 	int running, flags = 0;
 
+	if (w->removed) /* earlier in this batch */
+		return;
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
 		flags |= CURL_CSELECT_IN;
 	if (events & EPOLLOUT)
 		flags |= CURL_CSELECT_OUT;
 	if (events & EPOLLERR)
 		flags |= CURL_CSELECT_ERR;
-	curl_multi_socket_action(up.multi, w->fd, flags, &running);
+	curl_multi_socket_action(up.multi, w->pub.fd, flags, &running);
 	reap();
 }
 

@@ -80,6 +80,10 @@ void up_socket(void *data, uint32_t events);
 void up_timeout(void);
 long up_timeout_ms(void);
 
+/* After each batch of epoll events: free the watches of sockets curl gave
+ * up meanwhile (the batch may still point to them). */
+void up_after_events(void);
+
 /* The epoll data of a curl socket starts with this tag. */
 struct up_watch {
 	void *tag;
