@@ -191,6 +191,8 @@ static int status_json(quota_client *c, const char *segment)
 		for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
 			cJSON_AddNumberToObject(rj, reason_names[k], (double)in.rejected[k]);
 		cJSON_AddNumberToObject(q, "reclaimed", (double)in.reclaimed);
+		cJSON_AddNumberToObject(q, "repaired", (double)in.repaired);
+		cJSON_AddNumberToObject(q, "generation", (double)in.generation);
 		cJSON_AddNumberToObject(q, "paused_s", (double)in.paused_ns / 1e9);
 		cJSON_AddBoolToObject(q, "refund_actual", in.refund_actual);
 	}
