@@ -6,6 +6,7 @@ pkgs=(
   build-essential meson ninja-build pkg-config          # toolchain
   liburing-dev libcjson-dev libcriterion-dev            # core: io_uring, JSON, tests
   libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
+  libncurses-dev tmux                                   # quotactl top, and its terminal test
   libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
   prometheus                                            # promtool checks the metrics format
   nodejs                                                # the official openai SDK test (npm)
