@@ -6,7 +6,7 @@
  * quotad over the control socket for its own state and, while the clients
  * pane is shown, the attached processes. Rates are counter differences
  * divided by CLOCK_MONOTONIC time, per second over the last refresh; and
- * per minute, what was admitted in the last minute. Counters that go
+ * per minute over the last minute. Counters that go
  * backwards (a segment created afresh under the same name) or a quota id
  * that changed name restart that quota's history.
  */
@@ -129,11 +129,11 @@ static void derive(struct top_quota *q, int64_t now)
 			q->adm_s[k] = (double)(units(k, c) - units(k, &q->prev)) / dt;
 		for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
 			q->rej_s[k] = (double)(c->rejected[k] - q->prev.rejected[k]) / dt;
-		/* Per minute: what was admitted since the oldest sample of the
-		 * last minute (the ring holds samples at least a second apart);
-		 * while top has watched for less, since its first sample. A
-		 * count, not an extrapolation: it compares with a per-minute
-		 * limit the way the provider counts. */
+		/* Per minute: the rate since the oldest sample of the last
+		 * minute (the ring holds samples at least a second apart) - what
+		 * was admitted in the last minute, as a provider counts against
+		 * a per-minute limit; while top has watched for less than that,
+		 * the rate since its first sample. */
 		int64_t t0 = q->prev_t;
 		const struct top_counters *c0 = &q->prev;
 		for (int i = 0; i < q->hist_n; i++) {
@@ -146,9 +146,9 @@ static void derive(struct top_quota *q, int64_t now)
 				break;
 			}
 		}
-		for (int k = 0; k < QUOTA_RATE_KINDS; k++)
-			q->adm_min[k] = (double)(units(k, c) - units(k, c0));
 		q->min_span_s = (double)(now - t0) / 1e9;
+		for (int k = 0; k < QUOTA_RATE_KINDS; k++)
+			q->adm_min[k] = (double)(units(k, c) - units(k, c0)) / q->min_span_s * 60;
 		q->have_rates = true;
 	}
 	int last = (q->hist_head + TOP_HISTORY - 1) % TOP_HISTORY;
@@ -324,7 +324,12 @@ void top_refresh_clients(struct top *t)
 		cl->slot = (int)num(cj, "slot");
 		cl->pid = (int)num(cj, "pid");
 		const cJSON *st = cJSON_GetObjectItemCaseSensitive(cj, "state");
-		snprintf(cl->state, sizeof(cl->state), "%s", cJSON_IsString(st) ? st->valuestring : "?");
+		const char *state = cJSON_IsString(st) ? st->valuestring : "?";
+		if (strcmp(state, "reclaiming") == 0)
+			state = "reclaim"; /* the pane's column is 7 wide */
+		else if (strcmp(state, "claiming") == 0)
+			state = "claim";
+		snprintf(cl->state, sizeof(cl->state), "%s", state);
 		cl->held = (uint64_t)num(cj, "inflight");
 		read_comm(cl->pid, cl->comm, sizeof(cl->comm));
 		size_t used = 0;

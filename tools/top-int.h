@@ -45,8 +45,8 @@ struct top_quota {
 
 	/* Derived at each refresh, in each limit's units. */
 	double adm_s[QUOTA_RATE_KINDS];   /* per second, over the last refresh */
-	double adm_min[QUOTA_RATE_KINDS]; /* admitted in the last minute */
-	double min_span_s;                /* ... or in this many seconds, if < 60 */
+	double adm_min[QUOTA_RATE_KINDS]; /* per minute, over the last minute */
+	double min_span_s;                /* ... or over this many seconds, if < 60 */
 	double rej_s[QUOTA_REJECT_REASONS];
 	bool have_rates; /* false until two samples exist */
 	double use;      /* the most used limit (or in-flight), 0..1 */

@@ -220,10 +220,10 @@ struct cols {
 
 static struct cols columns(int width)
 {
-	/* kind(7) bar pct(5) used(12) /s(8) /min(8) %(7) refused/s(10) */
+	/* kind(7) bar pct(5) used(12) /s(8) /min(9) %(7) refused/s(10) */
 	struct cols c;
 	c.bar = 8;
-	int right = 5 + 12 + 8 + 8 + 7 + 10;
+	int right = 5 + 12 + 8 + 9 + 7 + 10;
 	c.bar_w = width - c.bar - right - 1;
 	if (c.bar_w < 8)
 		c.bar_w = 8;
@@ -231,7 +231,7 @@ static struct cols columns(int width)
 	c.used = c.pct + 5;
 	c.adm_s = c.used + 12;
 	c.adm_min = c.adm_s + 8;
-	c.of_limit = c.adm_min + 8;
+	c.of_limit = c.adm_min + 9;
 	c.refused = c.of_limit + 7;
 	return c;
 }
@@ -279,10 +279,9 @@ static void limit_row(const struct top_quota *q, int k, struct top_lines *out, c
 		return;
 	}
 	rput(out, C_NORMAL, c->adm_min - 1, rate(a, sizeof(a), q->adm_s[k]));
-	/* Admitted in the last minute, and that as a share of what the limit
-	 * allows in a minute (for a per-day limit: the pace, were it kept all
-	 * day). Dim while top has watched for less than a minute: a lower
-	 * bound then. */
+	/* Admitted per minute over the last minute, and that as a share of
+	 * the limit's rate (for a per-day limit: the pace, were it kept all
+	 * day). Dim while top has watched for less than a minute. */
 	int mcls = q->min_span_s < 59 ? C_DIM : C_NORMAL;
 	rput(out, mcls, c->of_limit - 1, human(a, sizeof(a), q->adm_min[k]));
 	int64_t period = q->s.rate[k].period_ns;
@@ -451,7 +450,7 @@ static int cmp_client(const void *a, const void *b)
 void top_view_clients(const struct top *t, struct top_lines *out, int max_rows)
 {
 	nl(out);
-	put(out, C_TITLE, " %-8s %-15s %-10s %5s %9s %7s %8s  %s", "PID", "COMMAND", "STATE", "HELD", "ADMITTED",
+	put(out, C_TITLE, " %-7s %-15s %-7s %4s %8s %7s %7s  %s", "PID", "COMMAND", "STATE", "HELD", "ADMITTED",
 	    "ADMIT/s", "REFUSED", "QUOTAS");
 	fill_line(out, C_TITLE);
 	if (!t->clients_loaded || t->clients_err < 0) {
@@ -476,7 +475,7 @@ void top_view_clients(const struct top *t, struct top_lines *out, int max_rows)
 		const struct top_client *cl = &t->cl[i];
 		char a[16], b[16], r[16];
 		nl(out);
-		put(out, C_NORMAL, " %-8d %-15.15s %-10.10s %5llu %9s %7s %8s  %s", cl->pid, cl->comm, cl->state,
+		put(out, C_NORMAL, " %-7d %-15.15s %-7.7s %4llu %8s %7s %7s  %s", cl->pid, cl->comm, cl->state,
 		    (unsigned long long)cl->held, human(a, sizeof(a), (double)cl->admitted),
 		    cl->have_rate ? rate(b, sizeof(b), cl->adm_s) : "-", human(r, sizeof(r), (double)cl->rejected),
 		    cl->quotas);

@@ -135,7 +135,7 @@ check "screen: tpm refusals counted" until_ok shows top '^  tpm +\[.* [1-9][0-9.
 check "screen: in flight 4/4 with its refusals" until_ok shows top '^  in-fl +\[\|+\] +100% +4/4 +[1-9]'
 check "screen: quit and sort keys shown" shows top ' q quit .* s sort: name'
 check "screen: colours on a terminal that has them" colours top
-check "screen: 80 columns, bar of 21" [ "$(bar_width top)" = 21 ]
+check "screen: 80 columns, bar of 20" [ "$(bar_width top)" = 20 ]
 tm send-keys -t top c
 check "c shows the clients pane" until_ok shows top '^ PID +COMMAND +STATE +HELD'
 check "clients pane lists the load processes" until_ok shows top "^ $load2 +top-load +live +4 "
