@@ -142,8 +142,9 @@ die() {
 # quotad on its embedded default configuration (burst 0.99: 1 % below the
 # provider, for the delay between our admission and the provider counting the
 # request; see quotad/config.c and quota-sim(1)).
-"$QUOTAD" --segment "$SEG" --remove-on-exit --ready-fd 3 3>"$tmp/quotad.ready" \
-	2>"$tmp/quotad.err" &
+# Its control socket is the demo's own (not the host's /run/quotad.sock).
+"$QUOTAD" --segment "$SEG" --socket "$tmp/quotad.sock" --remove-on-exit --ready-fd 3 \
+	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
 pids+=($!)
 wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not start"
 
@@ -155,6 +156,8 @@ PORT=$(wait_line "$tmp/sim.port" $SIM_PID) || die "quota-sim did not start"
 echo "demo: quotad serves '$QUOTA' ($RPM RPM, $TPM TPM, its embedded default) on segment /$SEG;"
 echo "      quota-sim enforces the same limits on 127.0.0.1:$PORT."
 echo "      $WORKERS workers, prompts of $PROMPT tokens, max_tokens $MAXTOK, ${DURATION} s per mode."
+echo "      Watch it live from another terminal:"
+echo "      $QUOTACTL --segment $SEG --socket $tmp/quotad.sock top -c"
 
 served_of() { cat "$tmp/$1"-*.csv 2>/dev/null | awk -F, '$7 == 200 { n++ } END { print n + 0 }'; }
 n429_of() { cat "$tmp/$1"-*.csv 2>/dev/null | awk -F, '$1 != "worker" { n += $9 } END { print n + 0 }'; }

@@ -7,7 +7,7 @@
  * layout is therefore the same in both, and fits 80 columns (the bars grow
  * with the width).
  *
- * Per quota: a title line (name, in flight, reclaimed, backoff), then one
+ * Per quota: a title line (name, reclaimed, backoff), then one
  * row per limit: a bar of the capacity in use, its share and units, the
  * rate admitted per second and per minute (in the limit's units), that rate
  * as a share of the limit, and the refusals per second it caused; a row for
@@ -328,7 +328,8 @@ static void quota_block(const struct top_quota *q, struct top_lines *out, const 
 	char a[16];
 	nl(out);
 	put(out, C_HEAD, "%s", q->s.name);
-	if (!q->s.max_inflight)
+	/* In flight is counted only for quotas with a max_inflight. */
+	if (!q->s.max_inflight && q->s.inflight)
 		put(out, C_NORMAL, "   in flight %llu", (unsigned long long)q->s.inflight);
 	put(out, C_NORMAL, "   reclaimed %llu", (unsigned long long)q->s.c.reclaimed);
 	if (q->s.has_waits) {
