@@ -61,7 +61,7 @@ set ylabel 'tokens/s sent'
 set y2label '429 answers/s' textcolor rgb '#c0392b'
 set grid ytics
 set key top right opaque box
-set label 1 'off the scale: bursts that the provider's full minute of capacity lets through' at graph 0.02, graph 0.93 font 'sans,9'
+set label 1 'off the scale: bursts that a full minute of provider capacity lets through' at graph 0.02, graph 0.93 font 'sans,9'
 set title "with libquota: $q429 answers 429"
 plot '$dir/plot-quota.dat' using 1:2 with steps lw 2 lc rgb '#2471a3' title 'tokens/s', \
      $limit with lines dt 2 lw 2 lc rgb '#555555' title 'limit ($limit/s)', \
