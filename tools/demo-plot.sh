@@ -40,9 +40,10 @@ series() {
 
 series quota "$key_quota" >"$dir/plot-quota.dat" || { echo "demo-plot: no libquota log" >&2; exit 1; }
 series naive "$key_naive" >"$dir/plot-naive.dat" || { echo "demo-plot: no naive log" >&2; exit 1; }
-sum429() { awk '{ n += $3 } END { print n + 0 }' "$1"; }
-q429=$(sum429 "$dir/plot-quota.dat")
-n429=$(sum429 "$dir/plot-naive.dat")
+# Every 429 of each key, also those after the last whole second.
+sum429() { awk -v key="$1" '$1 == "arrive" && $3 == key && $NF == "reject" { n++ } END { print n + 0 }' "$dir/sim.trace"; }
+q429=$(sum429 "$key_quota")
+n429=$(sum429 "$key_naive")
 limit=$((tpm / 60))
 # The first seconds spend the provider's full minute of burst; the y range
 # keeps the steady state readable and lets that burst go off the top.
