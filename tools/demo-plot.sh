@@ -13,7 +13,7 @@
 #   simulator's refusals for each fleet's API key, in the second they arrived.
 #   Time 0 is each fleet's first request. Environment: QUOTA_GNUPLOT (gnuplot).
 set -u
-help() { sed -n '4,15p' "$0" | sed 's/^# \{0,1\}//'; }
+help() { sed -n '4,14p' "$0" | sed 's/^# \{0,1\}//'; }
 case ${1:-} in -h | --help) help; exit 0 ;; esac
 [ $# -eq 6 ] || { help >&2; exit 2; }
 out=$1 dir=$2 tpm=$3 duration=$4 key_quota=$5 key_naive=$6
