@@ -25,6 +25,7 @@
 #include "internal.h"
 #include "layout.h"
 #include "../quotad/sockpath.h"
+#include "top.h"
 
 #define REPLY_MAX (16 << 20)
 #define REPLY_TIMEOUT_MS 10000
@@ -49,6 +50,7 @@ static void usage(FILE *f)
 	      "  status [--json] [--watch [--interval SEC] [--count N]]\n"
 	      "                       one row per quota: per limit capacity, available now,\n"
 	      "                       in flight, spend, admitted and rejected (reads the segment)\n"
+	      "  top [-d SEC] [-c]    live full-screen view: use, rates, refusals, spend, clients\n"
 	      "  clients [--json]     attached processes and what each holds (asks quotad)\n"
 	      "  metrics              Prometheus text exposition (asks quotad)\n"
 	      "  backoff QUOTA SEC    pause QUOTA for SEC seconds on every process (root)\n"
@@ -474,6 +476,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "status") == 0)
 		return cmd_status(segment, argc - optind, argv + optind);
+	if (strcmp(cmd, "top") == 0) /* its argv[0] is "top" */
+		return quotactl_top(segment, socket_path, argc - optind + 1, argv + optind - 1);
 	if (strcmp(cmd, "help") != 0 && !socket_path[0] &&
 	    qd_default_socket_path(socket_path, sizeof(socket_path)) < 0) {
 		fprintf(stderr, "quotactl: no control socket: give --socket PATH or set $QUOTA_SOCKET\n");
