@@ -1,0 +1,664 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * global.c - global quotas: the rate limits of a quota with "scope":
+ * "global" are shared by several hosts' quotads through a Redis function
+ * (grant.lua) that hands out GRANTS (units) from one bucket per limit; this
+ * file holds the host's side: it meters what the host's workers take, holds
+ * their TAT back so that they can take no more than the grant, asks Redis
+ * for more, and falls back to the quota's outage policy when Redis cannot be
+ * reached. The workers' hot path is unchanged: they reserve against the
+ * local segment as for any quota.
+ *
+ * THE HOLD (a global limit's TAT as a meter). The local record of a global
+ * limit has the static share as its rate (limit / expected_hosts, config.c),
+ * charging T' ns per unit and tolerance tau. At every tick (t, 20 ms apart)
+ * quotad sets the TAT to
+ *     TAT = t + H + tau - X,   X = min(credit, tau) >= 0, H = QG_HOLD_NS,
+ * raising it (always safe) or lowering it by at most the credit it holds.
+ * Until t + H the TAT stays >= the clock, so every reservation starts at the
+ * TAT, not at the clock (no refill), and moves it by exactly its charge;
+ * one admitted at decision time a <= t + H (and waiting w with a + w <=
+ * t + H) ends its slot at <= a + w + tau, so the TAT never passes t + H +
+ * tau: the host takes at most X before the next tick. The next tick reads
+ * the TAT: what moved it since quotad's own store is the workers' net
+ * consumption (reservations, refunds, debt), charged to the credit exactly.
+ * A quotad that stops ticking (killed, stalled beyond H) stops holding: the
+ * TAT falls behind the clock and the host runs at its local record's rate,
+ * its static share: the dead-quotad term of the bound (docs/ARCHITECTURE.md).
+ *
+ * CREDIT is the grant Redis gave (in ns: g units are g*T' ns, rounded down)
+ * minus the consumption metered; while Redis cannot be reached for
+ * QG_OUTAGE_NS the quota is in OUTAGE: the grant is dropped (Redis reaps it
+ * after the lease, QG_LEASE_NS, measured from the last call it answered,
+ * later than the host's drop measured from when it sent that call), and
+ * static_share credits the time that passes (1 ns of clock = 1 ns of the
+ * static share's charge, capped at tau) while fail_closed credits nothing.
+ * What the host took in an outage is reported as debt when Redis answers
+ * again, and the bucket pays it from its refill.
+ *
+ * REDIS, never waited on: a nonblocking hiredis context driven from the tick
+ * (write what is queued, read what arrived, parse complete replies), one call
+ * in flight per limit, a call older than QG_CALL_TIMEOUT_NS drops the
+ * connection, which is made again after QG_RECONNECT_NS. The function is
+ * loaded with FUNCTION LOAD REPLACE on every connect.
+ */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <hiredis/hiredis.h>
+
+#include "gcra.h"
+#include "global.h"
+#include "quotad.h"
+
+#define QG_HOLD_NS (250 * 1000000LL)        /* H: how far the TAT is held ahead */
+#define QG_REFRESH_NS (500 * 1000000LL)     /* a call at least this often (lease, demand) */
+#define QG_OUTAGE_NS (1000 * 1000000LL)     /* no answer for this long: OUTAGE */
+#define QG_LEASE_NS (5000 * 1000000LL)      /* Redis reaps a host silent this long */
+#define QG_CALL_TIMEOUT_NS (1000 * 1000000LL)
+#define QG_RECONNECT_NS (200 * 1000000LL)
+#define QG_TARGET_HOLD_NS (500 * 1000000LL) /* ask for about this much of the demand */
+
+extern const char qd_grant_lua[];
+
+enum { QG_REQ_LOAD = -1 }; /* pending entry: the FUNCTION LOAD, else a limit index */
+
+struct qg_limit {
+	char quota[QUOTA_NAME_MAX + 1];
+	uint32_t id, kind, policy, expected_hosts; /* policy: enum qd_outage */
+	char key[QD_GLOBAL_KEY_MAX + 32];   /* Redis key */
+	uint64_t limit, burst;              /* the global limit L and capacity b */
+	struct qs_limit_cfg l;              /* the local record's (static share) */
+	bool primed;                        /* last_tat is valid */
+	int64_t last_tat;                   /* the TAT as quotad last left or saw it */
+	int64_t credit_ns;                  /* grant not yet consumed (< 0: overdraft) */
+	int64_t self_ns;                    /* static_share credit in an outage */
+	int64_t outage_taken_ns;            /* consumed in outages, not yet reported */
+	int64_t sent_debt_ns;               /* part of it in the call in flight */
+	uint64_t sent_overdraft;            /* overdraft units paid by that call */
+	int64_t tick_moved;                 /* consumption since the last rate update */
+	bool pending;
+	int64_t sent_at, last_call, last_ok;
+	bool outage, starved;
+	double rate;                        /* consumption, units per second (EWMA) */
+	int64_t last_tick;
+	/* Figures for status and metrics. */
+	uint64_t granted_total, calls, errors, outages, reaped_seen;
+	int64_t live_hosts, stock, outstanding, cap;
+	uint64_t outage_units_total, debt_reported_total;
+};
+
+struct qd_global {
+	struct qd_redis redis;
+	redisContext *c;
+	int64_t reconnect_at;
+	int pend[512];
+	uint32_t npend;
+	int64_t load_sent;
+	uint64_t connects, conn_errors;
+	char last_error[200];
+	struct qg_limit *lim;
+	uint32_t nlim;
+};
+
+static const char *kind_name(uint32_t k)
+{
+	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd" };
+	return k < 8 ? n[k] : "?";
+}
+
+/* Units in @ns of the local charge, rounded up. */
+static uint64_t units_up(const struct qs_limit_cfg *l, int64_t ns)
+{
+	if (ns <= 0)
+		return 0;
+	unsigned __int128 u = ((unsigned __int128)(uint64_t)ns * l->limit + (uint64_t)l->period_ns - 1) /
+			      (uint64_t)l->period_ns;
+	return u > UINT64_MAX / 4 ? UINT64_MAX / 4 : (uint64_t)u;
+}
+
+/* ns worth @units of the local charge, rounded down (a grant credited). */
+static int64_t ns_down(const struct qs_limit_cfg *l, uint64_t units)
+{
+	uint64_t ns = qg_charge(l, units);
+	if (l->t_frac && ns)
+		ns--; /* ceil(x) - 1 <= floor(x) */
+	return ns > (uint64_t)INT64_MAX / 8 ? INT64_MAX / 8 : (int64_t)ns;
+}
+
+static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* ------------------------------------------------------------------ the hold */
+
+/* Charge the workers' net movement of the TAT since quotad last saw it. */
+static void charge(struct qg_limit *g, int64_t cur)
+{
+	int64_t moved = cur - g->last_tat;
+	g->last_tat = cur;
+	if (!moved)
+		return;
+	g->tick_moved += moved;
+	if (g->outage) {
+		g->self_ns -= moved;
+		g->outage_taken_ns += moved;
+	} else {
+		g->credit_ns -= moved;
+	}
+}
+
+/* Meter, then hold the TAT at t + H + tau - X (module comment). */
+static void hold(struct daemon *d, struct qg_limit *g, int64_t now)
+{
+	struct qs_quota *q = qs_quota_at(&d->g, g->id);
+	_Atomic int64_t *tat = qs_tat(q, g->kind);
+	int64_t cur = qg_tat_clamp(atomic_load_explicit(tat, memory_order_relaxed));
+	if (!g->primed) {
+		g->last_tat = cur; /* what the segment held before us is nobody's credit */
+		g->primed = true;
+	}
+	for (;;) {
+		charge(g, cur);
+		int64_t x = imax(0, imin(g->credit_ns + g->self_ns, g->l.tau_ns));
+		g->starved = x == 0;
+		int64_t target = now + QG_HOLD_NS + g->l.tau_ns - x;
+		/* Lower only by credit: with none, the TAT is only ever raised
+		 * (bookings beyond the hold stay booked). */
+		if (target < cur && x == 0)
+			target = cur;
+		if (target == cur)
+			return;
+		if (atomic_compare_exchange_strong_explicit(tat, &cur, target, memory_order_relaxed,
+							    memory_order_relaxed)) {
+			g->last_tat = target;
+			return;
+		}
+		cur = qg_tat_clamp(cur); /* a worker moved it: charge that, decide again */
+	}
+}
+
+/* ------------------------------------------------------------------ Redis */
+
+static void drop_conn(struct daemon *d, const char *why)
+{
+	struct qd_global *G = d->glob;
+	if (!G->c)
+		return;
+	snprintf(G->last_error, sizeof(G->last_error), "%s", why);
+	qd_log(G->connects > 1 || G->conn_errors == 0 ? "warning" : "debug", "redis: %s", why);
+	redisFree(G->c);
+	G->c = NULL;
+	G->conn_errors++;
+	for (uint32_t i = 0; i < G->npend; i++)
+		if (G->pend[i] >= 0) {
+			G->lim[G->pend[i]].pending = false;
+			G->lim[G->pend[i]].errors++;
+			G->lim[G->pend[i]].sent_debt_ns = 0;
+			G->lim[G->pend[i]].sent_overdraft = 0;
+		}
+	G->npend = 0;
+	G->reconnect_at = qd_mono() + QG_RECONNECT_NS;
+}
+
+static void connect_redis(struct daemon *d, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	if (G->c || now < G->reconnect_at)
+		return;
+	G->reconnect_at = now + QG_RECONNECT_NS;
+	redisContext *c = G->redis.unix_path[0] ? redisConnectUnixNonBlock(G->redis.unix_path) :
+						  redisConnectNonBlock(G->redis.host, (int)G->redis.port);
+	if (!c || c->err) {
+		snprintf(G->last_error, sizeof(G->last_error), "connect %.50s: %.60s", G->redis.url,
+			 c ? c->errstr : "out of memory");
+		G->conn_errors++;
+		redisFree(c);
+		return;
+	}
+	G->c = c;
+	G->connects++;
+	const char *argv[] = { "FUNCTION", "LOAD", "REPLACE", qd_grant_lua };
+	size_t len[] = { 8, 4, 7, strlen(qd_grant_lua) };
+	redisAppendCommandArgv(c, 4, argv, len);
+	G->pend[G->npend++] = QG_REQ_LOAD;
+	G->load_sent = now;
+}
+
+static void call(struct daemon *d, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_limit *g = &G->lim[i];
+	if (G->npend >= sizeof(G->pend) / sizeof(G->pend[0]))
+		return;
+	/* held: what the host can still take, rounded up (over-reporting what
+	 * is held is safe, under-reporting is not). */
+	uint64_t held = units_up(&g->l, g->credit_ns);
+	double want_d = fmax((double)g->l.capacity, g->rate * (double)QG_TARGET_HOLD_NS / 1e9);
+	if (want_d > (double)g->burst)
+		want_d = (double)g->burst;
+	uint64_t want = (uint64_t)want_d > held ? (uint64_t)want_d - held : 0;
+	double per = (double)g->l.period_ns / 1e9;
+	double demand = g->rate * per * (g->starved ? 2.0 : 1.25) + 1.0;
+	/* Debt: what was taken in outages, plus an overdraft (reservations
+	 * that waited beyond the hold). */
+	g->sent_debt_ns = g->outage ? 0 : g->outage_taken_ns;
+	g->sent_overdraft = g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0;
+	uint64_t debt = units_up(&g->l, g->sent_debt_ns) + g->sent_overdraft;
+	char a[9][48];
+	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)g->limit);
+	snprintf(a[1], sizeof(a[1]), "%lld", (long long)(g->l.period_ns / 1000));
+	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)g->burst);
+	snprintf(a[3], sizeof(a[3]), "%lld", (long long)(QG_LEASE_NS / 1000));
+	snprintf(a[4], sizeof(a[4]), "%llu", (unsigned long long)held);
+	snprintf(a[5], sizeof(a[5]), "%llu", (unsigned long long)want);
+	snprintf(a[6], sizeof(a[6]), "%.0f", demand);
+	snprintf(a[7], sizeof(a[7]), "%llu", (unsigned long long)debt);
+	const char *argv[] = { "FCALL", "quotad_grant", "1", g->key, G->redis.host_id,
+			       a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7] };
+	size_t len[13];
+	for (int k = 0; k < 13; k++)
+		len[k] = strlen(argv[k]);
+	if (redisAppendCommandArgv(G->c, 13, argv, len) != REDIS_OK) {
+		drop_conn(d, "cannot queue a call");
+		return;
+	}
+	G->pend[G->npend++] = (int)i;
+	g->pending = true;
+	g->sent_at = now;
+	g->last_call = now;
+	g->calls++;
+}
+
+static void answer(struct daemon *d, struct qg_limit *g, const redisReply *r, int64_t now)
+{
+	g->pending = false;
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
+		g->errors++;
+		snprintf(d->glob->last_error, sizeof(d->glob->last_error), "grant: %s",
+			 r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		g->sent_debt_ns = 0;
+		g->sent_overdraft = 0;
+		return;
+	}
+	long long v[6];
+	for (int k = 0; k < 6; k++)
+		v[k] = r->element[k]->type == REDIS_REPLY_INTEGER ? r->element[k]->integer : 0;
+	if (v[0] < 0)
+		v[0] = 0;
+	if (g->outage) {
+		qd_log("info", "global %s %s: Redis answers again (outage over, %llu units taken in it "
+		       "reported as debt)", g->quota, kind_name(g->kind),
+		       (unsigned long long)g->outage_units_total);
+		g->outage = false;
+		g->self_ns = 0;
+	}
+	g->outage_taken_ns -= g->sent_debt_ns;
+	g->debt_reported_total += units_up(&g->l, g->sent_debt_ns);
+	g->sent_debt_ns = 0;
+	/* The overdraft was paid from the bucket: u units, credited as u*T'
+	 * rounded down (>= the overdraft, an integer <= u*T'). */
+	g->credit_ns += ns_down(&g->l, g->sent_overdraft);
+	g->sent_overdraft = 0;
+	g->credit_ns += ns_down(&g->l, (uint64_t)v[0]);
+	g->granted_total += (uint64_t)v[0];
+	g->live_hosts = v[1];
+	g->stock = v[2];
+	g->outstanding = v[3];
+	g->cap = v[4];
+	g->reaped_seen += (uint64_t)(v[5] > 0 ? v[5] : 0);
+	g->last_ok = g->sent_at; /* the lease runs from when we asked */
+	(void)now;
+}
+
+static void pump(struct daemon *d, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	if (!G->c)
+		return;
+	int done = 0;
+	if (redisBufferWrite(G->c, &done) != REDIS_OK) {
+		char why[160];
+		snprintf(why, sizeof(why), "write to %.60s: %.80s", G->redis.url, G->c->errstr);
+		drop_conn(d, why);
+		return;
+	}
+	if (redisBufferRead(G->c) != REDIS_OK) {
+		char why[160];
+		snprintf(why, sizeof(why), "read from %.60s: %.80s", G->redis.url, G->c->errstr);
+		drop_conn(d, why);
+		return;
+	}
+	for (;;) {
+		void *rep = NULL;
+		if (redisGetReplyFromReader(G->c, &rep) != REDIS_OK) {
+			drop_conn(d, "protocol error");
+			return;
+		}
+		if (!rep)
+			break;
+		redisReply *r = rep;
+		if (G->npend == 0) {
+			freeReplyObject(r);
+			drop_conn(d, "a reply nobody asked for");
+			return;
+		}
+		int who = G->pend[0];
+		memmove(G->pend, G->pend + 1, (G->npend - 1) * sizeof(G->pend[0]));
+		G->npend--;
+		if (who == QG_REQ_LOAD) {
+			if (r->type == REDIS_REPLY_ERROR) {
+				char why[160];
+				snprintf(why, sizeof(why), "FUNCTION LOAD: %.120s", r->str);
+				freeReplyObject(r);
+				drop_conn(d, why);
+				return;
+			}
+		} else {
+			answer(d, &G->lim[who], r, now);
+		}
+		freeReplyObject(r);
+	}
+	for (uint32_t i = 0; i < G->nlim; i++)
+		if (G->lim[i].pending && now - G->lim[i].sent_at > QG_CALL_TIMEOUT_NS) {
+			drop_conn(d, "a call took over 1 s: reconnecting");
+			return;
+		}
+}
+
+/* ------------------------------------------------------------------ the tick */
+
+static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	int64_t dt = g->last_tick ? now - g->last_tick : 0;
+	g->last_tick = now;
+	if (!g->outage && now - g->last_ok > QG_OUTAGE_NS) {
+		g->outage = true;
+		g->outages++;
+		/* Drop the grant before Redis can reap it (module comment). */
+		if (g->credit_ns > 0)
+			g->credit_ns = 0;
+		g->self_ns = 0;
+		qd_log("warning", "global %s %s: no answer from Redis for %lld ms: outage, %s", g->quota,
+		       kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
+		       g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
+	}
+	/* static_share: the time that passes, at the local record's rate (the
+	 * static share), at most tau held. */
+	if (g->outage && g->policy == QD_OUTAGE_STATIC_SHARE && dt > 0)
+		g->self_ns = imin(g->self_ns + dt, g->l.tau_ns);
+	hold(d, g, now);
+	if (dt > 0) {
+		/* Consumption rate, units per second, averaged over about 1 s. */
+		double inst = (double)units_up(&g->l, g->tick_moved > 0 ? g->tick_moved : 0) * 1e9 / (double)dt;
+		double a = (double)dt / 1e9 > 1.0 ? 1.0 : (double)dt / 1e9;
+		g->rate += a * (inst - g->rate);
+		g->tick_moved = 0;
+	}
+	if (g->outage && g->outage_taken_ns > 0)
+		g->outage_units_total = units_up(&g->l, g->outage_taken_ns) + g->debt_reported_total;
+	if (!G->c || g->pending)
+		return;
+	uint64_t held = units_up(&g->l, g->credit_ns);
+	uint64_t low = g->l.capacity / 2 > (uint64_t)(g->rate * 0.25) ? g->l.capacity / 2 :
+		       (uint64_t)(g->rate * 0.25);
+	if (held <= low || now - g->last_call >= QG_REFRESH_NS || g->outage)
+		call(d, i, now);
+}
+
+void qd_global_tick(struct daemon *d)
+{
+	struct qd_global *G = d->glob;
+	if (!G)
+		return;
+	int64_t now = qd_now(d);
+	int64_t mono = qd_mono();
+	connect_redis(d, mono);
+	pump(d, mono);
+	for (uint32_t i = 0; i < G->nlim; i++) {
+		(void)now;
+		tick_one(d, &G->lim[i], i, mono);
+	}
+	pump(d, mono); /* send what this tick queued */
+}
+
+/* ------------------------------------------------------------------ config */
+
+static void free_global(struct qd_global *G)
+{
+	if (!G)
+		return;
+	if (G->c)
+		redisFree(G->c);
+	free(G->lim);
+	free(G);
+}
+
+int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
+{
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < cfg->nquotas; i++)
+		for (uint32_t k = 0; cfg->quotas[i].global && k < QUOTA_RATE_KINDS; k++)
+			n += cfg->quotas[i].rate[k] != 0;
+	struct qd_global *old = d->glob;
+	if (n == 0) {
+		if (old)
+			qd_log("info", "no global quota any more: Redis connection closed");
+		free_global(old);
+		d->glob = NULL;
+		return 0;
+	}
+	if ((d->g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK)) {
+		qd_log("error", "global quotas need the monotonic clock (Redis grants run on real time): "
+		       "global quotas not served");
+		return -EINVAL;
+	}
+	struct qd_global *G = calloc(1, sizeof(*G));
+	struct qg_limit *lim = calloc(n, sizeof(*lim));
+	if (!G || !lim) {
+		free(G);
+		free(lim);
+		return -ENOMEM;
+	}
+	G->redis = cfg->redis;
+	int64_t now = qd_mono();
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < cfg->nquotas; i++) {
+		const struct qd_quota *qc = &cfg->quotas[i];
+		if (!qc->global)
+			continue;
+		int id = -1;
+		for (uint32_t j = 0; j < d->g.quota_capacity; j++)
+			if (d->pub[j].word && !(d->pub[j].cfg.flags & QS_REC_REMOVED) &&
+			    strncmp(d->pub[j].cfg.name, qc->name, sizeof(d->pub[j].cfg.name)) == 0) {
+				id = (int)j;
+				break;
+			}
+		for (uint32_t k = 0; id >= 0 && k < QUOTA_RATE_KINDS; k++) {
+			if (!qc->rate[k])
+				continue;
+			struct qg_limit *g = &lim[m];
+			snprintf(g->quota, sizeof(g->quota), "%s", qc->name);
+			g->id = (uint32_t)id;
+			g->kind = k;
+			g->policy = qc->outage;
+			g->expected_hosts = qc->expected_hosts;
+			snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, kind_name(k));
+			g->limit = qc->rate[k];
+			struct qs_limit_cfg gl;
+			if (qg_limit_init(&gl, k, qc->rate[k], qg_period_of(k), qc->burst_ppm) < 0 ||
+			    qg_limit_init(&g->l, k, qd_local_rate(qc, k), qg_period_of(k), qc->burst_ppm) < 0)
+				continue;
+			g->burst = gl.capacity;
+			g->last_ok = now; /* a grace of QG_OUTAGE_NS to reach Redis */
+			g->last_call = now - QG_REFRESH_NS;
+			/* The same limit before the reload keeps its ledger. */
+			for (uint32_t j = 0; old && j < old->nlim; j++) {
+				struct qg_limit *o = &old->lim[j];
+				if (o->id == g->id && o->kind == g->kind && strcmp(o->key, g->key) == 0 &&
+				    o->l.tau_ns == g->l.tau_ns && o->l.t_int == g->l.t_int &&
+				    o->l.t_frac == g->l.t_frac && o->burst == g->burst) {
+					struct qg_limit keep = *g;
+					*g = *o;
+					g->policy = keep.policy;
+					g->pending = false;
+				}
+			}
+			m++;
+		}
+	}
+	G->lim = lim;
+	G->nlim = m;
+	if (old && strcmp(old->redis.url, G->redis.url) == 0 && old->redis.unix_path[0] == G->redis.unix_path[0] &&
+	    strcmp(old->redis.host_id, G->redis.host_id) == 0 && old->npend == 0) {
+		G->c = old->c; /* same server, nothing in flight: keep the connection */
+		old->c = NULL;
+		G->connects = old->connects;
+	}
+	free_global(old);
+	d->glob = G;
+	qd_log("info", "%u global limit%s through Redis %s as host %s", m, m == 1 ? "" : "s",
+	       G->redis.url[0] ? G->redis.url : "(sentinels)", G->redis.host_id);
+	return 0;
+}
+
+/* At stop: hold everything back, give what is held back to Redis (bounded
+ * wait: the loop is over). */
+void qd_global_stop(struct daemon *d)
+{
+	struct qd_global *G = d->glob;
+	if (!G)
+		return;
+	int64_t now = qd_mono();
+	for (uint32_t i = 0; i < G->nlim; i++) {
+		struct qg_limit *g = &G->lim[i];
+		hold(d, g, now);
+		g->credit_ns = 0; /* given back below */
+		g->self_ns = 0;
+		hold(d, g, now);
+	}
+	if (G->c) {
+		int64_t until = now + 300 * 1000000LL;
+		for (uint32_t i = 0; i < G->nlim; i++)
+			if (!G->lim[i].pending)
+				call(d, i, now);
+		while (G->c && G->npend && qd_mono() < until) {
+			struct pollfd p = { .fd = G->c->fd, .events = POLLIN | POLLOUT };
+			(void)poll(&p, 1, 20);
+			pump(d, qd_mono());
+		}
+	}
+	free_global(G);
+	d->glob = NULL;
+}
+
+/* ------------------------------------------------------------------ status */
+
+static const char *mode_of(const struct qg_limit *g)
+{
+	if (!g->outage)
+		return "granted";
+	return g->policy == QD_OUTAGE_FAIL_CLOSED ? "outage-fail_closed" : "outage-static_share";
+}
+
+void qd_global_status(struct daemon *d, cJSON *root)
+{
+	struct qd_global *G = d->glob;
+	if (!G)
+		return;
+	cJSON *gj = cJSON_AddObjectToObject(root, "global");
+	cJSON_AddStringToObject(gj, "redis", G->redis.url);
+	cJSON_AddStringToObject(gj, "host_id", G->redis.host_id);
+	cJSON_AddBoolToObject(gj, "connected", G->c != NULL);
+	cJSON_AddNumberToObject(gj, "connects", (double)G->connects);
+	cJSON_AddNumberToObject(gj, "connection_errors", (double)G->conn_errors);
+	cJSON_AddStringToObject(gj, "last_error", G->last_error);
+	cJSON *arr = cJSON_AddArrayToObject(gj, "limits");
+	int64_t now = qd_mono();
+	for (uint32_t i = 0; i < G->nlim; i++) {
+		const struct qg_limit *g = &G->lim[i];
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddItemToArray(arr, o);
+		cJSON_AddStringToObject(o, "quota", g->quota);
+		cJSON_AddStringToObject(o, "limit", kind_name(g->kind));
+		cJSON_AddStringToObject(o, "key", g->key);
+		cJSON_AddStringToObject(o, "mode", mode_of(g));
+		cJSON_AddStringToObject(o, "outage_policy",
+					g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
+		cJSON_AddNumberToObject(o, "global_limit", (double)g->limit);
+		cJSON_AddNumberToObject(o, "static_share", (double)g->l.limit);
+		cJSON_AddNumberToObject(o, "held", (double)units_up(&g->l, g->credit_ns));
+		cJSON_AddNumberToObject(o, "debt", (double)(units_up(&g->l, g->outage_taken_ns) +
+							    (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)));
+		cJSON_AddNumberToObject(o, "granted_total", (double)g->granted_total);
+		cJSON_AddNumberToObject(o, "outage_units_total", (double)g->outage_units_total);
+		cJSON_AddNumberToObject(o, "debt_reported_total", (double)g->debt_reported_total);
+		cJSON_AddNumberToObject(o, "last_refresh_ms", (double)(now - g->last_ok) / 1e6);
+		cJSON_AddNumberToObject(o, "live_hosts", (double)g->live_hosts);
+		cJSON_AddNumberToObject(o, "outstanding", (double)g->outstanding);
+		cJSON_AddNumberToObject(o, "fair_cap", (double)g->cap);
+		cJSON_AddNumberToObject(o, "stock", (double)g->stock);
+		cJSON_AddNumberToObject(o, "demand_per_s", g->rate);
+		cJSON_AddNumberToObject(o, "calls", (double)g->calls);
+		cJSON_AddNumberToObject(o, "errors", (double)g->errors);
+		cJSON_AddNumberToObject(o, "outages", (double)g->outages);
+		cJSON_AddNumberToObject(o, "hosts_reaped_seen", (double)g->reaped_seen);
+	}
+}
+
+char *qd_global_metrics(struct daemon *d)
+{
+	struct qd_global *G = d->glob;
+	if (!G)
+		return NULL;
+	size_t cap = 4096 + (size_t)G->nlim * 2048, len = 0;
+	char *b = malloc(cap);
+	if (!b)
+		return NULL;
+#define P(...) (len += (size_t)snprintf(b + len, cap > len ? cap - len : 0, __VA_ARGS__))
+	P("# HELP quotad_global_connected 1 while the Redis connection is up.\n"
+	  "# TYPE quotad_global_connected gauge\nquotad_global_connected %d\n", G->c != NULL);
+	P("# HELP quotad_global_connection_errors_total Redis connections lost or refused.\n"
+	  "# TYPE quotad_global_connection_errors_total counter\n"
+	  "quotad_global_connection_errors_total %llu\n", (unsigned long long)G->conn_errors);
+	static const struct {
+		const char *name, *type, *help;
+	} fam[] = {
+		{ "quota_global_held", "gauge", "Grant held by this host, in units." },
+		{ "quota_global_granted_total", "counter", "Units granted to this host by Redis." },
+		{ "quota_global_outage", "gauge", "1 while the limit is in outage (its policy applies)." },
+		{ "quota_global_outage_units_total", "counter", "Units taken in outages (static share)." },
+		{ "quota_global_debt", "gauge", "Units taken beyond the grant, not yet reported." },
+		{ "quota_global_live_hosts", "gauge", "Hosts sharing the limit, as Redis last said." },
+		{ "quota_global_calls_total", "counter", "Grant calls to Redis." },
+	};
+	for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+		P("# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name, fam[f].type);
+		for (uint32_t i = 0; i < G->nlim; i++) {
+			const struct qg_limit *g = &G->lim[i];
+			double v = 0;
+			switch (f) {
+			case 0: v = (double)units_up(&g->l, g->credit_ns); break;
+			case 1: v = (double)g->granted_total; break;
+			case 2: v = g->outage; break;
+			case 3: v = (double)g->outage_units_total; break;
+			case 4: v = (double)(units_up(&g->l, g->outage_taken_ns) +
+					     (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)); break;
+			case 5: v = (double)g->live_hosts; break;
+			default: v = (double)g->calls; break;
+			}
+			P("%s{quota=\"%s\",limit=\"%s\"} %.0f\n", fam[f].name, g->quota, kind_name(g->kind), v);
+		}
+	}
+#undef P
+	if (len >= cap) {
+		free(b);
+		return NULL;
+	}
+	return b;
+}
