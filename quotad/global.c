@@ -101,6 +101,7 @@ struct qd_global {
 	uint32_t npend;
 	int64_t load_sent;
 	uint64_t connects, conn_errors;
+	bool stopping;                      /* the last calls: give back, ask nothing */
 	char last_error[200];
 	struct qg_limit *lim;
 	uint32_t nlim;
@@ -244,6 +245,8 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	uint64_t want = (uint64_t)want_d > held ? (uint64_t)want_d - held : 0;
 	double per = (double)g->l.period_ns / 1e9;
 	double demand = g->rate * per * (g->starved ? 2.0 : 1.25) + 1.0;
+	if (G->stopping)
+		want = 0, demand = 0;
 	/* Debt: what was taken in outages, plus an overdraft (reservations
 	 * that waited beyond the hold). */
 	g->sent_debt_ns = g->outage ? 0 : g->outage_taken_ns;
@@ -542,11 +545,17 @@ void qd_global_stop(struct daemon *d)
 		g->self_ns = 0;
 		hold(d, g, now);
 	}
-	if (G->c) {
-		int64_t until = now + 300 * 1000000LL;
-		for (uint32_t i = 0; i < G->nlim; i++)
-			if (!G->lim[i].pending)
-				call(d, i, now);
+	/* Answers to calls in flight first (they may carry grants), then one
+	 * call per limit reporting nothing held: 300 ms at most in all. */
+	int64_t until = now + 300 * 1000000LL;
+	for (int round = 0; round < 2 && G->c; round++) {
+		G->stopping = round == 1;
+		for (uint32_t i = 0; round == 1 && i < G->nlim; i++) {
+			G->lim[i].credit_ns = 0;
+			G->lim[i].self_ns = 0;
+			G->lim[i].rate = 0;
+			call(d, i, now);
+		}
 		while (G->c && G->npend && qd_mono() < until) {
 			struct pollfd p = { .fd = G->c->fd, .events = POLLIN | POLLOUT };
 			(void)poll(&p, 1, 20);
