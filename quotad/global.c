@@ -66,7 +66,13 @@
 
 extern const char qd_grant_lua[];
 
-enum { QG_REQ_LOAD = -1 }; /* pending entry: the FUNCTION LOAD, else a limit index */
+/* What a reply in the pipeline answers. */
+enum qg_req { QG_REQ_SENTINEL, QG_REQ_ROLE, QG_REQ_LOAD, QG_REQ_CALL, QG_REQ_WAIT };
+struct qg_pend {
+	uint8_t req;  /* enum qg_req */
+	int idx;      /* the limit, for CALL and WAIT */
+};
+#define QG_WAIT_MS 200 /* WAIT 1 QG_WAIT_MS after each call (Sentinel mode) */
 
 struct qg_limit {
 	char quota[QUOTA_NAME_MAX + 1];
@@ -81,6 +87,8 @@ struct qg_limit {
 	int64_t outage_taken_ns;            /* consumed in outages, not yet reported */
 	int64_t sent_debt_ns;               /* part of it in the call in flight */
 	uint64_t sent_overdraft;            /* overdraft units paid by that call */
+	bool stashed;                       /* a call's answer waiting for its WAIT */
+	long long stash[6];
 	int64_t tick_moved;                 /* consumption since the last rate update */
 	bool pending;
 	int64_t sent_at, last_call, last_ok;
@@ -97,8 +105,14 @@ struct qd_global {
 	struct qd_redis redis;
 	redisContext *c;
 	int64_t reconnect_at;
-	int pend[512];
+	struct qg_pend pend[512];
 	uint32_t npend;
+	bool to_sentinel;                   /* c is a sentinel being asked for the master */
+	uint32_t sentinel;                  /* which one is asked next */
+	char master_host[QD_REDIS_STR_MAX + 1];
+	uint32_t master_port;
+	uint64_t failovers_seen;            /* master address changed */
+	uint64_t unconfirmed;               /* calls WAIT did not confirm: not credited */
 	int64_t load_sent;
 	uint64_t connects, conn_errors;
 	bool stopping;                      /* the last calls: give back, ask nothing */
@@ -196,14 +210,43 @@ static void drop_conn(struct daemon *d, const char *why)
 	G->c = NULL;
 	G->conn_errors++;
 	for (uint32_t i = 0; i < G->npend; i++)
-		if (G->pend[i] >= 0) {
-			G->lim[G->pend[i]].pending = false;
-			G->lim[G->pend[i]].errors++;
-			G->lim[G->pend[i]].sent_debt_ns = 0;
-			G->lim[G->pend[i]].sent_overdraft = 0;
+		if (G->pend[i].req == QG_REQ_CALL || G->pend[i].req == QG_REQ_WAIT) {
+			struct qg_limit *g = &G->lim[G->pend[i].idx];
+			if (g->pending)
+				g->errors++;
+			g->pending = false;
+			g->stashed = false;
+			g->sent_debt_ns = 0;
+			g->sent_overdraft = 0;
 		}
 	G->npend = 0;
-	G->reconnect_at = qd_mono() + QG_RECONNECT_NS;
+	if (G->redis.nsentinels && !G->to_sentinel)
+		G->reconnect_at = qd_mono(); /* ask the sentinels at once */
+	else
+		G->reconnect_at = qd_mono() + QG_RECONNECT_NS;
+	if (G->to_sentinel)
+		G->sentinel = (G->sentinel + 1) % G->redis.nsentinels;
+	G->to_sentinel = false;
+}
+
+static void push(struct qd_global *G, uint8_t req, int idx)
+{
+	G->pend[G->npend++] = (struct qg_pend){ .req = req, .idx = idx };
+}
+
+/* Connected to the master: check its role, load the function. */
+static void master_ready(struct qd_global *G, redisContext *c)
+{
+	G->c = c;
+	G->connects++;
+	if (G->redis.nsentinels) {
+		redisAppendCommand(c, "ROLE");
+		push(G, QG_REQ_ROLE, -1);
+	}
+	const char *argv[] = { "FUNCTION", "LOAD", "REPLACE", qd_grant_lua };
+	size_t len[] = { 8, 4, 7, strlen(qd_grant_lua) };
+	redisAppendCommandArgv(c, 4, argv, len);
+	push(G, QG_REQ_LOAD, -1);
 }
 
 static void connect_redis(struct daemon *d, int64_t now)
@@ -212,29 +255,84 @@ static void connect_redis(struct daemon *d, int64_t now)
 	if (G->c || now < G->reconnect_at)
 		return;
 	G->reconnect_at = now + QG_RECONNECT_NS;
-	redisContext *c = G->redis.unix_path[0] ? redisConnectUnixNonBlock(G->redis.unix_path) :
-						  redisConnectNonBlock(G->redis.host, (int)G->redis.port);
+	redisContext *c;
+	const char *what = G->redis.url;
+	char sent[QD_REDIS_STR_MAX + 1];
+	if (G->redis.nsentinels) {
+		/* Sentinel: ask one for the master's address (hiredis has no
+		 * Sentinel support); the answer connects to it (pump). */
+		uint32_t port;
+		const char *hp = G->redis.sentinels[G->sentinel % G->redis.nsentinels];
+		const char *colon = strrchr(hp, ':');
+		snprintf(sent, sizeof(sent), "%.*s", (int)(colon - hp), hp);
+		port = (uint32_t)atoi(colon + 1);
+		what = hp;
+		c = redisConnectNonBlock(sent, (int)port);
+	} else {
+		c = G->redis.unix_path[0] ? redisConnectUnixNonBlock(G->redis.unix_path) :
+					    redisConnectNonBlock(G->redis.host, (int)G->redis.port);
+	}
 	if (!c || c->err) {
-		snprintf(G->last_error, sizeof(G->last_error), "connect %.50s: %.60s", G->redis.url,
+		snprintf(G->last_error, sizeof(G->last_error), "connect %.50s: %.60s", what,
 			 c ? c->errstr : "out of memory");
 		G->conn_errors++;
 		redisFree(c);
+		if (G->redis.nsentinels)
+			G->sentinel = (G->sentinel + 1) % G->redis.nsentinels;
 		return;
 	}
-	G->c = c;
-	G->connects++;
-	const char *argv[] = { "FUNCTION", "LOAD", "REPLACE", qd_grant_lua };
-	size_t len[] = { 8, 4, 7, strlen(qd_grant_lua) };
-	redisAppendCommandArgv(c, 4, argv, len);
-	G->pend[G->npend++] = QG_REQ_LOAD;
+	if (G->redis.nsentinels) {
+		G->c = c;
+		G->to_sentinel = true;
+		redisAppendCommand(c, "SENTINEL get-master-addr-by-name %s", G->redis.master);
+		push(G, QG_REQ_SENTINEL, -1);
+		G->load_sent = now;
+		return;
+	}
+	master_ready(G, c);
 	G->load_sent = now;
+}
+
+/* A sentinel's answer: [host, port] of the master, then connect to it. */
+static void sentinel_answer(struct daemon *d, const redisReply *r)
+{
+	struct qd_global *G = d->glob;
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+	    r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+		drop_conn(d, "a sentinel does not know the master");
+		return;
+	}
+	char host[QD_REDIS_STR_MAX + 1];
+	snprintf(host, sizeof(host), "%s", r->element[0]->str);
+	int port = atoi(r->element[1]->str);
+	redisFree(G->c);
+	G->c = NULL;
+	G->to_sentinel = false;
+	if (G->master_host[0] && (strcmp(host, G->master_host) != 0 || (uint32_t)port != G->master_port)) {
+		G->failovers_seen++;
+		qd_log("warning", "redis: the sentinels name a new master %s:%d (was %s:%u)", host, port,
+		       G->master_host, G->master_port);
+	}
+	snprintf(G->master_host, sizeof(G->master_host), "%s", host);
+	G->master_port = (uint32_t)port;
+	redisContext *c = redisConnectNonBlock(host, port);
+	if (!c || c->err) {
+		snprintf(G->last_error, sizeof(G->last_error), "connect master %.50s:%d: %.60s", host, port,
+			 c ? c->errstr : "out of memory");
+		G->conn_errors++;
+		redisFree(c);
+		G->sentinel = (G->sentinel + 1) % G->redis.nsentinels;
+		return;
+	}
+	master_ready(G, c);
+	G->load_sent = qd_mono();
 }
 
 static void call(struct daemon *d, uint32_t i, int64_t now)
 {
 	struct qd_global *G = d->glob;
 	struct qg_limit *g = &G->lim[i];
-	if (G->npend >= sizeof(G->pend) / sizeof(G->pend[0]))
+	if (G->npend + 2 > sizeof(G->pend) / sizeof(G->pend[0]) || G->to_sentinel)
 		return;
 	/* held: what the host can still take, rounded up (over-reporting what
 	 * is held is safe, under-reporting is not). */
@@ -270,29 +368,22 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 		drop_conn(d, "cannot queue a call");
 		return;
 	}
-	G->pend[G->npend++] = (int)i;
+	push(G, QG_REQ_CALL, (int)i);
+	if (G->redis.nsentinels) {
+		/* Credit only what a replica has: a failover then loses no grant. */
+		redisAppendCommand(G->c, "WAIT 1 %d", QG_WAIT_MS);
+		push(G, QG_REQ_WAIT, (int)i);
+	}
 	g->pending = true;
 	g->sent_at = now;
 	g->last_call = now;
 	g->calls++;
 }
 
-static void answer(struct daemon *d, struct qg_limit *g, const redisReply *r, int64_t now)
+/* Credit a confirmed answer: v = {granted, live hosts, stock, outstanding,
+ * cap, reaped}. */
+static void apply(struct qg_limit *g, const long long *v)
 {
-	g->pending = false;
-	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
-		g->errors++;
-		snprintf(d->glob->last_error, sizeof(d->glob->last_error), "grant: %s",
-			 r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
-		g->sent_debt_ns = 0;
-		g->sent_overdraft = 0;
-		return;
-	}
-	long long v[6];
-	for (int k = 0; k < 6; k++)
-		v[k] = r->element[k]->type == REDIS_REPLY_INTEGER ? r->element[k]->integer : 0;
-	if (v[0] < 0)
-		v[0] = 0;
 	if (g->outage) {
 		qd_log("info", "global %s %s: Redis answers again (outage over, %llu units taken in it "
 		       "reported as debt)", g->quota, kind_name(g->kind),
@@ -307,15 +398,60 @@ static void answer(struct daemon *d, struct qg_limit *g, const redisReply *r, in
 	 * rounded down (>= the overdraft, an integer <= u*T'). */
 	g->credit_ns += ns_down(&g->l, g->sent_overdraft);
 	g->sent_overdraft = 0;
-	g->credit_ns += ns_down(&g->l, (uint64_t)v[0]);
-	g->granted_total += (uint64_t)v[0];
+	uint64_t granted = v[0] > 0 ? (uint64_t)v[0] : 0;
+	g->credit_ns += ns_down(&g->l, granted);
+	g->granted_total += granted;
 	g->live_hosts = v[1];
 	g->stock = v[2];
 	g->outstanding = v[3];
 	g->cap = v[4];
 	g->reaped_seen += (uint64_t)(v[5] > 0 ? v[5] : 0);
 	g->last_ok = g->sent_at; /* the lease runs from when we asked */
-	(void)now;
+}
+
+/* A call's answer; with Sentinel it waits for its WAIT. Returns false if the
+ * connection must go (an error reply: a master that became a replica says
+ * READONLY, a restarted one lacks the function). */
+static bool answer(struct daemon *d, struct qg_limit *g, const redisReply *r)
+{
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
+		g->errors++;
+		g->pending = false;
+		snprintf(d->glob->last_error, sizeof(d->glob->last_error), "grant: %.150s",
+			 r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+		g->sent_debt_ns = 0;
+		g->sent_overdraft = 0;
+		return false;
+	}
+	long long v[6];
+	for (int k = 0; k < 6; k++)
+		v[k] = r->element[k]->type == REDIS_REPLY_INTEGER ? r->element[k]->integer : 0;
+	if (d->glob->redis.nsentinels) {
+		memcpy(g->stash, v, sizeof(v));
+		g->stashed = true;
+		return true;
+	}
+	g->pending = false;
+	apply(g, v);
+	return true;
+}
+
+/* WAIT's answer: the number of replicas that have the call's write. */
+static bool confirmed(struct daemon *d, struct qg_limit *g, const redisReply *r)
+{
+	g->pending = false;
+	bool ok = r && r->type == REDIS_REPLY_INTEGER && r->integer >= 1 && g->stashed;
+	if (ok) {
+		apply(g, g->stash);
+	} else if (g->stashed) {
+		/* Not on a replica: as if the answer was lost (Redis' o is then
+		 * too high, which is safe; the next report lowers it). */
+		d->glob->unconfirmed++;
+		g->sent_debt_ns = 0;
+		g->sent_overdraft = 0;
+	}
+	g->stashed = false;
+	return ok;
 }
 
 static void pump(struct daemon *d, int64_t now)
@@ -350,27 +486,49 @@ static void pump(struct daemon *d, int64_t now)
 			drop_conn(d, "a reply nobody asked for");
 			return;
 		}
-		int who = G->pend[0];
+		struct qg_pend who = G->pend[0];
 		memmove(G->pend, G->pend + 1, (G->npend - 1) * sizeof(G->pend[0]));
 		G->npend--;
-		if (who == QG_REQ_LOAD) {
-			if (r->type == REDIS_REPLY_ERROR) {
-				char why[160];
+		char why[200] = "";
+		switch (who.req) {
+		case QG_REQ_SENTINEL:
+			sentinel_answer(d, r);
+			freeReplyObject(r);
+			return; /* G->c is now the master (or nothing) */
+		case QG_REQ_ROLE:
+			if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+			    r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "master"))
+				snprintf(why, sizeof(why), "%s:%u is not a master (ROLE): asking the sentinels again",
+					 G->master_host, G->master_port);
+			break;
+		case QG_REQ_LOAD:
+			if (r->type == REDIS_REPLY_ERROR)
 				snprintf(why, sizeof(why), "FUNCTION LOAD: %.120s", r->str);
-				freeReplyObject(r);
-				drop_conn(d, why);
-				return;
-			}
-		} else {
-			answer(d, &G->lim[who], r, now);
+			break;
+		case QG_REQ_CALL:
+			if (!answer(d, &G->lim[who.idx], r))
+				snprintf(why, sizeof(why), "%s", G->last_error);
+			break;
+		case QG_REQ_WAIT:
+			if (!confirmed(d, &G->lim[who.idx], r))
+				snprintf(why, sizeof(why), "WAIT: no replica confirmed a grant: asking the "
+					 "sentinels again");
+			break;
 		}
 		freeReplyObject(r);
+		if (why[0]) {
+			drop_conn(d, why);
+			return;
+		}
 	}
 	for (uint32_t i = 0; i < G->nlim; i++)
 		if (G->lim[i].pending && now - G->lim[i].sent_at > QG_CALL_TIMEOUT_NS) {
 			drop_conn(d, "a call took over 1 s: reconnecting");
 			return;
 		}
+	if (G->npend && G->pend[0].req <= QG_REQ_LOAD && now - G->load_sent > QG_CALL_TIMEOUT_NS)
+		drop_conn(d, G->to_sentinel ? "a sentinel did not answer in 1 s" :
+					      "no answer to ROLE / FUNCTION LOAD in 1 s");
 }
 
 /* ------------------------------------------------------------------ the tick */
@@ -587,6 +745,13 @@ void qd_global_status(struct daemon *d, cJSON *root)
 	cJSON_AddNumberToObject(gj, "connects", (double)G->connects);
 	cJSON_AddNumberToObject(gj, "connection_errors", (double)G->conn_errors);
 	cJSON_AddStringToObject(gj, "last_error", G->last_error);
+	if (G->redis.nsentinels) {
+		char m[QD_REDIS_STR_MAX + 16];
+		snprintf(m, sizeof(m), "%s:%u", G->master_host, G->master_port);
+		cJSON_AddStringToObject(gj, "master", m);
+		cJSON_AddNumberToObject(gj, "master_changes", (double)G->failovers_seen);
+		cJSON_AddNumberToObject(gj, "unconfirmed_calls", (double)G->unconfirmed);
+	}
 	cJSON *arr = cJSON_AddArrayToObject(gj, "limits");
 	int64_t now = qd_mono();
 	for (uint32_t i = 0; i < G->nlim; i++) {
