@@ -56,7 +56,7 @@
 #include "global.h"
 #include "quotad.h"
 
-#define QG_HOLD_NS (250 * 1000000LL)        /* H: how far the TAT is held ahead */
+#define QG_HOLD_NS (60 * 1000000LL)         /* H: how far the TAT is held ahead (3 ticks) */
 #define QG_REFRESH_NS (500 * 1000000LL)     /* a call at least this often (lease, demand) */
 #define QG_OUTAGE_NS (1000 * 1000000LL)     /* no answer for this long: OUTAGE */
 #define QG_LEASE_NS (5000 * 1000000LL)      /* Redis reaps a host silent this long */
@@ -180,7 +180,8 @@ static void hold(struct daemon *d, struct qg_limit *g, int64_t now)
 	for (;;) {
 		charge(g, cur);
 		int64_t x = imax(0, imin(g->credit_ns + g->self_ns, g->l.tau_ns));
-		g->starved = x == 0;
+		/* Starved: not even one unit can be admitted before the next tick. */
+		g->starved = x < QG_HOLD_NS + (int64_t)qg_charge(&g->l, 1);
 		int64_t target = now + QG_HOLD_NS + g->l.tau_ns - x;
 		/* Lower only by credit: with none, the TAT is only ever raised
 		 * (bookings beyond the hold stay booked). */
@@ -343,14 +344,23 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	uint64_t want = (uint64_t)want_d > held ? (uint64_t)want_d - held : 0;
 	double per = (double)g->l.period_ns / 1e9;
 	double demand = g->rate * per * (g->starved ? 2.0 : 1.25) + 1.0;
+	/* A starved host claims at least its static share, or a host whose
+	 * demand cannot be seen (it takes nothing because it holds too little
+	 * to admit anything) would spiral down to nothing. */
+	if (g->starved && demand < (double)g->l.limit)
+		demand = (double)g->l.limit;
+	/* The least worth holding: the hold H plus a unit. */
+	uint64_t least = units_up(&g->l, QG_HOLD_NS + QD_TICK_NS) + 1;
+	if (want < least && held < least)
+		want = least - held;
 	if (G->stopping)
-		want = 0, demand = 0;
+		want = 0, demand = 0, least = 0;
 	/* Debt: what was taken in outages, plus an overdraft (reservations
 	 * that waited beyond the hold). */
 	g->sent_debt_ns = g->outage ? 0 : g->outage_taken_ns;
 	g->sent_overdraft = g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0;
 	uint64_t debt = units_up(&g->l, g->sent_debt_ns) + g->sent_overdraft;
-	char a[9][48];
+	char a[10][48];
 	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)g->limit);
 	snprintf(a[1], sizeof(a[1]), "%lld", (long long)(g->l.period_ns / 1000));
 	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)g->burst);
@@ -359,12 +369,13 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	snprintf(a[5], sizeof(a[5]), "%llu", (unsigned long long)want);
 	snprintf(a[6], sizeof(a[6]), "%.0f", demand);
 	snprintf(a[7], sizeof(a[7]), "%llu", (unsigned long long)debt);
+	snprintf(a[8], sizeof(a[8]), "%llu", (unsigned long long)least);
 	const char *argv[] = { "FCALL", "quotad_grant", "1", g->key, G->redis.host_id,
-			       a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7] };
-	size_t len[13];
-	for (int k = 0; k < 13; k++)
+			       a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8] };
+	size_t len[14];
+	for (int k = 0; k < 14; k++)
 		len[k] = strlen(argv[k]);
-	if (redisAppendCommandArgv(G->c, 13, argv, len) != REDIS_OK) {
+	if (redisAppendCommandArgv(G->c, 14, argv, len) != REDIS_OK) {
 		drop_conn(d, "cannot queue a call");
 		return;
 	}

@@ -12,6 +12,9 @@ local function grant(keys, args)
   local L, P, b = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local lease, held, want = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
   local demand, debt = tonumber(args[8]), tonumber(args[9])
+  -- the least a host can use (its hold plus a unit): the fair cap never
+  -- goes below it, or a host could hold too little to admit anything
+  local least = tonumber(args[10]) or 1
   local tm = redis.call('TIME')
   local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
   local h = redis.call('HGETALL', k)
@@ -79,7 +82,7 @@ local function grant(keys, args)
   elseif demand <= level then share = demand
   else share = level end
   local cap = math.ceil(b * share / L)
-  if cap < 1 then cap = 1 end
+  if cap < least then cap = least end
   local g = want
   if g > stock then g = stock end
   if g > cap - held then g = cap - held end

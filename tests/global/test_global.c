@@ -351,6 +351,12 @@ Test(global, one_heavy_host, .timeout = 120)
 		w[2 + i] = paced_worker(h[1 + i].e.seg, path[2 + i], until, CL_S / 8);
 	}
 	wait_workers(w, 4);
+	for (int i = 0; i < 3; i++) {
+		char *st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
+		const char *g = st ? strstr(st, "\"global\"") : NULL;
+		fprintf(stderr, "host %d: %s\n", i, g ? g : "(no status)");
+		free(st);
+	}
 	struct log all = { 0 }, heavy = { 0 }, light[2] = { { 0 } };
 	for (int i = 0; i < 4; i++)
 		log_add_file(&all, path[i]);
