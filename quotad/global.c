@@ -200,13 +200,24 @@ static void hold(struct daemon *d, struct qg_limit *g, int64_t now)
 
 /* ------------------------------------------------------------------ Redis */
 
+/* Where we talk to, for messages. */
+static const char *where(const struct qd_global *G)
+{
+	static char buf[QD_REDIS_STR_MAX + 16];
+	if (!G->redis.nsentinels)
+		return G->redis.url;
+	snprintf(buf, sizeof(buf), "%s:%u", G->master_host, G->master_port);
+	return buf;
+}
+
 static void drop_conn(struct daemon *d, const char *why)
 {
 	struct qd_global *G = d->glob;
 	if (!G->c)
 		return;
+	/* The same error again (a reconnect loop) is logged at debug level. */
+	qd_log(strcmp(G->last_error, why) ? "warning" : "debug", "redis: %s", why);
 	snprintf(G->last_error, sizeof(G->last_error), "%s", why);
-	qd_log(G->connects > 1 || G->conn_errors == 0 ? "warning" : "debug", "redis: %s", why);
 	redisFree(G->c);
 	G->c = NULL;
 	G->conn_errors++;
@@ -473,13 +484,13 @@ static void pump(struct daemon *d, int64_t now)
 	int done = 0;
 	if (redisBufferWrite(G->c, &done) != REDIS_OK) {
 		char why[160];
-		snprintf(why, sizeof(why), "write to %.60s: %.80s", G->redis.url, G->c->errstr);
+		snprintf(why, sizeof(why), "write to %.60s: %.80s", where(G), G->c->errstr);
 		drop_conn(d, why);
 		return;
 	}
 	if (redisBufferRead(G->c) != REDIS_OK) {
 		char why[160];
-		snprintf(why, sizeof(why), "read from %.60s: %.80s", G->redis.url, G->c->errstr);
+		snprintf(why, sizeof(why), "read from %.60s: %.80s", where(G), G->c->errstr);
 		drop_conn(d, why);
 		return;
 	}
@@ -694,8 +705,9 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 	}
 	free_global(old);
 	d->glob = G;
-	qd_log("info", "%u global limit%s through Redis %s as host %s", m, m == 1 ? "" : "s",
-	       G->redis.url[0] ? G->redis.url : "(sentinels)", G->redis.host_id);
+	qd_log("info", "%u global limit%s through Redis %s%s as host %s", m, m == 1 ? "" : "s",
+	       G->redis.nsentinels ? "master " : "", G->redis.nsentinels ? G->redis.master : G->redis.url,
+	       G->redis.host_id);
 	return 0;
 }
 
@@ -750,7 +762,7 @@ void qd_global_status(struct daemon *d, cJSON *root)
 	if (!G)
 		return;
 	cJSON *gj = cJSON_AddObjectToObject(root, "global");
-	cJSON_AddStringToObject(gj, "redis", G->redis.url);
+	cJSON_AddStringToObject(gj, "redis", G->redis.nsentinels ? "sentinel" : G->redis.url);
 	cJSON_AddStringToObject(gj, "host_id", G->redis.host_id);
 	cJSON_AddBoolToObject(gj, "connected", G->c != NULL);
 	cJSON_AddNumberToObject(gj, "connects", (double)G->connects);

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -530,5 +532,203 @@ Test(global, host_death_lease_reaped, .timeout = 120)
 	qsort(l.t, l.n, sizeof(*l.t), cmp64);
 	/* The dead host's workers go on at its static share: r/3, b/3. */
 	audit(&l, G_R, G_B, G_R / 3, G_B / 3, "host death");
+	free(l.t);
+}
+
+/* ------------------------------------------------------------------ Sentinel */
+
+/* A free loopback TCP port (bound, read, closed: a race with another
+ * process taking it is possible but harmless: the start then fails). */
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	socklen_t l = sizeof(a);
+	cr_assert(getsockname(fd, (struct sockaddr *)&a, &l) == 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+static pid_t spawn_redis(const char *dir, const char *tag, char *const extra[])
+{
+	pid_t pid = cl_fork();
+	if (pid == 0) {
+		char log[200];
+		snprintf(log, sizeof(log), "%s/%s.log", dir, tag);
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		char *argv[32] = { "redis-server" };
+		int n = 1;
+		for (int i = 0; extra[i] && n < 31; i++)
+			argv[n++] = extra[i];
+		argv[n] = NULL;
+		execvp("redis-server", argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+static redisContext *tcp_ctx(int port)
+{
+	struct timeval tv = { 1, 0 };
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+	if (c && c->err) {
+		redisFree(c);
+		c = NULL;
+	}
+	return c;
+}
+
+/* Whether a reply (nested arrays included) holds @want. */
+static bool reply_has(const redisReply *r, const char *want)
+{
+	if (!r)
+		return false;
+	if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
+		return strstr(r->str, want) != NULL;
+	if (r->type == REDIS_REPLY_INTEGER) {
+		char n[32];
+		snprintf(n, sizeof(n), "%lld", r->integer);
+		return strcmp(n, want) == 0;
+	}
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+		if (reply_has(r->element[i], want))
+			return true;
+	return false;
+}
+
+/* Poll @port with @cmd until the reply contains @want (bounded). */
+static void until_reply(int port, const char *cmd, const char *want, int64_t limit_ns, const char *what)
+{
+	int64_t until = cl_now() + limit_ns;
+	for (;;) {
+		redisContext *c = tcp_ctx(port);
+		bool ok = false;
+		if (c) {
+			redisReply *r = redisCommand(c, cmd);
+			ok = reply_has(r, want);
+			freeReplyObject(r);
+			redisFree(c);
+		}
+		if (ok)
+			return;
+		cr_assert(cl_now() < until, "%s: no '%s' from port %d (%s)", what, want, port, cmd);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
+/* Master, replica, three sentinels (quorum 2) on loopback; quotads find the
+ * master through the sentinels and credit a grant only once WAIT says a
+ * replica has it. The master is SIGKILLed mid-run: the sentinels promote the
+ * replica, the quotads follow, and no window goes over r*W + b (fail_closed:
+ * no outage term), service back within 5 s. */
+Test(global, sentinel_failover, .timeout = 180)
+{
+	struct cl_env re;
+	cl_env(&re, "sent");
+	int pm = free_port(), pr = free_port(), ps[3] = { free_port(), free_port(), free_port() };
+	char spm[16], spr[16];
+	snprintf(spm, sizeof(spm), "%d", pm);
+	snprintf(spr, sizeof(spr), "%d", pr);
+	char *mas[] = { "--port", spm, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", re.dir, "--dbfilename", "m.rdb", NULL };
+	pid_t master = spawn_redis(re.dir, "master", mas);
+	until_reply(pm, "PING", "PONG", 10 * CL_S, "master");
+	char *rep[] = { "--port", spr, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", re.dir, "--dbfilename", "r.rdb", "--replicaof", "127.0.0.1", spm, NULL };
+	spawn_redis(re.dir, "replica", rep);
+	/* A second replica: after the failover the new master still has one to
+	 * confirm grants (WAIT 1); a master with none grants nothing. */
+	int pr2 = free_port();
+	char spr2[16];
+	snprintf(spr2, sizeof(spr2), "%d", pr2);
+	char *rep2[] = { "--port", spr2, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			 "--dir", re.dir, "--dbfilename", "r2.rdb", "--replicaof", "127.0.0.1", spm,
+			 "--replica-priority", "200", NULL };
+	spawn_redis(re.dir, "replica2", rep2);
+	until_reply(pm, "INFO replication", "connected_slaves:2", 10 * CL_S, "replicas");
+	until_reply(pr, "INFO replication", "master_link_status:up", 10 * CL_S, "replica link");
+	until_reply(pr2, "INFO replication", "master_link_status:up", 10 * CL_S, "replica 2 link");
+	char sentinels[256] = "";
+	for (int i = 0; i < 3; i++) {
+		char conf[200], text[512], tag[8];
+		snprintf(tag, sizeof(tag), "s%d", i);
+		snprintf(text, sizeof(text),
+			 "port %d\nbind 127.0.0.1\ndir %s\n"
+			 "sentinel monitor mm 127.0.0.1 %d 2\n"
+			 "sentinel down-after-milliseconds mm 400\n"
+			 "sentinel failover-timeout mm 4000\n"
+			 "sentinel parallel-syncs mm 1\n", ps[i], re.dir, pm);
+		snprintf(conf, sizeof(conf), "sentinel%d.conf", i);
+		char path[200];
+		snprintf(path, sizeof(path), "%s", cl_file(&re, conf, text));
+		char *argv[] = { path, "--sentinel", NULL };
+		spawn_redis(re.dir, tag, argv);
+		snprintf(sentinels + strlen(sentinels), sizeof(sentinels) - strlen(sentinels), "%s\"127.0.0.1:%d\"",
+			 i ? ", " : "", ps[i]);
+	}
+	/* Each sentinel knows the master, the replica and the two others. */
+	for (int i = 0; i < 3; i++) {
+		until_reply(ps[i], "SENTINEL get-master-addr-by-name mm", spm, 10 * CL_S, "sentinel");
+		until_reply(ps[i], "SENTINEL replicas mm", spr, 15 * CL_S, "sentinel sees the replica");
+		until_reply(ps[i], "SENTINEL replicas mm", spr2, 15 * CL_S, "sentinel sees replica 2");
+		until_reply(ps[i], "SENTINEL sentinels mm", "127.0.0.1", 15 * CL_S, "sentinels meet");
+	}
+	struct host h[3];
+	for (int i = 0; i < 3; i++) {
+		cl_env(&h[i].e, "sent");
+		char json[1024];
+		snprintf(json, sizeof(json),
+			 "{\"redis\": {\"sentinels\": [%s], \"master\": \"mm\", \"host_id\": \"h%d\"},\n"
+			 " \"quotas\": {\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
+			 "\"expected_hosts\": 3, \"outage\": \"fail_closed\"}}}\n",
+			 sentinels, i, G_RPM, G_BURST);
+		snprintf(h[i].cfg, sizeof(h[i].cfg), "%s", cl_file(&h[i].e, "global.json", json));
+		h[i].quotad = cl_quotad(&h[i].e, h[i].cfg, NULL);
+	}
+	int64_t t0 = cl_now(), until = t0 + 12 * CL_S;
+	pid_t w[3];
+	char path[3][200];
+	for (int i = 0; i < 3; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/w.log", h[i].e.dir);
+		w[i] = worker(h[i].e.seg, "g", path[i], until);
+	}
+	struct timespec three = { 3, 0 };
+	nanosleep(&three, NULL); /* running on grants: a schedule */
+	int64_t killed = cl_now();
+	cl_stop(master, SIGKILL);
+	/* The sentinels promote the replica. */
+	until_reply(ps[0], "SENTINEL get-master-addr-by-name mm", spr, 20 * CL_S, "failover");
+	int64_t promoted = cl_now();
+	wait_workers(w, 3);
+	struct log l = { 0 };
+	for (int i = 0; i < 3; i++)
+		log_add_file(&l, path[i]);
+	qsort(l.t, l.n, sizeof(*l.t), cmp64);
+	audit(&l, G_R, G_B, 0, 0, "failover");
+	char *st = cl_request(h[0].e.sock, "{\"cmd\": \"status\"}");
+	cr_assert(st);
+	const char *g = strstr(st, "\"global\"");
+	fprintf(stderr, "host 0: %s\n", g ? g : st);
+	/* Service back: the first admission once the sentinels promoted. */
+	int64_t back = until;
+	for (size_t i = 0; i < l.n; i++)
+		if (l.t[i] >= promoted) {
+			back = l.t[i];
+			break;
+		}
+	fprintf(stderr, "failover: master killed at +%.2f s, sentinels promoted at +%.2f s, service back "
+		"at +%.2f s (%.2f s after the kill)\n", (double)(killed - t0) / 1e9, (double)(promoted - t0) / 1e9,
+		(double)(back - t0) / 1e9, (double)(back - killed) / 1e9);
+	cr_assert(back - killed <= 5 * CL_S, "service back %.2f s after the kill", (double)(back - killed) / 1e9);
+	size_t after = count_in(&l, until - 2 * CL_S, until);
+	cr_assert(after >= 0.9 * G_R * 2, "only %zu admitted in the last 2 s", after);
+	cr_assert(strstr(st, spr), "host 0 does not name the new master");
+	free(st);
 	free(l.t);
 }
