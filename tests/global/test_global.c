@@ -294,7 +294,8 @@ Test(global, four_hosts_uniform_demand, .timeout = 120)
 /* One host ten times the demand of the two others: the light ones get what
  * they ask, the heavy one most of the rest. Light demand: 8/s each, by
  * pacing; limit 100/s. */
-static pid_t paced_worker(const char *seg, const char *path, int64_t until, int64_t every)
+static pid_t phased_worker(const char *seg, const char *path, int64_t until, int64_t shift,
+			   int64_t every_before, int64_t every_after)
 {
 	pid_t pid = cl_fork();
 	if (pid)
@@ -306,21 +307,23 @@ static pid_t paced_worker(const char *seg, const char *path, int64_t until, int6
 	size_t n = 0, cap = 1 << 16;
 	int64_t *ts = malloc(cap * sizeof(*ts)), next = cl_now(), lag = 0;
 	struct quota_cost one = { .requests = 1 };
-	while (next < until) {
+	while (cl_now() < until) {
+		int64_t every = cl_now() < shift ? every_before : every_after;
 		struct quota_ticket t;
 		int64_t t0 = cl_now();
 		int r = quota_reserve(c, id, &one, 0, &t);
 		int64_t t1 = cl_now();
 		if (r == 0) {
-			ts[n++] = t1;
+			if (n < cap)
+				ts[n++] = t1;
 			lag = t1 - t0 > lag ? t1 - t0 : lag;
 			quota_commit(c, &t, &one);
-			next += every;
+			next = every ? (next + every > t1 - CL_S ? next + every : t1) : t1;
 		}
-		int64_t w = r == 0 ? next - cl_now() : CL_MS;
+		int64_t w = r == 0 ? next - cl_now() : 200000;
 		if (w > 0) {
-			struct timespec s = { w / CL_S, (long)(w % CL_S) };
-			nanosleep(&s, NULL); /* pacing the demand */
+			struct timespec sl = { w / CL_S, (long)(w % CL_S) };
+			nanosleep(&sl, NULL); /* pacing the demand */
 		}
 	}
 	FILE *f = fopen(path, "w");
@@ -328,6 +331,11 @@ static pid_t paced_worker(const char *seg, const char *path, int64_t until, int6
 	fwrite(ts, sizeof(*ts), n, f);
 	fclose(f);
 	_exit(0);
+}
+
+static pid_t paced_worker(const char *seg, const char *path, int64_t until, int64_t every)
+{
+	return phased_worker(seg, path, until, 0, every, every);
 }
 
 Test(global, one_heavy_host, .timeout = 120)
@@ -731,4 +739,52 @@ Test(global, sentinel_failover, .timeout = 180)
 	cr_assert(strstr(st, spr), "host 0 does not name the new master");
 	free(st);
 	free(l.t);
+}
+
+/* Demand moves: host A heavy then light, host B light then heavy (C light
+ * throughout). Within two refresh periods (1 s) of the shift, B gets what A
+ * had: >= 90 % of the rest of the limit. */
+Test(global, demand_shifts, .timeout = 120)
+{
+	struct cl_env re;
+	cl_env(&re, "redis");
+	char rsock[160];
+	redis_start(re.dir, rsock, sizeof(rsock));
+	struct host h[3];
+	char q[256];
+	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
+		 "\"expected_hosts\": 3}", G_RPM, G_BURST);
+	hosts_start(h, 3, rsock, q);
+	int64_t t0 = cl_now(), shift = t0 + 4 * CL_S, until = t0 + 9 * CL_S;
+	char path[3][200];
+	pid_t w[3];
+	for (int i = 0; i < 3; i++)
+		snprintf(path[i], sizeof(path[i]), "%s/w.log", h[i].e.dir);
+	w[0] = phased_worker(h[0].e.seg, path[0], until, shift, 0, CL_S / 8);
+	w[1] = phased_worker(h[1].e.seg, path[1], until, shift, CL_S / 8, 0);
+	w[2] = paced_worker(h[2].e.seg, path[2], until, CL_S / 8);
+	wait_workers(w, 3);
+	struct log all = { 0 }, per[3] = { { 0 } };
+	for (int i = 0; i < 3; i++) {
+		log_add_file(&all, path[i]);
+		log_add_file(&per[i], path[i]);
+	}
+	qsort(all.t, all.n, sizeof(*all.t), cmp64);
+	audit(&all, G_R, G_B, 0, 0, "shift");
+	double before = (double)count_in(&per[0], t0 + 2 * CL_S, shift) / 2.0;
+	int64_t from = shift + CL_S;
+	double secs = (double)(until - from) / 1e9;
+	size_t b = count_in(&per[1], from, until);
+	double rest = (G_R - 16) * secs;
+	fprintf(stderr, "shift: A had %.1f/s before; B got %zu of the %.0f left in the %.1f s from 1 s "
+		"after the shift (%.1f %%)\n", before, b, rest, secs, 100.0 * (double)b / rest);
+	for (int k = 0; k < 8; k++) {
+		int64_t a0 = shift + k * 250 * CL_MS;
+		fprintf(stderr, "  B in [shift + %.2f s, + 250 ms): %zu\n", (double)(a0 - shift) / 1e9,
+			count_in(&per[1], a0, a0 + 250 * CL_MS));
+	}
+	cr_assert(b >= 0.9 * rest, "B got %zu of %.0f after the shift", b, rest);
+	for (int i = 0; i < 3; i++)
+		free(per[i].t);
+	free(all.t);
 }
