@@ -354,12 +354,10 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 		want_d = (double)g->burst;
 	uint64_t want = (uint64_t)want_d > held ? (uint64_t)want_d - held : 0;
 	double per = (double)g->l.period_ns / 1e9;
-	double demand = g->rate * per * (g->starved ? 2.0 : 1.25) + 1.0;
-	/* A starved host claims at least its static share, or a host whose
-	 * demand cannot be seen (it takes nothing because it holds too little
-	 * to admit anything) would spiral down to nothing. */
-	if (g->starved && demand < (double)g->l.limit)
-		demand = (double)g->l.limit;
+	/* A starved host's demand cannot be seen (it takes what it gets): it
+	 * claims the whole limit, and water-filling then splits what the others
+	 * do not use equally between the starved hosts (max-min fairness). */
+	double demand = g->starved ? (double)g->limit : g->rate * per * 1.25 + 1.0;
 	/* The least worth holding: the hold H plus a unit. */
 	uint64_t least = units_up(&g->l, QG_HOLD_NS + QD_TICK_NS) + 1;
 	if (want < least && held < least)
@@ -577,9 +575,9 @@ static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t n
 		g->self_ns = imin(g->self_ns + dt, g->l.tau_ns);
 	hold(d, g, now);
 	if (dt > 0) {
-		/* Consumption rate, units per second, averaged over about 1 s. */
+		/* Consumption rate, units per second, averaged over about 250 ms. */
 		double inst = (double)units_up(&g->l, g->tick_moved > 0 ? g->tick_moved : 0) * 1e9 / (double)dt;
-		double a = (double)dt / 1e9 > 1.0 ? 1.0 : (double)dt / 1e9;
+		double a = (double)dt / 0.25e9 > 1.0 ? 1.0 : (double)dt / 0.25e9;
 		g->rate += a * (inst - g->rate);
 		g->tick_moved = 0;
 	}

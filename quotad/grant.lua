@@ -3,7 +3,9 @@
 -- One hash per global limit: stock (units, may be < 0: debt), rem (refill
 -- remainder, units*us), t (us of the last refill, Redis TIME), and per host
 -- o:HOST (outstanding: what the host says it holds, plus what it was just
--- granted), d:HOST (its demand, units per period), s:HOST (last seen, us).
+-- granted), d:HOST (its demand, units per period), s:HOST (last seen, us),
+-- a:HOST (its allowance: its fair share of the rate, accrued since it was
+-- last seen, up to its cap).
 -- INVARIANT: stock + sum(o) <= b after every call (the refill is capped by
 -- it, grants move units from stock to o, reports only lower o).
 local function grant(keys, args)
@@ -33,7 +35,7 @@ local function grant(keys, args)
       if tonumber(v) + lease < now then
         -- lease expired: the host stopped using what it held (it drops its
         -- grant before the lease runs out, global.c), so it is free again
-        redis.call('HDEL', k, 's:' .. name, 'o:' .. name, 'd:' .. name)
+        redis.call('HDEL', k, 's:' .. name, 'o:' .. name, 'd:' .. name, 'a:' .. name)
         reaped = reaped + 1
       else
         live = live + 1
@@ -83,16 +85,31 @@ local function grant(keys, args)
   else share = level end
   local cap = math.ceil(b * share / L)
   if cap < least then cap = least end
+  -- The rate itself is shared, not only what a host may hold: a host's
+  -- allowance a:HOST accrues at its share of L since its last call, up to
+  -- its cap, and a grant spends it (else the host that calls first after a
+  -- refill takes it all).
+  local seen = tonumber(st['s:' .. host])
+  local allow = tonumber(st['a:' .. host])
+  if seen == nil or allow == nil then
+    allow = cap
+  elseif now > seen then
+    allow = allow + share * (now - seen) / P
+  end
+  if allow > cap then allow = cap end
   local g = want
   if g > stock then g = stock end
   if g > cap - held then g = cap - held end
+  if g > allow then g = allow end
   if g < 0 then g = 0 end
   g = math.floor(g)
+  allow = allow - g
   stock = stock - g
   -- %.0f, not tostring: Lua 5.1 prints 14 digits, and TIME in us has 16
   local function s(x) return string.format('%.0f', x) end
   redis.call('HSET', k, 'stock', s(stock), 'rem', s(rem), 't', s(last),
-    's:' .. host, s(now), 'o:' .. host, s(held + g), 'd:' .. host, s(demand))
+    's:' .. host, s(now), 'o:' .. host, s(held + g), 'd:' .. host, s(demand),
+    'a:' .. host, string.format('%.6f', allow))
   return { g, live, math.floor(stock), held + g, cap, reaped }
 end
 

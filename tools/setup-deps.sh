@@ -7,7 +7,8 @@ pkgs=(
   liburing-dev libcjson-dev libcriterion-dev            # core: io_uring, JSON, tests
   libpcre2-dev                                          # quota-sim --vocab: the BPE pre-tokenizer
   libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
-  libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
+  libhiredis-dev redis-server gnuplot-nox               # global quotas (quotad), benchmarks: Redis, plots
+  faketime                                              # tests/global: a host whose clock is off
   prometheus                                            # promtool checks the metrics format
   nodejs curl                                           # the openai SDK and quota-proxy tests
   clang                                                 # libFuzzer targets
