@@ -544,6 +544,11 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 			r = fail(&x, p, "\"global\" needs the top-level \"redis\" section");
 			goto out;
 		}
+		if (q->global && cfg->manual_clock) {
+			r = fail(&x, p, "\"global\" needs the monotonic clock (grants run on real time), "
+				 "not \"clock\": \"manual\"");
+			goto out;
+		}
 		for (uint32_t j = 0; j < qi && q->global; j++)
 			if (cfg->quotas[j].global && strcmp(cfg->quotas[j].global_key, q->global_key) == 0) {
 				snprintf(p, sizeof(p), "quotas.%s.global_key", q->name);

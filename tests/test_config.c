@@ -197,4 +197,6 @@ Test(config, global_quotas_refused)
 	refused(R("{\"sentinels\": [\"h\"], \"master\": \"m\"}", GQ), "redis.sentinels", "HOST:PORT");
 	refused(R("{\"url\": \"redis://h:1\", \"host_id\": \"\"}", GQ), "redis.host_id", "1 to");
 	refused(R("[1]", GQ), "redis", "must be an object");
+	refused("{\"clock\": \"manual\", \"redis\": {\"url\": \"redis://h:1\"}, \"quotas\": {\"m\": {" GQ "}}}",
+		"quotas.m.scope", "needs the monotonic clock");
 }

@@ -544,14 +544,32 @@ Test(global, host_death_lease_reaped, .timeout = 120)
 	cr_assert(reaped - killed <= 5500 * CL_MS + 500 * CL_MS, "reaped after %.2f s",
 		  (double)(reaped - killed) / 1e9);
 	redisFree(c);
+	/* A new quotad adopts the host's live segment and holds it again. */
+	int64_t restarted = cl_now();
+	h[0].quotad = cl_quotad(&h[0].e, h[0].cfg, NULL);
 	wait_workers(w, 3);
-	struct log l = { 0 };
+	char *st = cl_request(h[0].e.sock, "{\"cmd\": \"status\"}");
+	cr_assert(st && strstr(st, "\"mode\":\"granted\""), "restarted host: %s", st ? st : "(none)");
+	free(st);
+	struct log l = { 0 }, dead = { 0 };
 	for (int i = 0; i < 3; i++)
 		log_add_file(&l, path[i]);
+	log_add_file(&dead, path[0]);
 	qsort(l.t, l.n, sizeof(*l.t), cmp64);
 	/* The dead host's workers go on at its static share: r/3, b/3. */
 	audit(&l, G_R, G_B, G_R / 3, G_B / 3, "host death");
+	/* While its quotad was dead: at most the static share (r/3 W + b/3). */
+	double dsecs = (double)(restarted - killed) / 1e9;
+	size_t dn = count_in(&dead, killed, restarted);
+	fprintf(stderr, "dead host: %zu admitted in the %.2f s its quotad was down (static share: at most "
+		"%.1f)\n", dn, dsecs, G_R / 3 * dsecs + G_B / 3);
+	cr_assert(dn <= G_R / 3 * dsecs + G_B / 3 + 1);
+	size_t an = count_in(&dead, restarted + CL_S, until);
+	fprintf(stderr, "restarted host: %zu admitted in the last %.2f s\n", an,
+		(double)(until - restarted - CL_S) / 1e9);
+	cr_assert(an > 0, "the restarted host admits nothing");
 	free(l.t);
+	free(dead.t);
 }
 
 /* ------------------------------------------------------------------ Sentinel */
