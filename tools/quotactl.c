@@ -25,6 +25,7 @@
 #include "internal.h"
 #include "layout.h"
 #include "../quotad/sockpath.h"
+#include "top.h"
 
 #define REPLY_MAX (16 << 20)
 #define REPLY_TIMEOUT_MS 10000
@@ -49,6 +50,7 @@ static void usage(FILE *f)
 	      "  status [--json] [--watch [--interval SEC] [--count N]]\n"
 	      "                       one row per quota: per limit capacity, available now,\n"
 	      "                       in flight, spend, admitted and rejected (reads the segment)\n"
+	      "  top [-d SEC] [-c]    live full-screen view: use, rates, refusals, spend, clients\n"
 	      "  clients [--json]     attached processes and what each holds (asks quotad)\n"
 	      "  global [--json]      global limits: mode, grant held, last refresh, live hosts,\n"
 	      "                       debt (asks quotad; status shows them too when it answers)\n"
@@ -193,6 +195,8 @@ static int status_json(quota_client *c, const char *segment)
 		for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
 			cJSON_AddNumberToObject(rj, reason_names[k], (double)in.rejected[k]);
 		cJSON_AddNumberToObject(q, "reclaimed", (double)in.reclaimed);
+		cJSON_AddNumberToObject(q, "repaired", (double)in.repaired);
+		cJSON_AddNumberToObject(q, "generation", (double)in.generation);
 		cJSON_AddNumberToObject(q, "paused_s", (double)in.paused_ns / 1e9);
 		cJSON_AddBoolToObject(q, "refund_actual", in.refund_actual);
 	}
@@ -537,6 +541,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "status") == 0)
 		return cmd_status(segment, argc - optind, argv + optind);
+	if (strcmp(cmd, "top") == 0) /* its argv[0] is "top" */
+		return quotactl_top(segment, socket_path, argc - optind + 1, argv + optind - 1);
 	if (strcmp(cmd, "help") != 0 && !socket_path[0] &&
 	    qd_default_socket_path(socket_path, sizeof(socket_path)) < 0) {
 		fprintf(stderr, "quotactl: no control socket: give --socket PATH or set $QUOTA_SOCKET\n");
