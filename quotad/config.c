@@ -141,6 +141,119 @@ static bool name_ok(const char *s)
 	return true;
 }
 
+static bool key_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > QD_GLOBAL_KEY_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      strchr("._:@/+-", ch)))
+			return false;
+	}
+	return true;
+}
+
+/* "HOST:PORT": a host name or IPv4 address, a port 1..65535. */
+static bool hostport(const char *s, char *host, size_t hostlen, uint32_t *port)
+{
+	const char *colon = strrchr(s, ':');
+	if (!colon || colon == s || (size_t)(colon - s) >= hostlen)
+		return false;
+	for (const char *c = s; c < colon; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+		      *c == '.' || *c == '-'))
+			return false;
+	char *end;
+	errno = 0;
+	long v = strtol(colon + 1, &end, 10);
+	if (errno || *end || end == colon + 1 || v < 1 || v > 65535)
+		return false;
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = '\0';
+	*port = (uint32_t)v;
+	return true;
+}
+
+static int parse_redis(struct ctx *x, const cJSON *obj, const char *segment, struct qd_redis *rd)
+{
+	char p[320];
+	if (!cJSON_IsObject(obj))
+		return fail(x, "redis", "must be an object, not %s", type_name(obj));
+	int r = no_duplicates(x, obj, "redis");
+	if (r < 0)
+		return r;
+	memset(rd, 0, sizeof(*rd));
+	rd->enabled = true;
+	bool url_set = false;
+	for (const cJSON *f = obj->child; f; f = f->next) {
+		snprintf(p, sizeof(p), "redis.%s", f->string);
+		if (strcmp(f->string, "url") == 0) {
+			const char *u = cJSON_IsString(f) ? f->valuestring : NULL;
+			if (!u)
+				return fail(x, p, "must be a string, not %s", type_name(f));
+			if (strlen(u) > QD_REDIS_STR_MAX)
+				return fail(x, p, "longer than %d characters", QD_REDIS_STR_MAX);
+			strcpy(rd->url, u);
+			if (strncmp(u, "redis://", 8) == 0) {
+				if (!hostport(u + 8, rd->host, sizeof(rd->host), &rd->port))
+					return fail(x, p, "must be \"redis://HOST:PORT\" (port 1 to 65535), got "
+						    "\"%.64s\"", u);
+			} else if (strncmp(u, "unix://", 7) == 0) {
+				if (u[7] != '/' || strlen(u + 7) >= sizeof(rd->unix_path))
+					return fail(x, p, "must be \"unix:///ABSOLUTE/PATH\" (under 108 "
+						    "characters), got \"%.64s\"", u);
+				strcpy(rd->unix_path, u + 7);
+			} else {
+				return fail(x, p, "must be \"redis://HOST:PORT\" or \"unix:///PATH\", got "
+					    "\"%.64s\"", u);
+			}
+			url_set = true;
+		} else if (strcmp(f->string, "sentinels") == 0) {
+			if (!cJSON_IsArray(f))
+				return fail(x, p, "must be an array of \"HOST:PORT\", not %s", type_name(f));
+			int n = cJSON_GetArraySize(f);
+			if (n > QD_SENTINELS_MAX)
+				return fail(x, p, "%d sentinels, at most %d", n, QD_SENTINELS_MAX);
+			for (const cJSON *e = f->child; e; e = e->next) {
+				char h[QD_REDIS_STR_MAX + 1];
+				uint32_t port;
+				if (!cJSON_IsString(e) || strlen(e->valuestring) > QD_REDIS_STR_MAX ||
+				    !hostport(e->valuestring, h, sizeof(h), &port))
+					return fail(x, p, "each must be \"HOST:PORT\" (port 1 to 65535)");
+				strcpy(rd->sentinels[rd->nsentinels++], e->valuestring);
+			}
+		} else if (strcmp(f->string, "master") == 0) {
+			if (!cJSON_IsString(f) || !key_ok(f->valuestring))
+				return fail(x, p, "must be a name of 1 to %d characters of A-Z a-z 0-9 . _ : @ "
+					    "/ + -", QD_GLOBAL_KEY_MAX);
+			snprintf(rd->master, sizeof(rd->master), "%s", f->valuestring);
+		} else if (strcmp(f->string, "host_id") == 0) {
+			if (!cJSON_IsString(f) || !key_ok(f->valuestring))
+				return fail(x, p, "must be 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
+					    QD_GLOBAL_KEY_MAX);
+			snprintf(rd->host_id, sizeof(rd->host_id), "%s", f->valuestring);
+		} else {
+			return fail(x, p, "unknown key");
+		}
+	}
+	if (rd->nsentinels && !rd->master[0])
+		return fail(x, "redis.master", "missing: \"sentinels\" needs the master's name");
+	if (rd->master[0] && !rd->nsentinels)
+		return fail(x, "redis.sentinels", "missing: \"master\" needs the sentinels to ask");
+	if (!url_set && !rd->nsentinels)
+		return fail(x, "redis.url", "missing: give \"url\" or \"sentinels\" with \"master\"");
+	if (!rd->host_id[0]) {
+		char hn[64] = "host";
+		if (gethostname(hn, sizeof(hn) - 1) < 0)
+			strcpy(hn, "host");
+		hn[sizeof(hn) - 1] = '\0';
+		snprintf(rd->host_id, sizeof(rd->host_id), "%s/%s", hn, segment);
+	}
+	return 0;
+}
+
 static int parse_pair(struct ctx *x, const cJSON *obj, const char *path, const char *k1,
 		      const char *k2, double max, double *v1, double *v2)
 {
@@ -180,6 +293,7 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 		return r;
 	memset(q, 0, sizeof(*q));
 	strcpy(q->name, obj->string);
+	bool scope_set = false, gkey_set = false, outage_set = false, hosts_set = false;
 	q->burst_ppm = 1000000;
 	q->refund_actual = true;
 	for (const cJSON *f = obj->child; f; f = f->next) {
@@ -225,11 +339,74 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 			r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
 			q->budget_day_nusd = (uint64_t)llround(day * 1e9);
 			q->budget_month_nusd = (uint64_t)llround(month * 1e9);
+		} else if (strcmp(f->string, "scope") == 0) {
+			if (cJSON_IsString(f) && strcmp(f->valuestring, "host") == 0)
+				q->global = false;
+			else if (cJSON_IsString(f) && strcmp(f->valuestring, "global") == 0)
+				q->global = true;
+			else
+				r = fail(x, p, "must be \"host\" or \"global\"");
+			scope_set = true;
+		} else if (strcmp(f->string, "global_key") == 0) {
+			if (!cJSON_IsString(f))
+				r = fail(x, p, "must be a string, not %s", type_name(f));
+			else if (!key_ok(f->valuestring))
+				r = fail(x, p, "global keys are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
+					 QD_GLOBAL_KEY_MAX);
+			else
+				strcpy(q->global_key, f->valuestring);
+			gkey_set = true;
+		} else if (strcmp(f->string, "outage") == 0) {
+			if (cJSON_IsString(f) && strcmp(f->valuestring, "static_share") == 0)
+				q->outage = QD_OUTAGE_STATIC_SHARE;
+			else if (cJSON_IsString(f) && strcmp(f->valuestring, "fail_closed") == 0)
+				q->outage = QD_OUTAGE_FAIL_CLOSED;
+			else
+				r = fail(x, p, "must be \"static_share\" or \"fail_closed\"");
+			outage_set = true;
+		} else if (strcmp(f->string, "expected_hosts") == 0) {
+			uint64_t v = 0;
+			if ((r = get_uint(x, f, p, QD_EXPECTED_HOSTS_MAX, &v)) == 0 && v == 0)
+				r = fail(x, p, "must be at least 1");
+			q->expected_hosts = (uint32_t)v;
+			hosts_set = true;
 		} else {
 			r = fail(x, p, "unknown key");
 		}
 		if (r < 0)
 			return r;
+	}
+	(void)scope_set;
+	if (!q->global && (gkey_set || outage_set || hosts_set)) {
+		snprintf(p, sizeof(p), "%s.%s", path,
+			 gkey_set ? "global_key" : outage_set ? "outage" : "expected_hosts");
+		return fail(x, p, "only for a quota with \"scope\": \"global\"");
+	}
+	if (q->global) {
+		bool daily = q->budget_day_nusd || q->budget_month_nusd;
+		bool any = false;
+		for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
+			daily |= (k & 1) && q->rate[k];
+			any |= q->rate[k] != 0;
+		}
+		snprintf(p, sizeof(p), "%s.scope", path);
+		if (!any)
+			return fail(x, p, "a global quota needs at least one rate limit");
+		if (q->max_inflight)
+			return fail(x, p, "max_inflight of a global quota is not supported (it would "
+				    "stay per host): use a host-scope quota for it");
+		if (q->budget_day_nusd || q->budget_month_nusd)
+			return fail(x, p, "budget_usd of a global quota is not supported (it would stay "
+				    "per host): use a host-scope quota for it");
+		if (!hosts_set) {
+			snprintf(p, sizeof(p), "%s.expected_hosts", path);
+			return fail(x, p, "missing: a global quota needs the number of hosts sharing it "
+				    "(its static share and each host's local cap is the limit divided by it)");
+		}
+		if (!gkey_set)
+			strcpy(q->global_key, q->name);
+		if (!outage_set)
+			q->outage = daily ? QD_OUTAGE_FAIL_CLOSED : QD_OUTAGE_STATIC_SHARE;
 	}
 	/* Every limit must be representable by the arithmetic. */
 	for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
@@ -290,7 +467,7 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 	strcpy(cfg->segment, "quota");
 	cfg->max_quotas = QD_DEFAULT_MAX_QUOTAS;
 	cfg->max_clients = QD_DEFAULT_MAX_CLIENTS;
-	const cJSON *quotas = NULL;
+	const cJSON *quotas = NULL, *redis = NULL;
 	for (const cJSON *f = root->child; f; f = f->next) {
 		uint64_t v;
 		if (strcmp(f->string, "segment") == 0) {
@@ -317,6 +494,8 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 			if ((r = get_uint(&x, f, "max_clients", QS_MAX_CLIENTS, &v)) == 0 && v == 0)
 				r = fail(&x, "max_clients", "must be at least 1");
 			cfg->max_clients = (uint32_t)v;
+		} else if (strcmp(f->string, "redis") == 0) {
+			redis = f;
 		} else if (strcmp(f->string, "quotas") == 0) {
 			if (!cJSON_IsObject(f))
 				r = fail(&x, "quotas", "must be an object of named quotas, not %s", type_name(f));
@@ -328,6 +507,9 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 		if (r < 0)
 			goto out;
 	}
+	/* After the loop: the default host_id names the segment. */
+	if (redis && (r = parse_redis(&x, redis, cfg->segment, &cfg->redis)) < 0)
+		goto out;
 	if (!quotas) {
 		r = fail(&x, "quotas", "missing: at least one quota is needed");
 		goto out;
@@ -353,6 +535,27 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 		if ((r = parse_quota(&x, qo, &cfg->quotas[cfg->nquotas])) < 0)
 			goto out;
 		cfg->nquotas++;
+	}
+	for (uint32_t qi = 0; qi < cfg->nquotas; qi++) {
+		const struct qd_quota *q = &cfg->quotas[qi];
+		char p[320];
+		snprintf(p, sizeof(p), "quotas.%s.scope", q->name);
+		if (q->global && !cfg->redis.enabled) {
+			r = fail(&x, p, "\"global\" needs the top-level \"redis\" section");
+			goto out;
+		}
+		if (q->global && cfg->manual_clock) {
+			r = fail(&x, p, "\"global\" needs the monotonic clock (grants run on real time), "
+				 "not \"clock\": \"manual\"");
+			goto out;
+		}
+		for (uint32_t j = 0; j < qi && q->global; j++)
+			if (cfg->quotas[j].global && strcmp(cfg->quotas[j].global_key, q->global_key) == 0) {
+				snprintf(p, sizeof(p), "quotas.%s.global_key", q->name);
+				r = fail(&x, p, "\"%s\" is also the global key of quota %s", q->global_key,
+					 cfg->quotas[j].name);
+				goto out;
+			}
 	}
 out:
 	cJSON_Delete(root);
@@ -403,6 +606,18 @@ void qd_config_free(struct qd_config *cfg)
 	cfg->nquotas = 0;
 }
 
+uint64_t qd_local_rate(const struct qd_quota *qc, uint32_t kind)
+{
+	uint64_t rate = qc->rate[kind];
+	if (!qc->global || !rate)
+		return rate;
+	/* A global quota's local record holds the static share (rounded down,
+	 * at least 1): what the host admits by itself when quotad does not
+	 * hold it back (global.c, docs/ARCHITECTURE.md). */
+	rate /= qc->expected_hosts ? qc->expected_hosts : 1;
+	return rate ? rate : 1;
+}
+
 int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -419,11 +634,12 @@ int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *ou
 		if (!qc->rate[k])
 			continue;
 		struct qs_limit_cfg l;
-		int r = qg_limit_init(&l, k, qc->rate[k], qg_period_of(k), qc->burst_ppm);
+		uint64_t rate = qd_local_rate(qc, k);
+		int r = qg_limit_init(&l, k, rate, qg_period_of(k), qc->burst_ppm);
 		if (r < 0)
 			return r;
 		out->lim[out->nlimits++] = (struct qs_limit_src){ .kind = k, .burst_ppm = qc->burst_ppm,
-								   .limit = qc->rate[k] };
+								   .limit = rate };
 	}
 	return qs_config_check(out) < 0 ? -EINVAL : 0;
 }

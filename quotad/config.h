@@ -15,6 +15,16 @@
 #define QD_SEGMENT_NAME_MAX 250
 #define QD_DEFAULT_MAX_QUOTAS 64
 #define QD_DEFAULT_MAX_CLIENTS 256
+#define QD_GLOBAL_KEY_MAX 100
+#define QD_REDIS_STR_MAX 127
+#define QD_SENTINELS_MAX 8
+#define QD_EXPECTED_HOSTS_MAX 4096
+
+/* What a global quota's host admits while Redis cannot be reached (global.c). */
+enum qd_outage {
+	QD_OUTAGE_STATIC_SHARE = 1, /* its static share: limit / expected_hosts */
+	QD_OUTAGE_FAIL_CLOSED,      /* nothing beyond the grant it holds */
+};
 
 struct qd_quota {
 	char name[QUOTA_NAME_MAX + 1];
@@ -25,6 +35,24 @@ struct qd_quota {
 	bool refund_actual;
 	uint64_t price_in_pusd, price_out_pusd;       /* pico-USD per token */
 	uint64_t budget_day_nusd, budget_month_nusd;  /* nano-USD; 0 = none */
+	/* "scope": "global" (global.c): the rate limits are shared through Redis. */
+	bool global;
+	char global_key[QD_GLOBAL_KEY_MAX + 1]; /* default: the quota's name */
+	uint32_t outage;                         /* enum qd_outage */
+	uint32_t expected_hosts;                 /* required when global */
+};
+
+/* The top-level "redis" section (global.c). */
+struct qd_redis {
+	bool enabled;
+	char url[QD_REDIS_STR_MAX + 1];          /* as written, for messages */
+	char host[QD_REDIS_STR_MAX + 1];         /* TCP, or "" */
+	uint32_t port;
+	char unix_path[108];                     /* unix socket, or "" */
+	uint32_t nsentinels;
+	char sentinels[QD_SENTINELS_MAX][QD_REDIS_STR_MAX + 1]; /* "HOST:PORT" */
+	char master[QD_REDIS_STR_MAX + 1];
+	char host_id[QD_REDIS_STR_MAX + 1];      /* default: hostname/segment */
 };
 
 struct qd_config {
@@ -33,6 +61,7 @@ struct qd_config {
 	uint32_t max_quotas, max_clients; /* the segment's capacity */
 	uint32_t nquotas;
 	struct qd_quota *quotas;
+	struct qd_redis redis;
 };
 
 /* The embedded default: Llama 4 Scout's published limits and prices. */
@@ -49,6 +78,10 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 int qd_config_load(const char *path, struct qd_config *cfg, char *err, size_t errlen);
 
 void qd_config_free(struct qd_config *cfg);
+
+/* The rate of kind @kind in quota @qc's local record: the limit, or for a
+ * global quota its static share limit / expected_hosts (at least 1). */
+uint64_t qd_local_rate(const struct qd_quota *qc, uint32_t kind);
 
 struct qs_config;
 /* The record content of quota @qc as id @id: 0, or -EINVAL / -ERANGE for

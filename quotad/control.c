@@ -165,6 +165,7 @@ static char *cmd_status(struct daemon *d)
 		cJSON_AddNumberToObject(q, "spend_month_usd", usd(in.spent_month_nusd));
 		cJSON_AddNumberToObject(q, "paused_s", (double)in.paused_ns / 1e9);
 	}
+	qd_global_status(d, root);
 	return reply_json(root);
 }
 
@@ -382,6 +383,10 @@ static char *cmd_metrics(struct daemon *d)
 				(double)in[id].paused_ns / 1e9);
 	free(in);
 	free(ok);
+	char *gm = qd_global_metrics(d);
+	if (gm)
+		bprintf(&b, "%s", gm);
+	free(gm);
 	if (b.failed) {
 		free(b.p);
 		return reply_error("out of memory");

@@ -38,6 +38,7 @@ void qd_tick(struct daemon *d)
 		d->next_heartbeat = now + QD_HEARTBEAT_NS;
 	}
 	qd_clients_scan(d);
+	qd_global_tick(d);
 	qd_control_tick(d);
 	if (now >= d->next_check) {
 		qd_check(d);

@@ -152,6 +152,7 @@ static void stop(struct daemon *d)
 {
 	if (d->state_dir)
 		qd_ledger_save(d);
+	qd_global_stop(d);
 	qd_control_close(d);
 	qd_clients_stop(d);
 	quota_close(d->obs);
@@ -377,6 +378,8 @@ static int start_services(struct daemon *d, const struct qd_config *cfg)
 	}
 	if (d->state_dir)
 		qd_ledger_restore(d);
+	if (qd_global_apply(d, cfg) < 0)
+		qd_log("error", "global quotas not served");
 	/* One pidfd per client slot plus the control connections. */
 	struct rlimit rl;
 	rlim_t need = (rlim_t)d->g.client_capacity + 2 * d->max_conns + 64;

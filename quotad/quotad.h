@@ -20,6 +20,7 @@
 #include <liburing.h>
 
 #include "config.h"
+#include "global.h"
 #include "internal.h"
 #include "layout.h"
 
@@ -152,6 +153,7 @@ struct daemon {
 	bool remove_on_exit;
 	bool stop;
 	struct qd_stats st;
+	struct qd_global *glob;     /* global quotas (global.c); NULL: none */
 };
 
 /* log.c */

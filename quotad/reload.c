@@ -154,6 +154,8 @@ int qd_reload_apply(struct daemon *d, const struct qd_config *cfg, char *err, si
 		snprintf(err, errlen, "applying the config: %s", strerror(-r));
 		return r;
 	}
+	if (qd_global_apply(d, cfg) < 0)
+		qd_log("error", "global quotas not served");
 	qd_log("info", "config applied: %u quota%s (%u published anew, %u added, %u removed)",
 	       cfg->nquotas, cfg->nquotas == 1 ? "" : "s", changed, count - before, removed);
 	return 0;

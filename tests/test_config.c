@@ -120,3 +120,83 @@ Test(config, missing_and_empty_files)
 	cr_assert_eq(r, -EINVAL);
 	cr_assert(strstr(err, path) && strstr(err, "empty"), "%s", err);
 }
+
+/* Global quotas (issue 11): the redis section and the per-quota keys. */
+#define R(redis, quota) "{\"redis\": " redis ", \"quotas\": {\"m\": {" quota "}}}"
+#define GQ "\"rpm\": 600, \"scope\": \"global\", \"expected_hosts\": 3"
+
+Test(config, global_quotas_accepted)
+{
+	struct qd_config cfg;
+	char err[512];
+	const char *j = "{\"segment\": \"s1\", \"redis\": {\"url\": \"redis://127.0.0.1:6379\"}, \"quotas\": {"
+			"\"m\": {\"rpm\": 600, \"tpm\": 90000, \"scope\": \"global\", \"expected_hosts\": 4},"
+			"\"d\": {\"rpd\": 1000, \"scope\": \"global\", \"global_key\": \"key:d\", \"expected_hosts\": 2},"
+			"\"h\": {\"rpm\": 10}}}";
+	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert(cfg.redis.enabled);
+	cr_assert_str_eq(cfg.redis.host, "127.0.0.1");
+	cr_assert_eq(cfg.redis.port, 6379);
+	cr_assert(strstr(cfg.redis.host_id, "/s1") != NULL, "default host_id %s", cfg.redis.host_id);
+	cr_assert(cfg.quotas[0].global);
+	cr_assert_str_eq(cfg.quotas[0].global_key, "m");
+	cr_assert_eq(cfg.quotas[0].outage, QD_OUTAGE_STATIC_SHARE, "per-minute: static_share");
+	cr_assert_eq(cfg.quotas[1].outage, QD_OUTAGE_FAIL_CLOSED, "per-day: fail_closed");
+	cr_assert_str_eq(cfg.quotas[1].global_key, "key:d");
+	cr_assert(!cfg.quotas[2].global);
+	/* The local record holds the static share. */
+	cr_assert_eq(qd_local_rate(&cfg.quotas[0], QUOTA_RPM), 150);
+	cr_assert_eq(qd_local_rate(&cfg.quotas[0], QUOTA_TPM), 22500);
+	cr_assert_eq(qd_local_rate(&cfg.quotas[2], QUOTA_RPM), 10);
+	qd_config_free(&cfg);
+	j = R("{\"url\": \"unix:///run/redis.sock\", \"host_id\": \"web-1\"}", GQ);
+	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_str_eq(cfg.redis.unix_path, "/run/redis.sock");
+	cr_assert_str_eq(cfg.redis.host_id, "web-1");
+	qd_config_free(&cfg);
+	j = R("{\"sentinels\": [\"10.0.0.1:26379\", \"s2:26379\"], \"master\": \"mymaster\"}", GQ);
+	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.redis.nsentinels, 2);
+	qd_config_free(&cfg);
+}
+
+Test(config, global_quotas_refused)
+{
+	refused(Q(GQ), "quotas.m.scope", "needs the top-level \"redis\"");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"rpm\": 6, \"scope\": \"world\""), "quotas.m.scope",
+		"\"host\" or \"global\"");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"rpm\": 6, \"scope\": \"global\""),
+		"quotas.m.expected_hosts", "missing");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"outage\": \"open\""), "quotas.m.outage",
+		"\"static_share\" or \"fail_closed\"");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"rpm\": 6, \"scope\": \"global\", \"expected_hosts\": 0"),
+		"quotas.m.expected_hosts", "at least 1");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"rpm\": 6, \"scope\": \"global\", \"expected_hosts\": 1e6"),
+		"quotas.m.expected_hosts", "too large");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"global_key\": \"a b\""), "quotas.m.global_key",
+		"global keys");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"rpm\": 6, \"outage\": \"fail_closed\""),
+		"quotas.m.outage", "only for a quota with \"scope\": \"global\"");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 4"), "quotas.m.scope",
+		"max_inflight of a global quota");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"budget_usd\": {\"day\": 5}"), "quotas.m.scope",
+		"budget_usd of a global quota");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"scope\": \"global\", \"expected_hosts\": 2"),
+		"quotas.m.scope", "at least one rate limit");
+	refused("{\"redis\": {\"url\": \"redis://h:1\"}, \"quotas\": {\"a\": {" GQ "}, \"b\": {" GQ
+		", \"global_key\": \"a\"}}}", "quotas.b.global_key", "also the global key of quota a");
+	refused(R("{\"url\": \"http://h:1\"}", GQ), "redis.url", "\"redis://HOST:PORT\" or");
+	refused(R("{\"url\": \"redis://h:0\"}", GQ), "redis.url", "port 1 to 65535");
+	refused(R("{\"url\": \"redis://h\"}", GQ), "redis.url", "redis://HOST:PORT");
+	refused(R("{\"url\": \"unix://rel/path\"}", GQ), "redis.url", "unix:///ABSOLUTE/PATH");
+	refused(R("{\"url\": 5}", GQ), "redis.url", "must be a string");
+	refused(R("{}", GQ), "redis.url", "missing");
+	refused(R("{\"url\": \"redis://h:1\", \"db\": 2}", GQ), "redis.db", "unknown key");
+	refused(R("{\"sentinels\": [\"h:1\"]}", GQ), "redis.master", "missing");
+	refused(R("{\"url\": \"redis://h:1\", \"master\": \"m\"}", GQ), "redis.sentinels", "missing");
+	refused(R("{\"sentinels\": [\"h\"], \"master\": \"m\"}", GQ), "redis.sentinels", "HOST:PORT");
+	refused(R("{\"url\": \"redis://h:1\", \"host_id\": \"\"}", GQ), "redis.host_id", "1 to");
+	refused(R("[1]", GQ), "redis", "must be an object");
+	refused("{\"clock\": \"manual\", \"redis\": {\"url\": \"redis://h:1\"}, \"quotas\": {\"m\": {" GQ "}}}",
+		"quotas.m.scope", "needs the monotonic clock");
+}

@@ -57,6 +57,8 @@ static void usage(FILE *f)
 	      "  clients [--json]     attached processes and what each holds (asks quotad)\n"
 	      "  proxies [--json]     running quota-proxy processes of the segment: listen\n"
 	      "                       address, upstream, requests relayed and refused, in flight\n"
+	      "  global [--json]      global limits: mode, grant held, last refresh, live hosts,\n"
+	      "                       debt (asks quotad; status shows them too when it answers)\n"
 	      "  metrics              Prometheus text exposition (asks quotad)\n"
 	      "  backoff QUOTA SEC    pause QUOTA for SEC seconds on every process (root)\n"
 	      "  set QUOTA KEY VALUE  change one limit (rpm, tpm, ..., max_inflight, context_window,\n"
@@ -239,13 +241,16 @@ static char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 
 /* Send @req (one JSON object) and return quotad's reply if it says ok;
  * otherwise print why and return NULL. */
+static bool quiet_unreachable; /* status: a quotad that is not there is no error */
+
 static cJSON *ask(const char *req)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	strcpy(a.sun_path, socket_path);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		fprintf(stderr, "quotactl: cannot reach quotad at %s: %s\n", socket_path, strerror(errno));
+		if (!quiet_unreachable)
+			fprintf(stderr, "quotactl: cannot reach quotad at %s: %s\n", socket_path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return NULL;
@@ -339,6 +344,56 @@ static int cmd_clients(bool json)
 			       num(q, "inflight"), num(q, "admitted"), num(q, "rejected"));
 		}
 		putchar('\n');
+	}
+	cJSON_Delete(r);
+	return 0;
+}
+
+/* The global limits (quotad's memory, so asked through the socket). */
+static int print_global(const cJSON *r)
+{
+	const cJSON *g = cJSON_GetObjectItemCaseSensitive(r, "global");
+	if (!cJSON_IsObject(g))
+		return 0;
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(g, "host_id");
+	const cJSON *err = cJSON_GetObjectItemCaseSensitive(g, "last_error");
+	printf("\nglobal limits (Redis %s, host %s, %s)%s%s\n",
+	       cJSON_IsString(cJSON_GetObjectItemCaseSensitive(g, "redis")) ?
+		       cJSON_GetObjectItemCaseSensitive(g, "redis")->valuestring : "?",
+	       cJSON_IsString(id) ? id->valuestring : "?",
+	       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "connected")) ? "connected" : "NOT connected",
+	       cJSON_IsString(err) && *err->valuestring ? ", last error: " : "",
+	       cJSON_IsString(err) ? err->valuestring : "");
+	printf("%-20s %-5s %-20s %10s %8s %10s %8s %6s %8s %10s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
+	       "HELD", "REFRESH_MS", "HOSTS", "DEBT", "STOCK", "GRANTED");
+	const cJSON *l;
+	cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(g, "limits")) {
+		const cJSON *q = cJSON_GetObjectItemCaseSensitive(l, "quota");
+		const cJSON *k = cJSON_GetObjectItemCaseSensitive(l, "limit");
+		const cJSON *m = cJSON_GetObjectItemCaseSensitive(l, "mode");
+		printf("%-20s %-5s %-20s %10.0f %8.0f %10.0f %8.0f %6.0f %8.0f %10.0f\n",
+		       cJSON_IsString(q) ? q->valuestring : "?", cJSON_IsString(k) ? k->valuestring : "?",
+		       cJSON_IsString(m) ? m->valuestring : "?", num(l, "global_limit"), num(l, "held"),
+		       num(l, "last_refresh_ms"), num(l, "live_hosts"), num(l, "debt"), num(l, "stock"),
+		       num(l, "granted_total"));
+	}
+	return 0;
+}
+
+static int cmd_global(bool json)
+{
+	cJSON *r = ask("{\"cmd\":\"status\"}");
+	if (!r)
+		return EXIT_RUNTIME;
+	if (json) {
+		const cJSON *g = cJSON_GetObjectItemCaseSensitive(r, "global");
+		char *s = g ? cJSON_PrintUnformatted(g) : NULL;
+		puts(s ? s : "null");
+		free(s);
+	} else if (!cJSON_GetObjectItemCaseSensitive(r, "global")) {
+		puts("no global quota");
+	} else {
+		print_global(r);
 	}
 	cJSON_Delete(r);
 	return 0;
@@ -458,6 +513,16 @@ static int cmd_status(const char *segment, int argc, char **argv)
 			fputs(tty ? "\033[H\033[2J" : "\n", stdout);
 		r = json ? status_json(c, segment) : status_text(c, segment);
 		quota_close(c);
+		/* The global limits live in quotad: shown when it answers. */
+		if (!json && r == 0 && (socket_path[0] ||
+					qd_default_socket_path(socket_path, sizeof(socket_path)) == 0)) {
+			quiet_unreachable = true;
+			cJSON *st = ask("{\"cmd\":\"status\"}");
+			quiet_unreachable = false;
+			if (st)
+				print_global(st);
+			cJSON_Delete(st);
+		}
 		fflush(stdout);
 		if (r)
 			return r;
@@ -589,6 +654,14 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		}
 		return cmd_clients(json);
+	}
+	if (strcmp(cmd, "global") == 0) {
+		bool json = nargs == 1 && strcmp(argv[optind], "--json") == 0;
+		if (nargs > 1 || (nargs == 1 && !json)) {
+			fprintf(stderr, "quotactl global: usage: global [--json]\n");
+			return EXIT_USAGE;
+		}
+		return cmd_global(json);
 	}
 	if (strcmp(cmd, "metrics") == 0 || strcmp(cmd, "reload") == 0) {
 		if (nargs) {

@@ -8,7 +8,8 @@ pkgs=(
   libpcre2-dev                                          # quota-sim --vocab: the BPE pre-tokenizer
   libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
   libncurses-dev tmux                                   # quotactl top, and its terminal test
-  libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
+  libhiredis-dev redis-server gnuplot-nox               # global quotas (quotad), benchmarks: Redis, plots
+  faketime                                              # tests/global: a host whose clock is off
   prometheus                                            # promtool checks the metrics format
   nodejs curl                                           # the openai SDK and quota-proxy tests
   clang                                                 # libFuzzer targets

@@ -1,0 +1,116 @@
+#!lua name=quotad
+-- quotad's grant function (global.c loads it with FUNCTION LOAD REPLACE).
+-- One hash per global limit: stock (units, may be < 0: debt), rem (refill
+-- remainder, units*us), t (us of the last refill, Redis TIME), and per host
+-- o:HOST (outstanding: what the host says it holds, plus what it was just
+-- granted), d:HOST (its demand, units per period), s:HOST (last seen, us),
+-- a:HOST (its allowance: its fair share of the rate, accrued since it was
+-- last seen, up to its cap).
+-- INVARIANT: stock + sum(o) <= b after every call (the refill is capped by
+-- it, grants move units from stock to o, reports only lower o).
+local function grant(keys, args)
+  local k = keys[1]
+  local host = args[1]
+  local L, P, b = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local lease, held, want = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+  local demand, debt = tonumber(args[8]), tonumber(args[9])
+  -- the least a host can use (its hold plus a unit): the fair cap never
+  -- goes below it, or a host could hold too little to admit anything
+  local least = tonumber(args[10]) or 1
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+  local h = redis.call('HGETALL', k)
+  local st = {}
+  for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
+  -- A missing hash (first use, or a master that restarted empty) starts
+  -- EMPTY: whatever the hosts still hold is then within b.
+  local stock = tonumber(st['stock'] or '0')
+  local rem = tonumber(st['rem'] or '0')
+  local last = tonumber(st['t']) or now
+  local out, live, reaped = 0, 1, 0
+  local dem = { demand }
+  for f, v in pairs(st) do
+    local name = string.match(f, '^s:(.*)$')
+    if name and name ~= host then
+      if tonumber(v) + lease < now then
+        -- lease expired: the host stopped using what it held (it drops its
+        -- grant before the lease runs out, global.c), so it is free again
+        redis.call('HDEL', k, 's:' .. name, 'o:' .. name, 'd:' .. name, 'a:' .. name)
+        reaped = reaped + 1
+      else
+        live = live + 1
+        out = out + tonumber(st['o:' .. name] or '0')
+        dem[#dem + 1] = tonumber(st['d:' .. name] or '0')
+      end
+    end
+  end
+  stock = stock - debt
+  if now > last then
+    local el = now - last
+    if el >= P then
+      stock = stock + L
+      rem = 0
+    elseif el * L < 4503599627370496 then
+      local acc = rem + el * L
+      local add = math.floor(acc / P)
+      rem = acc - add * P
+      stock = stock + add
+    else
+      local add = math.floor(el / P * L) - 1
+      if add > 0 then stock = stock + add end
+      rem = 0
+    end
+    last = now
+  end
+  local room = b - out - held
+  if stock > room then
+    stock = room
+    rem = 0
+  end
+  -- Demand-weighted fair share of the rate L (water-filling), as a share of
+  -- the burst this host may hold.
+  table.sort(dem)
+  local left, n, level = L, #dem, nil
+  for i = 1, n do
+    local fair = left / (n - i + 1)
+    if dem[i] > fair then
+      level = fair
+      break
+    end
+    left = left - dem[i]
+  end
+  local share
+  if level == nil then share = demand + left / n
+  elseif demand <= level then share = demand
+  else share = level end
+  local cap = math.ceil(b * share / L)
+  if cap < least then cap = least end
+  -- The rate itself is shared, not only what a host may hold: a host's
+  -- allowance a:HOST accrues at its share of L since its last call, up to
+  -- its cap, and a grant spends it (else the host that calls first after a
+  -- refill takes it all).
+  local seen = tonumber(st['s:' .. host])
+  local allow = tonumber(st['a:' .. host])
+  if seen == nil or allow == nil then
+    allow = cap
+  elseif now > seen then
+    allow = allow + share * (now - seen) / P
+  end
+  if allow > cap then allow = cap end
+  local g = want
+  if g > stock then g = stock end
+  if g > cap - held then g = cap - held end
+  if g > allow then g = allow end
+  if g < 0 then g = 0 end
+  g = math.floor(g)
+  allow = allow - g
+  stock = stock - g
+  -- %.0f, not tostring: Lua 5.1 prints 14 digits, and TIME in us has 16
+  local function s(x) return string.format('%.0f', x) end
+  redis.call('HSET', k, 'stock', s(stock), 'rem', s(rem), 't', s(last),
+    's:' .. host, s(now), 'o:' .. host, s(held + g), 'd:' .. host, s(demand),
+    'a:' .. host, string.format('%.6f', allow))
+  return { g, live, math.floor(stock), held + g, cap, reaped }
+end
+
+redis.register_function('quotad_grant', grant)
