@@ -71,12 +71,15 @@ function createQuotaFetch(quota, opts = {}) {
   if (typeof baseFetch !== 'function') throw new TypeError('createQuotaFetch: no fetch to wrap');
 
   return async function quotaFetch(input, init = {}) {
+    // A Request as input: its method, headers and signal, unless init says otherwise.
+    if (input && typeof input === 'object' && !(input instanceof URL) && typeof input.url === 'string')
+      init = { method: input.method, headers: input.headers, signal: input.signal, ...init };
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input?.url;
-    const method = String(init.method ?? input?.method ?? 'GET').toUpperCase();
+    const method = String(init.method ?? 'GET').toUpperCase();
     const ep = method === 'POST' ? endpointOf(url) : null;
     if (!ep) return baseFetch(input, init);
 
-    let text = init.body ?? (typeof input === 'object' && input?.body ? await input.clone().text() : null);
+    let text = init.body ?? (typeof input === 'object' && input.body ? await input.clone().text() : null);
     if (text != null && typeof text !== 'string') text = await new Response(text).text();
     let body;
     try { body = JSON.parse(text); } catch { body = null; }

@@ -4,8 +4,9 @@
 // api.json): the errors, commit/cancel, waiting in line without blocking the
 // event loop (the timer drift while reserves wait, measured and printed),
 // 200 concurrent reserves with random aborts and timeouts leaving nothing in
-// flight, a collected open ticket given back, and worker_threads each with
-// a handle of its own. Run with --expose-gc.
+// flight, a collected open ticket given back, worker_threads each with a
+// handle of its own, and createQuotaFetch over a stand-in fetch (what each
+// kind of answer settles). Run with --expose-gc.
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -179,4 +180,73 @@ test('estimateTokens: the estimator quota-proxy uses', () => {
   assert.ok(n >= 7 && n < 40, `estimate ${n}`);
   assert.ok(lq.estimateTokens({ model: 'm', input: 'hello world' }, 'embedding') >= 2);
   assert.throws(() => lq.estimateTokens({ model: 'm', messages: 3 }, 'chat'), TypeError);
+});
+
+test('createQuotaFetch with a stand-in fetch: what each kind of answer settles', async () => {
+  const q = client.quota('fetch');
+  const sent = [];
+  let answer;
+  const fake = async (url, init) => { sent.push({ url, init }); return answer(url, init); };
+  const qf = lq.createQuotaFetch(q, { fetch: fake });
+  const chat = (extra = {}) => ({ method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm', max_tokens: 50, messages: [{ role: 'user', content: 'hi there' }], ...extra }) });
+  const url = 'http://127.0.0.1:9/v1/chat/completions';
+  const json = (status, obj, headers = {}) => new Response(JSON.stringify(obj), { status, headers: { 'content-type': 'application/json', ...headers } });
+  const delta = async (fn) => {
+    const a = q.status();
+    const r = await fn();
+    const b = q.status();
+    assert.equal(b.inflight, 0, 'nothing in flight after the call');
+    return { r, admitted: b.admitted - a.admitted, input: b.admittedInputTokens - a.admittedInputTokens, output: b.admittedOutputTokens - a.admittedOutputTokens };
+  };
+
+  // 200 with usage: committed at the usage; x-ratelimit headers folded.
+  answer = () => json(200, { usage: { prompt_tokens: 9, completion_tokens: 4 } }, { 'x-ratelimit-remaining-requests': '99999' });
+  let d = await delta(() => qf(url, chat()));
+  assert.equal(d.r.status, 200);
+  assert.deepEqual(await d.r.json(), { usage: { prompt_tokens: 9, completion_tokens: 4 } });
+  assert.deepEqual([d.admitted, d.input, d.output], [1, 9, 4]);
+
+  // A Request object as input, and n = 3: reserved 50 x 3 of output; no usage: committed as reserved.
+  answer = () => json(200, {});
+  d = await delta(() => qf(new Request(url, chat({ n: 3 }))));
+  assert.equal(d.output, 150);
+  assert.equal(sent.at(-1).init.headers.get('content-type'), 'application/json');
+
+  // A provider 429: cancelled, and the whole host pauses for its retry-after-ms.
+  const p429 = lq.createQuotaFetch(client.quota('fetch429'), { fetch: async () => json(429, { error: {} }, { 'retry-after-ms': '1500' }) });
+  const r429 = await p429(url, chat());
+  assert.equal(r429.status, 429);
+  assert.ok(client.quota('fetch429').status().pausedMs > 1000);
+  assert.equal(client.quota('fetch429').status().inflight, 0);
+
+  // A 5xx may have been counted: committed as reserved; a refused connection was not sent: cancelled.
+  answer = () => json(500, {});
+  d = await delta(() => qf(url, chat()));
+  assert.equal(d.output, 50);
+  answer = () => { throw Object.assign(new TypeError('fetch failed'), { cause: { code: 'ECONNREFUSED' } }); };
+  await assert.rejects(qf(url, chat()), TypeError);
+  assert.equal(q.status().inflight, 0);
+
+  // A stream the reader cancels half-way: committed as reserved.
+  answer = () => new Response(new ReadableStream({
+    start(c) { c.enqueue(new TextEncoder().encode('data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n')); },
+  }), { status: 200, headers: { 'content-type': 'text/event-stream' } });
+  const a = q.status();
+  const rs = await qf(url, chat({ stream: true }));
+  assert.ok(JSON.parse(sent.at(-1).init.body).stream_options.include_usage, 'the usage chunk was asked for');
+  const rd = rs.body.getReader();
+  const first = new TextDecoder().decode((await rd.read()).value);
+  assert.equal(first, 'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', '"usage": null stripped');
+  await rd.cancel();
+  assert.equal(q.status().inflight, 0);
+  assert.equal(q.status().admittedOutputTokens - a.admittedOutputTokens, 50);
+
+  // Refused locally: a field the estimator cannot read (400), and not metered: passed through.
+  const n = sent.length;
+  const bad = await qf(url, { method: 'POST', body: JSON.stringify({ model: 'm', messages: 'nope' }) });
+  assert.equal(bad.status, 400);
+  answer = () => new Response('ok');
+  assert.equal(await (await qf('http://127.0.0.1:9/v1/models')).text(), 'ok');
+  assert.equal(sent.length, n + 1);
 });
