@@ -263,12 +263,20 @@ class Quota {
     this._queue.push(w);
     if (w.timeoutMs < 2 ** 31 - 1) { // setTimeout's longest delay
       // At its deadline a waiter gets one last try, wherever it is in line.
-      w.deadlineTimer = setTimeout(() => {
+      // (A timer may fire a little early: it counts from the loop's cached
+      // time.)
+      const atDeadline = () => {
         w.deadlineTimer = null;
         if (w.done) return;
+        const left = w.deadline - performance.now();
+        if (left > 0) {
+          w.deadlineTimer = setTimeout(atDeadline, Math.max(1, Math.ceil(left)));
+          return;
+        }
         if (this._try(w) !== true) this._refuse(w);
         this._wake();
-      }, Math.max(0, w.deadline - performance.now()));
+      };
+      w.deadlineTimer = setTimeout(atDeadline, Math.max(1, Math.ceil(w.deadline - performance.now())));
     }
     if (w.signal) {
       w.onAbort = () => { this._finish(w, null, abortReason(w.signal)); this._wake(); };
