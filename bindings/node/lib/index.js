@@ -132,7 +132,8 @@ class Quota {
     this.name = name;
     this.id = id;
     this._queue = [];   // waiting reserves, first come first served
-    this._timer = null; // the head's retry timer
+    this._timer = null; // the head's retry timer (when it polls)
+    this._native = null; // the waiter whose wait runs on the addon's thread
   }
 
   /**
@@ -262,12 +263,12 @@ class Quota {
   _enqueue(w) {
     this._queue.push(w);
     if (w.timeoutMs < 2 ** 31 - 1) { // setTimeout's longest delay
-      // At its deadline a waiter gets one last try, wherever it is in line.
-      // (A timer may fire a little early: it counts from the loop's cached
-      // time.)
+      // At its deadline a waiter gets one last try, wherever it is in line
+      // (the head's own wait returns by then by itself). A timer may fire a
+      // little early: it counts from the loop's cached time.
       const atDeadline = () => {
         w.deadlineTimer = null;
-        if (w.done) return;
+        if (w.done || this._native === w) return;
         const left = w.deadline - performance.now();
         if (left > 0) {
           w.deadlineTimer = setTimeout(atDeadline, Math.max(1, Math.ceil(left)));
@@ -279,10 +280,40 @@ class Quota {
       w.deadlineTimer = setTimeout(atDeadline, Math.max(1, Math.ceil(w.deadline - performance.now())));
     }
     if (w.signal) {
-      w.onAbort = () => { this._finish(w, null, abortReason(w.signal)); this._wake(); };
+      w.onAbort = () => {
+        this._finish(w, null, abortReason(w.signal));
+        if (this._native === w) this._native = null; // its wait's ticket is cancelled on return
+        this._wake();
+      };
       w.signal.addEventListener('abort', w.onAbort, { once: true });
     }
-    if (this._queue.length === 1) this._arm(w.retryAfterMs);
+    if (this._queue.length === 1) this._pump();
+  }
+
+  // The head takes its place in the library's line on a thread of the
+  // addon's (native.wait), for at most a minute at a time.
+  _startWait(w, left) {
+    if (Quota.polling) return false;
+    const ns = Math.ceil(Math.min(left, 60000) * 1e6);
+    const rc = native.wait(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, ns,
+      (res, retryNs) => this._waited(w, res, retryNs));
+    if (rc < 0) return false;
+    this._native = w;
+    return true;
+  }
+
+  _waited(w, res, retryNs) {
+    if (this._native === w) this._native = null;
+    if (typeof res !== 'number') {
+      const t = new Ticket(this, res, w);
+      if (!w.done) this._finish(w, t, null);
+      else try { t.cancel(); } catch { /* closed */ } // aborted or refused meanwhile
+    } else if (!w.done && res !== -E.EAGAIN) {
+      this._finish(w, null, errorFor(res, `libquota: reserve '${this.name}'`));
+    } else if (res === -E.EAGAIN) {
+      w.retryAfterMs = retryNs / 1e6; // the deadline (or the minute) passed: _pump decides
+    }
+    this._pump();
   }
 
   _arm(ms) {
@@ -292,23 +323,27 @@ class Quota {
     this._timer = setTimeout(() => this._pump(), Math.min(60000, Math.max(1, Math.ceil(ms))));
   }
 
-  // Budget may have come back (a local settle, a waiter left): try again now.
+  // Budget may have come back (a local settle, a waiter left): the head
+  // tries again now, unless it already holds its place in line.
   _wake() {
     if (this._queue.length === 0) {
       if (this._timer) { clearTimeout(this._timer); this._timer = null; }
       return;
     }
-    this._arm(0);
+    if (this._native !== this._queue[0]) this._arm(0);
   }
 
   _pump() {
-    this._timer = null;
+    if (this._timer) { clearTimeout(this._timer); this._timer = null; }
     while (this._queue.length) {
       const w = this._queue[0];
+      if (this._native === w) return;
       const r = this._try(w);
       if (r === true || r === false) continue;
-      if (performance.now() >= w.deadline) { this._refuse(w); continue; }
-      return this._arm(Math.min(r, w.deadline - performance.now()));
+      const left = w.deadline - performance.now();
+      if (left <= 0) { this._refuse(w); continue; }
+      if (this._startWait(w, left)) return;
+      return this._arm(Math.min(r, left)); // no thread to wait on: poll on a timer
     }
   }
 
@@ -369,6 +404,13 @@ function estimateTokens(body, endpoint = 'chat') {
   if (typeof r === 'string') throw new TypeError(r.slice(1));
   return r;
 }
+
+/**
+ * true: waiting reserves poll on timers (try, sleep retry_after, try
+ * again) instead of taking their place in line on a thread of the addon.
+ * For comparison and for environments that must not start threads.
+ */
+Quota.polling = process.env.LIBQUOTA_NODE_POLL === '1';
 
 module.exports = {
   Client, Quota, Ticket,

@@ -5,19 +5,28 @@
  * tools/common/estimate.c for createQuotaFetch. Every function here returns
  * at once: quota_reserve() is only ever called with a timeout of 0, and the
  * JavaScript layer waits with timers (a reserve that sleeps would stop the
- * event loop). A handle belongs to the JavaScript thread (main or worker)
- * that opened it, so only that thread uses it and quota_close() is safe.
+ * event loop). A reservation that must wait for its place in line (the
+ * library's first come, first served) does so on a thread of its own
+ * (wait(): one detached thread per waiting reservation, which takes a client
+ * slot of the segment while it lives) and hands its result back to the
+ * JavaScript thread through a thread-safe function.
  *
- * Lifetimes: a handle (struct handle) is shared by its Client external and
- * the externals of the tickets it issued, and freed when the last of them is
- * collected. A ticket that is collected while open is cancelled, so a lost
- * promise never holds budget or an in-flight slot.
+ * Lifetimes: a handle (struct handle) is shared by its Client external, the
+ * externals of the tickets it issued and the waits under way, and freed when
+ * the last of them is gone. client.close() detaches at once unless a wait
+ * is under way; then the last wait to return closes it (quota_close() must
+ * not run while another thread uses the handle). Only the JavaScript thread
+ * that opened a handle sets `closing`, and after it that thread never uses
+ * the handle again, so it may read `closing` without the lock. A ticket that
+ * is collected while open is cancelled, so a lost promise never holds budget
+ * or an in-flight slot.
  */
 #define NAPI_VERSION 8
 #include <node_api.h>
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +40,11 @@
 #define JS_INT_MAX 9007199254740991.0
 
 struct handle {
-	quota_client *c; /* NULL once closed */
-	unsigned refs;   /* the Client external + open or unsettled tickets */
+	pthread_mutex_t lock; /* refs, waiters, closing, c between threads */
+	quota_client *c;      /* NULL once closed */
+	int closing;          /* client.close() ran: JavaScript uses c no more */
+	unsigned waiters;     /* wait() threads inside quota_reserve() */
+	unsigned refs;        /* the Client external, tickets, waits under way */
 };
 
 struct ticket {
@@ -41,11 +53,31 @@ struct ticket {
 	struct quota_ticket t;
 };
 
+static void handle_ref(struct handle *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->refs++;
+	pthread_mutex_unlock(&h->lock);
+}
+
 static void handle_unref(struct handle *h)
 {
-	if (--h->refs == 0) {
+	pthread_mutex_lock(&h->lock);
+	unsigned left = --h->refs;
+	pthread_mutex_unlock(&h->lock);
+	if (left == 0) {
 		quota_close(h->c);
+		pthread_mutex_destroy(&h->lock);
 		free(h);
+	}
+}
+
+/* Detach once closing and no wait uses the handle. Called locked. */
+static void close_if_idle(struct handle *h)
+{
+	if (h->closing && h->waiters == 0 && h->c) {
+		quota_close(h->c);
+		h->c = NULL;
 	}
 }
 
@@ -99,7 +131,7 @@ static int get_handle(napi_env env, napi_value v, struct handle **ret)
 	if (get_external(env, v, &p) < 0)
 		return -1;
 	struct handle *h = p;
-	if (!h->c) {
+	if (h->closing) {
 		napi_throw_error(env, "EBADF", "the libquota client is closed");
 		return -1;
 	}
@@ -159,6 +191,7 @@ static napi_value js_open(napi_env env, napi_callback_info info)
 		free(h);
 		return num(env, r);
 	}
+	pthread_mutex_init(&h->lock, NULL);
 	h->refs = 1;
 	if (napi_create_external(env, h, handle_finalize, NULL, &ret) != napi_ok) {
 		handle_unref(h);
@@ -175,8 +208,10 @@ static napi_value js_close(napi_env env, napi_callback_info info)
 	CHECK(get_args(env, info, 1, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_external(env, argv[0], &p) == 0 ? napi_ok : napi_generic_failure);
 	struct handle *h = p;
-	quota_close(h->c);
-	h->c = NULL;
+	pthread_mutex_lock(&h->lock);
+	h->closing = 1;
+	close_if_idle(h);
+	pthread_mutex_unlock(&h->lock);
 	return NULL;
 }
 
@@ -204,7 +239,7 @@ static void ticket_finalize(napi_env env, void *data, void *hint)
 {
 	struct ticket *tk = data;
 	(void)env, (void)hint;
-	if (tk->open && tk->h->c)
+	if (tk->open && !tk->h->closing)
 		quota_cancel(tk->h->c, &tk->t);
 	handle_unref(tk->h);
 	free(tk);
@@ -243,7 +278,7 @@ static napi_value js_reserve(napi_env env, napi_callback_info info)
 	}
 	tk->h = h;
 	tk->open = 1;
-	h->refs++;
+	handle_ref(h);
 	if (napi_create_external(env, tk, ticket_finalize, NULL, &ret) != napi_ok) {
 		quota_cancel(h->c, &tk->t);
 		handle_unref(h);
@@ -251,6 +286,162 @@ static napi_value js_reserve(napi_env env, napi_callback_info info)
 		return NULL;
 	}
 	return ret;
+}
+
+/* ---- waiting for a place in line, off the JavaScript thread ------------- */
+
+/* One waiting reservation: filled by the JavaScript thread, run by its own
+ * thread, handed back through @tsfn. Owns one handle reference. */
+struct wait {
+	struct handle *h;
+	int id;
+	struct quota_cost cost;
+	int64_t timeout_ns;
+	napi_threadsafe_function tsfn;
+	struct ticket *tk; /* filled on admission */
+	int r;
+	int64_t retry_after_ns;
+};
+
+static void wait_free(struct wait *w)
+{
+	if (w->tk) {
+		/* Nobody took the ticket: give it back (unless close did). */
+		pthread_mutex_lock(&w->h->lock);
+		if (w->tk->open && w->h->c)
+			quota_cancel(w->h->c, &w->tk->t);
+		pthread_mutex_unlock(&w->h->lock);
+		free(w->tk);
+	}
+	handle_unref(w->h);
+	free(w);
+}
+
+/* On the JavaScript thread: callback(ticket external | negative errno,
+ * retryAfterNs). env is NULL when the environment is going away. */
+static void wait_done_js(napi_env env, napi_value cb, void *context, void *data)
+{
+	struct wait *w = data;
+	napi_value argv[2], undef, ext;
+	(void)context;
+	if (!env || !cb) {
+		wait_free(w);
+		return;
+	}
+	if (w->r == 0 && w->h->closing) /* quota_close() gave its slot back */
+		w->r = -EBADF, w->tk->open = 0;
+	if (w->r == 0) {
+		if (napi_create_external(env, w->tk, ticket_finalize, NULL, &ext) != napi_ok) {
+			wait_free(w);
+			return;
+		}
+		handle_ref(w->h); /* the ticket's */
+		w->tk = NULL;
+		argv[0] = ext;
+	} else {
+		argv[0] = num(env, w->r);
+	}
+	argv[1] = num(env, (double)w->retry_after_ns);
+	wait_free(w);
+	if (napi_get_undefined(env, &undef) == napi_ok)
+		napi_call_function(env, undef, cb, 2, argv, NULL);
+}
+
+static void *wait_main(void *p)
+{
+	struct wait *w = p;
+	struct handle *h = w->h;
+	napi_threadsafe_function tsfn = w->tsfn;
+	/* h->c stays open while waiters > 0 (close_if_idle). */
+	w->r = quota_reserve(h->c, w->id, &w->cost, w->timeout_ns, &w->tk->t);
+	w->retry_after_ns = w->r == -EAGAIN ? w->tk->t.retry_after_ns : 0;
+	w->tk->open = w->r == 0;
+	pthread_mutex_lock(&h->lock);
+	if (w->r == 0 && h->closing) {
+		quota_cancel(h->c, &w->tk->t);
+		w->tk->open = 0;
+	}
+	h->waiters--;
+	close_if_idle(h);
+	pthread_mutex_unlock(&h->lock);
+	if (napi_call_threadsafe_function(tsfn, w, napi_tsfn_blocking) != napi_ok)
+		wait_free(w); /* the environment is closing */
+	napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+	return NULL;
+}
+
+/*
+ * wait(handle, id, requests, inputTokens, outputTokens, timeoutNs, callback):
+ * quota_reserve() with that timeout on a thread of its own, taking a place
+ * in line at once; callback(ticket | negative errno, retryAfterNs) later on
+ * this thread. Returns 0 when started, else a negative errno at once.
+ */
+static napi_value js_wait(napi_env env, napi_callback_info info)
+{
+	napi_value argv[7], name;
+	struct handle *h;
+	double idd, tmo;
+	napi_valuetype t;
+	CHECK(get_args(env, info, 7, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
+	struct wait *w = calloc(1, sizeof(*w));
+	if (!w)
+		return num(env, -ENOMEM);
+	if (napi_get_value_double(env, argv[1], &idd) != napi_ok ||
+	    get_count(env, argv[2], &w->cost.requests) < 0 ||
+	    get_count(env, argv[3], &w->cost.input_tokens) < 0 ||
+	    get_count(env, argv[4], &w->cost.output_tokens) < 0 ||
+	    napi_get_value_double(env, argv[5], &tmo) != napi_ok ||
+	    napi_typeof(env, argv[6], &t) != napi_ok) {
+		free(w);
+		return NULL;
+	}
+	if (t != napi_function || !(tmo >= 0 && tmo <= 1e18) || !(idd >= 0 && idd < 1e9) ||
+	    idd != floor(idd)) {
+		free(w);
+		napi_throw_range_error(env, "EINVAL", "wait: bad arguments");
+		return NULL;
+	}
+	w->id = (int)idd;
+	w->timeout_ns = (int64_t)tmo;
+	w->h = h;
+	w->tk = calloc(1, sizeof(*w->tk));
+	if (!w->tk) {
+		free(w);
+		return num(env, -ENOMEM);
+	}
+	w->tk->h = h;
+	if (napi_create_string_utf8(env, "libquota wait", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+	    napi_create_threadsafe_function(env, argv[6], NULL, name, 0, 1, NULL, NULL, NULL,
+					    wait_done_js, &w->tsfn) != napi_ok) {
+		free(w->tk);
+		free(w);
+		return NULL;
+	}
+	pthread_mutex_lock(&h->lock);
+	h->refs++;
+	h->waiters++;
+	pthread_mutex_unlock(&h->lock);
+	pthread_attr_t attr;
+	pthread_t th;
+	int r = pthread_attr_init(&attr);
+	if (r == 0) {
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&attr, 256 * 1024);
+		r = pthread_create(&th, &attr, wait_main, w);
+		pthread_attr_destroy(&attr);
+	}
+	if (r != 0) {
+		pthread_mutex_lock(&h->lock);
+		h->waiters--;
+		pthread_mutex_unlock(&h->lock);
+		napi_release_threadsafe_function(w->tsfn, napi_tsfn_abort);
+		free(w->tk);
+		w->tk = NULL;
+		wait_free(w);
+		return num(env, -r);
+	}
+	return num(env, 0);
 }
 
 static napi_value js_last_retry_after_ns(napi_env env, napi_callback_info info)
@@ -279,7 +470,7 @@ static napi_value js_commit(napi_env env, napi_callback_info info)
 	CHECK(get_count(env, argv[1], &used.requests) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_count(env, argv[2], &used.input_tokens) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_count(env, argv[3], &used.output_tokens) == 0 ? napi_ok : napi_generic_failure);
-	if (!tk->h->c)
+	if (tk->h->closing)
 		return num(env, -EBADF);
 	if (!tk->open)
 		return num(env, -EINVAL);
@@ -296,7 +487,7 @@ static napi_value js_cancel(napi_env env, napi_callback_info info)
 	struct ticket *tk;
 	CHECK(get_args(env, info, 1, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_ticket(env, argv[0], &tk) == 0 ? napi_ok : napi_generic_failure);
-	if (!tk->h->c)
+	if (tk->h->closing)
 		return num(env, -EBADF);
 	if (!tk->open)
 		return num(env, -EINVAL);
@@ -542,6 +733,7 @@ NAPI_MODULE_INIT()
 		{ "find", js_find },
 		{ "reserve", js_reserve },
 		{ "lastRetryAfterNs", js_last_retry_after_ns },
+		{ "wait", js_wait },
 		{ "commit", js_commit },
 		{ "cancel", js_cancel },
 		{ "ticketInfo", js_ticket_info },

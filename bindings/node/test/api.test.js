@@ -56,7 +56,8 @@ test('commit and cancel settle once; a closed client refuses', async () => {
 });
 
 test('spend budget: TooBig above it, BudgetExhausted once reached', async () => {
-  const q = client.quota('money'); // $0.001 a token, $0.01 a day: 10 tokens
+  // $0.001 a token, $0.01 a day: 10 tokens (a quota for each run of api.sh)
+  const q = client.quota(lq.Quota.polling ? 'money-poll' : 'money');
   await assert.rejects(q.reserve({ inputTokens: 20 }), lq.TooBig);
   const t = await q.reserve({ inputTokens: 4, outputTokens: 4 });
   t.commit({ inputTokens: 4, outputTokens: 4 });
