@@ -134,6 +134,7 @@ class Quota {
     this._queue = [];   // waiting reserves, first come first served
     this._timer = null; // the head's retry timer (when it polls)
     this._native = null; // the waiter whose wait runs on the addon's thread
+    this._keepAlive = null;
   }
 
   /**
@@ -257,6 +258,7 @@ class Quota {
     if (w.onAbort) w.signal.removeEventListener('abort', w.onAbort);
     const i = this._queue.indexOf(w);
     if (i >= 0) this._queue.splice(i, 1);
+    if (this._native === w) this._setNative(null); // a wait still under way cancels its ticket
     if (ticket) w.resolve(ticket); else w.reject(err);
   }
 
@@ -282,7 +284,6 @@ class Quota {
     if (w.signal) {
       w.onAbort = () => {
         this._finish(w, null, abortReason(w.signal));
-        if (this._native === w) this._native = null; // its wait's ticket is cancelled on return
         this._wake();
       };
       w.signal.addEventListener('abort', w.onAbort, { once: true });
@@ -298,12 +299,21 @@ class Quota {
     const rc = native.wait(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, ns,
       (res, retryNs) => this._waited(w, res, retryNs));
     if (rc < 0) return false;
-    this._native = w;
+    this._setNative(w);
     return true;
   }
 
+  // The waiter whose wait runs on a thread; while there is one, a timer
+  // that never fires keeps the process alive (the wait itself does not, so
+  // that an abandoned wait holds nothing up).
+  _setNative(w) {
+    this._native = w;
+    if (w && !this._keepAlive) this._keepAlive = setInterval(() => {}, 2 ** 30);
+    if (!w && this._keepAlive) { clearInterval(this._keepAlive); this._keepAlive = null; }
+  }
+
   _waited(w, res, retryNs) {
-    if (this._native === w) this._native = null;
+    if (this._native === w) this._setNative(null);
     if (typeof res !== 'number') {
       const t = new Ticket(this, res, w);
       if (!w.done) this._finish(w, t, null);

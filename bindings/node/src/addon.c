@@ -290,10 +290,46 @@ static napi_value js_reserve(napi_env env, napi_callback_info info)
 
 /* ---- waiting for a place in line, off the JavaScript thread ------------- */
 
+/*
+ * Per environment (the main thread's, each worker's): whether it was torn
+ * down. Node frees a thread-safe function when its environment goes away,
+ * whoever still holds it, so a wait thread touches its function only under
+ * this lock and only while the environment lives. Held by the environment
+ * and by each wait thread.
+ */
+struct envstate {
+	pthread_mutex_t lock;
+	int gone;
+	unsigned refs;
+};
+
+static void envstate_unref(struct envstate *e)
+{
+	pthread_mutex_lock(&e->lock);
+	unsigned left = --e->refs;
+	pthread_mutex_unlock(&e->lock);
+	if (left == 0) {
+		pthread_mutex_destroy(&e->lock);
+		free(e);
+	}
+}
+
+/* Runs before Node frees the environment's thread-safe functions. */
+static void envstate_cleanup(void *arg)
+{
+	struct envstate *e = arg;
+	pthread_mutex_lock(&e->lock);
+	e->gone = 1;
+	pthread_mutex_unlock(&e->lock);
+	envstate_unref(e);
+}
+
 /* One waiting reservation: filled by the JavaScript thread, run by its own
- * thread, handed back through @tsfn. Owns one handle reference. */
+ * thread, handed back through @tsfn. Owns one handle reference and one
+ * envstate reference. */
 struct wait {
 	struct handle *h;
+	struct envstate *env;
 	int id;
 	struct quota_cost cost;
 	int64_t timeout_ns;
@@ -364,9 +400,17 @@ static void *wait_main(void *p)
 	h->waiters--;
 	close_if_idle(h);
 	pthread_mutex_unlock(&h->lock);
-	if (napi_call_threadsafe_function(tsfn, w, napi_tsfn_blocking) != napi_ok)
-		wait_free(w); /* the environment is closing */
-	napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+	struct envstate *e = w->env;
+	int posted = 0;
+	pthread_mutex_lock(&e->lock);
+	if (!e->gone && napi_call_threadsafe_function(tsfn, w, napi_tsfn_nonblocking) == napi_ok) {
+		posted = 1; /* w now belongs to wait_done_js() */
+		napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (!posted)
+		wait_free(w); /* the environment is gone or going */
+	envstate_unref(e);
 	return NULL;
 }
 
@@ -402,9 +446,15 @@ static napi_value js_wait(napi_env env, napi_callback_info info)
 		napi_throw_range_error(env, "EINVAL", "wait: bad arguments");
 		return NULL;
 	}
+	struct envstate *e;
+	if (napi_get_instance_data(env, (void **)&e) != napi_ok || !e) {
+		free(w);
+		return num(env, -EINVAL);
+	}
 	w->id = (int)idd;
 	w->timeout_ns = (int64_t)tmo;
 	w->h = h;
+	w->env = e;
 	w->tk = calloc(1, sizeof(*w->tk));
 	if (!w->tk) {
 		free(w);
@@ -418,10 +468,17 @@ static napi_value js_wait(napi_env env, napi_callback_info info)
 		free(w);
 		return NULL;
 	}
+	/* A wait keeps the process alive only while JavaScript still wants
+	 * its answer: lib/index.js holds a timer for that, so a wait whose
+	 * reserve was aborted does not hold the process up to its timeout. */
+	napi_unref_threadsafe_function(env, w->tsfn);
 	pthread_mutex_lock(&h->lock);
 	h->refs++;
 	h->waiters++;
 	pthread_mutex_unlock(&h->lock);
+	pthread_mutex_lock(&e->lock);
+	e->refs++;
+	pthread_mutex_unlock(&e->lock);
 	pthread_attr_t attr;
 	pthread_t th;
 	int r = pthread_attr_init(&attr);
@@ -439,6 +496,7 @@ static napi_value js_wait(napi_env env, napi_callback_info info)
 		free(w->tk);
 		w->tk = NULL;
 		wait_free(w);
+		envstate_unref(e);
 		return num(env, -r);
 	}
 	return num(env, 0);
@@ -756,6 +814,16 @@ NAPI_MODULE_INIT()
 		{ "ENOMEM", ENOMEM },
 	};
 	napi_value v, errs;
+	struct envstate *e = calloc(1, sizeof(*e));
+	if (!e)
+		return NULL;
+	pthread_mutex_init(&e->lock, NULL);
+	e->refs = 1;
+	if (napi_set_instance_data(env, e, NULL, NULL) != napi_ok ||
+	    napi_add_env_cleanup_hook(env, envstate_cleanup, e) != napi_ok) {
+		envstate_unref(e);
+		return NULL;
+	}
 	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
 		if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &v) !=
 			    napi_ok ||

@@ -91,10 +91,8 @@ test('in-flight: a waiter is woken by a local settle', async () => {
   assert.equal(q.status().inflight, 0);
 });
 
-test('waiting reserves never block the event loop (timer drift)', async () => {
-  const q = client.quota('drift'); // 20 requests a second, 1 at once: one every 50 ms
-  const h = monitorEventLoopDelay({ resolution: 1 });
-  // A 1 ms timer chain: how late each fires.
+// How late a chain of 1 ms timers fires, over `ms` or until `until` settles.
+async function timerDrift(until) {
   const late = [];
   let stop = false;
   const tick = (due) => setTimeout(() => {
@@ -102,31 +100,44 @@ test('waiting reserves never block the event loop (timer drift)', async () => {
     late.push(now - due);
     if (!stop) tick(now + 1);
   }, 1);
-  h.enable();
   tick(performance.now() + 1);
-  const n = 40, t0 = performance.now();
-  const ts = await Promise.all(Array.from({ length: n }, () => q.reserve({ timeoutMs: 10000 })));
-  const took = performance.now() - t0;
+  const r = await until;
   stop = true;
-  h.disable();
-  ts.forEach((t) => t.commit());
   late.sort((a, b) => a - b);
   const pct = (p) => late[Math.min(late.length - 1, Math.floor(late.length * p))];
-  console.log(`# ${n} reserves waited in line for ${took.toFixed(0)} ms (1 every 50 ms); ` +
-              `1 ms timer late by p50 ${pct(0.5).toFixed(2)} ms, p99 ${pct(0.99).toFixed(2)} ms, max ${late.at(-1).toFixed(2)} ms ` +
-              `over ${late.length} ticks; event-loop delay p99 ${(h.percentile(99) / 1e6).toFixed(2)} ms, max ${(h.max / 1e6).toFixed(2)} ms`);
+  return { r, n: late.length, p50: pct(0.5), p99: pct(0.99), max: late.at(-1) };
+}
+
+test('waiting reserves never block the event loop (timer drift)', async () => {
+  const q = client.quota('drift'); // 20 requests a second, 1 at once: one every 50 ms
+  const f = (d) => `p50 ${d.p50.toFixed(2)} ms, p99 ${d.p99.toFixed(2)} ms, max ${d.max.toFixed(2)} ms over ${d.n} ticks`;
+  const idle = await timerDrift(new Promise((r) => setTimeout(r, 500)));
+  const h = monitorEventLoopDelay({ resolution: 1 });
+  h.enable();
+  const n = 40, t0 = performance.now();
+  const busy = await timerDrift(Promise.all(Array.from({ length: n }, () => q.reserve({ timeoutMs: 10000 }))));
+  const took = performance.now() - t0;
+  h.disable();
+  busy.r.forEach((t) => t.commit());
+  console.log(`# ${n} reserves waited in line for ${took.toFixed(0)} ms (1 every 50 ms, ` +
+              `${lq.Quota.polling ? 'polling on timers' : 'on the addon\'s threads'}); 1 ms timers late by ${f(busy)}; ` +
+              `event-loop delay p99 ${(h.percentile(99) / 1e6).toFixed(2)} ms, max ${(h.max / 1e6).toFixed(2)} ms; ` +
+              `the idle loop before: ${f(idle)}`);
   assert.ok(took >= 1500, `the reserves really waited (${took} ms)`);
-  // A blocking wait would stall the timers for the whole ~2 s. The test
-  // runs alone (meson: is_parallel false); the max is printed, not asserted
-  // (one garbage collection can exceed it).
-  assert.ok(pct(0.99) < 5, `timer drift p99 ${pct(0.99)} ms`);
+  // A wait that blocked the loop would hold the timers ~50 ms at a time for
+  // the whole 2 s: most ticks late by tens of ms. Asserted on the median,
+  // which other work on the machine cannot move; the p99 (under 5 ms on a
+  // quiet machine) and the max are printed, not asserted.
+  assert.ok(busy.p50 < 5, `timer drift p50 ${busy.p50} ms`);
 });
 
 test('200 concurrent reserves, random aborts and timeouts: nothing left in flight', async () => {
-  const q = client.quota('crowd'); // 50 a second, at most 16 in flight
+  const q = client.quota('crowd'); // 200 a second, at most 16 in flight
   let seed = 7;
   const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return (seed >> 8) % n; };
   const tally = { committed: 0, cancelled: 0, aborted: 0, timedOut: 0, dropped: 0 };
+  // Dropped tickets hold their in-flight slot until collected: collect often.
+  const gc = setInterval(() => global.gc(), 20);
   await Promise.all(Array.from({ length: 200 }, async () => {
     const ac = new AbortController();
     const abortAt = rnd(4) === 0 ? setTimeout(() => ac.abort(), rnd(500)) : null;
@@ -142,6 +153,7 @@ test('200 concurrent reserves, random aborts and timeouts: nothing left in fligh
       else throw e;
     } finally { clearTimeout(abortAt); }
   }));
+  clearInterval(gc);
   for (let i = 0; i < 5 && q.status().inflight > 0; i++) {
     global.gc();
     await new Promise((r) => setImmediate(r));
@@ -250,4 +262,28 @@ test('createQuotaFetch with a stand-in fetch: what each kind of answer settles',
   answer = () => new Response('ok');
   assert.equal(await (await qf('http://127.0.0.1:9/v1/models')).text(), 'ok');
   assert.equal(sent.length, n + 1);
+});
+
+test('a worker terminated while its reserve waits: the wait gives its ticket back', async () => {
+  const q = client.quota('inflight'); // at most 2 at once
+  const a = await q.reserve({ inputTokens: 1 });
+  const b = await q.reserve({ inputTokens: 1 });
+  const code = `
+    const { parentPort } = require('node:worker_threads');
+    const lq = require(${JSON.stringify(require.resolve('..'))});
+    const q = new lq.Client().quota('inflight');
+    q.reserve({ inputTokens: 1, timeoutMs: 20000 }).then(() => parentPort.postMessage('admitted'));
+    parentPort.postMessage(q._native ? 'waiting on a thread' : 'waiting on a timer');`;
+  const w = new Worker(code, { eval: true });
+  const said = await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+  console.log(`# worker: ${said}`);
+  await w.terminate();
+  // The worker's wait (on a thread) may take the slot a frees, but must give
+  // it back: else this reserve could not get it within 3 s.
+  a.commit();
+  const c = await q.reserve({ inputTokens: 1, timeoutMs: 3000 });
+  assert.equal(q.status().inflight, 2, 'b and c hold the slots');
+  c.cancel();
+  b.cancel();
+  assert.equal(q.status().inflight, 0);
 });
