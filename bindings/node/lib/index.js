@@ -295,6 +295,7 @@ class Quota {
   // addon's (native.wait), for at most a minute at a time.
   _startWait(w, left) {
     if (Quota.polling) return false;
+    w.waitStart = performance.now();
     const ns = Math.ceil(Math.min(left, 60000) * 1e6);
     const rc = native.wait(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, ns,
       (res, retryNs) => this._waited(w, res, retryNs));
@@ -322,6 +323,9 @@ class Quota {
       this._finish(w, null, errorFor(res, `libquota: reserve '${this.name}'`));
     } else if (res === -E.EAGAIN) {
       w.retryAfterMs = retryNs / 1e6; // the deadline (or the minute) passed: _pump decides
+      // Refused at once (the budget moved away meanwhile): the next try
+      // waits on a timer, so that refusals cannot spin.
+      w.pollNext = performance.now() - w.waitStart < 1;
     }
     this._pump();
   }
@@ -352,8 +356,11 @@ class Quota {
       if (r === true || r === false) continue;
       const left = w.deadline - performance.now();
       if (left <= 0) { this._refuse(w); continue; }
-      if (this._startWait(w, left)) return;
-      return this._arm(Math.min(r, left)); // no thread to wait on: poll on a timer
+      // In line when the library says the budget comes within the wait;
+      // else (or without a thread) try again on a timer.
+      if (!w.pollNext && r <= Math.min(left, 60000) && this._startWait(w, left)) return;
+      w.pollNext = false;
+      return this._arm(Math.min(r, left));
     }
   }
 

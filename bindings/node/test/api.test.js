@@ -67,11 +67,22 @@ test('spend budget: TooBig above it, BudgetExhausted once reached', async () => 
 });
 
 test('feedback and backoff pause the quota for everyone', async () => {
-  const q = client.quota('paused');
+  const q = client.quota(lq.Quota.polling ? 'paused-poll' : 'paused');
   assert.deepEqual(q.feedback(new Headers({ 'retry-after': '2', 'content-type': 'text/plain' })), { used: 1, limitBelowConfig: false });
   assert.ok(q.status().pausedMs > 1000);
   await assert.rejects(q.reserve({ timeoutMs: 0 }), (e) => e instanceof lq.RetryLater && e.retryAfterMs > 1000);
-  q.backoff(0);
+  // A pause longer than the wait, or than a minute: no thread waits in line
+  // for it (nor starts again and again); the timeout and an abort still work.
+  let waits = 0;
+  const start = q._startWait;
+  q._startWait = function (...a) { waits++; return start.apply(this, a); };
+  await assert.rejects(q.reserve({ timeoutMs: 100 }), lq.RetryLater);
+  q.backoff(90000);
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(), 100);
+  await assert.rejects(q.reserve({ signal: ac.signal }), (e) => e.name === 'AbortError');
+  q._startWait = start;
+  assert.equal(waits, 0);
 });
 
 test('in-flight: a waiter is woken by a local settle', async () => {
