@@ -58,6 +58,11 @@ export class Client {
 }
 
 export class Quota {
+  /**
+   * false (default): a waiting reserve takes its place in the library's line on a thread of the addon
+   * (first come, first served across processes). true (or LIBQUOTA_NODE_POLL=1 at load): it polls on timers.
+   */
+  static polling: boolean;
   readonly client: Client;
   readonly name: string;
   readonly id: number;
