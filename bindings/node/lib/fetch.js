@@ -137,9 +137,13 @@ function createQuotaFetch(quota, opts = {}) {
       } catch { /* the client was closed: its tickets are gone already */ }
     };
 
+    // The body may have been rewritten (include_usage): the caller's
+    // content-length (openai v4 sets one) is left for fetch to compute.
+    const headers = new Headers(init.headers ?? undefined);
+    headers.delete('content-length');
     let res;
     try {
-      res = await baseFetch(url, { ...init, method, body: text });
+      res = await baseFetch(url, { ...init, method, headers, body: text });
     } catch (e) {
       // Refused connection: never sent. Anything else may have reached it.
       settle(null, e?.cause?.code === 'ECONNREFUSED');
