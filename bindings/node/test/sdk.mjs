@@ -40,6 +40,11 @@ async function child(bport, seconds, index, clients) {
   const q = c.quota('load');
   const fetch = lq.createQuotaFetch(q, { timeoutMs: 30000 });
   const h = monitorEventLoopDelay({ resolution: 1 });
+  // The parent gone (killed, failed) before we are done: stop. (While this
+  // listener is there, the channel keeps the process alive: it is removed
+  // and the channel closed once the report is sent.)
+  const orphaned = () => process.exit(1);
+  process.on('disconnect', orphaned);
   process.send('ready');
   await new Promise((r) => process.once('message', r));
   h.enable();
@@ -62,7 +67,8 @@ async function child(bport, seconds, index, clients) {
   waited = q.status().inflight;
   c.close();
   process.send({ served, errors, inflightAtEnd: waited, ms: Date.now() - t0,
-                 delayP50: h.percentile(50) / 1e6, delayP99: h.percentile(99) / 1e6, delayMax: h.max / 1e6 });
+                 delayP50: h.percentile(50) / 1e6, delayP99: h.percentile(99) / 1e6, delayMax: h.max / 1e6 },
+               () => { process.removeListener('disconnect', orphaned); process.disconnect(); });
 }
 
 async function main(aport, bport, tpm, procs, clients, seconds, minUtil) {
