@@ -20,6 +20,9 @@ for p in "${pkgs[@]}"; do
 done
 # This machine's nodejs may bundle npm (and conflict with Debian's npm).
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Node's headers for the Node binding's addon: Debian's nodejs keeps them in
+# libnode-dev; a nodejs that ships them itself (NodeSource) conflicts with it.
+[ -f /usr/include/node/node_api.h ] || missing+=(libnode-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup-deps: missing packages: ${missing[*]} (run as root, or install them)" >&2

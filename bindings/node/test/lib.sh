@@ -1,0 +1,52 @@
+# shellcheck shell=bash
+# lib.sh - sourced by the Node tests' wrappers (api.sh, sdk.sh): a private
+# temporary directory, quotad on a segment of its own, the addon (and, in a
+# sanitizer build, the ASan runtime preloaded into node) and cleanup that
+# stops whatever was started, also on failure. Exit 77 (skipped) says why.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/../../../tools/wait-line.sh"
+pids=()
+tmp=$(mktemp -d /tmp/quota-node.XXXXXX) || exit 1
+seg="quota-node-$$-$RANDOM"
+cleanup() {
+	local i
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		kill "${pids[i]}" 2>/dev/null
+		wait "${pids[i]}" 2>/dev/null
+	done
+	rm -f "/dev/shm/$seg"
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+skip() { echo "SKIP: $*"; exit 77; }
+die() { echo "FAIL: $*"; for f in "$tmp"/*.err; do [ -f "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }; done; exit 1; }
+
+# node_env ADDON: check node and the addon; export what lib/index.js reads.
+node_env() {
+	command -v node >/dev/null || skip "node is needed"
+	[ -n "$1" ] && [ -f "$1" ] || skip "the Node addon was not built (Node's headers, /usr/include/node/node_api.h, not found: install libnode-dev)"
+	LIBQUOTA_NODE_ADDON=$(realpath "$1") && export LIBQUOTA_NODE_ADDON
+	# A sanitizer build's addon needs the ASan runtime first in the process.
+	if readelf -d "$1" 2>/dev/null | grep -q 'libasan'; then
+		local rt
+		rt=$(${CC:-cc} -print-file-name=libasan.so 2>/dev/null)
+		[ -f "$rt" ] || skip "ASan build: the ASan runtime (libasan.so) to preload into node was not found"
+		export LD_PRELOAD=$rt
+		# node itself is not built for leak checking: its leaks are not ours.
+		export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+	fi
+	node -e 'require(process.env.LIBQUOTA_NODE_ADDON)' >"$tmp/load.err" 2>&1 ||
+		{ tail -n 5 "$tmp/load.err"; [ -n "${LD_PRELOAD:-}" ] && skip "node cannot load the ASan-built addon"; die "node cannot load the addon"; }
+}
+
+# start_quotad QUOTAD CONFIG-TEMPLATE: quotad on $seg with the template's
+# @SEG@ replaced; exports QUOTA_SEGMENT.
+start_quotad() {
+	sed "s/@SEG@/$seg/g" "$2" >"$tmp/quota.json" || exit 1
+	( unset LD_PRELOAD; exec "$1" -c "$tmp/quota.json" --segment "$seg" --socket "$tmp/ctl.sock" \
+		--remove-on-exit --ready-fd 3 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" ) &
+	pids+=($!)
+	wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+	export QUOTA_SEGMENT=$seg
+}
