@@ -52,3 +52,29 @@ def admit_loop(client, quota, nthreads, barrier, duration, outfile, seed, call_m
             for rec in log:
                 f.write(json.dumps(rec) + "\n")
     c.close()
+
+
+def transport_loop(segment, url, key, barrier, duration, outfile, seed):
+    """One process of the transport test: an httpx.Client over
+    QuotaTransport sends chat completions to quota-sim (prompts of 50-150
+    tokens, max_tokens 200) until @duration seconds after the barrier, and
+    logs status and usage of every answer to @outfile."""
+    import httpx
+    from libquota.httpx import QuotaTransport
+
+    rnd = random.Random(seed)
+    q = libquota.Client(segment).quota("sim")
+    out = []
+    with httpx.Client(transport=QuotaTransport(q, max_wait=5.0), base_url=url, timeout=30,
+                      headers={"authorization": "Bearer " + key}) as http:
+        barrier.wait()
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline:
+            words = rnd.randint(50, 150)
+            body = {"model": "m", "max_tokens": 200,
+                    "messages": [{"role": "user", "content": " ".join(["word"] * words)}]}
+            r = http.post("/v1/chat/completions", json=body)
+            u = r.json().get("usage") or {} if r.status_code == 200 else {}
+            out.append((r.status_code, u.get("prompt_tokens", 0), u.get("completion_tokens", 0)))
+    with open(outfile, "w") as f:
+        json.dump(out, f)
