@@ -10,6 +10,7 @@ pkgs=(
   libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
   prometheus                                            # promtool checks the metrics format
   nodejs curl                                           # the openai SDK and quota-proxy tests
+  python3 python3-pytest python3-httpx                  # the Python package and its tests
   clang                                                 # libFuzzer targets
 )
 missing=()

@@ -48,6 +48,7 @@ def max_overlap(intervals):
     return peak
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_processes_and_threads_share_one_quota(daemons, tmp_path, method):
     seg = daemons.quotad({"m": {"rpm": RPM, "tpm": TPM, "max_inflight": INFLIGHT, "burst": BURST}})

@@ -130,6 +130,7 @@ def sim_stats(url):
         return json.loads(r.read())
 
 
+@pytest.mark.alone
 def test_eight_processes_against_quota_sim(daemons, tmp_path):
     # The referee's bucket is a little larger than the quota's (see
     # quota-sim(1): a client that never over-admits can still see a 429).
