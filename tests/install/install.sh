@@ -11,7 +11,8 @@
 #     /usr/bin/python3, from DESTDIR, and reserves and commits there too;
 #   - `systemd-analyze verify` accepts the installed quotad.service (its
 #     ExecStart pointed at the installed quotad), systemd-sysusers the
-#     sysusers.d file (dry run), and the hardening exposure is printed.
+#     sysusers.d file (dry run), systemd-tmpfiles the tmpfiles.d file (in a
+#     scratch root), and the hardening exposure is printed.
 # Everything started is stopped and DESTDIR removed, also on failure.
 #
 # Usage: install.sh BUILD-DIR
@@ -144,6 +145,13 @@ sysusers=$(find "$root" -path '*sysusers.d/quotad.conf' | head -n 1)
 if [ -n "$sysusers" ] && command -v systemd-sysusers >/dev/null; then
 	systemd-sysusers --dry-run "$sysusers" >/dev/null 2>"$tmp/sysusers" && ! grep -qi "error\|ignoring" "$tmp/sysusers" &&
 		ok "systemd-sysusers accepts quotad.conf" || nok "sysusers: $(cat "$tmp/sysusers")"
+fi
+tmpfiles=$(find "$root" -path '*tmpfiles.d/quotad.conf' | head -n 1)
+if [ -n "$tmpfiles" ] && command -v systemd-tmpfiles >/dev/null; then
+	mkdir -p "$tmp/troot/run"
+	systemd-tmpfiles --root="$tmp/troot" --create "$tmpfiles" 2>"$tmp/tmpfiles" &&
+		[ "$(readlink "$tmp/troot/run/quotad.sock")" = /run/quotad/quotad.sock ] &&
+		ok "tmpfiles.d links /run/quotad.sock to the service's socket" || nok "tmpfiles: $(cat "$tmp/tmpfiles")"
 fi
 [ $fails -eq 0 ] && echo "install: all passed" || echo "install: $fails failed"
 exit $((fails > 0))
