@@ -58,7 +58,8 @@ def transport_loop(segment, url, key, barrier, duration, outfile, seed):
     """One process of the transport test: an httpx.Client over
     QuotaTransport sends chat completions to quota-sim (prompts of 50-150
     tokens, max_tokens 200) until @duration seconds after the barrier, and
-    logs status and usage of every answer to @outfile."""
+    logs status, usage and time (CLOCK_MONOTONIC s) of every answer to
+    @outfile."""
     import httpx
     from libquota.httpx import QuotaTransport
 
@@ -75,6 +76,7 @@ def transport_loop(segment, url, key, barrier, duration, outfile, seed):
                     "messages": [{"role": "user", "content": " ".join(["word"] * words)}]}
             r = http.post("/v1/chat/completions", json=body)
             u = r.json().get("usage") or {} if r.status_code == 200 else {}
-            out.append((r.status_code, u.get("prompt_tokens", 0), u.get("completion_tokens", 0)))
+            out.append((r.status_code, u.get("prompt_tokens", 0), u.get("completion_tokens", 0),
+                        time.monotonic()))
     with open(outfile, "w") as f:
         json.dump(out, f)
