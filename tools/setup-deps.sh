@@ -11,6 +11,7 @@ pkgs=(
   prometheus                                            # promtool checks the metrics format
   nodejs curl                                           # the openai SDK and quota-proxy tests
   python3 python3-pytest python3-httpx                  # the Python package and its tests
+  debhelper lintian                                     # tools/build-deb.sh and its test
   clang                                                 # libFuzzer targets
 )
 missing=()
