@@ -131,7 +131,7 @@ unit=$(find "$root" -name quotad.service | head -n 1)
 if [ -z "$unit" ]; then
 	nok "quotad.service is installed"
 elif ! command -v systemd-analyze >/dev/null; then
-	echo "skip - systemd-analyze is not installed"
+	nok "systemd-analyze is not installed (tools/setup-deps.sh installs systemd)"
 else
 	sed "s#$prefix/sbin/quotad#$quotad#" "$unit" >"$tmp/quotad.service"
 	if MANPATH=$root$prefix/share/man systemd-analyze verify "$tmp/quotad.service" >"$tmp/verify" 2>&1; then
@@ -142,12 +142,16 @@ else
 	systemd-analyze security --offline=yes "$tmp/quotad.service" 2>/dev/null | tail -n 1
 fi
 sysusers=$(find "$root" -path '*sysusers.d/quotad.conf' | head -n 1)
-if [ -n "$sysusers" ] && command -v systemd-sysusers >/dev/null; then
+if [ -z "$sysusers" ] || ! command -v systemd-sysusers >/dev/null; then
+	nok "sysusers.d/quotad.conf installed and systemd-sysusers present"
+else
 	systemd-sysusers --dry-run "$sysusers" >/dev/null 2>"$tmp/sysusers" && ! grep -qi "error\|ignoring" "$tmp/sysusers" &&
 		ok "systemd-sysusers accepts quotad.conf" || nok "sysusers: $(cat "$tmp/sysusers")"
 fi
 tmpfiles=$(find "$root" -path '*tmpfiles.d/quotad.conf' | head -n 1)
-if [ -n "$tmpfiles" ] && command -v systemd-tmpfiles >/dev/null; then
+if [ -z "$tmpfiles" ] || ! command -v systemd-tmpfiles >/dev/null; then
+	nok "tmpfiles.d/quotad.conf installed and systemd-tmpfiles present"
+else
 	mkdir -p "$tmp/troot/run"
 	systemd-tmpfiles --root="$tmp/troot" --create "$tmpfiles" 2>"$tmp/tmpfiles" &&
 		[ "$(readlink "$tmp/troot/run/quotad.sock")" = /run/quotad/quotad.sock ] &&
