@@ -8,8 +8,10 @@ LD_LIBRARY_PATH (the build's libquota.so.2), PYTHONPATH (this package)."""
 import itertools
 import json
 import os
+import pathlib
 import select
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -89,6 +91,14 @@ class Daemons:
                 os.unlink("/dev/shm/" + seg)
             except FileNotFoundError:
                 pass
+
+
+@pytest.fixture
+def tmp_path():
+    """A fresh directory removed when the test ends (pytest's own keeps the
+    last runs' directories under /tmp/pytest-of-USER)."""
+    with tempfile.TemporaryDirectory(prefix="quota-py-") as d:
+        yield pathlib.Path(d)
 
 
 @pytest.fixture
