@@ -331,12 +331,14 @@ class Quota:
         """
         cost = self._cost(requests, input_tokens, output_tokens)
         tmo = _seconds_to_ns(timeout, "timeout")
-        deadline = None if tmo is None else time.monotonic_ns() + tmo
+        start = time.monotonic_ns()
+        deadline = None if tmo is None else start + tmo
         while True:
             left = None if deadline is None else max(0, deadline - time.monotonic_ns())
             slice_ns = _SLICE_NS if left is None else min(left, _SLICE_NS)
             r = self._try(cost, slice_ns)
             if isinstance(r, Ticket):
+                r.waited = (time.monotonic_ns() - start) / _NS
                 return r
             rc, retry = r
             if rc != -_errno.EAGAIN:
@@ -356,11 +358,13 @@ class Quota:
         holds no ticket. Same arguments, result and exceptions."""
         cost = self._cost(requests, input_tokens, output_tokens)
         tmo = _seconds_to_ns(timeout, "timeout")
-        deadline = None if tmo is None else time.monotonic_ns() + tmo
+        start = time.monotonic_ns()
+        deadline = None if tmo is None else start + tmo
         poll = 1_000_000
         while True:
             r = self._try(cost, 0)
             if isinstance(r, Ticket):
+                r.waited = (time.monotonic_ns() - start) / _NS
                 return r
             rc, retry = r
             if rc != -_errno.EAGAIN:
@@ -466,7 +470,7 @@ class Ticket:
     (QuotaError, errno ECHILD).
 
     Attributes: ``quota``, ``requests``, ``input_tokens``, ``output_tokens``
-    (what was reserved), ``waited`` (seconds the last library call slept
+    (what was reserved), ``waited`` (seconds reserve() or areserve() took
     before admitting), ``admitted_ns`` (admission time on the segment's
     clock), ``settled``."""
 

@@ -118,7 +118,9 @@ def test_close_waits_and_then_refuses(daemons):
     seg = daemons.quotad({"m": {"rpm": 60, "burst": 0.01}})  # 1 at once, then 1 a second
     c = libquota.Client(seg)
     q = c.quota("m")
-    q.reserve(requests=1, timeout=0).commit()
+    t = q.reserve(requests=1, timeout=0)
+    assert t.waited < 1.0
+    t.commit()
     started = threading.Event()
     out = []
 

@@ -78,6 +78,7 @@ def test_areserve_timeout_and_errors(daemons):
             with pytest.raises(libquota.TooBig):
                 await q.areserve(input_tokens=200, timeout=5)
             t = await q.areserve(input_tokens=1, timeout=5)  # waits ~1 s
+            assert 0.1 < t.waited < 5
             async with t:
                 pass
             assert t.settled
