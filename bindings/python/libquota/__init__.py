@@ -338,8 +338,7 @@ class Quota:
             slice_ns = _SLICE_NS if left is None else min(left, _SLICE_NS)
             r = self._try(cost, slice_ns)
             if isinstance(r, Ticket):
-                r.waited = (time.monotonic_ns() - start) / _NS
-                return r
+                return r._handed(start)
             rc, retry = r
             if rc != -_errno.EAGAIN:
                 raise _error(rc, "reserve on %r" % self.name)
@@ -364,8 +363,7 @@ class Quota:
         while True:
             r = self._try(cost, 0)
             if isinstance(r, Ticket):
-                r.waited = (time.monotonic_ns() - start) / _NS
-                return r
+                return r._handed(start)
             rc, retry = r
             if rc != -_errno.EAGAIN:
                 raise _error(rc, "reserve on %r" % self.name)
@@ -464,9 +462,13 @@ class Ticket:
     provider reports as used, or cancel() if the call never reached it.
 
     As a context manager (``with`` or ``async with``), leaving the block
-    without commit() cancels. A ticket dropped unsettled (garbage
-    collected) is committed at what was reserved: it may have been used.
-    Any thread of the process may settle it; a forked child cannot
+    without commit() cancels. A ticket dropped unsettled stays charged as
+    reserved and holds its in-flight slot until the Client is closed: no
+    finaliser settles it, because Python ignores exceptions raised in
+    finalisers and one could swallow a Ctrl-C. (A KeyboardInterrupt that
+    lands between reserve() returning and the ``with`` block starting can
+    leave such a ticket; one that lands while reserve() waits leaves
+    nothing.) Any thread of the process may settle it; a forked child cannot
     (QuotaError, errno ECHILD).
 
     Attributes: ``quota``, ``requests``, ``input_tokens``, ``output_tokens``
@@ -485,6 +487,19 @@ class Ticket:
         self._h = handle
         self._raw = raw
         self._lock = threading.Lock()
+
+    def _handed(self, start_ns):
+        """Set waited and return self; cancelled if an exception (Ctrl-C)
+        lands before it is returned."""
+        try:
+            self.waited = (time.monotonic_ns() - start_ns) / _NS
+            return self
+        except BaseException:
+            try:
+                self.cancel()
+            except QuotaError:
+                pass
+            raise
 
     def _settle(self, fn, what, *cost):
         with self._lock:
@@ -516,22 +531,25 @@ class Ticket:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        if not self.settled:
+    def __exit__(self, exc_type, exc, tb):
+        if self.settled:
+            return
+        if exc_type is None:
             self.cancel()
+            return
+        # Leaving on an exception (a KeyboardInterrupt may even have landed
+        # inside commit()): give back what is open, and let the original
+        # exception through rather than a "settled already" of ours.
+        try:
+            self.cancel()
+        except QuotaError:
+            pass
 
     async def __aenter__(self):
         return self
 
-    async def __aexit__(self, *exc):
-        self.__exit__(*exc)
-
-    def __del__(self):
-        try:
-            if not self.settled and not self._h.closed and self._h.pid == os.getpid():
-                self.commit()
-        except Exception:
-            pass
+    async def __aexit__(self, exc_type, exc, tb):
+        self.__exit__(exc_type, exc, tb)
 
     def __repr__(self):
         return "<libquota.Ticket %s %d req %d+%d tokens%s>" % (
