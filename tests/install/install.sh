@@ -4,6 +4,7 @@
 # install.sh - `meson install` into a temporary DESTDIR, then, from what was
 # installed only:
 #   - every file lies under DESTDIR/PREFIX (DESTDIR-clean);
+#   - the library has its SONAME and every quota_* symbol a version;
 #   - a C program and a C++ program build with `pkg-config --cflags --libs
 #     libquota` (sysroot: DESTDIR), link the installed libquota.so.2 and
 #     reserve and commit on a segment served by the installed quotad;
@@ -99,6 +100,15 @@ quotad=$root$prefix/sbin/quotad
 qpid=$!
 wait_line "$tmp/ready" $qpid >/dev/null || { cat "$tmp/quotad.err"; die "installed quotad did not get ready"; }
 
+lib=$(readlink -f "$libdir/libquota.so.2")
+soname=$(objdump -p "$lib" | awk '/SONAME/ {print $2}')
+unversioned=$(objdump -T "$lib" | awk '$4 == ".text" && $NF ~ /^quota_/ && $(NF-1) !~ /^LIBQUOTA_/' | wc -l)
+versioned=$(objdump -T "$lib" | awk '$4 == ".text" && $NF ~ /^quota_/ && $(NF-1) ~ /^LIBQUOTA_/' | wc -l)
+if [ "$soname" = libquota.so.2 ] && [ "$unversioned" -eq 0 ] && [ "$versioned" -gt 0 ]; then
+	ok "installed library: SONAME $soname, all $versioned quota_* symbols versioned (LIBQUOTA_*)"
+else
+	nok "installed library: SONAME '$soname', $unversioned unversioned symbols"
+fi
 export LD_LIBRARY_PATH=$libdir
 for app in app appxx; do
 	[ -x "$tmp/$app" ] || continue
