@@ -46,7 +46,8 @@ outside=$(cd "$root" && find . -type f -o -type l | sed 's#^\.##' | grep -v "^$p
 pc=$(find "$root" -name libquota.pc | head -n 1)
 [ -n "$pc" ] || die "no libquota.pc installed"
 libdir=$(dirname "$(dirname "$pc")")
-export PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_LIBDIR=$(dirname "$pc")
+PKG_CONFIG_LIBDIR=$(dirname "$pc")
+export PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_LIBDIR
 flags=$(pkg-config --cflags --libs libquota) || die "pkg-config libquota failed"
 echo "pkg-config --cflags --libs libquota: $flags"
 
