@@ -103,7 +103,9 @@ class _Plan:
     def __init__(self, request, path, body, estimate, default_max_tokens):
         self.path = path
         self.stream = bool(body.get("stream"))
-        self.caller_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        so = body.get("stream_options")
+        so = so if isinstance(so, dict) else {}
+        self.caller_wants_usage = bool(so.get("include_usage"))
         n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
         if path.endswith("/embeddings"):
             out = 0
@@ -114,7 +116,7 @@ class _Plan:
         self.output_tokens = out * n
         self.request = request
         if self.stream and not self.caller_wants_usage and not path.endswith("/embeddings"):
-            body = dict(body, stream_options=dict(body.get("stream_options") or {}, include_usage=True))
+            body = dict(body, stream_options=dict(so, include_usage=True))
             headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "content-length"]
             self.request = httpx.Request(request.method, request.url, headers=headers,
                                          content=json.dumps(body).encode(), extensions=request.extensions)

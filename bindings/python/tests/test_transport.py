@@ -37,6 +37,10 @@ def test_estimate():
     assert estimate_prompt_tokens(b, "/v1/chat/completions") == 3 + 4 + 10
     assert estimate_prompt_tokens({"input": ["abc", "abcdef"]}, "/v1/embeddings") == 3
     assert estimate_prompt_tokens({"prompt": [1, 2, 3]}, "/v1/completions") == 3
+    # Shapes the estimate does not read are no reason to fail.
+    req = httpx.Request("POST", CHAT, json=body(stream=True, stream_options="x", n="2", max_tokens=None))
+    plan = libquota.httpx._plan(req, estimate_prompt_tokens, 100)
+    assert plan.output_tokens == 100 and plan.stream and not plan.caller_wants_usage
 
 
 def test_transport_settles_by_the_answer(daemons):
