@@ -118,7 +118,9 @@ static void usage(FILE *f)
 		"  --scenarios LIST  comma-separated scenario ids (default: all; see the table)\n"
 		"  --smoke           correctness checks only (a few seconds); exit 1 on failure\n"
 		"  --help            this text\n\n"
-		"Environment: QBENCH_REDIS_SERVER (default redis-server), QBENCH_GNUPLOT (gnuplot).\n");
+		"On a terminal, the full run shows its round, scenario and implementation on\n"
+		"stderr (not when $CI is set).\n"
+		"Environment: QBENCH_REDIS_SERVER (default redis-server), QBENCH_GNUPLOT (gnuplot), CI.\n");
 }
 
 static int parse_impls(const char *list)
@@ -319,6 +321,28 @@ static int run_smoke(void)
 
 /* ---- The full run ----------------------------------------------------------- */
 
+/* Progress of the full run, on a terminal only: one line of stderr rewritten
+ * in place saying which round, scenario and implementation is running.
+ * Nothing when stderr is a file or a pipe, or $CI is set. */
+static int progress_on;
+
+static void progress(int round, int done, int total, const struct qb_scenario *sc, const char *impl)
+{
+	if (!progress_on)
+		return;
+	char line[160];
+	snprintf(line, sizeof(line), "round %d of %d, run %d of %d: %s on %s", round, opt.runs, done + 1,
+		 total, sc->id, impl);
+	fprintf(stderr, "\r%-79.79s", line);
+	fflush(stderr);
+}
+
+static void progress_end(void)
+{
+	if (progress_on)
+		fprintf(stderr, "\r%79s\r", "");
+}
+
 static int run_bench(void)
 {
 	static struct qb_report rep;
@@ -343,17 +367,21 @@ static int run_bench(void)
 	/* Rounds: run k of every scenario and implementation before run k + 1
 	 * of any, so that a burst of noise from the rest of the machine lands
 	 * on all of them alike instead of on one scenario's every run. */
+	progress_on = isatty(STDERR_FILENO) && !getenv("CI");
+	int done = 0, total = rep.nresults * opt.runs;
 	for (int k = 0; k < opt.runs; k++) {
-		if (!opt.json)
-			fprintf(stderr, "round %d of %d\n", k + 1, opt.runs);
 		for (int s = 0; s < NSCEN; s++)
 			for (int i = 0; i < NIMPL; i++) {
 				struct qb_result *res = idx[s][i] < 0 ? NULL : &rep.results[idx[s][i]];
-				if (res && !res->err)
+				if (!res)
+					continue;
+				progress(k + 1, done++, total, &scenarios[s], impls[i]->name);
+				if (!res->err)
 					run_once(&scenarios[s], i, res,
 						 (int64_t)opt.duration_ms * 1000000);
 			}
 	}
+	progress_end();
 	for (int r = 0; r < rep.nresults; r++)
 		qb_result_summarize(&rep.results[r]);
 	qb_machine_load(&rep.machine);

@@ -3,11 +3,15 @@
  * proxy_bench.c - the latency quota-proxy adds: the same small chat
  * completion sent to a local upstream directly and through the proxy,
  * sequentially (one client) and from C concurrent clients, each on a
- * keep-alive libcurl handle; prints p50/p99 of both and their difference.
+ * keep-alive libcurl handle; prints p50/p99 of each and the difference. An
+ * optional third URL is a baseline proxy (another build) measured in the
+ * same run. The targets take turns, ten rounds each, so that the machine's
+ * load drifting during the run weighs on all of them alike.
  * bench/proxy-bench.sh starts quotad, quota-sim (no latency, no limits) and
- * the proxy, and runs this. Figures, never assertions.
+ * the proxies, and runs this. Figures, never assertions.
  *
- * Usage: proxy-bench DIRECT-URL PROXY-URL [REQUESTS-PER-CLIENT [CLIENTS]]
+ * Usage: proxy-bench DIRECT-URL PROXY-URL [REQUESTS-PER-CLIENT [CLIENTS
+ *        [BASELINE-PROXY-URL]]]
  */
 #include <curl/curl.h>
 #include <inttypes.h>
@@ -77,57 +81,94 @@ static int cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Run @clients clients of @n requests on @url; p50 and p99 in *@p. */
-static int run(const char *url, int clients, int n, double p[2])
+/* Run @clients clients of @n requests on @url, latencies into @lat. */
+static int run(const char *url, int clients, int n, int64_t *lat)
 {
 	pthread_t *t = calloc((size_t)clients, sizeof(*t));
 	struct job *j = calloc((size_t)clients, sizeof(*j));
-	int64_t *all = calloc((size_t)clients * (size_t)n, sizeof(*all));
 	int errors = 0;
 
-	if (!t || !j || !all)
+	if (!t || !j)
 		return -1;
 	for (int i = 0; i < clients; i++) {
-		j[i] = (struct job){ url, n, all + (size_t)i * (size_t)n, 0 };
+		j[i] = (struct job){ url, n, lat + (size_t)i * (size_t)n, 0 };
 		pthread_create(&t[i], NULL, client, &j[i]);
 	}
 	for (int i = 0; i < clients; i++) {
 		pthread_join(t[i], NULL);
 		errors += j[i].errors;
 	}
-	/* The first tenth of each client's requests warms connections up. */
-	qsort(all, (size_t)clients * (size_t)n, sizeof(*all), cmp);
-	p[0] = (double)all[(size_t)clients * (size_t)n / 2] / 1e3;
-	p[1] = (double)all[(size_t)clients * (size_t)n * 99 / 100] / 1e3;
 	free(t);
 	free(j);
-	free(all);
 	return errors;
 }
 
+#define TARGETS_MAX 3
+#define ROUNDS 10
+
 int main(int argc, char **argv)
 {
+	static const char *const names[TARGETS_MAX] = { "direct", "proxy", "baseline" };
 	int n = argc > 3 ? atoi(argv[3]) : 2000, conc = argc > 4 ? atoi(argv[4]) : 64;
+	const char *url[TARGETS_MAX] = { argc > 1 ? argv[1] : NULL, argc > 2 ? argv[2] : NULL,
+					 argc > 5 ? argv[5] : NULL };
+	int targets = url[2] ? 3 : 2;
 
-	if (argc < 3 || n < 10 || conc < 1) {
-		fprintf(stderr, "usage: proxy-bench DIRECT-URL PROXY-URL [REQUESTS [CLIENTS]]\n");
+	if (argc < 3 || n < 10 * ROUNDS || conc < 1) {
+		fprintf(stderr, "usage: proxy-bench DIRECT-URL PROXY-URL [REQUESTS [CLIENTS "
+				"[BASELINE-PROXY-URL]]] (REQUESTS >= %d)\n", 10 * ROUNDS);
 		return 2;
 	}
+	int failed = 0, sent = 0;
+
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	printf("%-28s %12s %12s %12s %12s\n", "scenario", "direct p50", "proxy p50", "direct p99",
-	       "proxy p99");
+	printf("%-26s %-9s %9s %9s %11s %11s\n", "scenario", "target", "p50", "p99", "added p50",
+	       "added p99");
 	for (int k = 0; k < 2; k++) {
-		int clients = k ? conc : 1, per = k ? (n / 8 > 10 ? n / 8 : 10) : n;
-		double d[2], p[2];
-		int e = run(argv[1], clients, per, d) + run(argv[2], clients, per, p);
+		int clients = k ? conc : 1, per = k ? (n / 8 > 10 * ROUNDS ? n / 8 : 10 * ROUNDS) : n;
+		int round_n = per / ROUNDS, total = clients * round_n * ROUNDS;
+
+		sent += clients * (round_n + 1) * ROUNDS;
+		int64_t *lat[TARGETS_MAX] = { 0 };
+		double p[TARGETS_MAX][2];
+		int errors[TARGETS_MAX] = { 0 };
 		char name[64];
 
+		for (int t = 0; t < targets; t++)
+			lat[t] = calloc((size_t)total, sizeof(int64_t));
+		/* Rounds interleave the targets, so that a change in the
+		 * machine's load during the run weighs on all of them alike.
+		 * Each client's connection is new each round: warm it up with
+		 * the round's first request, not counted. */
+		for (int r = 0; r < ROUNDS; r++)
+			for (int t = 0; t < targets; t++) {
+				int64_t *tmp = calloc((size_t)clients * (size_t)(round_n + 1), sizeof(int64_t));
+
+				errors[t] += run(url[t], clients, round_n + 1, tmp);
+				for (int c = 0; c < clients; c++)
+					memcpy(lat[t] + ((size_t)r * (size_t)clients + (size_t)c) * (size_t)round_n,
+					       tmp + (size_t)c * (size_t)(round_n + 1) + 1,
+					       (size_t)round_n * sizeof(int64_t));
+				free(tmp);
+			}
 		snprintf(name, sizeof(name), "%d client%s x %d requests", clients, clients > 1 ? "s" : "",
-			 per);
-		printf("%-28s %9.0f us %9.0f us %9.0f us %9.0f us   added: p50 %.0f us, p99 %.0f us%s\n",
-		       name, d[0], p[0], d[1], p[1], p[0] - d[0], p[1] - d[1],
-		       e ? "  (errors!)" : "");
+			 round_n * ROUNDS);
+		for (int t = 0; t < targets; t++) {
+			failed |= errors[t] != 0;
+			qsort(lat[t], (size_t)total, sizeof(int64_t), cmp);
+			p[t][0] = (double)lat[t][total / 2] / 1e3;
+			p[t][1] = (double)lat[t][(size_t)total * 99 / 100] / 1e3;
+			if (t == 0)
+				printf("%-26s %-9s %6.0f us %6.0f us%s\n", name, names[t], p[t][0], p[t][1],
+				       errors[t] ? "  (errors!)" : "");
+			else
+				printf("%-26s %-9s %6.0f us %6.0f us %8.0f us %8.0f us%s\n", "", names[t],
+				       p[t][0], p[t][1], p[t][0] - p[0][0], p[t][1] - p[0][1],
+				       errors[t] ? "  (errors!)" : "");
+			free(lat[t]);
+		}
 	}
+	printf("requests per target: %d\n", sent);
 	curl_global_cleanup();
-	return 0;
+	return failed; /* 1: a request failed (the figures are still printed) */
 }

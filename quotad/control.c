@@ -359,6 +359,10 @@ static char *cmd_metrics(struct daemon *d)
 		  offsetof(struct quota_info, max_inflight));
 	per_quota(&b, in, ok, n, "quota_reclaimed_total", "counter",
 		  "In-flight slots given back for dead clients.", offsetof(struct quota_info, reclaimed));
+	per_quota(&b, in, ok, n, "quota_inflight_repaired_total", "counter",
+		  "In-flight slots of drift corrected by quotad's audits.", offsetof(struct quota_info, repaired));
+	per_quota(&b, in, ok, n, "quota_config_generation", "gauge",
+		  "Generation of the configuration record in force.", offsetof(struct quota_info, generation));
 	family(&b, "quota_spend_usd", "gauge", "Spend in the current UTC day or month, in USD.");
 	for (int id = 0; id < n; id++)
 		if (ok[id])

@@ -169,7 +169,16 @@ static void stop(struct daemon *d)
 	close(d->segfd); /* drops the lock last */
 }
 
-int main(int argc, char **argv)
+/* The command line, beyond what struct daemon keeps. */
+struct args {
+	const char *segment;  /* --segment, overriding the config's */
+	const char *check;    /* --check-config FILE */
+	long ready_fd;        /* --ready-fd, -1 none */
+};
+
+/* Step 1: options into @d and @a. Returns -1 to go on, else an exit status
+ * (--help, --version, a usage error). */
+static int parse_args(int argc, char **argv, struct daemon *d, struct args *a)
 {
 	enum { OPT_SEGMENT = 256, OPT_REMOVE, OPT_CHECK, OPT_PRINT, OPT_VERSION, OPT_READY,
 	       OPT_SOCKET, OPT_STATE, OPT_MAXCONN, OPT_IDLE, OPT_MAXLINE };
@@ -190,45 +199,40 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ 0 },
 	};
-	const char *segment = NULL, *check = NULL;
-	static struct daemon d = { .sigfd = -1, .segfd = -1, .lfd = -1, .nfd = -1 };
-	d.max_conns = QD_MAX_CONNS_DEFAULT;
-	d.max_line = QD_MAX_LINE_DEFAULT;
-	d.idle_ns = QD_IDLE_DEFAULT_NS;
-	long ready_fd = -1, v;
+	long v;
 	int o;
 	while ((o = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
 		switch (o) {
-		case 'c': d.config_path = optarg; break;
-		case OPT_SEGMENT: segment = optarg; break;
+		case 'c': d->config_path = optarg; break;
+		case OPT_SEGMENT: a->segment = optarg; break;
 		case OPT_SOCKET:
-			if (!*optarg || strlen(optarg) >= sizeof(d.socket_path)) {
-				fprintf(stderr, "quotad: --socket: 1 to %zu characters\n", sizeof(d.socket_path) - 1);
+			if (!*optarg || strlen(optarg) >= sizeof(d->socket_path)) {
+				fprintf(stderr, "quotad: --socket: 1 to %zu characters\n", sizeof(d->socket_path) - 1);
 				return EXIT_CONFIG;
 			}
-			strcpy(d.socket_path, optarg);
-			d.socket_explicit = true;
+			strcpy(d->socket_path, optarg);
+			d->socket_explicit = true;
 			break;
-		case OPT_STATE: d.state_dir = optarg; break;
+		case OPT_STATE: d->state_dir = optarg; break;
 		case OPT_MAXCONN:
 			if (parse_count("--max-connections", optarg, 1, 100000, &v) < 0)
 				return EXIT_CONFIG;
-			d.max_conns = (uint32_t)v;
+			d->max_conns = (uint32_t)v;
 			break;
 		case OPT_IDLE:
 			if (parse_count("--idle-timeout", optarg, 1, 86400, &v) < 0)
 				return EXIT_CONFIG;
-			d.idle_ns = v * QC_NS_PER_S;
+			d->idle_ns = v * QC_NS_PER_S;
 			break;
 		case OPT_MAXLINE:
 			if (parse_count("--max-line", optarg, 64, 1 << 20, &v) < 0)
 				return EXIT_CONFIG;
-			d.max_line = (uint32_t)v;
+			d->max_line = (uint32_t)v;
 			break;
-		case OPT_REMOVE: d.remove_on_exit = true; break;
-		case OPT_CHECK: check = optarg; break;
+		case OPT_REMOVE: d->remove_on_exit = true; break;
+		case OPT_CHECK: a->check = optarg; break;
 		case OPT_READY:
-			if (parse_count("--ready-fd", optarg, 0, 65535, &ready_fd) < 0)
+			if (parse_count("--ready-fd", optarg, 0, 65535, &a->ready_fd) < 0)
 				return EXIT_CONFIG;
 			break;
 		case OPT_PRINT: fputs(qd_default_config, stdout); return 0;
@@ -243,45 +247,48 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_CONFIG;
 	}
+	return -1;
+}
 
+/* Step 2: the config (file or embedded) into @cfg, the segment's name into
+ * @d. Returns -1 to go on, else an exit status (--check-config included). */
+static int load_config(struct daemon *d, const struct args *a, struct qd_config *cfg)
+{
 	char err[1024];
-	struct qd_config cfg;
-	if (check) {
-		if (qd_config_load(check, &cfg, err, sizeof(err)) < 0) {
+	if (a->check) {
+		if (qd_config_load(a->check, cfg, err, sizeof(err)) < 0) {
 			fprintf(stderr, "quotad: %s\n", err);
 			return EXIT_CONFIG;
 		}
-		printf("%s: valid, %u quota%s\n", check, cfg.nquotas, cfg.nquotas == 1 ? "" : "s");
-		qd_config_free(&cfg);
+		printf("%s: valid, %u quota%s\n", a->check, cfg->nquotas, cfg->nquotas == 1 ? "" : "s");
+		qd_config_free(cfg);
 		return 0;
 	}
-	int r = d.config_path ? qd_config_load(d.config_path, &cfg, err, sizeof(err)) :
-			 qd_config_parse(qd_default_config, strlen(qd_default_config), "<embedded default>",
-					 &cfg, err, sizeof(err));
+	int r = d->config_path ? qd_config_load(d->config_path, cfg, err, sizeof(err)) :
+			  qd_config_parse(qd_default_config, strlen(qd_default_config), "<embedded default>",
+					  cfg, err, sizeof(err));
 	if (r < 0) {
 		fprintf(stderr, "quotad: %s\n", err);
 		return EXIT_CONFIG;
 	}
-	if (segment) {
-		if (!*segment || strlen(segment) > QD_SEGMENT_NAME_MAX || strchr(segment, '/')) {
+	if (a->segment) {
+		if (!*a->segment || strlen(a->segment) > QD_SEGMENT_NAME_MAX || strchr(a->segment, '/')) {
 			fprintf(stderr, "quotad: --segment: 1 to %d characters without '/'\n", QD_SEGMENT_NAME_MAX);
-			qd_config_free(&cfg);
+			qd_config_free(cfg);
 			return EXIT_CONFIG;
 		}
-		snprintf(cfg.segment, sizeof(cfg.segment), "%s", segment);
+		snprintf(cfg->segment, sizeof(cfg->segment), "%s", a->segment);
 	}
-	snprintf(d.segment, sizeof(d.segment), "/%s", cfg.segment);
-	if (!d.socket_explicit && qd_default_socket_path(d.socket_path, sizeof(d.socket_path)) < 0)
-		d.socket_path[0] = '\0';
-	/* Start times tell a client from a later process that reuses its pid:
-	 * without /proc every client would look dead. */
-	if (qc_proc_starttime(getpid()) == 0) {
-		qd_log("error", "cannot read process start times from /proc: refusing to judge client liveness");
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
-	}
+	snprintf(d->segment, sizeof(d->segment), "/%s", cfg->segment);
+	if (!d->socket_explicit && qd_default_socket_path(d->socket_path, sizeof(d->socket_path)) < 0)
+		d->socket_path[0] = '\0';
+	return -1;
+}
 
-	/* Signals first, so that a TERM during setup is not lost. */
+/* Step 3: signals (blocked, read through a signalfd: a TERM during setup
+ * is not lost). */
+static int open_signals(struct daemon *d)
+{
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -289,108 +296,154 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGHUP);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	d.sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
-	if (d.sigfd < 0) {
+	d->sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (d->sigfd < 0) {
 		qd_log("error", "signalfd: %s", strerror(errno));
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
+		return -errno;
 	}
+	return 0;
+}
 
+/* Step 4: create the segment, or adopt the existing one, and take its lock.
+ * *@prev gets the pid of the quotad that served it before. */
+static int open_segment(struct daemon *d, const struct qd_config *cfg, int *prev)
+{
+	char err[1024];
 	void *base;
 	uint64_t size;
-	r = qd_segment_create(&cfg, cfg.segment, &base, &size, err, sizeof(err));
-	if (r == 0 && qs_geom_load(&d.g, base, size) < 0) {
+	int r = qd_segment_create(cfg, cfg->segment, &base, &size, err, sizeof(err));
+	if (r == 0 && qs_geom_load(&d->g, base, size) < 0) {
 		snprintf(err, sizeof(err), "the segment just created does not validate");
 		r = -EBADMSG;
 	}
 	if (r == -EEXIST) {
-		d.adopted = true;
-		r = attach_existing(&d, err, sizeof(err));
+		d->adopted = true;
+		r = attach_existing(d, err, sizeof(err));
 	}
 	if (r < 0) {
 		qd_log("error", "%s", err);
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
+		return r;
 	}
-	d.h = d.g.h;
-	if (lock_segment(&d, err, sizeof(err)) < 0) {
+	d->h = d->g.h;
+	r = lock_segment(d, err, sizeof(err));
+	if (r < 0) {
 		qd_log("error", "%s", err);
-		munmap(d.g.base, d.g.size);
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
+		munmap(d->g.base, d->g.size);
+		return r;
 	}
-	int prev = atomic_exchange_explicit(&d.h->daemon_pid, getpid(), memory_order_relaxed);
-	atomic_store_explicit(&d.h->daemon_starttime, qc_proc_starttime(getpid()), memory_order_relaxed);
-	qd_heartbeat(&d);
-	d.started_mono = qd_mono();
-	if (qd_pub_init(&d) < 0) {
-		munmap(d.g.base, d.g.size);
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
-	}
-	if (d.initializing)
+	*prev = atomic_exchange_explicit(&d->h->daemon_pid, getpid(), memory_order_relaxed);
+	atomic_store_explicit(&d->h->daemon_starttime, qc_proc_starttime(getpid()), memory_order_relaxed);
+	qd_heartbeat(d);
+	d->started_mono = qd_mono();
+	return 0;
+}
+
+/* Step 5: learn what the segment holds and apply the config to an adopted
+ * one (a reload); publish READY for one left INITIALIZING. */
+static int apply_config(struct daemon *d, const struct qd_config *cfg, int prev)
+{
+	char err[1024];
+	if (qd_pub_init(d) < 0)
+		return -ENOMEM;
+	if (d->initializing)
 		qd_log("warning", "segment %s was left INITIALIZING (its creator died, or its state word was "
-		       "damaged): adopting it and publishing the configuration again", d.segment);
-	if (d.adopted) {
+		       "damaged): adopting it and publishing the configuration again", d->segment);
+	if (d->adopted) {
 		qd_log("info", "adopting live segment %s (previous quotad pid %d, generation %llu): "
-		       "budget state kept", d.segment, prev,
-		       (unsigned long long)atomic_load_explicit(&d.h->generation, memory_order_relaxed));
+		       "budget state kept", d->segment, prev,
+		       (unsigned long long)atomic_load_explicit(&d->h->generation, memory_order_relaxed));
 		/* The command line's config, applied like a reload. */
-		if (qd_reload_apply(&d, &cfg, err, sizeof(err)) < 0)
+		if (qd_reload_apply(d, cfg, err, sizeof(err)) < 0)
 			qd_log("error", "config not applied, serving the segment's current quotas: %s", err);
 	}
-	if (d.initializing && qd_publish_index(&d) < 0)
-		qd_log("error", "cannot publish the name index");
-	if (d.initializing)
+	if (d->initializing) {
+		if (qd_publish_index(d) < 0)
+			qd_log("error", "cannot publish the name index");
 		/* release: everything published above is visible before READY */
-		atomic_store_explicit(&d.h->state, QS_STATE_READY, memory_order_release);
-	r = qc_open_observer(cfg.segment, &d.obs);
-	if (r < 0) {
-		qd_log("error", "cannot observe segment %s: %s", d.segment, quota_strerror(r));
-		stop(&d);
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
+		atomic_store_explicit(&d->h->state, QS_STATE_READY, memory_order_release);
 	}
-	if (d.state_dir)
-		qd_ledger_restore(&d);
+	return 0;
+}
+
+/* Step 6: the observer handle, the ledger, descriptors, the loop, clients,
+ * the control and notify sockets. On failure what was started is stopped. */
+static int start_services(struct daemon *d, const struct qd_config *cfg)
+{
+	int r = qc_open_observer(cfg->segment, &d->obs);
+	if (r < 0) {
+		qd_log("error", "cannot observe segment %s: %s", d->segment, quota_strerror(r));
+		stop(d);
+		return r;
+	}
+	if (d->state_dir)
+		qd_ledger_restore(d);
 	/* One pidfd per client slot plus the control connections. */
 	struct rlimit rl;
-	rlim_t need = (rlim_t)d.g.client_capacity + 2 * d.max_conns + 64;
+	rlim_t need = (rlim_t)d->g.client_capacity + 2 * d->max_conns + 64;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < need) {
 		rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
 		if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
 			qd_log("warning", "RLIMIT_NOFILE %llu is below the %llu descriptors %u clients may need",
-			       (unsigned long long)rl.rlim_cur, (unsigned long long)need, d.g.client_capacity);
+			       (unsigned long long)rl.rlim_cur, (unsigned long long)need, d->g.client_capacity);
 	}
-	if (qd_loop_init(&d) < 0) {
-		stop(&d);
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
+	if ((r = qd_loop_init(d)) < 0) {
+		stop(d);
+		return r;
 	}
-	if (qd_clients_init(&d) < 0 || qd_control_open(&d) < 0 || qd_notify_open(&d) < 0) {
-		qd_loop_exit(&d);
-		stop(&d);
-		qd_config_free(&cfg);
-		return EXIT_RUNTIME;
+	if ((r = qd_clients_init(d)) < 0 || (r = qd_control_open(d)) < 0 || (r = qd_notify_open(d)) < 0) {
+		qd_loop_exit(d);
+		stop(d);
+		return r;
 	}
 	qd_log("info", "serving %u quota%s on segment %s (%llu bytes, %u clients max, %s clock)%s%s",
-	       cfg.nquotas, cfg.nquotas == 1 ? "" : "s", d.segment, (unsigned long long)d.g.size,
-	       d.g.client_capacity,
-	       (d.g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) ? "manual" : "monotonic",
-	       d.lfd >= 0 ? ", control socket " : "", d.lfd >= 0 ? d.socket_path : "");
-	for (uint32_t i = 0; i < cfg.nquotas; i++)
-		qd_log("debug", "quota %u: %s", i, cfg.quotas[i].name);
+	       cfg->nquotas, cfg->nquotas == 1 ? "" : "s", d->segment, (unsigned long long)d->g.size,
+	       d->g.client_capacity,
+	       (d->g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK) ? "manual" : "monotonic",
+	       d->lfd >= 0 ? ", control socket " : "", d->lfd >= 0 ? d->socket_path : "");
+	for (uint32_t i = 0; i < cfg->nquotas; i++)
+		qd_log("debug", "quota %u: %s", i, cfg->quotas[i].name);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d = { .sigfd = -1, .segfd = -1, .lfd = -1, .nfd = -1 };
+	d.max_conns = QD_MAX_CONNS_DEFAULT;
+	d.max_line = QD_MAX_LINE_DEFAULT;
+	d.idle_ns = QD_IDLE_DEFAULT_NS;
+	struct args a = { .ready_fd = -1 };
+	struct qd_config cfg;
+	int status = parse_args(argc, argv, &d, &a);
+	if (status < 0)
+		status = load_config(&d, &a, &cfg);
+	if (status >= 0)
+		return status;
+	/* Start times tell a client from a later process that reuses its pid:
+	 * without /proc every client would look dead. */
+	int prev = 0;
+	if (qc_proc_starttime(getpid()) == 0) {
+		qd_log("error", "cannot read process start times from /proc: refusing to judge client liveness");
+		status = EXIT_RUNTIME;
+	} else if (open_signals(&d) < 0 || open_segment(&d, &cfg, &prev) < 0) {
+		status = EXIT_RUNTIME;
+	} else if (apply_config(&d, &cfg, prev) < 0) {
+		munmap(d.g.base, d.g.size);
+		status = EXIT_RUNTIME;
+	} else if (start_services(&d, &cfg) < 0) {
+		status = EXIT_RUNTIME;
+	}
 	qd_config_free(&cfg);
+	if (status >= 0)
+		return status;
 
 	/* Adopt the clients that are there, reclaim the dead, before ready. */
 	qd_clients_scan(&d);
-	if (ready_fd >= 0) {
-		if (write((int)ready_fd, "ready\n", 6) != 6)
-			qd_log("warning", "--ready-fd %ld: %s", ready_fd, strerror(errno));
-		close((int)ready_fd);
+	if (a.ready_fd >= 0) {
+		if (write((int)a.ready_fd, "ready\n", 6) != 6)
+			qd_log("warning", "--ready-fd %ld: %s", a.ready_fd, strerror(errno));
+		close((int)a.ready_fd);
 	}
-
-	int status = qd_loop_run(&d);
+	status = qd_loop_run(&d);
 	stop(&d);
 	qd_loop_exit(&d);
 	close(d.sigfd);

@@ -28,6 +28,7 @@
 #define QD_LEDGER_NS (5 * QC_NS_PER_S)    /* spend ledger flush period */
 #define QD_CHECK_NS (QC_NS_PER_S / 4)     /* damage check and in-flight audit */
 #define QD_AUDIT_PER_CHECK 256u           /* quotas audited per check */
+#define QD_CHECK_QUOTAS 1024u             /* quotas' records compared per check */
 
 /* Control socket defaults (overridable on the command line). */
 #define QD_MAX_LINE_DEFAULT 4096
@@ -119,7 +120,7 @@ struct daemon {
 	struct qd_pub *pub;        /* per quota id */
 	uint8_t *rec_used;         /* per record: named by a config word */
 	uint64_t index_word;       /* the name index word as published */
-	uint32_t audit_cursor;
+	uint32_t audit_cursor, check_cursor;
 	int64_t next_check;
 	int nfd;                   /* notify datagram socket, -1 none */
 	uint32_t nbuf;             /* its receive buffer: a slot number */

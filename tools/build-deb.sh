@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-build/deb}")
 need=(debhelper dpkg-dev lintian meson ninja-build pkg-config python3 liburing-dev libcjson-dev
-      libmicrohttpd-dev libpcre2-dev libcurl4-openssl-dev)
+      libmicrohttpd-dev libpcre2-dev libcurl4-openssl-dev libncurses-dev)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

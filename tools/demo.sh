@@ -13,11 +13,16 @@
 #      5 s, retry), for 30 s, with another API key (a fresh provider budget);
 # and prints a side-by-side summary: requests served, 429s received, RPM and
 # TPM utilisation over the measured interval (after a warm-up that the full
-# bucket's first burst falls in), spend in USD, p50/p99 time a request waited.
+# bucket's first burst falls in), spend in USD, p50/p99 time a request waited;
+# then draws tokens per second sent by both fleets against the limit, 429s
+# marked, into a PNG (tools/demo-plot.sh, gnuplot) and prints its path.
 # Everything it starts it stops, also on Ctrl-C.
 #
 # Usage: tools/demo.sh [--duration SECONDS] [--workers N] [--no-build] [--check]
-#   --check: exit 3 if the workers with libquota received any 429.
+#                      [--png FILE]
+#   --check: exit 3 if the workers with libquota received any 429 (and 1 if
+#   gnuplot is there but the picture could not be drawn).
+#   --png: where the picture goes (default: BUILD/demo.png).
 # Environment: QUOTA_BUILD_DIR (default: build), QUOTA_DEMO_KEEP=1 keeps the
 # per-request logs (their folder is printed).
 set -u
@@ -25,14 +30,15 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 SRC=$PWD
 BUILD=${QUOTA_BUILD_DIR:-build}
-DURATION=30 WORKERS=16 NO_BUILD= CHECK=
+DURATION=30 WORKERS=16 NO_BUILD= CHECK= PNG=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--no-build) NO_BUILD=1; shift ;;
 	--check) CHECK=1; shift ;;
+	--png) PNG=$2; shift 2 ;;
 	--duration) DURATION=$2; shift 2 ;;
 	--workers) WORKERS=$2; shift 2 ;;
-	-h | --help) sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '3,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 	esac
 done
@@ -136,8 +142,9 @@ die() {
 # quotad on its embedded default configuration (burst 0.99: 1 % below the
 # provider, for the delay between our admission and the provider counting the
 # request; see quotad/config.c and quota-sim(1)).
-"$QUOTAD" --segment "$SEG" --remove-on-exit --ready-fd 3 3>"$tmp/quotad.ready" \
-	2>"$tmp/quotad.err" &
+# Its control socket is the demo's own (not the host's /run/quotad.sock).
+"$QUOTAD" --segment "$SEG" --socket "$tmp/quotad.sock" --remove-on-exit --ready-fd 3 \
+	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
 pids+=($!)
 wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not start"
 
@@ -154,12 +161,15 @@ else
 	COUNTING="4 + bytes/4 per message (no npm for the BPE vocabulary: $(tail -n 1 "$tmp/vocab.err"))"
 fi
 "$SIM" --rpm $RPM --tpm $TPM --seed 42 "${SIM_VOCAB[@]}" --trace "$tmp/sim.trace" >"$tmp/sim.port" 2>"$tmp/sim.err" &
-pids+=($!)
-PORT=$(wait_line "$tmp/sim.port" $!) || die "quota-sim did not start"
+SIM_PID=$!
+pids+=($SIM_PID)
+PORT=$(wait_line "$tmp/sim.port" $SIM_PID) || die "quota-sim did not start"
 
 echo "demo: quotad serves '$QUOTA' ($RPM RPM, $TPM TPM, its embedded default) on segment /$SEG;"
 echo "      quota-sim enforces the same limits on 127.0.0.1:$PORT, counting $COUNTING."
 echo "      $WORKERS workers, prompts of $PROMPT tokens, max_tokens $MAXTOK, ${DURATION} s per mode."
+echo "      Watch it live from another terminal:"
+echo "      $QUOTACTL --segment $SEG --socket $tmp/quotad.sock top -c"
 
 served_of() { cat "$tmp/$1"-*.csv 2>/dev/null | awk -F, '$7 == 200 { n++ } END { print n + 0 }'; }
 n429_of() { cat "$tmp/$1"-*.csv 2>/dev/null | awk -F, '$1 != "worker" { n += $9 } END { print n + 0 }'; }
@@ -264,6 +274,23 @@ exec 5<>"/dev/tcp/127.0.0.1/$PORT" && {
 			"$(printf '%s' "$stats" | sed -n "s/.*\"$k\":{[^}]*\"rejected_429\":\([0-9]*\).*/\1/p")"
 	done
 }
+
+# The picture: the simulator's trace is complete once it has stopped.
+kill "$SIM_PID" 2>/dev/null
+wait "$SIM_PID" 2>/dev/null
+for i in "${!pids[@]}"; do [ "${pids[i]}" = "$SIM_PID" ] && unset 'pids[i]'; done
+pids=("${pids[@]}")
+PNG=${PNG:-$BUILD/demo.png}
+case $PNG in /*) ;; *) PNG=$SRC/$PNG ;; esac
+echo
+if ! command -v "${QUOTA_GNUPLOT:-gnuplot}" >/dev/null; then
+	echo "demo: gnuplot not found, no picture (apt-get install gnuplot-nox)"
+elif bash "$SRC/tools/demo-plot.sh" "$PNG" "$tmp" $TPM "$DURATION" sk-demo-libquota sk-demo-naive; then
+	echo "demo: picture of both runs (tokens/s sent against the limit, 429s marked): $PNG"
+else
+	echo "demo: the picture could not be drawn" >&2
+	[ -n "$CHECK" ] && exit 1
+fi
 if [ -n "$CHECK" ] && [ "$(get n429 quota)" != 0 ]; then
 	echo "demo: FAIL: the workers with libquota received $(get n429 quota) answers 429" >&2
 	exit 3

@@ -6,6 +6,8 @@
  * available now, in flight, spend this period, admitted and rejected counts.
  * `clients`, `metrics`, `backoff` and `reload` ask quotad over its control
  * socket (one JSON request line, one JSON reply line; see control.c).
+ * `proxies` lists the quota-proxy processes serving the segment from the
+ * records they keep in /dev/shm (tools/common/proxyreg.h): no daemon needed.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -24,7 +26,9 @@
 
 #include "internal.h"
 #include "layout.h"
+#include "proxyreg.h"
 #include "../quotad/sockpath.h"
+#include "top.h"
 
 #define REPLY_MAX (16 << 20)
 #define REPLY_TIMEOUT_MS 10000
@@ -49,7 +53,10 @@ static void usage(FILE *f)
 	      "  status [--json] [--watch [--interval SEC] [--count N]]\n"
 	      "                       one row per quota: per limit capacity, available now,\n"
 	      "                       in flight, spend, admitted and rejected (reads the segment)\n"
+	      "  top [-d SEC] [-c]    live full-screen view: use, rates, refusals, spend, clients\n"
 	      "  clients [--json]     attached processes and what each holds (asks quotad)\n"
+	      "  proxies [--json]     running quota-proxy processes of the segment: listen\n"
+	      "                       address, upstream, requests relayed and refused, in flight\n"
 	      "  metrics              Prometheus text exposition (asks quotad)\n"
 	      "  backoff QUOTA SEC    pause QUOTA for SEC seconds on every process (root)\n"
 	      "  set QUOTA KEY VALUE  change one limit (rpm, tpm, ..., max_inflight, context_window,\n"
@@ -98,6 +105,26 @@ static uint64_t total_rejected(const struct quota_info *in)
 	return t;
 }
 
+/* One line about the segment's running quota-proxy processes, if any. */
+static void proxies_line(const char *segment)
+{
+	struct proxyreg_entry *v = NULL;
+	int n = proxyreg_list(segment, &v), alive = 0;
+	unsigned long long inflight = 0, waiting = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (!v[i].alive)
+			continue;
+		alive++;
+		inflight += atomic_load_explicit(&v[i].r.in_flight, memory_order_relaxed);
+		waiting += atomic_load_explicit(&v[i].r.waiting, memory_order_relaxed);
+	}
+	free(v);
+	if (alive)
+		printf("quota-proxy: %d process%s, %llu in flight, %llu waiting for budget "
+		       "(quotactl proxies)\n", alive, alive > 1 ? "es" : "", inflight, waiting);
+}
+
 static int status_text(quota_client *c, const char *segment)
 {
 	struct daemon_state d = daemon_state(c);
@@ -106,6 +133,7 @@ static int status_text(quota_client *c, const char *segment)
 		       (double)d.heartbeat_age_ns / 1e9);
 	else
 		printf("segment /%s: quotad DOWN (workers still enforce the limits)\n", segment);
+	proxies_line(segment);
 	printf("%-24s %-9s %14s %14s %10s %9s %12s\n", "QUOTA", "LIMIT", "CAPACITY", "AVAILABLE",
 	       "IN-FLIGHT", "ADMITTED", "REJECTED");
 	int n = quota_count(c);
@@ -191,6 +219,8 @@ static int status_json(quota_client *c, const char *segment)
 		for (int k = 0; k < QUOTA_REJECT_REASONS; k++)
 			cJSON_AddNumberToObject(rj, reason_names[k], (double)in.rejected[k]);
 		cJSON_AddNumberToObject(q, "reclaimed", (double)in.reclaimed);
+		cJSON_AddNumberToObject(q, "repaired", (double)in.repaired);
+		cJSON_AddNumberToObject(q, "generation", (double)in.generation);
 		cJSON_AddNumberToObject(q, "paused_s", (double)in.paused_ns / 1e9);
 		cJSON_AddBoolToObject(q, "refund_actual", in.refund_actual);
 	}
@@ -435,6 +465,70 @@ static int cmd_status(const char *segment, int argc, char **argv)
 	return 0;
 }
 
+/* `proxies`: the quota-proxy processes registered on @segment. */
+static int cmd_proxies(const char *segment, bool json)
+{
+	struct proxyreg_entry *v = NULL;
+	int n = proxyreg_list(segment, &v);
+
+	if (n < 0) {
+		fprintf(stderr, "quotactl proxies: %s\n", strerror(-n));
+		return EXIT_RUNTIME;
+	}
+	if (json) {
+		cJSON *root = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(root, "proxies");
+		char *text;
+
+		cJSON_AddStringToObject(root, "segment", segment);
+		for (int i = 0; i < n; i++) {
+			const struct proxyreg *r = &v[i].r;
+			cJSON *o = cJSON_CreateObject();
+
+			cJSON_AddNumberToObject(o, "pid", (double)r->pid);
+			cJSON_AddBoolToObject(o, "alive", v[i].alive);
+			cJSON_AddStringToObject(o, "listen", r->listen);
+			cJSON_AddStringToObject(o, "upstream", r->upstream);
+			cJSON_AddNumberToObject(o, "workers", r->workers);
+			cJSON_AddNumberToObject(o, "started_unix", (double)r->started_unix);
+#define NUM(f) cJSON_AddNumberToObject(o, #f, (double)atomic_load_explicit(&r->f, memory_order_relaxed))
+			NUM(requests);
+			NUM(relayed);
+			NUM(refused);
+			NUM(bad);
+			NUM(upstream_429);
+			NUM(upstream_failed);
+			NUM(in_flight);
+			NUM(waiting);
+			NUM(connections);
+#undef NUM
+			cJSON_AddItemToArray(arr, o);
+		}
+		text = cJSON_PrintUnformatted(root);
+		cJSON_Delete(root);
+		if (text)
+			puts(text);
+		free(text);
+		free(v);
+		return text ? 0 : EXIT_RUNTIME;
+	}
+	if (!n)
+		printf("no quota-proxy registered on segment %s\n", segment);
+	else
+		printf("%-8s %-21s %-30s %9s %9s %8s %6s %8s %8s %8s %5s\n", "PID", "LISTEN", "UPSTREAM",
+		       "REQUESTS", "RELAYED", "REFUSED", "BAD", "UP-429", "UP-FAIL", "INFLIGHT", "WAIT");
+	for (int i = 0; i < n; i++) {
+		const struct proxyreg *r = &v[i].r;
+#define GET(f) (unsigned long long)atomic_load_explicit(&r->f, memory_order_relaxed)
+		printf("%-8lld %-21s %-30s %9llu %9llu %8llu %6llu %8llu %8llu %8llu %5llu%s\n",
+		       (long long)r->pid, r->listen, r->upstream, GET(requests), GET(relayed),
+		       GET(refused), GET(bad), GET(upstream_429), GET(upstream_failed), GET(in_flight),
+		       GET(waiting), v[i].alive ? "" : "  (gone: stale record)");
+#undef GET
+	}
+	free(v);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -472,6 +566,16 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "status") == 0)
 		return cmd_status(segment, argc - optind, argv + optind);
+	if (strcmp(cmd, "proxies") == 0) {
+		bool json = argc - optind == 1 && strcmp(argv[optind], "--json") == 0;
+		if (argc - optind > 1 || (argc - optind == 1 && !json)) {
+			fprintf(stderr, "quotactl proxies: usage: proxies [--json]\n");
+			return EXIT_USAGE;
+		}
+		return cmd_proxies(segment, json);
+	}
+	if (strcmp(cmd, "top") == 0) /* its argv[0] is "top" */
+		return quotactl_top(segment, socket_path, argc - optind + 1, argv + optind - 1);
 	if (strcmp(cmd, "help") != 0 && !socket_path[0] &&
 	    qd_default_socket_path(socket_path, sizeof(socket_path)) < 0) {
 		fprintf(stderr, "quotactl: no control socket: give --socket PATH or set $QUOTA_SOCKET\n");

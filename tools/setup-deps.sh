@@ -7,6 +7,7 @@ pkgs=(
   liburing-dev libcjson-dev libcriterion-dev            # core: io_uring, JSON, tests
   libpcre2-dev                                          # quota-sim --vocab: the BPE pre-tokenizer
   libmicrohttpd-dev libcurl4-openssl-dev                # provider simulator, worker
+  libncurses-dev tmux                                   # quotactl top, and its terminal test
   libhiredis-dev redis-server gnuplot-nox               # benchmarks: Redis baseline, plots
   prometheus                                            # promtool checks the metrics format
   nodejs curl                                           # the openai SDK and quota-proxy tests

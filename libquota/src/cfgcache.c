@@ -38,6 +38,9 @@ int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qs_quota *q
 			out->done[k] = &q->refund_done[l->kind];
 		}
 	}
+	out->fast = out->n >= 1 && out->n <= 2 && !out->max_inflight && !out->budget_day_nusd &&
+		    !out->budget_month_nusd && !(out->flags & QS_REC_REMOVED);
+	out->fast_settle = out->fast && !out->price_in_pusd && !out->price_out_pusd;
 	return 0;
 }
 

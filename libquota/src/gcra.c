@@ -181,13 +181,10 @@ uint64_t qg_refund(const struct qc_thread *t, struct qs_quota *q, uint32_t id,
 		return 0;
 	uint32_t k = tl->kind & (QS_KINDS - 1);
 	_Atomic int64_t *tat = qs_tat(q, k);
-	/* The last slot (see the top): shortened in place. seq_cst load, like
-	 * the waiters' check, of the counter every moving refund raises first. */
-	int64_t end = tl->end;
-	if (atomic_load(&q->refund_begun[k]) == tl->done0 && end > INT64_MIN / 4 + (int64_t)delta &&
-	    atomic_compare_exchange_strong_explicit(tat, &end, end - (int64_t)delta,
-						    memory_order_relaxed, memory_order_relaxed))
+	/* The last slot (see the top): shortened in place. */
+	if (qg_refund_last(q, k, tl->end, tl->done0, delta))
 		return delta;
+	int64_t end;
 	/* A slot that has ended cannot move anything (slots only ever move
 	 * earlier): nothing to give back, nothing for others to account for.
 	 * This is most commits - a call outlasts its slot - and it spares them

@@ -7,6 +7,7 @@
 #ifndef QUOTA_GCRA_H
 #define QUOTA_GCRA_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "layout.h"
@@ -69,6 +70,19 @@ uint64_t qg_available(const struct qs_limit_cfg *l, int64_t tat, int64_t now);
  * rollback. Returns the ns actually given back. */
 uint64_t qg_refund(const struct qc_thread *t, struct qs_quota *q, uint32_t id,
 		   const struct qt_limit *tl, uint64_t delta);
+
+/* The refund's fast path (gcra.c, THE LAST SLOT): shorten our slot by
+ * @delta if it is still the last one and nothing moved it. True if done. */
+static inline bool qg_refund_last(struct qs_quota *q, uint32_t kind, int64_t end, uint64_t done0,
+				  uint64_t delta)
+{
+	/* seq_cst load, like the waiters' check, of the counter every moving
+	 * refund raises first */
+	return atomic_load(&q->refund_begun[kind & (QS_KINDS - 1)]) == done0 &&
+	       end > INT64_MIN / 4 + (int64_t)delta &&
+	       atomic_compare_exchange_strong_explicit(qs_tat(q, kind), &end, end - (int64_t)delta,
+						       memory_order_relaxed, memory_order_relaxed);
+}
 
 /* Charge @ns more on kind @kind as of @now (usage above the estimate). */
 void qg_debt(struct qs_quota *q, uint32_t kind, uint64_t ns, int64_t now);

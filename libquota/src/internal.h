@@ -43,6 +43,9 @@ struct qc_cfg {
 	uint64_t price_in_pusd, price_out_pusd;
 	uint64_t budget_day_nusd, budget_month_nusd;
 	int8_t pos[QS_KINDS]; /* kind -> index in lim[], -1 none */
+	/* The fast paths apply (reserve.c, settle.c): 1 or 2 rate limits, no
+	 * in-flight limit, no budget, not removed; fast_settle also no prices. */
+	bool fast, fast_settle;
 	struct qs_limit_cfg lim[QS_KINDS];
 	/* The last cost's units and charge per limit (this thread's): most
 	 * reservations repeat a cost (requests: always 1). */
@@ -181,6 +184,7 @@ struct qt_priv {
 	uint32_t nlimits;
 	uint32_t held;      /* in-flight slots taken */
 	uint32_t pad;
+	uint64_t cfg_word;  /* the config the ticket was planned with */
 	int64_t admitted_at;
 	uint64_t requests, input_tokens, output_tokens;
 	uint64_t spend_nusd;   /* charged at reserve (quotas with a budget), else 0 */

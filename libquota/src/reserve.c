@@ -16,6 +16,12 @@
  *           time or quotad published a new config meanwhile; start over;
  *   wait    sleep until the admission time, then check that refunds made
  *           meanwhile cannot have moved the slots before it (else requeue).
+ * The common case - a cached config of one or two rate limits without an
+ * in-flight limit or a budget, admitted at once - goes through fast(): the
+ * same decide and take specialised to admission now, in registers, the
+ * ticket written in place. Whatever it cannot settle (a refusal, a wait, a
+ * CAS that lost, a new config) it leaves to the general steps, having
+ * taken nothing.
  *
  * ORDER OF ADMISSION. Rate waits are first come, first served by
  * construction: a waiting reservation takes its slots at once, in CAS order,
@@ -184,6 +190,16 @@ struct qc_resv {
 /* Outcomes of decide and take besides 0 and errors. */
 enum { STEP_AGAIN = 1, STEP_WAIT_INFLIGHT, STEP_RELOADED };
 
+/* The charge of @units on limit @k of @cf, from the per-thread cache. */
+static inline uint64_t charge_cached(struct qc_cfg *cf, uint32_t k, uint64_t units)
+{
+	if (units != cf->last_units[k]) {
+		cf->last_units[k] = units;
+		cf->last_inc[k] = qg_charge(&cf->lim[k], units);
+	}
+	return cf->last_inc[k];
+}
+
 /* Plan: the config and the cost of each limit. 0, -E2BIG, or an error of
  * qc_cfg_get(). */
 static int plan(struct qc_resv *r)
@@ -202,11 +218,7 @@ static int plan(struct qc_resv *r)
 		uint64_t u = qc_units_of(l->kind, r->req, r->in, r->out);
 		if (u > l->capacity)
 			return -E2BIG;
-		if (u != cf->last_units[k]) {
-			cf->last_units[k] = u;
-			cf->last_inc[k] = qg_charge(l, u);
-		}
-		r->inc[k] = cf->last_inc[k];
+		r->inc[k] = charge_cached(cf, k, u);
 	}
 	r->spend = 0;
 	if (cf->budget_day_nusd || cf->budget_month_nusd) {
@@ -392,6 +404,7 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 	tk->quota = r->id;
 	tk->nlimits = r->cf->n;
 	tk->held = r->cf->max_inflight ? (uint32_t)r->req : 0;
+	tk->cfg_word = r->cf->word;
 	tk->admitted_at = r->a;
 	tk->requests = r->req;
 	tk->input_tokens = r->in;
@@ -467,6 +480,94 @@ replan:
 	}
 }
 
+/* fast(), one limit: the slot's end if it admits now, else 0. */
+static inline int64_t fast_slot(struct qc_cfg *cf, uint32_t k, uint64_t units, int64_t now,
+				uint64_t *inc, uint64_t *done0, int64_t *tat)
+{
+	const struct qs_limit_cfg *l = &cf->lim[k];
+	if (units > l->capacity)
+		return 0;
+	*inc = charge_cached(cf, k, units);
+	/* acquire: pairs with the release in qg_refund(), as in decide() */
+	*done0 = atomic_load_explicit(cf->done[k], memory_order_acquire);
+	*tat = atomic_load_explicit(cf->tat[k], memory_order_relaxed);
+	int64_t c = qg_tat_clamp(*tat);
+	if (c + (int64_t)*inc - l->tau_ns > now)
+		return 0;
+	return (c > now ? c : now) + (int64_t)*inc;
+}
+
+/* The common case (see the top): 0 with the ticket written, or 1 to take
+ * the general path, nothing taken. */
+static int fast(struct qc_thread *t, struct qs_quota *q, uint32_t id, uint64_t req, uint64_t in,
+		uint64_t out, int64_t now, struct quota_ticket *ret)
+{
+	/* acquire: pairs with quotad's publication of the word (records.c) */
+	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);
+	struct qc_cfg *cf = t->cfg[id];
+	if (!cf || cf->word != w || !cf->fast || (cf->context_window && in + out > cf->context_window) ||
+	    atomic_load_explicit(&q->paused_until, memory_order_relaxed) > now)
+		return 1;
+	uint64_t inc0, inc1 = 0, done0, done1 = 0;
+	int64_t tat0, tat1 = 0, e1 = 0;
+	uint32_t kind0 = cf->lim[0].kind, kind1 = cf->lim[1].kind;
+	int64_t e0 = fast_slot(cf, 0, qc_units_of(kind0, req, in, out), now, &inc0, &done0, &tat0);
+	if (!e0 || (cf->n == 2 && !(e1 = fast_slot(cf, 1, qc_units_of(kind1, req, in, out), now, &inc1,
+						      &done1, &tat1))))
+		return 1;
+	/* relaxed, as in take_slot() */
+	if (!atomic_compare_exchange_strong_explicit(cf->tat[0], &tat0, e0, memory_order_relaxed,
+						     memory_order_relaxed))
+		return 1;
+	if (cf->n == 2 && !atomic_compare_exchange_strong_explicit(cf->tat[1], &tat1, e1,
+								   memory_order_relaxed,
+								   memory_order_relaxed)) {
+		struct qt_limit l0 = { .end = e0, .inc = inc0, .done0 = done0, .kind = kind0 };
+		qg_refund(t, q, id, &l0, inc0);
+		return 1;
+	}
+	/* take()'s re-check of the config word, with its barrier. */
+#if defined(__x86_64__) || defined(__i386__)
+	atomic_signal_fence(memory_order_seq_cst);
+#else
+	atomic_thread_fence(memory_order_seq_cst);
+#endif
+	if (atomic_load_explicit(&q->cfg, memory_order_relaxed) != w) {
+		struct qt_limit l0 = { .end = e0, .inc = inc0, .done0 = done0, .kind = kind0 };
+		struct qt_limit l1 = { .end = e1, .inc = inc1, .done0 = done1, .kind = kind1 };
+		qg_refund(t, q, id, &l0, inc0);
+		if (cf->n == 2)
+			qg_refund(t, q, id, &l1, inc1);
+		return 1;
+	}
+	struct qt_priv *tk = qt_priv(ret);
+	tk->magic = QT_OPEN;
+	tk->owner = t->c->nonce;
+	tk->quota = id;
+	tk->nlimits = cf->n;
+	tk->held = 0;
+	tk->cfg_word = w;
+	tk->admitted_at = now;
+	tk->requests = req;
+	tk->input_tokens = in;
+	tk->output_tokens = out;
+	tk->spend_nusd = 0;
+	tk->day = tk->month = 0;
+	tk->lim[0].end = e0;
+	tk->lim[0].inc = inc0;
+	tk->lim[0].done0 = done0;
+	tk->lim[0].kind = kind0;
+	if (cf->n == 2) {
+		tk->lim[1].end = e1;
+		tk->lim[1].inc = inc1;
+		tk->lim[1].done0 = done1;
+		tk->lim[1].kind = kind1;
+	}
+	ret->waited_ns = 0;
+	ret->retry_after_ns = 0;
+	return 0;
+}
+
 int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
 		  struct quota_ticket *ret)
 {
@@ -487,6 +588,18 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 		return -EINVAL;
 	r.row = qc_row(r.t, r.id);
 	r.start = r.now = qc_clock(c);
+	if (fast(r.t, r.q, r.id, r.req, r.in, r.out, r.now, ret) == 0) {
+		if (r.row) {
+			qc_row_add(&r.row->admitted, 1);
+			qc_row_add(&r.row->in_tokens, r.in);
+			qc_row_add(&r.row->out_tokens, r.out);
+		} else {
+			atomic_fetch_add_explicit(&r.q->st_admitted, 1, memory_order_relaxed);
+			atomic_fetch_add_explicit(&r.q->st_in_tokens, r.in, memory_order_relaxed);
+			atomic_fetch_add_explicit(&r.q->st_out_tokens, r.out, memory_order_relaxed);
+		}
+		return 0;
+	}
 	r.deadline = add_sat(r.start, timeout_ns);
 	r.day = r.month = 0;
 	err = run(&r, ret);

@@ -8,7 +8,9 @@
  *
  * Refunds go through qg_refund() (gcra.c), whose fast path needs neither the
  * clock nor a contended counter when the ticket's slot is still the last
- * one on its limit's time line.
+ * one on its limit's time line. A ticket planned with the config still in
+ * force, without in-flight slots, spend or debt, on one or two limits, is
+ * settled by fast_settle(): the same refunds and statistics, straight.
  */
 #include <errno.h>
 #include <string.h>
@@ -73,9 +75,12 @@ static void settle_stats(struct qc_thread *t, struct qs_quota *q, const struct q
 	uint64_t dout = (actual ? actual->output_tokens : 0) - tk->output_tokens;
 	(void)t;
 	if (row) {
-		qc_row_add(&row->admitted, dadm);
-		qc_row_add(&row->in_tokens, din);
-		qc_row_add(&row->out_tokens, dout);
+		if (dadm)
+			qc_row_add(&row->admitted, dadm);
+		if (din)
+			qc_row_add(&row->in_tokens, din);
+		if (dout)
+			qc_row_add(&row->out_tokens, dout);
 	} else {
 		atomic_fetch_add_explicit(&q->st_admitted, dadm, memory_order_relaxed);
 		atomic_fetch_add_explicit(&q->st_in_tokens, din, memory_order_relaxed);
@@ -108,6 +113,41 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 	settle_stats(t, q, tk, actual, row);
 }
 
+/* The common case (see the top): 0 when settled, 1 for the general path
+ * (nothing done). */
+static int fast_settle(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
+		       const struct quota_cost *actual)
+{
+	struct qc_cfg *cf = t->cfg[tk->quota];
+	/* acquire: pairs with quotad's publication of the word (records.c) */
+	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);
+	if (tk->held || tk->spend_nusd || !cf || cf->word != w || tk->cfg_word != w ||
+	    !cf->fast_settle || tk->nlimits != cf->n)
+		return 1;
+	uint64_t areq = actual ? actual->requests : 0;
+	uint64_t ain = actual ? actual->input_tokens : 0;
+	uint64_t aout = actual ? actual->output_tokens : 0;
+	bool refund_tokens = actual == NULL || (cf->flags & QS_REC_REFUND_ACTUAL);
+	uint64_t delta[2] = { 0, 0 };
+	for (uint32_t k = 0; k < tk->nlimits; k++) {
+		const struct qt_limit *tl = &tk->lim[k];
+		uint64_t est = qc_units_of(tl->kind, tk->requests, tk->input_tokens, tk->output_tokens);
+		uint64_t act = qc_units_of(tl->kind, areq, ain, aout);
+		if (act > est)
+			return 1; /* debt: the general path */
+		if (act < est && (refund_tokens || (tl->kind >> 1) == 0)) {
+			uint64_t keep = qg_charge(&cf->lim[k], act);
+			delta[k] = keep < tl->inc ? tl->inc - keep : 0;
+		}
+	}
+	for (uint32_t k = 0; k < tk->nlimits; k++)
+		if (delta[k] && !qg_refund_last(q, tk->lim[k].kind, tk->lim[k].end, tk->lim[k].done0, delta[k]))
+			qg_refund(t, q, tk->quota, &tk->lim[k], delta[k]);
+	struct qs_row *row = qc_row(t, tk->quota);
+	settle_stats(t, q, tk, actual, row);
+	return 0;
+}
+
 static int settle_ticket(quota_client *c, struct quota_ticket *ticket, const struct quota_cost *actual)
 {
 	if (!c || !ticket)
@@ -126,7 +166,8 @@ static int settle_ticket(quota_client *c, struct quota_ticket *ticket, const str
 	if (!q)
 		return -EINVAL;
 	tk->magic = QT_CLOSED;
-	qc_settle(t, q, tk, actual);
+	if (fast_settle(t, q, tk, actual) != 0)
+		qc_settle(t, q, tk, actual);
 	return 0;
 }
 

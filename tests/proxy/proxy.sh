@@ -12,7 +12,12 @@
 #   - an upstream 429 is passed on unchanged and pauses the quota for every
 #     process of the host (a linked quota-worker then waits);
 #   - a client that disconnects mid-stream aborts the upstream transfer and
-#     what was streamed is committed (nothing left in flight at either end).
+#     what was streamed is committed (nothing left in flight at either end);
+#   - requests short of budget wait in the proxy's line (not its event loop)
+#     and are all served within --max-wait;
+#   - `quotactl proxies` lists the proxy with its address, its upstream
+#     without credentials and its counters; a killed proxy's record shows as
+#     gone and is removed by the next proxy; a stopped proxy leaves none.
 # Every process started is stopped and the segment removed, also on failure.
 #
 # Usage: proxy.sh QUOTAD QUOTA-SIM QUOTA-PROXY QUOTACTL QUOTA-WORKER
@@ -24,12 +29,12 @@ tmp=$(mktemp -d /tmp/quota-proxy.XXXXXX) || exit 1
 seg="quota-proxy-$$-$RANDOM"
 pids=()
 cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
+	local i keys=("${!pids[@]}") # the array may have holes (unset)
+	for ((i = ${#keys[@]} - 1; i >= 0; i--)); do
+		kill "${pids[keys[i]]}" 2>/dev/null
+		wait "${pids[keys[i]]}" 2>/dev/null
 	done
-	rm -f "/dev/shm/$seg"
+	rm -f "/dev/shm/$seg" "/dev/shm/$seg.proxy."*
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -62,6 +67,8 @@ cat >"$tmp/quota.json" <<JSON
     "llama-4-scout": { "rpm": 6000, "tpm": 900000, "context_window": 131072, "burst": 1 },
     "tiny":   { "rpm": 1, "burst": 1 },
     "ctx":    { "rpm": 6000, "context_window": 100 },
+    "line":   { "rpm": 120, "burst": 0.008 },
+    "slow":   { "rpm": 6, "burst": 0.1 },
     "budget": { "rpm": 6000, "price_per_mtok": { "input": 100000, "output": 0 },
                 "budget_usd": { "day": 3 } } } }
 JSON
@@ -193,6 +200,94 @@ fi
 wait_grep "$tmp/sim.err" "cut after" $sim && ok "the upstream transfer was aborted ($(grep -o 'stream .* cut after.*' "$tmp/sim.err"))" ||
 	nok "the upstream stream was not cut"
 [ "$(jnum llama-4-scout inflight)" = 0 ] && ok "nothing in flight after the disconnect" || nok "inflight $(jnum llama-4-scout inflight)"
+
+# ---- waiting for budget: in the proxy's line, served in turn within --max-wait
+proxies_json() { "$QUOTACTL" --segment "$seg" proxies --json; }
+# pnum PID FIELD: a number of proxy PID in `quotactl proxies --json`.
+pnum() {
+	proxies_json | sed 's/{"pid":/\n{"pid":/g' | grep "^{\"pid\":$1," |
+		grep -o "\"$2\":[0-9]*" | head -n 1 | cut -d: -f2
+}
+lpids=()
+for i in 1 2 3; do
+	curl -s -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer sk-l$i" --data-binary \
+		"{\"model\":\"line\",\"max_tokens\":4,$M}" "$URL/v1/chat/completions" >"$tmp/line$i" &
+	lpids+=($!)
+done
+seen=0
+for ((i = 0; i < 200; i++)); do # bounded: 10 s
+	[ "$(pnum $proxy waiting)" -ge 1 ] 2>/dev/null && { seen=1; break; }
+	running=0
+	for p in "${lpids[@]}"; do kill -0 "$p" 2>/dev/null && running=1; done
+	[ $running = 1 ] || break # all answered (the first one served may be any)
+	sleep 0.05
+done
+wait "${lpids[@]}"
+[ $seen = 1 ] && ok "quotactl proxies shows requests waiting for budget" || nok "no waiting request seen"
+[ "$(cat "$tmp"/line1 "$tmp"/line2 "$tmp"/line3 | tr '\n' ' ')" = "200 200 200 " ] &&
+	ok "3 requests short of budget waited in line and were served" ||
+	nok "line answers: $(cat "$tmp"/line1 "$tmp"/line2 "$tmp"/line3 | tr '\n' ' ')"
+[ "$(pnum $proxy waiting)" = 0 ] && [ "$(pnum $proxy in_flight)" = 0 ] &&
+	ok "nothing waiting or in flight afterwards" || nok "waiting/in_flight left: $(proxies_json)"
+
+# ---- quotactl proxies
+pj=$(proxies_json)
+[[ $pj == *"\"pid\":$proxy,\"alive\":true,\"listen\":\"127.0.0.1:$port\",\"upstream\":\"http://127.0.0.1:$sport\""* ]] &&
+	ok "quotactl proxies: pid, address and upstream" || nok "quotactl proxies --json: $pj"
+[ "$(pnum $proxy relayed)" -ge 8 ] && [ "$(pnum $proxy refused)" -ge 3 ] &&
+	[ "$(pnum $proxy bad)" -ge 8 ] && [ "$(pnum $proxy upstream_429)" -ge 1 ] &&
+	ok "counters: relayed $(pnum $proxy relayed), refused $(pnum $proxy refused), bad $(pnum $proxy bad), upstream 429s $(pnum $proxy upstream_429)" ||
+	nok "counters: $pj"
+"$QUOTACTL" --segment "$seg" proxies | grep -q "^$proxy  *127.0.0.1:$port  *http://127.0.0.1:$sport " &&
+	ok "quotactl proxies: the table" || nok "table: $("$QUOTACTL" --segment "$seg" proxies)"
+"$QUOTACTL" --segment "$seg" status | grep -q "^quota-proxy: 1 process, 0 in flight, 0 waiting" &&
+	ok "quotactl status: a line about the proxies" || nok "status: $("$QUOTACTL" --segment "$seg" status | head -n 3)"
+# A proxy whose upstream URL holds credentials, killed: they are never
+# recorded; its record shows as gone, and the next proxy removes it.
+"$PROXY" --upstream "http://user:pw-secret@127.0.0.1:$sport" -p 0 -S "$seg" --quiet \
+	>"$tmp/p2.port" 2>"$tmp/p2.err" &
+p2=$!
+pids+=($p2)
+wait_line "$tmp/p2.port" $p2 >/dev/null || die "second quota-proxy did not start"
+proxies_json | grep -q 'pw-secret\|user:' && nok "credentials in the record" || ok "no credentials in the record"
+kill -KILL $p2
+wait $p2 2>/dev/null
+[[ $(proxies_json) == *"\"pid\":$p2,\"alive\":false"* ]] && ok "a killed proxy's record shows as gone" ||
+	nok "killed proxy: $(proxies_json)"
+"$PROXY" --upstream "http://127.0.0.1:$sport" -p 0 -S "$seg" --max-wait 30s --quiet \
+	>"$tmp/p3.port" 2>"$tmp/p3.err" &
+p3=$!
+pids+=($p3)
+p3port=$(wait_line "$tmp/p3.port" $p3) || die "third quota-proxy did not start"
+[ ! -e "/dev/shm/$seg.proxy.$p2" ] && [ -e "/dev/shm/$seg.proxy.$p3" ] &&
+	ok "the next proxy removed the stale record" || nok "records: $(ls /dev/shm | grep "$seg.proxy")"
+
+# ---- a client that gives up while waiting for budget leaves the line at
+# once, uncharged ("slow": one request, then one every 10 s)
+post3() {
+	curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer sk-s' "$@" \
+		--data-binary "{\"model\":\"slow\",\"max_tokens\":4,$M}" "http://127.0.0.1:$p3port/v1/chat/completions"
+}
+[ "$(post3)" = 200 ] && ok "slow: first request served" || nok "slow: first request"
+post3 --max-time 2 >/dev/null &
+gc=$!
+seen=0
+for ((i = 0; i < 100; i++)); do # bounded: 5 s, while the client waits
+	[ "$(pnum $p3 waiting)" = 1 ] && { seen=1; break; }
+	sleep 0.05
+done
+wait $gc
+left=0
+for ((i = 0; i < 100; i++)); do # bounded: 5 s, before its 10 s turn
+	[ "$(pnum $p3 waiting)" = 0 ] && { left=1; break; }
+	sleep 0.05
+done
+[ $seen = 1 ] && [ $left = 1 ] && [ "$(jnum slow admitted)" = 1 ] &&
+	ok "a client gone while in line left it, uncharged" ||
+	nok "client gone in line: seen $seen, left $left, admitted $(jnum slow admitted): $(proxies_json)"
+kill -TERM $p3
+wait $p3
+[ ! -e "/dev/shm/$seg.proxy.$p3" ] && ok "a stopped proxy leaves no record" || nok "record left by $p3"
 
 # ---- a clean stop
 kill -TERM $proxy

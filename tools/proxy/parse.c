@@ -5,6 +5,7 @@
  * malformed body gets its 400 from the proxy and is never charged.
  */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,51 @@ static int usage_of(const cJSON *usage, struct proxy_usage *u)
 	return 0;
 }
 
+/*
+ * The fast path: providers put "usage" last in the answer, so parse only
+ * that object when it is the last member of the top-level object (the
+ * bytes after it are one '}' and white space; in a string the quotes of
+ * "usage" would be escaped). 0, or -ENOENT to parse the whole answer.
+ */
+static int usage_at_end(const char *body, size_t len, struct proxy_usage *u)
+{
+	static const char key[] = "\"usage\"";
+	const char *p = NULL, *end;
+	struct proxy_usage v;
+	cJSON *obj;
+	int rc;
+
+	for (size_t i = len; i >= sizeof(key) - 1; i--)
+		if (body[i - (sizeof(key) - 1)] == '"' &&
+		    memcmp(body + i - (sizeof(key) - 1), key, sizeof(key) - 1) == 0) {
+			p = body + i;
+			break;
+		}
+	if (!p)
+		return -ENOENT;
+	while (p < body + len && isspace((unsigned char)*p))
+		p++;
+	if (p == body + len || *p++ != ':')
+		return -ENOENT;
+	while (p < body + len && isspace((unsigned char)*p))
+		p++;
+	if (p == body + len || *p != '{')
+		return -ENOENT;
+	obj = cJSON_ParseWithLengthOpts(p, (size_t)(body + len - p), &end, 0);
+	if (!obj)
+		return -ENOENT;
+	while (end < body + len && isspace((unsigned char)*end))
+		end++;
+	rc = end < body + len && *end == '}' ? usage_of(obj, &v) : -ENOENT;
+	for (end++; rc == 0 && end < body + len; end++)
+		if (!isspace((unsigned char)*end))
+			rc = -ENOENT;
+	cJSON_Delete(obj);
+	if (rc == 0)
+		*u = v;
+	return rc;
+}
+
 int proxy_parse_usage(const char *body, size_t len, struct proxy_usage *u)
 {
 	cJSON *root;
@@ -218,6 +264,8 @@ int proxy_parse_usage(const char *body, size_t len, struct proxy_usage *u)
 
 	if (!body || json_depth(body, len, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH)
 		return -ENOENT;
+	if (usage_at_end(body, len, u) == 0)
+		return 0;
 	root = cJSON_ParseWithLength(body, len);
 	rc = usage_of(cJSON_GetObjectItemCaseSensitive(root, "usage"), u);
 	cJSON_Delete(root);

@@ -51,7 +51,9 @@ struct proxy_usage {
 };
 
 /* usage.{prompt,completion}_tokens of a JSON answer (completion 0 when
- * absent, as for embeddings): 0, or -ENOENT when there is no usable usage. */
+ * absent, as for embeddings): 0, or -ENOENT when there is no usable usage.
+ * Where "usage" is the answer's last member (as providers write it), only
+ * that object is parsed, not the whole answer. */
 int proxy_parse_usage(const char *body, size_t len, struct proxy_usage *u);
 
 /* What one SSE event of a streamed completion carried. */

@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * qhandle.c - see qhandle.h: one libquota handle for the whole process,
- * shared by every connection thread (a handle is thread-safe since core v2:
- * each thread that uses it takes a client slot of its own on first use).
+ * used by its event loop's thread only (so one client slot of the segment).
  */
 #include <errno.h>
 

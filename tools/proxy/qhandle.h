@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * qhandle.h - quota-proxy's only door to libquota's handle: one handle,
- * shared by every connection thread (thread-safe since core v2), and the
+ * used by the process's event loop thread (one client slot), and the
  * sized calls of the v2 ABI (quota_feedback_init(), quota_info()).
  */
 #ifndef QUOTA_PROXY_QHANDLE_H

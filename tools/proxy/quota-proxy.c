@@ -18,10 +18,17 @@
  *   insufficient_quota (spend budget), 400 context_length_exceeded.
  * Any other request passes through untouched.
  *
- * HTTP is libmicrohttpd with a thread per connection, so a request waiting
- * for budget or for its upstream holds only its own connection. --workers N
- * forks N such servers on one port (SO_REUSEPORT). The Authorization header
- * is passed on and never logged.
+ * One thread serves everything: an epoll loop (serve()) over libmicrohttpd
+ * in external epoll mode, libcurl's multi socket interface (upstream.c) and
+ * a signalfd. Nothing on it blocks: a request short of budget reserves with
+ * timeout 0 and waits, suspended, in a FIFO line for the retry time the
+ * library gave (line_*); a request at the upstream is suspended until its
+ * answer can be passed on; a stream's reader suspends until the next bytes.
+ * So the process takes one client slot of the segment, whatever the number
+ * of connections. --workers N forks N such servers on one port
+ * (SO_REUSEPORT). Each registers itself for `quotactl proxies`
+ * (tools/common/proxyreg.h). The Authorization header is passed on and
+ * never logged.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,10 +41,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -45,6 +55,7 @@
 
 #include "opt.h"
 #include "parse.h"
+#include "proxyreg.h"
 #include "qhandle.h"
 #include "quota.h"
 #include "upstream.h"
@@ -262,21 +273,57 @@ static enum MHD_Result refuse_rate(struct MHD_Connection *conn, quota_client *qc
 
 /* ---- relaying --------------------------------------------------------- */
 
-/* Per-connection request state: the body as it arrives. */
+/* Where a request is (see on_request()). */
+enum rq_state {
+	RQ_BODY,        /* its body is arriving */
+	RQ_WAIT_BUDGET, /* suspended, in the budget line */
+	RQ_WAIT_UP,     /* suspended until the upstream's answer can be passed on */
+	RQ_READY,       /* resumed: queue the answer, or the refusal */
+	RQ_ANSWERED,    /* a response is queued */
+};
+
+struct relay;
+struct request;
+
+/* The epoll data of a client watched while it waits in line. */
+struct gone_watch {
+	void *tag; /* &tag_client */
+	struct request *q;
+};
+
+/* Per-request state (MHD's con_cls), from the first byte to the answer. */
 struct request {
 	char *body;
 	size_t len, cap;
 	int too_big;
+	enum rq_state state;
+	struct MHD_Connection *conn;
+	const char *path;          /* MHD's, valid for the request */
+	int suspended;
+	struct relay *r;           /* the exchange, while the request owns it */
+	struct relay *streaming;   /* the exchange its streamed response owns */
+	struct request *prev, *next;   /* all requests (stop) */
+	/* budget line */
+	struct request *lprev, *lnext;
+	int in_line;
+	int64_t deadline_ns;       /* --max-wait after it arrived */
+	int64_t next_try_ns;       /* when to try to reserve again */
+	struct gone_watch gone;    /* its epoll data while in line */
+	int client_fd;             /* watched for a hang-up while in line; -1 */
+	int refusal;               /* at RQ_READY: the negative errno that refused it */
+	int64_t retry_ns;          /* with -EAGAIN: retry after */
+	const char *quota;
 };
 
 /*
  * One relayed exchange, metered or not. For a stream it is owned by the
- * MHD response and settled in its free callback; otherwise by the handler.
+ * MHD response and settled in its free callback; otherwise by the request.
  */
 struct relay {
 	struct up_xfer up;
+	struct request *req;     /* NULL once the request is over */
 	char *send_body;         /* what went upstream when it differs from the client's */
-	int metered, sse, strip_usage;
+	int metered, sse, strip_usage, started;
 	/* metered only */
 	quota_client *qc;
 	int qid;
@@ -292,11 +339,57 @@ struct relay {
 	uint64_t streamed_tokens; /* estimated output tokens passed on */
 };
 
-static struct relay *relay_new(void)
+/* The registry record quotactl reads (NULL if registering failed). */
+static struct proxyreg *reg;
+#define STAT(field, d)                                     \
+	do {                                               \
+		if (reg)                                   \
+			proxyreg_add(&reg->field, (d));    \
+	} while (0)
+
+static int64_t mono_ns(void)
 {
-	return calloc(1, sizeof(struct relay));
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
 }
 
+/* ---- suspend/resume: nothing blocks the event loop --------------------- */
+
+static int resumed;                /* connections resumed since the last MHD_run() */
+static int loop_ep = -1;           /* the event loop's epoll instance */
+/* epoll tags of the event loop's sources; curl's sockets and waiting
+ * clients carry theirs first in their epoll data. */
+static int tag_mhd, tag_signal, tag_curl, tag_client;
+static struct request *requests;   /* all requests, for a stop */
+
+static void rq_suspend(struct request *q)
+{
+	if (!q->suspended) {
+		q->suspended = 1;
+		MHD_suspend_connection(q->conn);
+	}
+}
+
+static void rq_resume(struct request *q)
+{
+	if (q->suspended) {
+		q->suspended = 0;
+		resumed = 1;
+		MHD_resume_connection(q->conn);
+	}
+}
+
+static struct relay *relay_new(struct request *q)
+{
+	struct relay *r = calloc(1, sizeof(struct relay));
+
+	if (r)
+		r->req = q;
+	return r;
+}
+static void line_kick(void);
 /* The upstream answered 429: pause the quota host-wide for as long as it says. */
 static void on_upstream_429(struct relay *r)
 {
@@ -341,6 +434,7 @@ static void relay_settle(struct relay *r, int client_gone)
 			       used.input_tokens, used.output_tokens);
 	} else if (r->up.status == 429) {
 		on_upstream_429(r);
+		STAT(upstream_429, 1);
 		ret = quota_cancel(r->qc, &r->t);
 	} else if (r->up.status == 0 && up_request_sent(&r->up)) {
 		struct quota_cost est = { 1, r->pr.prompt_tokens, r->pr.max_tokens };
@@ -356,6 +450,7 @@ static void relay_settle(struct relay *r, int client_gone)
 		if (ret < 0)
 			logmsg("quota_feedback_apply: %s", quota_strerror(ret));
 	}
+	line_kick(); /* budget or a slot may have come back */
 out:
 	if (r->qc) {
 		qh_put(r->qc);
@@ -363,10 +458,13 @@ out:
 	}
 }
 
+
 static void relay_free(struct relay *r)
 {
 	if (!r)
 		return;
+	if (r->started)
+		STAT(in_flight, -1);
 	up_end(&r->up);
 	free(r->send_body);
 	free(r->out);
@@ -484,51 +582,6 @@ static int relay_pump(struct relay *r, int flush)
 	return 0;
 }
 
-/* MHD content reader of a streamed answer: blocks (thread per connection)
- * until there is something to pass on. */
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
-{
-	struct relay *r = cls;
-
-	(void)pos;
-	for (;;) {
-		if (r->out_off < r->out_len) {
-			size_t n = r->out_len - r->out_off;
-
-			if (n > max)
-				n = max;
-			memcpy(buf, r->out + r->out_off, n);
-			r->out_off += n;
-			return (ssize_t)n;
-		}
-		if (r->up.done) {
-			if (r->up.off < r->up.len) {
-				if (relay_pump(r, 1) < 0)
-					return MHD_CONTENT_READER_END_WITH_ERROR;
-				continue;
-			}
-			if (r->up.result != CURLE_OK || r->up.overflow)
-				return MHD_CONTENT_READER_END_WITH_ERROR;
-			r->eos = 1;
-			return MHD_CONTENT_READER_END_OF_STREAM;
-		}
-		up_wait_data(&r->up, &stopping);
-		if (relay_pump(r, 0) < 0)
-			return MHD_CONTENT_READER_END_WITH_ERROR;
-	}
-}
-
-/* The streamed answer is over (sent, or the client went): settle, free. */
-static void stream_free(void *cls)
-{
-	struct relay *r = cls;
-	int gone = !r->eos;
-
-	if (gone && !r->up.done)
-		r->up.done = 1; /* up_end() aborts the transfer */
-	relay_settle(r, gone && !r->have_usage);
-	relay_free(r);
-}
 
 struct hdr_ctx {
 	struct up_xfer *x;
@@ -628,7 +681,88 @@ static char *upstream_url(struct MHD_Connection *conn, const char *path)
 	return u.url;
 }
 
-/* Start the upstream exchange of @r: headers, URL, body; wait for its headers. */
+/*
+ * MHD content reader of a streamed answer: what the upstream sent so far;
+ * with nothing yet, the connection is suspended until relay_notify()
+ * resumes it (never a wait on the event loop).
+ */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct relay *r = cls;
+
+	(void)pos;
+	for (;;) {
+		if (r->out_off < r->out_len) {
+			size_t n = r->out_len - r->out_off;
+
+			if (n > max)
+				n = max;
+			memcpy(buf, r->out + r->out_off, n);
+			r->out_off += n;
+			return (ssize_t)n;
+		}
+		if (stopping)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		if (r->up.done) {
+			if (r->up.off < r->up.len) {
+				if (relay_pump(r, 1) < 0)
+					return MHD_CONTENT_READER_END_WITH_ERROR;
+				continue;
+			}
+			if (r->up.result != CURLE_OK || r->up.overflow)
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			r->eos = 1;
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		}
+		if (r->up.off < r->up.len) {
+			if (relay_pump(r, 0) < 0)
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			if (r->out_off < r->out_len)
+				continue;
+		}
+		if (!r->req)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		rq_suspend(r->req);
+		return 0;
+	}
+}
+
+/* The streamed answer is over (sent, or the client went): settle, free. */
+static void stream_free(void *cls)
+{
+	struct relay *r = cls;
+	int gone = !r->eos;
+
+	if (r->req)
+		r->req->streaming = NULL;
+	if (gone && !r->up.done)
+		r->up.done = 1; /* up_end() aborts the transfer */
+	relay_settle(r, gone && !r->have_usage);
+	relay_free(r);
+}
+
+/* Upstream progress (from the event loop): resume the request when what
+ * it waits for is there. */
+static void relay_notify(struct up_xfer *x, enum up_event ev)
+{
+	struct relay *r = (struct relay *)(void *)((char *)x - offsetof(struct relay, up));
+	struct request *q = r->req;
+
+	if (!q || !q->suspended)
+		return;
+	if (q->state == RQ_WAIT_UP) {
+		/* Streams (and anything not metered) go on at their headers,
+		 * the rest once the whole answer is in. */
+		if (ev != UP_DONE && !(ev == UP_HEADERS && (!r->metered || (r->sse && x->status == 200))))
+			return;
+		q->state = RQ_READY;
+	} else if (ev == UP_HEADERS) {
+		return;
+	}
+	rq_resume(q); /* RQ_ANSWERED: a streamed answer's reader waits for bytes */
+}
+
+/* Start the upstream exchange of @r: headers, URL, body. 0 or -ENOMEM. */
 static int relay_start(struct relay *r, struct MHD_Connection *conn, const char *method,
 		       const char *path, const char *body, size_t len)
 {
@@ -647,12 +781,32 @@ static int relay_start(struct relay *r, struct MHD_Connection *conn, const char 
 	free(url);
 	if (ret < 0)
 		return ret;
-	up_wait_headers(&r->up);
+	r->up.notify = relay_notify;
+	r->started = 1;
+	STAT(relayed, 1);
+	STAT(in_flight, 1);
 	return 0;
 }
 
+/* A whole answer's body as a response, without a copy when it can be
+ * handed over. */
+static struct MHD_Response *body_response(struct up_xfer *x)
+{
+	struct MHD_Response *resp;
+
+	if (x->off || !x->buf)
+		return MHD_create_response_from_buffer(x->len - x->off, x->buf ? x->buf + x->off : NULL,
+						       MHD_RESPMEM_MUST_COPY);
+	resp = MHD_create_response_from_buffer_with_free_callback(x->len, x->buf, free);
+	if (resp) {
+		x->buf = NULL; /* the response's now */
+		x->off = x->len = x->cap = 0;
+	}
+	return resp;
+}
+
 /* Answer the client with what the upstream sent: streamed (the relay is
- * then the response's), or buffered whole (the caller keeps the relay). */
+ * then the response's), or whole (the caller keeps the relay). */
 static enum MHD_Result relay_respond(struct relay *r, struct MHD_Connection *conn, int stream,
 				     int *handed_over)
 {
@@ -660,6 +814,17 @@ static enum MHD_Result relay_respond(struct relay *r, struct MHD_Connection *con
 	enum MHD_Result ret;
 
 	*handed_over = 0;
+	if (r->up.status == 0 || r->up.overflow || (!stream && !r->up.done)) {
+		const char *why = r->up.overflow ? "the upstream's answer is too large"
+				  : stopping     ? "quota-proxy is stopping"
+						 : curl_easy_strerror(r->up.result);
+
+		STAT(upstream_failed, 1);
+		return send_error(conn, MHD_HTTP_BAD_GATEWAY, "server_error", "upstream_error", NULL,
+				  "quota-proxy: the upstream did not answer: %s", why);
+	}
+	if (!r->metered && r->up.status == 429)
+		STAT(upstream_429, 1);
 	if (stream) {
 		resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, r,
 							 stream_free);
@@ -671,19 +836,10 @@ static enum MHD_Result relay_respond(struct relay *r, struct MHD_Connection *con
 		MHD_destroy_response(resp);
 		return ret;
 	}
-	up_wait_done(&r->up);
-	if (r->up.status == 0 || r->up.overflow) {
-		const char *why = r->up.overflow ? "the upstream's answer is too large"
-						 : curl_easy_strerror(r->up.result);
-
-		return send_error(conn, MHD_HTTP_BAD_GATEWAY, "server_error", "upstream_error", NULL,
-				  "quota-proxy: the upstream did not answer: %s", why);
-	}
 	if (r->metered && r->up.status == 200 &&
 	    proxy_parse_usage(r->up.buf + r->up.off, r->up.len - r->up.off, &r->usage) == 0)
 		r->have_usage = 1;
-	resp = MHD_create_response_from_buffer(r->up.len - r->up.off, r->up.buf + r->up.off,
-					       MHD_RESPMEM_MUST_COPY);
+	resp = body_response(&r->up);
 	if (!resp)
 		return MHD_NO;
 	copy_headers(resp, &r->up);
@@ -692,26 +848,16 @@ static enum MHD_Result relay_respond(struct relay *r, struct MHD_Connection *con
 	return ret;
 }
 
-/* Any request the proxy does not meter: relayed as it is, streamed back. */
-static enum MHD_Result handle_pass(struct MHD_Connection *conn, const char *method,
-				   const char *path, struct request *req)
+/* Settle and free the request's exchange (not handed to a response). */
+static void rq_drop_relay(struct request *q)
 {
-	struct relay *r = relay_new();
-	enum MHD_Result ret;
-	int handed;
-
-	if (!r)
-		return MHD_NO;
-	if (relay_start(r, conn, method, path, req->body, req->len) < 0 || r->up.status == 0) {
-		up_wait_done(&r->up);
-		relay_free(r);
-		return send_error(conn, MHD_HTTP_BAD_GATEWAY, "server_error", "upstream_error", NULL,
-				  "quota-proxy: the upstream did not answer");
+	if (q->r) {
+		q->r->req = NULL;
+		relay_settle(q->r, 0);
+		relay_free(q->r);
+		q->r = NULL;
+		q->quota = NULL; /* may have pointed into it */
 	}
-	ret = relay_respond(r, conn, 1, &handed);
-	if (!handed)
-		relay_free(r);
-	return ret;
 }
 
 /* The quota of a request: -q, else --map of its model, else the model. */
@@ -725,27 +871,305 @@ static const char *quota_name(const char *model)
 	return model;
 }
 
-/* POST to a metered endpoint: estimate, reserve, relay, settle. */
-static enum MHD_Result handle_metered(struct MHD_Connection *conn, const char *path,
-				      enum est_endpoint ep, struct request *req)
+/* A local refusal of a metered request that quota_reserve() refused with
+ * @rc (retry after @retry_ns for -EAGAIN). */
+static enum MHD_Result refuse(struct MHD_Connection *conn, struct relay *r, const char *quota,
+			      int rc, int64_t retry_ns)
+{
+	if (rc == -EAGAIN || rc == -EDQUOT || rc == -E2BIG)
+		STAT(refused, 1);
+	if (rc == -EAGAIN)
+		return refuse_rate(conn, r->qc, r->qid, quota, retry_ns);
+	if (rc == -EDQUOT)
+		return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, "insufficient_quota",
+				  "insufficient_quota",
+				  (const char *const[]){ "x-should-retry", "false", NULL },
+				  "The spend budget of quota '%s' for this period is used up "
+				  "(quota-proxy).",
+				  quota);
+	if (rc == -E2BIG)
+		return send_error(conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error",
+				  "context_length_exceeded", NULL,
+				  "This request can never fit quota '%s': about %" PRIu64
+				  " prompt tokens (estimated) + %" PRIu64
+				  " max tokens is above its context window or a limit's capacity.",
+				  quota, r->pr.prompt_tokens, r->pr.max_tokens);
+	if (rc == -ESHUTDOWN)
+		return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+				  "quota-proxy is stopping");
+	return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+			  "quota-proxy: %s", quota_strerror(rc));
+}
+
+/* Admitted: the ticket is open; send the request upstream and wait
+ * (suspended) for its answer. 0, or a negative errno (nothing started). */
+static int rq_forward(struct request *q)
+{
+	struct relay *r = q->r;
+	const char *body = q->body;
+	size_t len = q->len;
+
+	r->ticket_open = 1;
+	if (r->pr.stream) {
+		r->sse = 1;
+		if (!r->pr.include_usage) {
+			r->send_body = proxy_stream_body(body, len, &len);
+			if (!r->send_body)
+				return -ENOMEM;
+			body = r->send_body;
+			r->strip_usage = 1;
+		}
+	}
+	if (cfg.verbose)
+		logmsg("%s %s quota %s: reserved 1 + %" PRIu64 " + %" PRIu64 " tokens after %.3f ms",
+		       q->path, r->pr.stream ? "stream" : "", q->quota, r->pr.prompt_tokens,
+		       r->pr.max_tokens, (double)(mono_ns() - (q->deadline_ns - cfg.max_wait_ns)) / 1e6);
+	if (relay_start(r, q->conn, "POST", q->path, body, len) < 0)
+		return -ENOMEM;
+	q->state = RQ_WAIT_UP;
+	rq_suspend(q);
+	return 0;
+}
+
+/* ---- the budget line ----------------------------------------------------
+ *
+ * A request short of budget never blocks the loop: it reserves with timeout
+ * 0 and, refused with -EAGAIN, waits in this line (suspended) until the
+ * retry time the library gave, then tries again. FIFO per quota: a request
+ * of a quota someone of this process already waits for queues behind them
+ * without trying, and a quota's waiters are tried in arrival order, each
+ * only once the one before it got in. (Linked workers of the same segment
+ * that reserve with a timeout take their place in libquota's own line at
+ * once, which this process cannot see: across processes the order is only
+ * as fair as retry times are.) A request whose retry time is past its
+ * --max-wait deadline is refused at once, as quota_reserve() would.
+ */
+static struct {
+	struct request *head, *tail;
+	int64_t wake_ns; /* the next try; -1: none */
+	int kicked;      /* budget came back: each quota's first waiter tries now */
+} line = { .wake_ns = -1 };
+
+static void line_add(struct request *q)
+{
+	const union MHD_ConnectionInfo *info;
+
+	q->lnext = NULL;
+	q->lprev = line.tail;
+	if (line.tail)
+		line.tail->lnext = q;
+	else
+		line.head = q;
+	line.tail = q;
+	q->in_line = 1;
+	STAT(waiting, 1);
+	/* A client that gives up while in line must not keep its place (nor
+	 * be charged when its turn comes): watch its socket for a hang-up
+	 * (MHD does not while the connection is suspended). */
+	info = MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	q->client_fd = -1;
+	if (info) {
+		struct epoll_event e = { .events = EPOLLRDHUP, .data.ptr = &q->gone };
+
+		q->gone.tag = &tag_client;
+		q->gone.q = q;
+		if (epoll_ctl(loop_ep, EPOLL_CTL_ADD, info->connect_fd, &e) == 0)
+			q->client_fd = info->connect_fd;
+	}
+}
+
+static void line_remove(struct request *q)
+{
+	if (!q->in_line)
+		return;
+	if (q->lprev)
+		q->lprev->lnext = q->lnext;
+	else
+		line.head = q->lnext;
+	if (q->lnext)
+		q->lnext->lprev = q->lprev;
+	else
+		line.tail = q->lprev;
+	q->lprev = q->lnext = NULL;
+	q->in_line = 0;
+	STAT(waiting, -1);
+	if (q->client_fd >= 0)
+		epoll_ctl(loop_ep, EPOLL_CTL_DEL, q->client_fd, NULL);
+	q->client_fd = -1;
+}
+
+/* Something was given back: try the heads of the line now. */
+static void line_kick(void)
+{
+	if (line.head) {
+		line.wake_ns = 0;
+		line.kicked = 1;
+	}
+}
+
+/* Reserve @q's cost without waiting: 0, -EAGAIN (q->retry_ns set), or
+ * another negative errno. */
+static int try_reserve(struct request *q)
+{
+	struct relay *r = q->r;
+	struct quota_cost cost = { 1, r->pr.prompt_tokens, r->pr.max_tokens };
+	int rc = quota_reserve(r->qc, r->qid, &cost, 0, &r->t);
+
+	if (rc == -EAGAIN)
+		q->retry_ns = r->t.retry_after_ns > 0 ? r->t.retry_after_ns : NS_PER_MS;
+	return rc;
+}
+
+/* Leave the line with refusal @rc (0: admitted and forwarded). */
+static void line_leave(struct request *q, int rc)
+{
+	line_remove(q);
+	if (rc == 0)
+		rc = rq_forward(q);
+	if (rc == 0)
+		return;
+	q->refusal = rc;
+	q->state = RQ_READY;
+	rq_resume(q);
+}
+
+/* Blocked quotas of one pass over the line: tried and refused, or not due. */
+struct blocked {
+	int n;
+	struct {
+		int qid;
+		int64_t until;
+	} q[64];
+};
+
+static int64_t blocked_until(const struct blocked *b, int qid)
+{
+	for (int i = 0; i < b->n; i++)
+		if (b->q[i].qid == qid)
+			return b->q[i].until;
+	return -1;
+}
+
+static void block(struct blocked *b, int qid, int64_t until)
+{
+	if (b->n < (int)(sizeof(b->q) / sizeof(b->q[0]))) {
+		b->q[b->n].qid = qid;
+		b->q[b->n++].until = until;
+	}
+}
+
+/* One pass: admit who can be, in order; refuse who cannot within their
+ * deadline; set the next wake-up. */
+static void line_run(int64_t now)
+{
+	struct blocked b = { 0 };
+	struct request *q, *next;
+	int64_t wake = -1;
+	int kicked = line.kicked;
+
+	line.wake_ns = -1;
+	line.kicked = 0;
+	for (q = line.head; q; q = next) {
+		int64_t until = blocked_until(&b, q->r->qid);
+		int rc;
+
+		next = q->lnext;
+		if (until < 0 && (q->next_try_ns <= now || kicked)) {
+			rc = try_reserve(q);
+			if (rc != -EAGAIN) {
+				line_leave(q, rc);
+				continue;
+			}
+			until = now + q->retry_ns;
+			block(&b, q->r->qid, until);
+		} else if (until < 0) {
+			until = q->next_try_ns;
+			block(&b, q->r->qid, until);
+		}
+		if (until > q->deadline_ns) {
+			q->retry_ns = until - now;
+			line_leave(q, -EAGAIN);
+			continue;
+		}
+		q->next_try_ns = until;
+		if (wake < 0 || until < wake)
+			wake = until;
+	}
+	if (line.wake_ns < 0) /* not kicked meanwhile */
+		line.wake_ns = wake;
+}
+
+/*
+ * A new metered request: admitted now (0), queued (1: suspended), or refused
+ * (a negative errno; q->retry_ns for -EAGAIN).
+ */
+static int line_enter(struct request *q)
+{
+	int64_t now = mono_ns(), until = -1;
+	int rc;
+
+	q->deadline_ns = now + cfg.max_wait_ns;
+	for (struct request *w = line.head; w; w = w->lnext)
+		if (w->r->qid == q->r->qid && (until < 0 || w->next_try_ns > until))
+			until = w->next_try_ns; /* behind the quota's last waiter */
+	if (until < 0) {
+		rc = try_reserve(q);
+		if (rc != -EAGAIN)
+			return rc;
+		until = now + q->retry_ns;
+	}
+	if (until > q->deadline_ns) {
+		q->retry_ns = until - now;
+		return -EAGAIN;
+	}
+	q->next_try_ns = until;
+	q->state = RQ_WAIT_BUDGET;
+	line_add(q);
+	if (line.wake_ns < 0 || until < line.wake_ns)
+		line.wake_ns = until;
+	rq_suspend(q);
+	return 1;
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+/* Any request the proxy does not meter: relayed as it is, streamed back. */
+static enum MHD_Result handle_pass(struct request *q, const char *method)
+{
+	struct relay *r = relay_new(q);
+
+	if (!r)
+		return MHD_NO;
+	q->r = r;
+	if (relay_start(r, q->conn, method, q->path, q->body, q->len) < 0) {
+		rq_drop_relay(q);
+		STAT(upstream_failed, 1);
+		return send_error(q->conn, MHD_HTTP_BAD_GATEWAY, "server_error", "upstream_error", NULL,
+				  "quota-proxy: the upstream did not answer");
+	}
+	q->state = RQ_WAIT_UP;
+	rq_suspend(q);
+	return MHD_YES;
+}
+
+/* POST to a metered endpoint: estimate, reserve (or queue), forward. */
+static enum MHD_Result handle_metered(struct request *q, enum est_endpoint ep)
 {
 	struct relay *r;
-	struct quota_cost cost;
-	const char *quota;
-	const char *body = req->body;
-	size_t len = req->len;
 	char err[512];
 	enum MHD_Result ret;
-	int rc, handed;
+	int rc;
 
-	if (req->too_big)
-		return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
+	if (q->too_big) {
+		STAT(bad, 1);
+		return send_error(q->conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
 				  NULL, "request body above %zu bytes", cfg.max_body);
-	r = relay_new();
+	}
+	r = relay_new(q);
 	if (!r)
 		return MHD_NO;
 	r->metered = 1;
-	rc = proxy_parse_request(body, len, ep,
+	rc = proxy_parse_request(q->body, q->len, ep,
 				 ep == EST_COMPLETION ? (cfg.default_max_tokens < 16 ? cfg.default_max_tokens : 16)
 						      : cfg.default_max_tokens,
 				 &r->pr, err, sizeof(err));
@@ -753,87 +1177,69 @@ static enum MHD_Result handle_metered(struct MHD_Connection *conn, const char *p
 		relay_free(r);
 		if (rc == -ENOMEM)
 			return MHD_NO;
-		return send_error(conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, NULL,
+		STAT(bad, 1);
+		return send_error(q->conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, NULL,
 				  "%s", err);
 	}
-	quota = quota_name(r->pr.model);
+	q->r = r;
+	q->quota = quota_name(r->pr.model);
 	r->qc = qh_get(&rc);
 	if (!r->qc) {
-		relay_free(r);
-		return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+		rq_drop_relay(q);
+		return send_error(q->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
 				  "quota-proxy: cannot open the quota segment: %s",
 				  quota_strerror(rc));
 	}
-	r->qid = quota_find(r->qc, quota);
+	r->qid = quota_find(r->qc, q->quota);
 	if (r->qid < 0) {
-		if (cfg.pass_unknown)
-			ret = handle_pass(conn, "POST", path, req);
-		else
-			ret = send_error(conn, MHD_HTTP_NOT_FOUND, "invalid_request_error",
-					 "model_not_found", NULL,
-					 "The model '%s' has no quota '%s' on this host (quota-proxy; "
-					 "see --map, -q, --pass-unknown).",
-					 r->pr.model, quota);
-		relay_settle(r, 0);
-		relay_free(r);
-		return ret;
-	}
-	cost = (struct quota_cost){ 1, r->pr.prompt_tokens, r->pr.max_tokens };
-	rc = quota_reserve(r->qc, r->qid, &cost, cfg.max_wait_ns, &r->t);
-	if (rc < 0) {
-		int64_t retry = r->t.retry_after_ns;
-
-		if (rc == -EAGAIN)
-			ret = refuse_rate(conn, r->qc, r->qid, quota, retry);
-		else if (rc == -EDQUOT)
-			ret = send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, "insufficient_quota",
-					 "insufficient_quota",
-					 (const char *const[]){ "x-should-retry", "false", NULL },
-					 "The spend budget of quota '%s' for this period is used up "
-					 "(quota-proxy).",
-					 quota);
-		else if (rc == -E2BIG)
-			ret = send_error(conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error",
-					 "context_length_exceeded", NULL,
-					 "This request can never fit quota '%s': about %" PRIu64
-					 " prompt tokens (estimated) + %" PRIu64
-					 " max tokens is above its context window or a limit's capacity.",
-					 quota, r->pr.prompt_tokens, r->pr.max_tokens);
-		else
-			ret = send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
-					 "quota-proxy: quota_reserve: %s", quota_strerror(rc));
-		relay_settle(r, 0);
-		relay_free(r);
-		return ret;
-	}
-	r->ticket_open = 1;
-	if (r->pr.stream) {
-		r->sse = 1;
-		if (!r->pr.include_usage) {
-			r->send_body = proxy_stream_body(body, len, &len);
-			if (!r->send_body) {
-				relay_settle(r, 0);
-				relay_free(r);
-				return MHD_NO;
-			}
-			body = r->send_body;
-			r->strip_usage = 1;
+		if (cfg.pass_unknown) {
+			rq_drop_relay(q);
+			return handle_pass(q, "POST");
 		}
+		STAT(bad, 1);
+		/* q->quota may be r->pr.model: answer before the relay goes. */
+		ret = send_error(q->conn, MHD_HTTP_NOT_FOUND, "invalid_request_error",
+				 "model_not_found", NULL,
+				 "The model '%s' has no quota '%s' on this host (quota-proxy; "
+				 "see --map, -q, --pass-unknown).",
+				 r->pr.model, q->quota);
+		rq_drop_relay(q);
+		return ret;
 	}
-	if (cfg.verbose)
-		logmsg("%s %s quota %s: reserved 1 + %" PRIu64 " + %" PRIu64 " tokens after %.3f ms",
-		       path, r->pr.stream ? "stream" : "", quota, r->pr.prompt_tokens,
-		       r->pr.max_tokens, (double)r->t.waited_ns / 1e6);
-	rc = relay_start(r, conn, "POST", path, body, len);
-	if (rc < 0) {
-		relay_settle(r, 0);
-		relay_free(r);
+	rc = line_enter(q);
+	if (rc == 1)
+		return MHD_YES;
+	if (rc == 0)
+		rc = rq_forward(q);
+	if (rc == 0)
+		return MHD_YES;
+	ret = rc == -ENOMEM ? MHD_NO : refuse(q->conn, r, q->quota, rc, q->retry_ns);
+	rq_drop_relay(q);
+	return ret;
+}
+
+/* Resumed with the answer (or a refusal) ready: queue it. */
+static enum MHD_Result answer(struct request *q)
+{
+	struct relay *r = q->r;
+	enum MHD_Result ret;
+	int handed;
+
+	q->state = RQ_ANSWERED;
+	if (!r)
 		return MHD_NO;
+	if (q->refusal) {
+		ret = q->refusal == -ENOMEM ? MHD_NO
+					    : refuse(q->conn, r, q->quota, q->refusal, q->retry_ns);
+		rq_drop_relay(q);
+		return ret;
 	}
-	ret = relay_respond(r, conn, r->sse && r->up.status == 200, &handed);
-	if (!handed) {
-		relay_settle(r, 0);
-		relay_free(r);
+	ret = relay_respond(r, q->conn, !r->metered || (r->sse && r->up.status == 200), &handed);
+	if (handed) {
+		q->r = NULL;
+		q->streaming = r;
+	} else {
+		rq_drop_relay(q);
 	}
 	return ret;
 }
@@ -877,50 +1283,92 @@ static int request_append(struct request *r, const char *data, size_t n)
 	return 0;
 }
 
+/*
+ * MHD's access handler, on the event loop: called as the body arrives, once
+ * it is all in (RQ_BODY: decide), and again after each resume (RQ_READY:
+ * answer). Nothing here waits.
+ */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload,
 				  size_t *upload_size, void **con_cls)
 {
-	struct request *req = *con_cls;
+	struct request *q = *con_cls;
 	int ep;
 
 	(void)cls;
 	(void)version;
-	if (!req) {
-		req = calloc(1, sizeof(*req));
-		if (!req)
+	if (!q) {
+		q = calloc(1, sizeof(*q));
+		if (!q)
 			return MHD_NO;
-		*con_cls = req;
+		q->conn = conn;
+		q->path = url;
+		q->client_fd = -1;
+		q->next = requests;
+		if (requests)
+			requests->prev = q;
+		requests = q;
+		*con_cls = q;
+		STAT(requests, 1);
 		return MHD_YES;
 	}
+	if (q->state == RQ_READY)
+		return answer(q);
+	if (q->state != RQ_BODY)
+		return MHD_NO; /* not reached: suspended requests are not called */
 	if (*upload_size) {
-		if (request_append(req, upload, *upload_size) < 0)
+		if (request_append(q, upload, *upload_size) < 0)
 			return MHD_NO;
 		*upload_size = 0;
 		return MHD_YES;
 	}
+	q->state = RQ_ANSWERED; /* unless a handler below suspends it */
+	if (stopping)
+		return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+				  "quota-proxy is stopping");
 	ep = metered_endpoint(url);
 	if (ep >= 0 && strcmp(method, "POST") == 0)
-		return handle_metered(conn, url, (enum est_endpoint)ep, req);
-	if (req->too_big)
+		return handle_metered(q, (enum est_endpoint)ep);
+	if (q->too_big) {
+		STAT(bad, 1);
 		return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
 				  NULL, "request body above %zu bytes", cfg.max_body);
-	return handle_pass(conn, method, url, req);
+	}
+	return handle_pass(q, method);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	struct request *req = *con_cls;
+	struct request *q = *con_cls;
 
 	(void)cls;
 	(void)conn;
 	(void)toe;
-	if (req) {
-		free(req->body);
-		free(req);
+	if (q) {
+		line_remove(q);
+		rq_drop_relay(q);
+		if (q->streaming)
+			q->streaming->req = NULL;
+		if (q->prev)
+			q->prev->next = q->next;
+		else
+			requests = q->next;
+		if (q->next)
+			q->next->prev = q->prev;
+		free(q->body);
+		free(q);
 	}
 	*con_cls = NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	(void)socket_context;
+	STAT(connections, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
 }
 
 /* ---- serving ---------------------------------------------------------- */
@@ -976,17 +1424,148 @@ static void *stop_watchdog(void *arg)
 	return NULL;
 }
 
+/* A client hung up while waiting in line: it leaves the line, uncharged
+ * (MHD then finds the connection closed). */
+static void client_gone(struct request *q)
+{
+	if (!q->in_line)
+		return;
+	if (cfg.verbose)
+		logmsg("%s quota %s: the client left while waiting for budget", q->path, q->quota);
+	line_leave(q, -ECONNRESET);
+}
+
+/* Milliseconds until something in the loop is due (-1: nothing). */
+static int loop_timeout(int64_t now, int64_t mhd_deadline)
+{
+	int64_t t = -1;
+	long c = up_timeout_ms();
+
+	if (resumed)
+		return 0;
+	if (c >= 0)
+		t = c * NS_PER_MS;
+	if (mhd_deadline >= 0 && (t < 0 || mhd_deadline - now < t))
+		t = mhd_deadline - now;
+	if (line.wake_ns >= 0 && (t < 0 || line.wake_ns - now < t))
+		t = line.wake_ns - now;
+	if (t < 0)
+		return t == -1 ? -1 : 0;
+	t = (t + NS_PER_MS - 1) / NS_PER_MS;
+	return t > 60000 ? 60000 : (int)t;
+}
+
+/* MHD's own timeouts (idle connections): its next deadline, or -1. */
+static int64_t mhd_deadline(struct MHD_Daemon *d)
+{
+	MHD_UNSIGNED_LONG_LONG ms;
+
+	if (MHD_get_timeout(d, &ms) != MHD_YES)
+		return -1;
+	return mono_ns() + (int64_t)(ms > 3600000 ? 3600000 : ms) * NS_PER_MS;
+}
+
+/* Stopping: every suspended request is resumed to end (waiters refused,
+ * exchanges cut short); MHD must have none suspended when it stops. */
+static void resume_all(void)
+{
+	for (struct request *q = requests; q; q = q->next) {
+		if (q->in_line) {
+			line_remove(q);
+			q->refusal = -ESHUTDOWN;
+		}
+		if (q->state == RQ_WAIT_BUDGET || q->state == RQ_WAIT_UP)
+			q->state = RQ_READY;
+		rq_resume(q);
+	}
+}
+
+/*
+ * The event loop: one thread serves every connection. The epoll set holds
+ * MHD's epoll fd (client sockets, run by MHD_run()), curl's sockets
+ * (upstream.c) and a signalfd; the timeout is the nearest of curl's timer,
+ * MHD's and the budget line's next try. Until SIGTERM/SIGINT.
+ */
+static void run_loop(struct MHD_Daemon *d, int ep)
+{
+	struct epoll_event ev[64];
+	int64_t now, mhd_at = mhd_deadline(d);
+
+	while (!stopping) {
+		int n, run_mhd = 0, timeout;
+
+		now = mono_ns();
+		timeout = loop_timeout(now, mhd_at);
+		n = epoll_wait(ep, ev, 64, timeout);
+		if (n < 0 && errno != EINTR) {
+			logmsg("epoll_wait: %s", strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			if (ev[i].data.ptr == &tag_mhd)
+				run_mhd = 1;
+			else if (ev[i].data.ptr == &tag_signal)
+				stopping = 1;
+			else if (*(void **)ev[i].data.ptr == &tag_client)
+				client_gone(((struct gone_watch *)ev[i].data.ptr)->q);
+			else
+				up_socket(ev[i].data.ptr, ev[i].events);
+		}
+		up_after_events();
+		if (up_timeout_ms() == 0)
+			up_timeout();
+		now = mono_ns();
+		if (line.wake_ns >= 0 && line.wake_ns <= now)
+			line_run(now);
+		if (run_mhd || resumed || (mhd_at >= 0 && mhd_at <= now)) {
+			resumed = 0;
+			MHD_run(d);
+			/* Start the transfers the handlers just added. */
+			if (up_timeout_ms() == 0)
+				up_timeout();
+			mhd_at = mhd_deadline(d);
+		}
+	}
+	resume_all();
+	for (int i = 0; i < 4 && resumed; i++) {
+		resumed = 0;
+		MHD_run(d);
+	}
+}
+
+/* Register for quotactl (proxyreg.h); a failure only costs visibility. */
+static void register_proxy(unsigned bound)
+{
+	char listen[80];
+	int r;
+
+	snprintf(listen, sizeof(listen), strchr(cfg.listen_addr, ':') ? "[%s]:%u" : "%s:%u",
+		 cfg.listen_addr, bound);
+	r = proxyreg_open(cfg.segment, listen, cfg.upstream, cfg.workers, &reg);
+	if (r < 0)
+		logmsg("not visible to quotactl proxies: %s", strerror(-r));
+}
+
+static int add_watch(int ep, int fd, void *tag)
+{
+	struct epoll_event e = { .events = EPOLLIN, .data.ptr = tag };
+
+	return epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+}
+
 /*
  * Serve on @port until SIGTERM/SIGINT. @ready_fd (>= 0) gets one byte once
  * listening; with @print_port the port goes to stdout. Exit status.
  */
 static int serve(unsigned port, int ready_fd, int print_port)
 {
+	const union MHD_DaemonInfo *info;
 	struct MHD_Daemon *d;
 	sigset_t sigs;
 	unsigned bound;
 	pthread_t wd;
-	int fd, sig = 0, r;
+	char url[256];
+	int fd, ep, sfd, r;
 
 	r = qh_init(cfg.segment);
 	if (r < 0) {
@@ -994,24 +1573,37 @@ static int serve(unsigned port, int ready_fd, int print_port)
 			cfg.segment ? cfg.segment : "$QUOTA_SEGMENT", quota_strerror(r));
 		return 1;
 	}
-	if (up_global_init(cfg.upstream_timeout_ms, 10000) < 0) {
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	loop_ep = ep;
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (ep < 0 || sfd < 0 || add_watch(ep, sfd, &tag_signal) < 0) {
+		fprintf(stderr, "quota-proxy: cannot set up the event loop: %s\n", strerror(errno));
+		return 1;
+	}
+	if (up_global_init(ep, &tag_curl, cfg.upstream_timeout_ms, 10000) < 0) {
 		fprintf(stderr, "quota-proxy: cannot initialise libcurl\n");
 		return 1;
 	}
 	fd = make_socket(port, 1, &bound);
 	if (fd < 0)
 		return 1;
-	d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-				     MHD_USE_ITC | (cfg.quiet ? 0 : MHD_USE_ERROR_LOG),
+	d = MHD_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+				     (cfg.quiet ? 0 : MHD_USE_ERROR_LOG),
 			     0, NULL, NULL, on_request, NULL, MHD_OPTION_LISTEN_SOCKET, fd,
 			     MHD_OPTION_CONNECTION_LIMIT, cfg.max_connections,
 			     MHD_OPTION_CONNECTION_TIMEOUT, 600u, MHD_OPTION_NOTIFY_COMPLETED,
-			     on_completed, NULL, MHD_OPTION_END);
-	if (!d) {
+			     on_completed, NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+			     MHD_OPTION_END);
+	info = d ? MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD) : NULL;
+	if (!d || !info || add_watch(ep, info->epoll_fd, &tag_mhd) < 0) {
 		fprintf(stderr, "quota-proxy: cannot start the HTTP server\n");
 		close(fd);
 		return 1;
 	}
+	register_proxy(bound);
 	if (print_port) {
 		printf("%u\n", bound);
 		fflush(stdout);
@@ -1021,19 +1613,19 @@ static int serve(unsigned port, int ready_fd, int print_port)
 			logmsg("cannot tell the parent process it is ready");
 		close(ready_fd);
 	}
-	logmsg("listening on %s:%u, upstream %s, segment %s", cfg.listen_addr, bound, cfg.upstream,
+	proxyreg_clean_url(cfg.upstream, url, sizeof(url)); /* no credentials in a log */
+	logmsg("listening on %s:%u, upstream %s, segment %s", cfg.listen_addr, bound, url,
 	       cfg.segment ? cfg.segment : "$QUOTA_SEGMENT");
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	while (sigwait(&sigs, &sig) != 0)
-		;
-	stopping = 1;
+	run_loop(d, ep);
 	pthread_create(&wd, NULL, stop_watchdog, NULL);
 	MHD_stop_daemon(d);
 	close(fd);
+	proxyreg_close(reg);
+	reg = NULL;
 	qh_close_all();
 	up_global_cleanup();
+	close(sfd);
+	close(ep);
 	return 0;
 }
 
@@ -1232,7 +1824,8 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 
 	parse_options(argc, argv);
-	/* Stop signals go to sigwait in the main thread of each process. */
+	/* Stop signals: the event loop's signalfd (sigwait in a --workers
+	 * supervisor); blocked in every thread. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);

@@ -1,92 +1,136 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * upstream.c - see upstream.h. A lane is a curl easy handle inside a multi
- * handle of its own; the multi keeps the connection cache, so a lane taken
- * from the pool (LIFO, under a mutex) reuses a warm keep-alive connection.
+ * upstream.c - see upstream.h. One curl multi handle for the process, on
+ * curl's socket interface: CURLMOPT_SOCKETFUNCTION adds curl's sockets to
+ * the event loop's epoll set, CURLMOPT_TIMERFUNCTION sets the deadline the
+ * loop waits for. The loop calls up_socket()/up_timeout(); finished
+ * transfers are reported through their notify callback. Single-threaded:
+ * everything here runs on the event loop's thread.
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <time.h>
 
 #include "qhandle.h"
 #include "upstream.h"
 
-#define POLL_MS 100 /* longest step while waiting, so @stop is seen */
+#define IDLE_EASY_MAX 64 /* easy handles kept for reuse */
 
-struct lane {
-	CURL *easy;
-	CURLM *multi;
-	struct lane *next;
+/*
+ * A socket curl watches, from its first CURL_POLL_IN/OUT to its
+ * CURL_POLL_REMOVE. Freed only after the epoll batch that may still point
+ * to it (up_after_events()): handling one socket's event can make curl
+ * drop another one whose event comes later in the same batch.
+ */
+struct watch {
+	struct up_watch pub;   /* first: the epoll data starts with the tag */
+	int removed;
+	struct watch *next_removed;
 };
 
 static struct {
-	pthread_mutex_t lock;
-	struct lane *idle;
+	CURLM *multi;
+	int epfd;
+	void *tag;
 	long timeout_ms, connect_ms;
-} lanes = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	int64_t deadline_ns; /* curl's timer; -1: none */
+	CURL *idle[IDLE_EASY_MAX];
+	int nidle;
+	struct watch *removed; /* to free after the event batch */
+} up = { .epfd = -1, .deadline_ns = -1 };
 
-int up_global_init(long timeout_ms, long connect_ms)
+static int64_t mono_ns(void)
 {
-	lanes.timeout_ms = timeout_ms;
-	lanes.connect_ms = connect_ms;
-	return curl_global_init(CURL_GLOBAL_DEFAULT) == 0 ? 0 : -ENOMEM;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* curl: watch @s for @what (CURL_POLL_IN/OUT/INOUT/REMOVE). */
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	struct watch *w = socketp;
+	struct epoll_event ev = { 0 };
+
+	(void)e;
+	(void)userp;
+	if (what == CURL_POLL_REMOVE) {
+		if (w) {
+			epoll_ctl(up.epfd, EPOLL_CTL_DEL, s, NULL);
+			curl_multi_assign(up.multi, s, NULL);
+			w->removed = 1;
+			w->next_removed = up.removed;
+			up.removed = w;
+		}
+		return 0;
+	}
+	ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+	if (!w) {
+		w = calloc(1, sizeof(*w));
+		if (!w)
+			return -1;
+		w->pub.tag = up.tag;
+		w->pub.fd = s;
+		ev.data.ptr = w;
+		if (epoll_ctl(up.epfd, EPOLL_CTL_ADD, s, &ev) < 0) {
+			free(w);
+			return -1;
+		}
+		curl_multi_assign(up.multi, s, w);
+		return 0;
+	}
+	ev.data.ptr = w;
+	return epoll_ctl(up.epfd, EPOLL_CTL_MOD, s, &ev) < 0 ? -1 : 0;
+}
+
+void up_after_events(void)
+{
+	while (up.removed) {
+		struct watch *w = up.removed;
+
+		up.removed = w->next_removed;
+		free(w);
+	}
+}
+
+static int on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+	(void)m;
+	(void)userp;
+	up.deadline_ns = timeout_ms < 0 ? -1 : mono_ns() + (int64_t)timeout_ms * 1000000;
+	return 0;
+}
+
+int up_global_init(int epfd, void *tag, long timeout_ms, long connect_ms)
+{
+	up.epfd = epfd;
+	up.tag = tag;
+	up.timeout_ms = timeout_ms;
+	up.connect_ms = connect_ms;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+		return -ENOMEM;
+	up.multi = curl_multi_init();
+	if (!up.multi)
+		return -ENOMEM;
+	curl_multi_setopt(up.multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+	curl_multi_setopt(up.multi, CURLMOPT_TIMERFUNCTION, on_timer);
+	return 0;
 }
 
 void up_global_cleanup(void)
 {
-	while (lanes.idle) {
-		struct lane *l = lanes.idle;
-
-		lanes.idle = l->next;
-		curl_multi_cleanup(l->multi);
-		curl_easy_cleanup(l->easy);
-		free(l);
-	}
+	while (up.nidle)
+		curl_easy_cleanup(up.idle[--up.nidle]);
+	if (up.multi)
+		curl_multi_cleanup(up.multi);
+	up.multi = NULL;
+	up_after_events();
 	curl_global_cleanup();
-}
-
-static struct lane *lane_get(void)
-{
-	struct lane *l;
-
-	pthread_mutex_lock(&lanes.lock);
-	l = lanes.idle;
-	if (l)
-		lanes.idle = l->next;
-	pthread_mutex_unlock(&lanes.lock);
-	if (l) {
-		curl_easy_reset(l->easy);
-		return l;
-	}
-	l = calloc(1, sizeof(*l));
-	if (!l)
-		return NULL;
-	l->easy = curl_easy_init();
-	l->multi = curl_multi_init();
-	if (!l->easy || !l->multi) {
-		curl_easy_cleanup(l->easy);
-		curl_multi_cleanup(l->multi);
-		free(l);
-		return NULL;
-	}
-	return l;
-}
-
-static void lane_put(struct lane *l, int reusable)
-{
-	if (!reusable) {
-		curl_multi_cleanup(l->multi);
-		curl_easy_cleanup(l->easy);
-		free(l);
-		return;
-	}
-	pthread_mutex_lock(&lanes.lock);
-	l->next = lanes.idle;
-	lanes.idle = l;
-	pthread_mutex_unlock(&lanes.lock);
 }
 
 int up_add_header(struct up_xfer *x, const char *line)
@@ -131,6 +175,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
 	memcpy(x->buf + x->len, data, bytes);
 	x->len += bytes;
 	x->buf[x->len] = '\0';
+	if (x->notify)
+		x->notify(x, UP_DATA);
 	return bytes;
 }
 
@@ -163,8 +209,11 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 		return bytes;
 	}
 	if (bytes <= 2 && (bytes == 0 || data[0] == '\r' || data[0] == '\n')) {
-		if (x->status >= 200)
+		if (x->status >= 200 && !x->headers_done) {
 			x->headers_done = 1;
+			if (x->notify)
+				x->notify(x, UP_HEADERS);
+		}
 		return bytes;
 	}
 	colon = memchr(data, ':', bytes);
@@ -195,135 +244,148 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 	return bytes;
 }
 
+/* A new easy handle with the options every exchange shares. */
+static CURL *easy_new(void)
+{
+	CURL *e = curl_easy_init();
+
+	if (!e)
+		return NULL;
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, up.connect_ms);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, up.timeout_ms);
+	return e;
+}
+
 int up_begin(struct up_xfer *x, const char *method, const char *url, const char *body,
 	     size_t len, size_t max_buffer)
 {
-	struct lane *l = lane_get();
-	CURL *e;
+	/* A reused handle keeps the shared options (no curl_easy_reset():
+	 * it costs more than setting the few that differ). */
+	CURL *e = up.nidle ? up.idle[--up.nidle] : easy_new();
+	int get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
+	int post = strcmp(method, "POST") == 0;
 
-	if (!l)
+	if (!e)
 		return -ENOMEM;
-	x->lane_ = l;
 	x->max = max_buffer;
 	x->req_len = len;
 	qh_feedback_init(&x->fb);
-	e = l->easy;
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->req_headers);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, lanes.connect_ms);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, lanes.timeout_ms);
-	if (strcmp(method, "GET") == 0) {
+	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, get || head || post ? NULL : method);
+	curl_easy_setopt(e, CURLOPT_NOBODY, head ? 1L : 0L);
+	if (get || head || (!post && !len)) {
 		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-	} else if (strcmp(method, "HEAD") == 0) {
-		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+		if (head)
+			curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	} else {
-		if (strcmp(method, "POST") != 0)
-			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-		if (len || strcmp(method, "POST") == 0) {
-			curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
-			curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-		}
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 	}
-	if (curl_multi_add_handle(l->multi, e) != CURLM_OK) {
-		lane_put(l, 0);
-		x->lane_ = NULL;
+	if (curl_multi_add_handle(up.multi, e) != CURLM_OK) {
+		curl_easy_cleanup(e);
 		return -ENOMEM;
 	}
+	x->easy_ = e;
 	return 0;
 }
 
-/* One step: let curl work, then wait (at most POLL_MS) for the sockets. */
-static void step(struct up_xfer *x)
+/* Report the transfers curl finished. */
+static void reap(void)
 {
-	struct lane *l = x->lane_;
-	int running = 0, q;
 	CURLMsg *m;
+	int q;
 
-	curl_multi_perform(l->multi, &running);
-	while ((m = curl_multi_info_read(l->multi, &q))) {
-		if (m->msg == CURLMSG_DONE) {
-			x->done = 1;
-			x->result = m->data.result;
-		}
-	}
-	if (!x->done && !running) {
+	while ((m = curl_multi_info_read(up.multi, &q))) {
+		struct up_xfer *x = NULL;
+
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+		if (!x || x->done)
+			continue;
 		x->done = 1;
-		x->result = CURLE_RECV_ERROR;
-	}
-	if (x->done)
+		x->result = m->data.result;
 		x->headers_done = 1;
-}
-
-static void wait_step(struct up_xfer *x)
-{
-	struct lane *l = x->lane_;
-	size_t before = x->len;
-
-	step(x);
-	if (!x->done && !x->headers_done && x->len == before)
-		curl_multi_poll(l->multi, NULL, 0, POLL_MS, NULL);
-}
-
-void up_wait_headers(struct up_xfer *x)
-{
-	while (x->lane_ && !x->headers_done && !x->done)
-		wait_step(x);
-}
-
-void up_wait_data(struct up_xfer *x, volatile int *stop)
-{
-	while (x->lane_ && x->off == x->len && !x->done) {
-		if (stop && *stop) {
-			x->done = 1;
-			x->result = CURLE_ABORTED_BY_CALLBACK;
-			return;
-		}
-		step(x);
-		if (x->off == x->len && !x->done)
-			curl_multi_poll(((struct lane *)x->lane_)->multi, NULL, 0, POLL_MS, NULL);
+		if (x->notify)
+			x->notify(x, UP_DONE);
 	}
 }
 
-void up_wait_done(struct up_xfer *x)
+void up_socket(void *data, uint32_t events)
 {
-	while (x->lane_ && !x->done) {
-		step(x);
-		if (!x->done)
-			curl_multi_poll(((struct lane *)x->lane_)->multi, NULL, 0, POLL_MS, NULL);
-	}
+	struct watch *w = data;
+	int running, flags = 0;
+
+	if (w->removed) /* earlier in this batch */
+		return;
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+		flags |= CURL_CSELECT_IN;
+	if (events & EPOLLOUT)
+		flags |= CURL_CSELECT_OUT;
+	if (events & EPOLLERR)
+		flags |= CURL_CSELECT_ERR;
+	curl_multi_socket_action(up.multi, w->pub.fd, flags, &running);
+	reap();
+}
+
+void up_timeout(void)
+{
+	int running;
+
+	up.deadline_ns = -1;
+	curl_multi_socket_action(up.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	reap();
+}
+
+long up_timeout_ms(void)
+{
+	int64_t left;
+
+	if (up.deadline_ns < 0)
+		return -1;
+	left = up.deadline_ns - mono_ns();
+	return left <= 0 ? 0 : (long)((left + 999999) / 1000000);
 }
 
 int up_request_sent(const struct up_xfer *x)
 {
-	struct lane *l = x->lane_;
-	curl_off_t up = 0;
+	curl_off_t sent = 0;
 
-	if (!l)
+	if (!x->easy_)
 		return 0;
 	if (x->status >= 200) /* it answered: it had the request */
 		return 1;
-	if (curl_easy_getinfo(l->easy, CURLINFO_SIZE_UPLOAD_T, &up) != CURLE_OK)
+	if (curl_easy_getinfo(x->easy_, CURLINFO_SIZE_UPLOAD_T, &sent) != CURLE_OK)
 		return 0;
-	return up >= (curl_off_t)x->req_len;
+	return sent >= (curl_off_t)x->req_len;
 }
 
 void up_end(struct up_xfer *x)
 {
-	struct lane *l = x->lane_;
+	CURL *e = x->easy_;
 
-	if (l) {
-		curl_multi_remove_handle(l->multi, l->easy);
-		/* An aborted transfer's connection is closed by curl; the lane
-		 * itself is fine to reuse. */
-		lane_put(l, 1);
+	if (e) {
+		/* An aborted transfer's connection is closed by curl; the easy
+		 * handle itself is fine to reuse. */
+		curl_multi_remove_handle(up.multi, e);
+		if (up.nidle < IDLE_EASY_MAX) {
+			curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL); /* freed below */
+			curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+			up.idle[up.nidle++] = e;
+		} else {
+			curl_easy_cleanup(e);
+		}
 	}
-	x->lane_ = NULL;
+	x->easy_ = NULL;
+	x->notify = NULL;
 	curl_slist_free_all(x->req_headers);
 	x->req_headers = NULL;
 	headers_clear(x);

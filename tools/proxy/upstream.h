@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * upstream.h - one HTTP exchange with the upstream provider, driven step by
- * step (libcurl's multi interface) so that a streamed answer can be passed
- * on as it arrives. Handles come from a pool and keep their connections
- * alive between exchanges.
+ * upstream.h - the exchanges with the upstream provider, all on one libcurl
+ * multi handle driven by the proxy's event loop (curl's socket interface:
+ * its sockets join the loop's epoll set, its timer is the loop's timeout).
+ * The multi keeps the connection cache, so exchanges reuse warm keep-alive
+ * connections; easy handles come from a free list. Nothing here blocks:
+ * an exchange reports its progress through its notify callback.
  */
 #ifndef QUOTA_PROXY_UPSTREAM_H
 #define QUOTA_PROXY_UPSTREAM_H
 
 #include <curl/curl.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "quota.h"
 
@@ -17,8 +20,17 @@ struct up_header {
 	char *name, *value;
 };
 
+struct up_xfer;
+
+/* What happened to an exchange (see up_xfer.notify). */
+enum up_event {
+	UP_HEADERS, /* the final response's headers are all in */
+	UP_DATA,    /* body bytes were added to buf */
+	UP_DONE,    /* the transfer is over (result in `result`) */
+};
+
 struct up_xfer {
-	void *lane_;                /* pooled curl handles */
+	void *easy_;                /* the curl easy handle while running */
 	struct curl_slist *req_headers;
 	long status;                /* of the final response; 0 until known */
 	int headers_done;           /* the final response's headers are all in */
@@ -32,10 +44,16 @@ struct up_xfer {
 	size_t nheaders;
 	struct quota_feedback fb;   /* its rate-limit headers */
 	int bad_feedback;           /* rate-limit headers that did not parse */
+	/* Called from up_socket()/up_timeout() (never from up_begin()). */
+	void (*notify)(struct up_xfer *x, enum up_event ev);
 };
 
-/* Global set-up: @timeout_ms per exchange, @connect_ms to connect. */
-int up_global_init(long timeout_ms, long connect_ms);
+/*
+ * Set-up on the event loop's epoll instance @epfd: @timeout_ms per exchange,
+ * @connect_ms to connect. The tag of curl's sockets in the epoll set is
+ * @tag (up_socket() gets it back with the socket). 0 or -ENOMEM.
+ */
+int up_global_init(int epfd, void *tag, long timeout_ms, long connect_ms);
 void up_global_cleanup(void);
 
 /* A request header to send ("Name: value"); -ENOMEM. */
@@ -44,20 +62,10 @@ int up_add_header(struct up_xfer *x, const char *line);
 /*
  * Start @method @url with @body (@len bytes, may be 0) and the headers added
  * so far. The body must stay valid until up_end(). @max_buffer bounds the
- * bytes of the answer held at once.
+ * bytes of the answer held at once. 0 or -ENOMEM.
  */
 int up_begin(struct up_xfer *x, const char *method, const char *url, const char *body,
 	     size_t len, size_t max_buffer);
-
-/* Run the transfer until the headers are in or it is over. */
-void up_wait_headers(struct up_xfer *x);
-
-/* Run it until there are unconsumed body bytes or it is over; @stop is
- * polled between steps (non-zero aborts, as a failed transfer). */
-void up_wait_data(struct up_xfer *x, volatile int *stop);
-
-/* Run it to the end (the whole body buffered). */
-void up_wait_done(struct up_xfer *x);
 
 /* Whether the whole request body went out (for a failed transfer: whether
  * the provider may have counted it). */
@@ -65,5 +73,21 @@ int up_request_sent(const struct up_xfer *x);
 
 /* End the exchange (aborting it if still running) and free its state. */
 void up_end(struct up_xfer *x);
+
+/* Event loop: socket @fd (from the epoll data @data) is ready for @events
+ * (EPOLLIN...); curl's timer; milliseconds until curl's timer (-1: none). */
+void up_socket(void *data, uint32_t events);
+void up_timeout(void);
+long up_timeout_ms(void);
+
+/* After each batch of epoll events: free the watches of sockets curl gave
+ * up meanwhile (the batch may still point to them). */
+void up_after_events(void);
+
+/* The epoll data of a curl socket starts with this tag. */
+struct up_watch {
+	void *tag;
+	curl_socket_t fd;
+};
 
 #endif

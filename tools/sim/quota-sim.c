@@ -780,141 +780,127 @@ static enum MHD_Result start_stream(struct MHD_Connection *conn, struct key_stat
  * arrival (all limits or none), simulate the latency, answer with usage,
  * then give back the unused max_tokens (--refund actual).
  */
-static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *req)
+/* handle_chat(), step 1: the key, the body, the request. 0 with *@root
+ * (to be freed) and @chat filled, or -1 with the answer queued in *@ret. */
+static int chat_request(struct MHD_Connection *conn, struct request *req, char key[KEY_MAX + 1],
+			cJSON **root, struct chat *chat, enum MHD_Result *ret)
 {
 	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-	uint64_t cost[L_N], completion;
-	struct rl_headers rh;
-	struct key_state *k;
-	struct chat chat;
-	char err[512], key[KEY_MAX + 1], id[64], *text;
-	int64_t t_arrive, worst = 0;
-	int worst_l = -1, l;
-	cJSON *root, *resp, *choices, *choice, *msg, *usage;
-	enum MHD_Result ret;
+	char err[512];
 
 	if (!auth || strncmp(auth, "Bearer ", 7) != 0 || !auth[7] || strlen(auth + 7) > KEY_MAX) {
 		pthread_mutex_lock(&st.lock);
 		st.unauthorized++;
 		pthread_mutex_unlock(&st.lock);
-		return send_error(conn, MHD_HTTP_UNAUTHORIZED, "invalid_request_error",
+		*ret = send_error(conn, MHD_HTTP_UNAUTHORIZED, "invalid_request_error",
 				  "invalid_api_key", NULL,
 				  "Missing or malformed 'Authorization: Bearer <key>' header (keys of "
 				  "1 to %d bytes).",
 				  KEY_MAX);
+		return -1;
 	}
-	snprintf(key, sizeof(key), "%s", auth + 7);
+	snprintf(key, KEY_MAX + 1, "%s", auth + 7);
 	if (req->too_big) {
 		pthread_mutex_lock(&st.lock);
 		st.bad_request++;
 		pthread_mutex_unlock(&st.lock);
-		return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
+		*ret = send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error", NULL,
 				  NULL, "request body above %zu bytes", cfg.max_body);
+		return -1;
 	}
-	if (!req->body || req->len == 0)
-		return bad_request(conn, "empty request body; expected JSON");
+	if (!req->body || req->len == 0) {
+		*ret = bad_request(conn, "empty request body; expected JSON");
+		return -1;
+	}
 	if (json_depth(req->body, req->len) > JSON_DEPTH_MAX) {
 		snprintf(err, sizeof(err), "JSON nested deeper than %d levels", JSON_DEPTH_MAX);
-		return bad_request(conn, err);
+		*ret = bad_request(conn, err);
+		return -1;
 	}
-	root = cJSON_ParseWithLength(req->body, req->len);
-	if (!root)
-		return bad_request(conn, "the request body is not valid JSON");
-	if (parse_chat(root, &chat, err, sizeof(err)) < 0) {
-		cJSON_Delete(root);
-		return bad_request(conn, err);
+	*root = cJSON_ParseWithLength(req->body, req->len);
+	if (!*root) {
+		*ret = bad_request(conn, "the request body is not valid JSON");
+		return -1;
 	}
+	if (parse_chat(*root, chat, err, sizeof(err)) < 0) {
+		cJSON_Delete(*root);
+		*ret = bad_request(conn, err);
+		return -1;
+	}
+	return 0;
+}
 
-	cost[L_RPM] = cost[L_RPD] = 1;
-	cost[L_TPM] = cost[L_TPD] = chat.prompt_tokens + chat.max_tokens;
-
-	/* Admission: all limits or none, at arrival. */
-	pthread_mutex_lock(&st.lock);
-	t_arrive = now_ns();
-	k = key_get(key, t_arrive);
-	if (!k) {
-		pthread_mutex_unlock(&st.lock);
-		cJSON_Delete(root);
-		return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
-				  "more than %u distinct API keys", cfg.max_keys);
-	}
-	for (l = 0; l < L_N; l++) {
+/* handle_chat(), step 2 (st.lock held): the longest wait over every limit
+ * for @cost at @t (-1: never fits), and which limit it is. */
+static int64_t chat_admission(struct key_state *k, const uint64_t cost[L_N], int64_t t, int *worst_l)
+{
+	int64_t worst = 0;
+	*worst_l = -1;
+	for (int l = 0; l < L_N; l++) {
 		int64_t w;
 
-		bucket_refill(&k->b[l], t_arrive);
+		bucket_refill(&k->b[l], t);
 		w = bucket_wait_ns(&k->b[l], cost[l]);
 		if (w < 0) {
-			worst = -1;
-			worst_l = l;
-			break;
+			*worst_l = l;
+			return -1;
 		}
 		if (w > worst) {
 			worst = w;
-			worst_l = l;
+			*worst_l = l;
 		}
 	}
-	if (cfg.trace) {
-		char lv[32], lr[32];
+	return worst;
+}
 
-		trace_level(&k->b[L_TPM], lv, sizeof(lv));
-		trace_level(&k->b[L_RPM], lr, sizeof(lr));
-		fprintf(cfg.trace, "arrive %" PRId64 " %s tokens %" PRIu64 " tpm_level_milli %s rpm_level_milli %s %s\n",
-			t_arrive, key, cost[L_TPM], lv, lr, worst == 0 ? "admit" : "reject");
-	}
-	if (worst != 0) {
-		const char *type = worst_l == L_RPM || worst_l == L_RPD ? "requests" : "tokens";
-		static const char *const what[L_N] = { "requests per min (RPM)",
-						       "tokens per min (TPM)",
-						       "requests per day (RPD)",
-						       "tokens per day (TPD)" };
-		uint64_t lim = cfg.limit[worst_l], avail = bucket_remaining(&k->b[worst_l]);
-		char when[32];
+/* handle_chat(), step 3 (st.lock held, released here): the 429 of a
+ * refusal on limit @l, after @worst ns (-1: never fits). */
+static enum MHD_Result chat_refuse(struct MHD_Connection *conn, struct key_state *k,
+				   const uint64_t cost[L_N], int64_t worst, int l)
+{
+	static const char *const what[L_N] = { "requests per min (RPM)", "tokens per min (TPM)",
+					       "requests per day (RPD)", "tokens per day (TPD)" };
+	const char *type = l == L_RPM || l == L_RPD ? "requests" : "tokens";
+	uint64_t lim = cfg.limit[l], avail = bucket_remaining(&k->b[l]);
+	struct rl_headers rh;
+	char when[32];
 
-		k->rejected_429++;
-		st.rejected_429++;
-		if (worst < 0)
-			st.rejected_too_large++;
-		else if (worst_l == L_RPM || worst_l == L_RPD)
-			st.rejected_requests++;
-		else
-			st.rejected_tokens++;
-		rl_fill(&rh, k, worst < 0 ? 0 : worst);
-		pthread_mutex_unlock(&st.lock);
-		cJSON_Delete(root);
-		if (worst < 0)
-			return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type,
-					  "rate_limit_exceeded", rh.h,
-					  "Request too large on %s: Limit %" PRIu64
-					  ", Requested %" PRIu64 ".",
-					  what[worst_l], capacity_of(lim), cost[worst_l]);
-		sim_fmt_reset(worst, when, sizeof(when));
-		return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type, "rate_limit_exceeded",
-				  rh.h,
-				  "Rate limit reached on %s: Limit %" PRIu64 ", Used %" PRIu64
-				  ", Requested %" PRIu64 ". Please try again in %s.",
-				  what[worst_l], lim, capacity_of(lim) - avail, cost[worst_l], when);
-	}
-	for (l = 0; l < L_N; l++)
-		bucket_take(&k->b[l], cost[l]);
-	completion = 1 + rng_next(&st.rng) % chat.max_tokens;
-	st.in_flight++;
-	snprintf(id, sizeof(id), "chatcmpl-sim%" PRIu64, ++st.completion_id);
+	k->rejected_429++;
+	st.rejected_429++;
+	if (worst < 0)
+		st.rejected_too_large++;
+	else if (l == L_RPM || l == L_RPD)
+		st.rejected_requests++;
+	else
+		st.rejected_tokens++;
+	rl_fill(&rh, k, worst < 0 ? 0 : worst);
 	pthread_mutex_unlock(&st.lock);
-	if (chat.stream) {
-		ret = start_stream(conn, k, key, &chat, completion, id);
-		cJSON_Delete(root);
-		return ret;
-	}
+	if (worst < 0)
+		return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type, "rate_limit_exceeded", rh.h,
+				  "Request too large on %s: Limit %" PRIu64 ", Requested %" PRIu64 ".",
+				  what[l], capacity_of(lim), cost[l]);
+	sim_fmt_reset(worst, when, sizeof(when));
+	return send_error(conn, MHD_HTTP_TOO_MANY_REQUESTS, type, "rate_limit_exceeded", rh.h,
+			  "Rate limit reached on %s: Limit %" PRIu64 ", Used %" PRIu64
+			  ", Requested %" PRIu64 ". Please try again in %s.",
+			  what[l], lim, capacity_of(lim) - avail, cost[l], when);
+}
+
+/* handle_chat(), step 4: the whole answer of @completion tokens, after the
+ * simulated latency; settles the key's buckets. */
+static enum MHD_Result chat_answer(struct MHD_Connection *conn, struct key_state *k, const char *key,
+				   const struct chat *chat, uint64_t completion, const char *id)
+{
+	struct rl_headers rh;
+	cJSON *resp, *choices, *choice, *msg, *usage;
+	char *text;
 
 	sim_sleep((int64_t)(cfg.latency_ms * (uint64_t)NS_PER_MS +
 			    completion * cfg.per_token_us * UINT64_C(1000)));
-
 	/* completion_tokens words of 4 bytes: the same rule counts them back. */
 	text = malloc(completion * 4 + 1);
-	if (!text) {
-		cJSON_Delete(root);
+	if (!text)
 		return MHD_NO;
-	}
 	for (uint64_t i = 0; i < completion; i++)
 		memcpy(text + i * 4, filler[i % 8], 4);
 	text[completion * 4 - 1] = '.';
@@ -924,7 +910,7 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	cJSON_AddStringToObject(resp, "id", id);
 	cJSON_AddStringToObject(resp, "object", "chat.completion");
 	cJSON_AddNumberToObject(resp, "created", (double)time(NULL));
-	cJSON_AddStringToObject(resp, "model", chat.model);
+	cJSON_AddStringToObject(resp, "model", chat->model);
 	choices = cJSON_AddArrayToObject(resp, "choices");
 	choice = cJSON_CreateObject();
 	cJSON_AddNumberToObject(choice, "index", 0);
@@ -934,21 +920,72 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	cJSON_AddNullToObject(msg, "refusal");
 	cJSON_AddNullToObject(choice, "logprobs");
 	cJSON_AddStringToObject(choice, "finish_reason",
-				completion == chat.max_tokens ? "length" : "stop");
+				completion == chat->max_tokens ? "length" : "stop");
 	cJSON_AddItemToArray(choices, choice);
 	usage = cJSON_AddObjectToObject(resp, "usage");
-	cJSON_AddNumberToObject(usage, "prompt_tokens", (double)chat.prompt_tokens);
+	cJSON_AddNumberToObject(usage, "prompt_tokens", (double)chat->prompt_tokens);
 	cJSON_AddNumberToObject(usage, "completion_tokens", (double)completion);
-	cJSON_AddNumberToObject(usage, "total_tokens", (double)(chat.prompt_tokens + completion));
+	cJSON_AddNumberToObject(usage, "total_tokens", (double)(chat->prompt_tokens + completion));
 	free(text);
-	cJSON_Delete(root);
 
 	/* Settle: refund what max_tokens reserved but was not generated. */
-	settle(k, key, chat.prompt_tokens, chat.max_tokens, completion);
+	settle(k, key, chat->prompt_tokens, chat->max_tokens, completion);
 	pthread_mutex_lock(&st.lock);
 	rl_fill(&rh, k, -1);
 	pthread_mutex_unlock(&st.lock);
-	ret = send_json(conn, MHD_HTTP_OK, resp, rh.h);
+	return send_json(conn, MHD_HTTP_OK, resp, rh.h);
+}
+
+/* POST /v1/chat/completions: check, admit on every limit at arrival (all or
+ * nothing) or refuse with a 429, then answer (whole or streamed). */
+static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *req)
+{
+	uint64_t cost[L_N], completion;
+	struct key_state *k;
+	struct chat chat;
+	char key[KEY_MAX + 1], id[64];
+	int64_t t_arrive, worst;
+	int worst_l;
+	cJSON *root;
+	enum MHD_Result ret;
+
+	if (chat_request(conn, req, key, &root, &chat, &ret) < 0)
+		return ret;
+	cost[L_RPM] = cost[L_RPD] = 1;
+	cost[L_TPM] = cost[L_TPD] = chat.prompt_tokens + chat.max_tokens;
+
+	pthread_mutex_lock(&st.lock);
+	t_arrive = now_ns();
+	k = key_get(key, t_arrive);
+	if (!k) {
+		pthread_mutex_unlock(&st.lock);
+		cJSON_Delete(root);
+		return send_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL, NULL,
+				  "more than %u distinct API keys", cfg.max_keys);
+	}
+	worst = chat_admission(k, cost, t_arrive, &worst_l);
+	if (cfg.trace) {
+		char lv[32], lr[32];
+
+		trace_level(&k->b[L_TPM], lv, sizeof(lv));
+		trace_level(&k->b[L_RPM], lr, sizeof(lr));
+		fprintf(cfg.trace, "arrive %" PRId64 " %s tokens %" PRIu64 " tpm_level_milli %s rpm_level_milli %s %s\n",
+			t_arrive, key, cost[L_TPM], lv, lr, worst == 0 ? "admit" : "reject");
+	}
+	if (worst != 0) {
+		ret = chat_refuse(conn, k, cost, worst, worst_l);
+		cJSON_Delete(root);
+		return ret;
+	}
+	for (int l = 0; l < L_N; l++)
+		bucket_take(&k->b[l], cost[l]);
+	completion = 1 + rng_next(&st.rng) % chat.max_tokens;
+	st.in_flight++;
+	snprintf(id, sizeof(id), "chatcmpl-sim%" PRIu64, ++st.completion_id);
+	pthread_mutex_unlock(&st.lock);
+	ret = chat.stream ? start_stream(conn, k, key, &chat, completion, id) :
+			    chat_answer(conn, k, key, &chat, completion, id);
+	cJSON_Delete(root);
 	return ret;
 }
 
