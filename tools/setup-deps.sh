@@ -12,6 +12,9 @@ pkgs=(
   faketime                                              # tests/global: a host whose clock is off
   prometheus                                            # promtool checks the metrics format
   nodejs curl                                           # the openai SDK and quota-proxy tests
+  python3 python3-pytest python3-httpx                  # the Python package and its tests
+  debhelper lintian                                     # tools/build-deb.sh and its test
+  systemd man-db                                        # the install test: systemd-analyze verify (and its man: links)
   clang                                                 # libFuzzer targets
 )
 missing=()

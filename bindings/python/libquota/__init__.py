@@ -1,0 +1,557 @@
+# SPDX-License-Identifier: MIT
+"""libquota for Python: share one LLM API's rate limits and spend budget
+between every process and thread of a host, through the segment quotad serves.
+
+A thin layer over the C library (libquota.so.2, loaded with ctypes): the
+library does all the accounting, this package adds context managers,
+exceptions, timeouts in seconds, interruptible waits, asyncio and fork safety.
+
+    import libquota
+    with libquota.Client() as c:                # segment: argument, $QUOTA_SEGMENT, "quota"
+        q = c.quota("llama-4-scout")
+        with q.reserve(input_tokens=700, output_tokens=1000, timeout=5.0) as t:
+            resp = call_the_api()
+            t.commit(input_tokens=resp.usage.prompt_tokens,
+                     output_tokens=resp.usage.completion_tokens)
+
+See python-libquota(3) (docs/man/python-libquota.3) for the whole API.
+"""
+
+import asyncio
+import ctypes
+import errno as _errno
+import os
+import threading
+import time
+import weakref
+
+from . import _lib
+
+__all__ = [
+    "Client", "Quota", "Ticket",
+    "QuotaError", "RetryLater", "TooBig", "BudgetExhausted", "NoSuchQuota",
+]
+__version__ = "2.0.0"
+
+# A blocking reserve sleeps in the C library at most this long at a time, so
+# that a signal (Ctrl-C) is handled within about this delay.
+_SLICE_NS = 50_000_000
+# areserve's polls while only an in-flight slot is missing (the library says
+# "retry after 1 ms"): from 1 ms, doubling, to this.
+_POLL_MAX_NS = 50_000_000
+_NS = 1_000_000_000
+
+
+# ---- Errors -----------------------------------------------------------------
+
+class QuotaError(Exception):
+    """A libquota call failed. ``errno`` is the positive errno value the C
+    library returned (negated there), ``strerror`` its quota_strerror()
+    text."""
+
+    def __init__(self, err, message=None):
+        self.errno = err
+        self.strerror = _strerror(err)
+        super().__init__(message or self.strerror)
+
+    def __str__(self):
+        return self.args[0] if self.args else self.strerror
+
+
+class RetryLater(QuotaError):
+    """Not admissible within the timeout (EAGAIN); nothing was charged.
+    ``retry_after``: seconds until a retry is worth it."""
+
+    def __init__(self, retry_after_ns, message=None):
+        self.retry_after = retry_after_ns / _NS
+        super().__init__(_errno.EAGAIN, message or
+                         "not admissible within the timeout; retry after %.3f s" % self.retry_after)
+
+
+class TooBig(QuotaError):
+    """Can never be admitted (E2BIG): a cost above a limit's capacity, input +
+    output above the context window, or a spend above the budget."""
+
+
+class BudgetExhausted(QuotaError):
+    """The spend budget of the current day or month is reached (EDQUOT)."""
+
+
+class NoSuchQuota(QuotaError, KeyError):
+    """No quota of that name, or a reload removed it (ENOENT). Also a
+    KeyError, as a missing key of a mapping."""
+
+
+_BY_ERRNO = {_errno.E2BIG: TooBig, _errno.EDQUOT: BudgetExhausted, _errno.ENOENT: NoSuchQuota}
+
+
+def _strerror(err):
+    try:
+        s = _lib.load().quota_strerror(-err)
+        return s.decode() if s else os.strerror(err)
+    except OSError:
+        return os.strerror(err)
+
+
+def _error(rc, what):
+    """The exception for the negative errno @rc returned while doing @what."""
+    err = -rc
+    cls = _BY_ERRNO.get(err, QuotaError)
+    return cls(err, "%s: %s" % (what, _strerror(err)))
+
+
+def _seconds_to_ns(seconds, what):
+    if seconds is None:
+        return None
+    if seconds != seconds or seconds < 0:
+        raise ValueError("%s must be None or a number of seconds >= 0" % what)
+    return min(int(seconds * _NS), 2**62)
+
+
+# ---- Handles and fork -------------------------------------------------------
+
+class _Handle:
+    """One quota_open() of one process. Calls go through use() so that close()
+    waits for the calls other threads have in progress (quota_close() must not
+    run while a thread uses the handle) and later calls fail cleanly."""
+
+    def __init__(self, segment):
+        lib = _lib.load()
+        ptr = ctypes.c_void_p()
+        rc = lib.quota_open(segment, ctypes.byref(ptr))
+        if rc < 0:
+            name = segment.decode() if segment else "$QUOTA_SEGMENT or quota"
+            if rc == -_errno.ENOENT:
+                raise QuotaError(_errno.ENOENT, "segment %s: no such segment (is quotad running?)" % name)
+            raise _error(rc, "segment %s" % name)
+        self.lib = lib
+        self.ptr = ptr
+        self.pid = os.getpid()
+        self.cond = threading.Condition(threading.Lock())
+        self.users = 0
+        self.closed = False
+        _handles.add(self)
+
+    def enter(self):
+        with self.cond:
+            if self.closed:
+                raise QuotaError(_errno.EBADF, "the client is closed")
+            self.users += 1
+        return self.ptr
+
+    def leave(self):
+        with self.cond:
+            self.users -= 1
+            if self.users == 0 and self.closed:
+                self.cond.notify_all()
+
+    def close(self):
+        with self.cond:
+            if self.closed:
+                return
+            self.closed = True
+            while self.users:
+                self.cond.wait()
+        # In a forked child this only frees memory: the library knows the
+        # slots are the parent's.
+        self.lib.quota_close(self.ptr)
+
+    def __del__(self):
+        try:
+            if not self.closed:
+                self.closed = True
+                self.lib.quota_close(self.ptr)
+        except Exception:
+            pass
+
+
+_handles = weakref.WeakSet()
+_clients = weakref.WeakSet()
+
+
+def _after_fork_child():
+    # Locks may have been held by threads the child does not have. The
+    # parent's handles stay usable for what the library allows a child (it
+    # answers ECHILD), clients reopen on their next call.
+    for h in list(_handles):
+        h.cond = threading.Condition(threading.Lock())
+        h.users = 0
+    for c in list(_clients):
+        c._lock = threading.Lock()
+        c._h = None
+
+
+os.register_at_fork(after_in_child=_after_fork_child)
+
+
+# ---- Client -----------------------------------------------------------------
+
+class Client:
+    """A process's attachment to one segment.
+
+    ``segment``: the shm object's name (without "/"); None means
+    $QUOTA_SEGMENT, else "quota". Raises QuotaError if the segment cannot be
+    attached (errno ENOENT: quotad has not created it; EACCES: this user is
+    not in the segment's group).
+
+    One Client per process is enough: any number of threads may use it (each
+    thread takes a client slot of the segment on its first call, so the
+    segment's max_clients counts threads). After os.fork() a child reopens
+    the segment on its first call; tickets taken before the fork stay the
+    parent's (a child's commit is refused with errno ECHILD). close() waits
+    for calls other threads have in progress; later calls raise QuotaError
+    (EBADF)."""
+
+    def __init__(self, segment=None):
+        self._segment = segment.encode() if isinstance(segment, str) else segment
+        self._lock = threading.Lock()
+        self._closed = False
+        self._h = _Handle(self._segment)
+        _clients.add(self)
+
+    def _handle(self):
+        h = self._h
+        if h is not None and h.pid == os.getpid():
+            return h
+        with self._lock:
+            if self._closed:
+                raise QuotaError(_errno.EBADF, "the client is closed")
+            if self._h is None or self._h.pid != os.getpid():
+                self._h = _Handle(self._segment)  # a forked child's own
+            return self._h
+
+    def _call(self, fn, *args):
+        h = self._handle()
+        ptr = h.enter()
+        try:
+            return fn(ptr, *args)
+        finally:
+            h.leave()
+
+    def quota(self, name):
+        """The Quota named ``name``; raises NoSuchQuota if there is none."""
+        lib = _lib.load()
+        qid = self._call(lib.quota_find, name.encode())
+        if qid < 0:
+            raise _error(qid, "quota %r" % name)
+        return Quota(self, name, qid)
+
+    def quotas(self):
+        """Names of the segment's quotas (removed ones left out)."""
+        lib = _lib.load()
+        names = []
+        for qid in range(self._call(lib.quota_count)):
+            info = _lib.Info()
+            if self._call(lib.quota_info, qid, ctypes.byref(info), ctypes.sizeof(info)) == 0 \
+                    and not info.removed:
+                names.append(info.name.decode())
+        return names
+
+    def now_ns(self):
+        """The segment's clock in nanoseconds (CLOCK_MONOTONIC, or the time
+        a manual-clock segment was set to)."""
+        return self._call(_lib.load().quota_now)
+
+    def set_clock(self, now_ns):
+        """Move a manual-clock segment's clock to ``now_ns`` (tests)."""
+        rc = self._call(_lib.load().quota_clock_set, int(now_ns))
+        if rc < 0:
+            raise _error(rc, "set_clock")
+
+    def close(self):
+        """Detach: open tickets give their in-flight slots back (what they
+        were charged stays charged). Waits for calls in progress in other
+        threads. Idempotent."""
+        with self._lock:
+            self._closed = True
+            h, self._h = self._h, None
+        if h is not None and h.pid == os.getpid():
+            h.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        seg = self._segment.decode() if self._segment else None
+        return "<libquota.Client segment=%r%s>" % (seg, " closed" if self._closed else "")
+
+
+# ---- Quota ------------------------------------------------------------------
+
+class Quota:
+    """One quota of a segment (usually an API key x model). From
+    Client.quota(); usable from any thread, and in a forked child."""
+
+    def __init__(self, client, name, qid):
+        self.client = client
+        self.name = name
+        self.id = qid
+
+    def _cost(self, requests, input_tokens, output_tokens):
+        for v in (requests, input_tokens, output_tokens):
+            if not isinstance(v, int) or v < 0:
+                raise ValueError("requests and token counts must be integers >= 0")
+        return _lib.Cost(requests, input_tokens, output_tokens)
+
+    def _try(self, cost, slice_ns):
+        """One quota_reserve(): a Ticket, or (negative errno, retry ns).
+        Nothing is leaked if an exception (KeyboardInterrupt) lands after
+        the library admitted: a filled ticket is cancelled."""
+        h = self.client._handle()
+        ptr = h.enter()
+        lib = h.lib
+        t = _lib.Ticket()
+        try:
+            rc = lib.quota_reserve(ptr, self.id, ctypes.byref(cost), slice_ns, ctypes.byref(t))
+            if rc == 0:
+                return Ticket(self, h, t, cost)
+        except BaseException:
+            if lib.quota_ticket_time(ctypes.byref(t)) >= 0:
+                lib.quota_cancel(ptr, ctypes.byref(t))
+            raise
+        finally:
+            h.leave()
+        return rc, t.retry_after_ns
+
+    def reserve(self, input_tokens=0, output_tokens=0, requests=1, timeout=None):
+        """Reserve ``requests`` requests and ``input_tokens`` +
+        ``output_tokens`` tokens against every limit of the quota, all or
+        nothing, and return the open Ticket.
+
+        ``timeout``: None waits as long as it takes, 0 never waits, else the
+        most seconds to wait. Waiting releases the GIL and happens in slices
+        of at most 50 ms, so that Ctrl-C (KeyboardInterrupt) lands promptly
+        and leaves nothing reserved. Raises RetryLater (``retry_after``) as
+        soon as the reservation cannot be admitted within the timeout;
+        TooBig if it can never be; BudgetExhausted when the spend budget is
+        reached; NoSuchQuota if the quota was removed; QuotaError otherwise.
+        """
+        cost = self._cost(requests, input_tokens, output_tokens)
+        tmo = _seconds_to_ns(timeout, "timeout")
+        start = time.monotonic_ns()
+        deadline = None if tmo is None else start + tmo
+        while True:
+            left = None if deadline is None else max(0, deadline - time.monotonic_ns())
+            slice_ns = _SLICE_NS if left is None else min(left, _SLICE_NS)
+            r = self._try(cost, slice_ns)
+            if isinstance(r, Ticket):
+                return r._handed(start)
+            rc, retry = r
+            if rc != -_errno.EAGAIN:
+                raise _error(rc, "reserve on %r" % self.name)
+            if left is not None and (left <= slice_ns or retry > left):
+                raise RetryLater(retry)
+            # Come back half a slice before the admission time, so that the
+            # next call takes its place in line and sleeps the rest.
+            pause = retry - _SLICE_NS // 2
+            if pause > 0:
+                time.sleep(pause / _NS)
+
+    async def areserve(self, input_tokens=0, output_tokens=0, requests=1, timeout=None):
+        """reserve() for asyncio: never blocks the event loop. Tries at once
+        and, if the budget is short, awaits asyncio.sleep() until the time
+        the library says is worth a retry. A task cancelled while it waits
+        holds no ticket. Same arguments, result and exceptions."""
+        cost = self._cost(requests, input_tokens, output_tokens)
+        tmo = _seconds_to_ns(timeout, "timeout")
+        start = time.monotonic_ns()
+        deadline = None if tmo is None else start + tmo
+        poll = 1_000_000
+        while True:
+            r = self._try(cost, 0)
+            if isinstance(r, Ticket):
+                return r._handed(start)
+            rc, retry = r
+            if rc != -_errno.EAGAIN:
+                raise _error(rc, "reserve on %r" % self.name)
+            left = None if deadline is None else deadline - time.monotonic_ns()
+            if left is not None and (left <= 0 or retry > left):
+                raise RetryLater(retry)
+            if retry <= 1_000_000:  # waiting for an in-flight slot: poll
+                retry, poll = poll, min(2 * poll, _POLL_MAX_NS)
+            if left is not None:
+                retry = min(retry, left)
+            await asyncio.sleep(retry / _NS)
+
+    def backoff(self, seconds):
+        """The provider answered 429: pause this quota for every process of
+        the host for ``seconds`` (at most a day). A later deadline wins."""
+        ns = _seconds_to_ns(seconds, "seconds")
+        rc = self.client._call(_lib.load().quota_backoff, self.id, ns)
+        if rc < 0:
+            raise _error(rc, "backoff on %r" % self.name)
+
+    def feedback(self, headers):
+        """Fold a provider response's rate-limit headers into the shared
+        state: retry-after and x-ratelimit-{limit,remaining,reset}-
+        {requests,tokens}. ``headers``: a mapping (httpx.Headers, dict...)
+        or an iterable of (name, value) pairs; other headers are ignored,
+        and so are malformed values. It only ever tightens the limits.
+        Returns True if the provider reports a lower limit than the quota's
+        configuration (which should then be fixed), else False."""
+        lib = _lib.load()
+        fb = _lib.Feedback()
+        lib.quota_feedback_init(ctypes.byref(fb), ctypes.sizeof(fb))
+        items = headers.multi_items() if hasattr(headers, "multi_items") else \
+            headers.items() if hasattr(headers, "items") else headers
+        used = 0
+        for name, value in items:
+            if isinstance(name, str):
+                name = name.encode("latin-1", "replace")
+            if isinstance(value, str):
+                value = value.encode("latin-1", "replace")
+            if b"\0" in name or b"\0" in value:
+                continue
+            if lib.quota_feedback_header(ctypes.byref(fb), name, value) == 1:
+                used += 1
+        if not used:
+            return False
+        rc = self.client._call(lib.quota_feedback_apply, self.id, ctypes.byref(fb))
+        if rc < 0:
+            raise _error(rc, "feedback on %r" % self.name)
+        return rc == 1
+
+    def status(self):
+        """A snapshot of the quota as a dict: its limits (each with limit,
+        capacity, available and period in seconds), in flight, spend and
+        budgets in USD, admissions and refusals. See python-libquota(3)."""
+        info = _lib.Info()
+        rc = self.client._call(_lib.load().quota_info, self.id, ctypes.byref(info),
+                               ctypes.sizeof(info))
+        if rc < 0:
+            raise _error(rc, "status of %r" % self.name)
+        limits = {}
+        for i, kind in enumerate(_lib.RATE_KINDS):
+            li = info.rate[i]
+            if li.limit:
+                limits[kind] = {"limit": li.limit, "capacity": li.capacity,
+                                "available": li.available, "period": li.period_ns / _NS}
+        return {
+            "name": info.name.decode(),
+            "removed": bool(info.removed),
+            "refund": "actual" if info.refund_actual else "none",
+            "limits": limits,
+            "max_inflight": info.max_inflight,
+            "inflight": info.inflight,
+            "context_window": info.context_window,
+            "price_per_mtok": {"input": info.price_input_pusd / 1e6,
+                               "output": info.price_output_pusd / 1e6},
+            "budget_usd": {"day": info.budget_day_nusd / 1e9, "month": info.budget_month_nusd / 1e9},
+            "spent_usd": {"day": info.spent_day_nusd / 1e9, "month": info.spent_month_nusd / 1e9},
+            "paused": info.paused_ns / _NS,
+            "admitted": info.admitted,
+            "admitted_input_tokens": info.admitted_input_tokens,
+            "admitted_output_tokens": info.admitted_output_tokens,
+            "rejected": {r: info.rejected[i] for i, r in enumerate(_lib.REJECT_REASONS)},
+            "reclaimed": info.reclaimed,
+            "repaired": info.repaired,
+            "generation": info.generation,
+        }
+
+    def __repr__(self):
+        return "<libquota.Quota %r id=%d>" % (self.name, self.id)
+
+
+# ---- Ticket -----------------------------------------------------------------
+
+class Ticket:
+    """An admitted reservation. Settle it once: commit() with what the
+    provider reports as used, or cancel() if the call never reached it.
+
+    As a context manager (``with`` or ``async with``), leaving the block
+    without commit() cancels. A ticket dropped unsettled stays charged as
+    reserved and holds its in-flight slot until the Client is closed: no
+    finaliser settles it, because Python ignores exceptions raised in
+    finalisers and one could swallow a Ctrl-C. (A KeyboardInterrupt that
+    lands between reserve() returning and the ``with`` block starting can
+    leave such a ticket; one that lands while reserve() waits leaves
+    nothing.) Any thread of the process may settle it; a forked child cannot
+    (QuotaError, errno ECHILD).
+
+    Attributes: ``quota``, ``requests``, ``input_tokens``, ``output_tokens``
+    (what was reserved), ``waited`` (seconds reserve() or areserve() took
+    before admitting), ``admitted_ns`` (admission time on the segment's
+    clock), ``settled``."""
+
+    def __init__(self, quota, handle, raw, cost):
+        self.quota = quota
+        self.requests = cost.requests
+        self.input_tokens = cost.input_tokens
+        self.output_tokens = cost.output_tokens
+        self.waited = raw.waited_ns / _NS
+        self.admitted_ns = handle.lib.quota_ticket_time(ctypes.byref(raw))
+        self.settled = False
+        self._h = handle
+        self._raw = raw
+        self._lock = threading.Lock()
+
+    def _handed(self, start_ns):
+        """Set waited and return self; cancelled if an exception (Ctrl-C)
+        lands before it is returned."""
+        try:
+            self.waited = (time.monotonic_ns() - start_ns) / _NS
+            return self
+        except BaseException:
+            try:
+                self.cancel()
+            except QuotaError:
+                pass
+            raise
+
+    def _settle(self, fn, what, *cost):
+        with self._lock:
+            h = self._h
+            ptr = h.enter()
+            try:
+                rc = fn(ptr, ctypes.byref(self._raw), *cost)
+            finally:
+                h.leave()
+            if rc < 0:
+                if rc == -_errno.ECHILD:
+                    raise QuotaError(_errno.ECHILD, "%s: the ticket belongs to the parent process" % what)
+                raise _error(rc, what)
+            self.settled = True
+
+    def commit(self, input_tokens=None, output_tokens=None, requests=None):
+        """Settle with the usage the provider reported (None: what was
+        reserved). Unused tokens go back where the quota refunds actual
+        usage; usage above the reservation is charged as debt."""
+        c = self.quota._cost(self.requests if requests is None else requests,
+                             self.input_tokens if input_tokens is None else input_tokens,
+                             self.output_tokens if output_tokens is None else output_tokens)
+        self._settle(self._h.lib.quota_commit, "commit", ctypes.byref(c))
+
+    def cancel(self):
+        """The call never reached the provider: give everything back."""
+        self._settle(self._h.lib.quota_cancel, "cancel")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.settled:
+            return
+        if exc_type is None:
+            self.cancel()
+            return
+        # Leaving on an exception (a KeyboardInterrupt may even have landed
+        # inside commit()): give back what is open, and let the original
+        # exception through rather than a "settled already" of ours.
+        try:
+            self.cancel()
+        except QuotaError:
+            pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb):
+        self.__exit__(exc_type, exc, tb)
+
+    def __repr__(self):
+        return "<libquota.Ticket %s %d req %d+%d tokens%s>" % (
+            self.quota.name, self.requests, self.input_tokens, self.output_tokens,
+            " settled" if self.settled else "")
