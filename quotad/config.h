@@ -25,6 +25,11 @@ struct qd_quota {
 	bool refund_actual;
 	uint64_t price_in_pusd, price_out_pusd;       /* pico-USD per token */
 	uint64_t budget_day_nusd, budget_month_nusd;  /* nano-USD; 0 = none */
+	uint32_t nlanes;                 /* 0 = no lanes; else 2..4, highest first */
+	struct {
+		char name[16];
+		uint32_t headroom_ppm;   /* kept free by the lanes below this one */
+	} lanes[4];
 };
 
 struct qd_config {

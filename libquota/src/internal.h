@@ -53,6 +53,12 @@ struct qc_cfg {
 	/* Each limit's TAT and refund_done words in the quota entry. */
 	_Atomic int64_t *tat[QS_KINDS];
 	_Atomic uint64_t *done[QS_KINDS];
+	/* Priority lanes (0: none, one lane): lane_tau[i][k] is limit k's
+	 * tolerance for lane i (reserve.c, LANES), lane_tau[0][k] = tau. Last,
+	 * apart from what fast() reads. */
+	uint32_t nlanes;
+	char lane_name[QS_LANES][QS_LANE_NAME];
+	int64_t lane_tau[QS_LANES][QS_KINDS];
 };
 
 struct qc_thread {
@@ -177,12 +183,25 @@ struct qt_limit {
 	uint32_t pad;
 };
 
+/* qt_priv.held: the in-flight slots taken in the low 24 bits (max_inflight
+ * <= 1e6); the lane and flags above, so that fast(), which writes held = 0,
+ * leaves lane 0 and no flags without a store of its own. */
+#define QT_HELD(h) ((h) & 0xffffffu)
+#define QT_LANE(h) (((h) >> 24) & 7u)
+#define QT_LANE_BITS(lane) ((uint32_t)(lane) << 24)
+/* The ticket was extended or partly settled: its slot on a limit is the
+ * last piece taken, not the whole estimate (settle.c, EXTEND). */
+#define QT_EXTENDED (1u << 30)
+/* A waiting extension's own ticket (reserve.c): cancelling it undoes no
+ * admission in the statistics. */
+#define QT_EXTENSION (1u << 31)
+
 struct qt_priv {
 	uint64_t magic;
 	uint64_t owner;     /* the handle's nonce */
 	uint32_t quota;
 	uint32_t nlimits;
-	uint32_t held;      /* in-flight slots taken */
+	uint32_t held;      /* in-flight slots taken | lane | flags (QT_*) */
 	uint32_t pad;
 	uint64_t cfg_word;  /* the config the ticket was planned with */
 	int64_t admitted_at;

@@ -50,7 +50,9 @@
 
 #define QS_MAGIC 0x3247455341544f51ULL /* "QOTASEG2" little-endian */
 #define QS_MAJOR 2
-#define QS_MINOR 0
+/* Minor 1 (libquota 2.1): records may carry priority lanes (old readers
+ * ignore them and admit as the top lane: the bound holds either way). */
+#define QS_MINOR 1
 #define QS_CACHELINE 64
 #define QS_HEADER_SIZE 4096
 
@@ -148,6 +150,17 @@ struct qs_limit_src {
 	uint64_t limit;     /* units per period */
 };
 
+/* Priority lanes (reserve.c): a quota may list up to QS_LANES lanes, highest
+ * first. headroom_ppm of lane i is the share of every limit's capacity that
+ * the lanes below i must leave free; the lowest lane's is 0. */
+#define QS_LANES 4u
+#define QS_LANE_NAME 16u
+struct qs_lane_src {
+	char name[QS_LANE_NAME];  /* NUL-terminated */
+	uint32_t headroom_ppm;    /* [0, 1e6); the sum over lanes < 1e6 */
+	uint32_t pad;
+};
+
 /* record.flags */
 #define QS_REC_REFUND_ACTUAL (1u << 0)
 #define QS_REC_REMOVED (1u << 1) /* the quota was removed by a reload */
@@ -173,10 +186,15 @@ struct qs_record {
 	uint64_t budget_day_nusd;   /* 0 = none */
 	uint64_t budget_month_nusd; /* 0 = none */
 	struct qs_limit_src lim[QS_KINDS];
-	uint64_t reserved[31];   /* zero: room for lanes and later keys */
+	/* Minor 1: priority lanes (0 = none: one lane). */
+	uint32_t nlanes;
+	uint32_t pad2;
+	struct qs_lane_src lanes[QS_LANES];
+	uint64_t reserved[18];   /* zero: room for later keys */
 };
 static_assert(sizeof(struct qs_record) == 512, "record size");
 static_assert(offsetof(struct qs_record, lim) == 136, "record limits");
+static_assert(offsetof(struct qs_record, lanes) == 272, "record lanes");
 
 /* A quota's config word: generation << 24 | (record index + 1); 0 = the id
  * is not in use. */
@@ -380,6 +398,8 @@ struct qs_config {
 	uint64_t price_in_pusd, price_out_pusd;
 	uint64_t budget_day_nusd, budget_month_nusd;
 	struct qs_limit_src lim[QS_KINDS];
+	uint32_t nlanes;
+	struct qs_lane_src lanes[QS_LANES];
 };
 
 /* Check a configuration's values (what a record may hold): 0 or -EBADMSG. */

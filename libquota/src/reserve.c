@@ -184,6 +184,11 @@ struct qc_resv {
 	uint32_t day, month;
 	unsigned reason;
 	int64_t retry_at;
+	uint32_t lane;             /* asked for; plan makes it one the quota has */
+	bool lower;                /* a lane below the top: waits without a slot */
+	bool ext;                  /* an extension of an open ticket */
+	uint64_t base_tokens;      /* extension: the ticket's tokens so far */
+	int64_t tau[QS_KINDS];     /* each limit's tolerance for our lane */
 	struct qt_priv tk;
 };
 
@@ -210,15 +215,23 @@ static int plan(struct qc_resv *r)
 	struct qc_cfg *cf = r->cf;
 	if (cf->flags & QS_REC_REMOVED)
 		return -ENOENT;
-	if ((cf->context_window && r->in + r->out > cf->context_window) ||
+	if ((cf->context_window && r->in + r->out + r->base_tokens > cf->context_window) ||
 	    (cf->max_inflight && r->req > cf->max_inflight))
 		return -E2BIG;
+	/* A lane the quota does not have (any, for a quota without lanes; or
+	 * removed by a reload) is its last one. */
+	uint32_t last = cf->nlanes ? cf->nlanes - 1 : 0;
+	uint32_t lane = r->lane < last ? r->lane : last;
+	r->lower = lane > 0;
 	for (uint32_t k = 0; k < cf->n; k++) {
 		const struct qs_limit_cfg *l = &cf->lim[k];
 		uint64_t u = qc_units_of(l->kind, r->req, r->in, r->out);
 		if (u > l->capacity)
 			return -E2BIG;
 		r->inc[k] = charge_cached(cf, k, u);
+		r->tau[k] = cf->lane_tau[lane][k];
+		if ((int64_t)r->inc[k] > r->tau[k])
+			return -E2BIG; /* above what the lane may hold */
 	}
 	r->spend = 0;
 	if (cf->budget_day_nusd || cf->budget_month_nusd) {
@@ -227,7 +240,7 @@ static int plan(struct qc_resv *r)
 		    (cf->budget_month_nusd && r->spend > cf->budget_month_nusd))
 			return -E2BIG;
 	}
-	if (cf->max_inflight && !r->row)
+	if (cf->max_inflight && r->req && !r->row)
 		return -ENOSPC;
 	return 0;
 }
@@ -258,7 +271,7 @@ static int decide(struct qc_resv *r)
 		 * as done here is already in the TAT we read next. */
 		r->done0[k] = atomic_load_explicit(cf->done[k], memory_order_acquire);
 		r->tat[k] = atomic_load_explicit(cf->tat[k], memory_order_relaxed);
-		int64_t need = qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - cf->lim[k].tau_ns;
+		int64_t need = qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - r->tau[k];
 		if (need > a) {
 			a = need;
 			r->reason = kind;
@@ -292,7 +305,7 @@ static void undo(struct qc_resv *r, uint32_t k)
 		qc_spend_adjust(&r->q->spend_day, r->day, r->day, -(int64_t)r->spend);
 		qc_spend_adjust(&r->q->spend_month, r->month, r->month, -(int64_t)r->spend);
 	}
-	if (r->cf->max_inflight)
+	if (r->cf->max_inflight && r->req)
 		qc_inflight_release(r->t, r->q, r->row, r->id, (uint32_t)r->req);
 }
 
@@ -302,7 +315,7 @@ static bool take_slot(struct qc_resv *r, uint32_t k, bool waits)
 {
 	const struct qs_limit_cfg *l = &r->cf->lim[k];
 	_Atomic int64_t *w = r->cf->tat[k];
-	int64_t cur = r->tat[k], tau = l->tau_ns, inc = (int64_t)r->inc[k];
+	int64_t cur = r->tat[k], tau = r->tau[k], inc = (int64_t)r->inc[k];
 	/* A reservation that waits places its slot at least tau/8 after its
 	 * admission time (within its window [a, a + tau]), so that refunds
 	 * made while it sleeps have room to move it (gcra.c) instead of making
@@ -336,7 +349,7 @@ static bool take_slot(struct qc_resv *r, uint32_t k, bool waits)
 static int take(struct qc_resv *r)
 {
 	const struct qc_cfg *cf = r->cf;
-	if (cf->max_inflight &&
+	if (cf->max_inflight && r->req &&
 	    !inflight_take(r->t, r->q, r->row, r->id, (uint32_t)r->req, cf->max_inflight))
 		return STEP_AGAIN;
 	if (r->spend) {
@@ -346,7 +359,7 @@ static int take(struct qc_resv *r)
 			ok = false;
 		}
 		if (!ok) {
-			if (cf->max_inflight)
+			if (cf->max_inflight && r->req)
 				qc_inflight_release(r->t, r->q, r->row, r->id, (uint32_t)r->req);
 			r->reason = QUOTA_REJECT_SPEND;
 			return -EDQUOT;
@@ -403,7 +416,8 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 	tk->owner = r->c->nonce;
 	tk->quota = r->id;
 	tk->nlimits = r->cf->n;
-	tk->held = r->cf->max_inflight ? (uint32_t)r->req : 0;
+	tk->held = (r->cf->max_inflight ? (uint32_t)r->req : 0) | QT_LANE_BITS(r->lane) |
+		   (r->ext ? QT_EXTENSION : 0);
 	tk->cfg_word = r->cf->word;
 	tk->admitted_at = r->a;
 	tk->requests = r->req;
@@ -419,13 +433,14 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 			tk->lim[k].done0 = r->tk.lim[k].done0;
 			tk->lim[k].kind = r->tk.lim[k].kind;
 		}
-	/* Counted now so that a requeue (which cancels) undoes it. */
+	/* Counted now so that a requeue (which cancels) undoes it; an
+	 * extension adds tokens to a call already counted. */
 	if (r->row) {
-		qc_row_add(&r->row->admitted, 1);
+		qc_row_add(&r->row->admitted, r->ext ? 0 : 1);
 		qc_row_add(&r->row->in_tokens, r->in);
 		qc_row_add(&r->row->out_tokens, r->out);
 	} else {
-		atomic_fetch_add_explicit(&r->q->st_admitted, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&r->q->st_admitted, r->ext ? 0 : 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(&r->q->st_in_tokens, r->in, memory_order_relaxed);
 		atomic_fetch_add_explicit(&r->q->st_out_tokens, r->out, memory_order_relaxed);
 	}
@@ -449,6 +464,14 @@ replan:
 		}
 		if (s < 0)
 			return s;
+		if (r->lower && r->a > r->now) {
+			/* A lower lane holds no place in line (LANES): it sleeps
+			 * until its lane would admit it and decides again, so a
+			 * higher lane's reservation never queues behind it. */
+			sleep_until(r->c, r->a);
+			r->now = qc_clock(r->c);
+			continue;
+		}
 		s = take(r);
 		if (s == STEP_RELOADED) {
 			r->now = qc_clock(r->c);
@@ -568,8 +591,11 @@ static int fast(struct qc_thread *t, struct qs_quota *q, uint32_t id, uint64_t r
 	return 0;
 }
 
-int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
-		  struct quota_ticket *ret)
+/* quota_reserve() in lane @lane (UINT32_MAX: the quota's last). */
+static inline __attribute__((always_inline)) int reserve(quota_client *c, int id,
+							  const struct quota_cost *cost,
+							  int64_t timeout_ns, uint32_t lane,
+							  struct quota_ticket *ret)
 {
 	if (!c || !cost || !ret || timeout_ns < 0)
 		return -EINVAL;
@@ -602,6 +628,9 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 	}
 	r.deadline = add_sat(r.start, timeout_ns);
 	r.day = r.month = 0;
+	r.lane = lane;
+	r.ext = false;
+	r.base_tokens = 0;
 	err = run(&r, ret);
 	if (err == 0) {
 		ret->waited_ns = r.now - r.start;
@@ -612,6 +641,123 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 		qc_count_reject(r.t, r.q, r.id, r.reason);
 		if (err == -EAGAIN)
 			ret->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
+	}
+	return err;
+}
+
+int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
+		  struct quota_ticket *ret)
+{
+	return reserve(c, id, cost, timeout_ns, UINT32_MAX, ret);
+}
+
+void quota_reserve_opts_init(struct quota_reserve_opts *o, size_t size)
+{
+	if (!o || size < offsetof(struct quota_reserve_opts, reserved_))
+		return;
+	memset(o, 0, size);
+	o->size = (uint32_t)size;
+	o->lane = QUOTA_LANE_DEFAULT;
+}
+
+int quota_reserve_ex(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
+		     const struct quota_reserve_opts *opts, struct quota_ticket *ret)
+{
+	uint32_t lane = QUOTA_LANE_DEFAULT;
+	if (opts) {
+		if (opts->size < offsetof(struct quota_reserve_opts, reserved_) || opts->flags)
+			return -EINVAL;
+		lane = opts->lane;
+	}
+	return reserve(c, id, cost, timeout_ns, lane, ret);
+}
+
+int quota_lane(quota_client *c, int id, const char *name)
+{
+	if (!c || !name)
+		return -EINVAL;
+	if (id < 0 || !qs_quota_at(&c->g, (uint32_t)id))
+		return -ENOENT;
+	struct qs_config cfg;
+	int err = qs_config_get(&c->g, (uint32_t)id, &cfg, NULL);
+	if (err < 0)
+		return err;
+	if (cfg.flags & QS_REC_REMOVED)
+		return -ENOENT;
+	for (uint32_t i = 0; i < cfg.nlanes && i < QS_LANES; i++)
+		if (strncmp(cfg.lanes[i].name, name, QS_LANE_NAME) == 0)
+			return (int)i;
+	return -ENOENT;
+}
+
+/* Merge the slots of extension @x into ticket @tk: on every limit the
+ * extension charged, its slot becomes the ticket's (settle.c, EXTEND). */
+static void merge_extension(struct qt_priv *tk, const struct qt_priv *x, const struct qc_resv *r)
+{
+	for (uint32_t j = 0; j < x->nlimits; j++) {
+		if (x->lim[j].inc == 0)
+			continue;
+		uint32_t k = 0;
+		while (k < tk->nlimits && tk->lim[k].kind != x->lim[j].kind)
+			k++;
+		if (k == QS_KINDS)
+			continue; /* cannot happen: kinds are distinct */
+		if (k == tk->nlimits)
+			tk->nlimits++;
+		tk->lim[k] = x->lim[j];
+	}
+	tk->input_tokens += r->in;
+	tk->output_tokens += r->out;
+	if (r->spend) {
+		if (!tk->spend_nusd)
+			tk->day = r->day, tk->month = r->month;
+		tk->spend_nusd += r->spend;
+	}
+	tk->held |= QT_EXTENDED;
+}
+
+int quota_extend(quota_client *c, struct quota_ticket *ticket, const struct quota_cost *more,
+		 int64_t timeout_ns)
+{
+	if (!c || !ticket || !more || timeout_ns < 0 || more->requests ||
+	    (more->input_tokens | more->output_tokens) == 0 || more->input_tokens > QC_COST_MAX ||
+	    more->output_tokens > QC_COST_MAX)
+		return -EINVAL;
+	struct qt_priv *tk = qt_priv(ticket);
+	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+		return -EINVAL;
+	if (tk->input_tokens + more->input_tokens > QC_COST_MAX ||
+	    tk->output_tokens + more->output_tokens > QC_COST_MAX)
+		return -EINVAL;
+	struct qc_resv r;
+	int err = qc_writer(c, &r.t);
+	if (err < 0)
+		return err;
+	r.q = qc_quota(c, (int)tk->quota);
+	if (!r.q)
+		return -EINVAL;
+	r.c = c;
+	r.id = tk->quota;
+	r.req = 0, r.in = more->input_tokens, r.out = more->output_tokens;
+	r.row = qc_row(r.t, r.id);
+	r.start = r.now = qc_clock(c);
+	r.deadline = add_sat(r.start, timeout_ns);
+	r.day = r.month = 0;
+	r.lane = QT_LANE(tk->held);
+	r.ext = true;
+	r.base_tokens = tk->input_tokens + tk->output_tokens;
+	struct quota_ticket x;
+	err = run(&r, &x);
+	if (err == 0) {
+		merge_extension(tk, qt_priv(&x), &r);
+		ticket->waited_ns = r.now - r.start;
+		ticket->retry_after_ns = 0;
+		return 0;
+	}
+	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
+		qc_count_reject(r.t, r.q, r.id, r.reason);
+		if (err == -EAGAIN)
+			ticket->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
 	}
 	return err;
 }
