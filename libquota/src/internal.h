@@ -209,6 +209,7 @@ struct qt_priv {
 	uint64_t spend_nusd;   /* charged at reserve (quotas with a budget), else 0 */
 	uint32_t day, month;   /* spend periods charged */
 	struct qt_limit lim[QS_KINDS];
+	int64_t piece_at;      /* QT_EXTENDED by quota_extend(): when its last piece was admitted */
 };
 static_assert(sizeof(struct qt_priv) <= sizeof(((struct quota_ticket *)0)->private_),
 	      "ticket private area");

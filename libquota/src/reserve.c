@@ -184,7 +184,8 @@ struct qc_resv {
 	uint32_t day, month;
 	unsigned reason;
 	int64_t retry_at;
-	uint32_t lane;             /* asked for; plan makes it one the quota has */
+	uint32_t lane;             /* asked for (UINT32_MAX: the last) */
+	uint32_t in_lane;          /* the quota's lane it is: plan */
 	bool lower;                /* a lane below the top: waits without a slot */
 	bool ext;                  /* an extension of an open ticket */
 	uint64_t base_tokens;      /* extension: the ticket's tokens so far */
@@ -222,6 +223,7 @@ static int plan(struct qc_resv *r)
 	 * removed by a reload) is its last one. */
 	uint32_t last = cf->nlanes ? cf->nlanes - 1 : 0;
 	uint32_t lane = r->lane < last ? r->lane : last;
+	r->in_lane = lane;
 	r->lower = lane > 0;
 	for (uint32_t k = 0; k < cf->n; k++) {
 		const struct qs_limit_cfg *l = &cf->lim[k];
@@ -416,7 +418,7 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 	tk->owner = r->c->nonce;
 	tk->quota = r->id;
 	tk->nlimits = r->cf->n;
-	tk->held = (r->cf->max_inflight ? (uint32_t)r->req : 0) | QT_LANE_BITS(r->lane) |
+	tk->held = (r->cf->max_inflight ? (uint32_t)r->req : 0) | QT_LANE_BITS(r->in_lane) |
 		   (r->ext ? QT_EXTENSION : 0);
 	tk->cfg_word = r->cf->word;
 	tk->admitted_at = r->a;
@@ -713,6 +715,7 @@ static void merge_extension(struct qt_priv *tk, const struct qt_priv *x, const s
 			tk->day = r->day, tk->month = r->month;
 		tk->spend_nusd += r->spend;
 	}
+	tk->piece_at = x->admitted_at;
 	tk->held |= QT_EXTENDED;
 }
 
