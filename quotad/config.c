@@ -279,6 +279,25 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 			q->price_out_pusd = (uint64_t)llround(out * 1e6);
 		} else if (strcmp(f->string, "lanes") == 0) {
 			r = parse_lanes(x, f, p, q);
+		} else if (strcmp(f->string, "learn") == 0 || strcmp(f->string, "auto_estimate") == 0) {
+			if (!cJSON_IsBool(f))
+				r = fail(x, p, "must be true or false, not %s", type_name(f));
+			else if (f->string[0] == 'l')
+				q->learn = cJSON_IsTrue(f);
+			else
+				q->auto_estimate = cJSON_IsTrue(f);
+		} else if (strcmp(f->string, "alarms") == 0) {
+			double held, over;
+			r = parse_pair(x, f, p, "held_s", "over_estimate", 86400.0 * 31, &held, &over);
+			if (r == 0 && over > 0 && over < 1)
+				r = fail(x, p, "over_estimate must be at least 1 (a multiple of the estimate), got %g",
+					 over);
+			if (r == 0 && over > 1000)
+				r = fail(x, p, "over_estimate must be at most 1000, got %g", over);
+			if (r == 0) {
+				q->alarm_held_ns = (uint64_t)llround(held * 1e9);
+				q->alarm_over_pct = (uint32_t)lround(over * 100);
+			}
 		} else if (strcmp(f->string, "budget_usd") == 0) {
 			double day, month;
 			r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
@@ -494,6 +513,9 @@ int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *ou
 		out->lim[out->nlimits++] = (struct qs_limit_src){ .kind = k, .burst_ppm = qc->burst_ppm,
 								   .limit = qc->rate[k] };
 	}
+	out->flags2 = (qc->learn ? QS_REC2_LEARN : 0) | (qc->auto_estimate ? QS_REC2_AUTO_EST : 0);
+	out->alarm_held_ns = qc->alarm_held_ns;
+	out->alarm_over_pct = qc->alarm_over_pct;
 	out->nlanes = qc->nlanes;
 	for (uint32_t i = 0; i < qc->nlanes && i < QS_LANES; i++) {
 		snprintf(out->lanes[i].name, sizeof(out->lanes[i].name), "%s", qc->lanes[i].name);

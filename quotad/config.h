@@ -25,6 +25,9 @@ struct qd_quota {
 	bool refund_actual;
 	uint64_t price_in_pusd, price_out_pusd;       /* pico-USD per token */
 	uint64_t budget_day_nusd, budget_month_nusd;  /* nano-USD; 0 = none */
+	bool learn, auto_estimate;       /* learning (auto_estimate implies learn) */
+	uint64_t alarm_held_ns;          /* 0 = off */
+	uint32_t alarm_over_pct;         /* 0 = off */
 	uint32_t nlanes;                 /* 0 = no lanes; else 2..4, highest first */
 	struct {
 		char name[16];

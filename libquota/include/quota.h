@@ -147,7 +147,10 @@ struct quota_reserve_opts {
 	uint32_t size;  /* set by quota_reserve_opts_init() */
 	uint32_t lane;  /* from quota_lane(), or QUOTA_LANE_DEFAULT */
 	uint64_t flags; /* 0 */
-	uint64_t reserved_[6];
+	/* With "auto_estimate": the most output tokens the call may produce
+	 * (its max_tokens), bounding the learned estimate; 0 = none. */
+	uint64_t max_output_tokens;
+	uint64_t reserved_[5];
 };
 
 /** Zero *@o, set its size to @size (pass sizeof(*@o)) and its lane to
@@ -311,6 +314,18 @@ struct quota_info {
 	uint64_t reclaimed;              /* in-flight slots given back for dead clients */
 	uint64_t repaired;               /* in-flight drift corrected by quotad's audits */
 	uint64_t generation;             /* of the configuration shown */
+	/* 2.1: lanes, learning, alarms. */
+	uint32_t lanes;                  /* priority lanes; 0 = none */
+	uint32_t learn;                  /* 0 no, 1 "learn", 2 "auto_estimate" (learns too) */
+	uint64_t learned_output;         /* suggested output reservation: quotad's p99 of
+					  * actual output tokens (bucket's upper edge); 0 = not yet */
+	uint64_t learned_samples;        /* the (decayed) weight it comes from */
+	uint64_t output_hist[16];        /* live clients' output tokens: [0] = 0 tokens,
+					  * [b] = [2^(b-1), 2^b), [15] = 2^14 and up */
+	uint64_t alarm_held;             /* tickets settled after more than alarm_held_ns */
+	uint64_t alarm_over;             /* commits above alarm_over_pct % of their estimate */
+	int64_t alarm_held_ns;           /* 0 = that alarm is off */
+	uint64_t alarm_over_pct;         /* 0 = that alarm is off */
 };
 
 /**

@@ -59,6 +59,11 @@ struct qc_cfg {
 	uint32_t nlanes;
 	char lane_name[QS_LANES][QS_LANE_NAME];
 	int64_t lane_tau[QS_LANES][QS_KINDS];
+	/* Learning and alarms (settle.c): commits of such quotas take the
+	 * general settle path, auto-estimated reservations the general path. */
+	uint32_t flags2;         /* QS_REC2_* */
+	uint32_t alarm_over_pct;
+	int64_t alarm_held_ns;
 };
 
 struct qc_thread {
@@ -334,5 +339,16 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
  * reclamation is in progress. */
 int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
 		  struct qc_reclaim_counts *counts);
+
+/* learn.c: estimates that learn. */
+#define QC_LEARN_MIN_SAMPLES 100u /* below this, nothing is learned */
+/* Add row @row's output histogram to @counts[QS_HIST_BUCKETS]. */
+void qc_learn_merge_row(uint64_t *counts, const struct qs_row *row);
+/* The upper edge of the bucket holding the 99th percentile of @counts, 0
+ * with fewer than QC_LEARN_MIN_SAMPLES; *@ret_samples their weight. */
+uint64_t qc_learn_p99(const uint64_t *counts, uint64_t *ret_samples);
+/* quotad: merge the live rows of the @n quotas with @learns[id] set and
+ * publish learned_out and learned_samples. @scratch holds n * 16 words. */
+void qc_learn_publish(const struct qs_geom *g, const uint8_t *learns, uint32_t n, uint64_t *scratch);
 
 #endif /* QUOTA_INTERNAL_H */

@@ -161,6 +161,11 @@ struct qs_lane_src {
 	uint32_t pad;
 };
 
+/* record.flags2 (minor 1) */
+#define QS_REC2_LEARN (1u << 0)    /* keep the histogram of actual output tokens */
+#define QS_REC2_AUTO_EST (1u << 1) /* reserve's output 0 = the learned estimate (implies LEARN) */
+#define QS_REC2_KNOWN (QS_REC2_LEARN | QS_REC2_AUTO_EST)
+
 /* record.flags */
 #define QS_REC_REFUND_ACTUAL (1u << 0)
 #define QS_REC_REMOVED (1u << 1) /* the quota was removed by a reload */
@@ -186,11 +191,14 @@ struct qs_record {
 	uint64_t budget_day_nusd;   /* 0 = none */
 	uint64_t budget_month_nusd; /* 0 = none */
 	struct qs_limit_src lim[QS_KINDS];
-	/* Minor 1: priority lanes (0 = none: one lane). */
+	/* Minor 1: priority lanes (0 = none: one lane), learning, alarms. */
 	uint32_t nlanes;
-	uint32_t pad2;
+	uint32_t flags2;         /* QS_REC2_* (not in flags: minor-0 readers refuse unknown flags) */
 	struct qs_lane_src lanes[QS_LANES];
-	uint64_t reserved[18];   /* zero: room for later keys */
+	uint64_t alarm_held_ns;  /* count tickets settled after being held longer; 0 = off */
+	uint32_t alarm_over_pct; /* count commits above this % of their output estimate; 0 = off */
+	uint32_t pad3;
+	uint64_t reserved[16];   /* zero: room for later keys */
 };
 static_assert(sizeof(struct qs_record) == 512, "record size");
 static_assert(offsetof(struct qs_record, lim) == 136, "record limits");
@@ -248,8 +256,13 @@ struct qs_quota {
 	_Atomic uint64_t st_rejected[QS_REASONS];
 	uint64_t reserved6[3];
 
-	/* Line 7: reserved. */
-	uint64_t reserved7[8];
+	/* Line 7 (minor 1): learning and alarms. */
+	_Atomic uint64_t learned_out;     /* quotad: p99 of actual output tokens, as the
+					   * upper edge of its bucket; 0 = not known yet */
+	_Atomic uint64_t learned_samples; /* quotad: the weight it was computed from */
+	_Atomic uint64_t st_alarm_held;   /* alarms of clients that left */
+	_Atomic uint64_t st_alarm_over;
+	uint64_t reserved7[4];
 };
 static_assert(sizeof(struct qs_quota) == 512, "quota entry size");
 static_assert(offsetof(struct qs_quota, tat_day) == 64, "hot line B");
@@ -289,9 +302,32 @@ struct qs_row {
 	_Atomic uint64_t in_tokens;
 	_Atomic uint64_t out_tokens;
 	_Atomic uint64_t rejected[QS_REASONS];
-	uint64_t reserved[3];
+	/* Minor 1. Learning: actual output tokens of commits, 16 buckets
+	 * (qs_hist_bucket) of 8-bit counts, all halved when one would
+	 * overflow (a decaying histogram); alarms (see qs_record). */
+	_Atomic uint64_t out_hist[2];
+	_Atomic uint32_t alarm_held;
+	_Atomic uint32_t alarm_over;
 };
 static_assert(sizeof(struct qs_row) == 192, "row size");
+
+/* Learning histogram: bucket 0 holds 0 tokens, bucket b in 1..15 holds
+ * [2^(b-1), 2^b), bucket 15 everything from 2^14 up. */
+#define QS_HIST_BUCKETS 16u
+static inline uint32_t qs_hist_bucket(uint64_t x)
+{
+	uint32_t b = x ? 64u - (uint32_t)__builtin_clzll(x) : 0u;
+	return b < QS_HIST_BUCKETS ? b : QS_HIST_BUCKETS - 1;
+}
+/* The largest value bucket @b holds (bucket 15: 2^15, an estimate). */
+static inline uint64_t qs_hist_top(uint32_t b)
+{
+	return b == 0 ? 0 : b >= QS_HIST_BUCKETS - 1 ? 1ull << (QS_HIST_BUCKETS - 1) : (1ull << b) - 1;
+}
+static inline uint32_t qs_hist_count(const uint64_t h[2], uint32_t b)
+{
+	return (uint32_t)((h[b / 8] >> (8 * (b % 8))) & 0xff);
+}
 
 /* qs_client.state: generation << 32 | pid << 8 | status. The pid is in the
  * word so that a slot whose process died inside quota_open() (CLAIMING)
@@ -400,6 +436,9 @@ struct qs_config {
 	struct qs_limit_src lim[QS_KINDS];
 	uint32_t nlanes;
 	struct qs_lane_src lanes[QS_LANES];
+	uint32_t flags2;
+	uint32_t alarm_over_pct;
+	uint64_t alarm_held_ns;
 };
 
 /* Check a configuration's values (what a record may hold): 0 or -EBADMSG. */

@@ -189,6 +189,8 @@ struct qc_resv {
 	bool lower;                /* a lane below the top: waits without a slot */
 	bool ext;                  /* an extension of an open ticket */
 	uint64_t base_tokens;      /* extension: the ticket's tokens so far */
+	bool auto_out;             /* output 0 asked: the learned estimate, if the quota has it */
+	uint64_t max_out;          /* its bound (opts), 0 = none */
 	int64_t tau[QS_KINDS];     /* each limit's tolerance for our lane */
 	struct qt_priv tk;
 };
@@ -206,6 +208,28 @@ static inline uint64_t charge_cached(struct qc_cfg *cf, uint32_t k, uint64_t uni
 	return cf->last_inc[k];
 }
 
+/* LEARNING: the output tokens to reserve for a caller that passed 0 on a
+ * quota with "auto_estimate": the p99 of actual output that quotad merged
+ * from the clients' histograms, bounded by the caller's max_tokens and the
+ * context window; before anything was learned, that bound, else
+ * QC_AUTO_DEFAULT. 0 on a quota without auto_estimate. */
+#define QC_AUTO_DEFAULT 4096u
+static uint64_t auto_estimate(const struct qc_resv *r)
+{
+	if (!(r->cf->flags2 & QS_REC2_AUTO_EST))
+		return 0;
+	uint64_t est = atomic_load_explicit(&r->q->learned_out, memory_order_relaxed);
+	uint64_t cap = r->max_out;
+	if (r->cf->context_window && r->cf->context_window > r->in &&
+	    (!cap || r->cf->context_window - r->in < cap))
+		cap = r->cf->context_window - r->in;
+	if (!est || est > QC_COST_MAX)
+		est = cap ? cap : QC_AUTO_DEFAULT;
+	if (cap && est > cap)
+		est = cap;
+	return est ? est : 1;
+}
+
 /* Plan: the config and the cost of each limit. 0, -E2BIG, or an error of
  * qc_cfg_get(). */
 static int plan(struct qc_resv *r)
@@ -219,6 +243,8 @@ static int plan(struct qc_resv *r)
 	if ((cf->context_window && r->in + r->out + r->base_tokens > cf->context_window) ||
 	    (cf->max_inflight && r->req > cf->max_inflight))
 		return -E2BIG;
+	if (r->auto_out)
+		r->out = auto_estimate(r);
 	/* A lane the quota does not have (any, for a quota without lanes; or
 	 * removed by a reload) is its last one. */
 	uint32_t last = cf->nlanes ? cf->nlanes - 1 : 0;
@@ -597,7 +623,7 @@ static int fast(struct qc_thread *t, struct qs_quota *q, uint32_t id, uint64_t r
 static inline __attribute__((always_inline)) int reserve(quota_client *c, int id,
 							  const struct quota_cost *cost,
 							  int64_t timeout_ns, uint32_t lane,
-							  struct quota_ticket *ret)
+							  uint64_t max_out, struct quota_ticket *ret)
 {
 	if (!c || !cost || !ret || timeout_ns < 0)
 		return -EINVAL;
@@ -633,6 +659,8 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 	r.lane = lane;
 	r.ext = false;
 	r.base_tokens = 0;
+	r.auto_out = r.out == 0;
+	r.max_out = max_out;
 	err = run(&r, ret);
 	if (err == 0) {
 		ret->waited_ns = r.now - r.start;
@@ -650,7 +678,7 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
 		  struct quota_ticket *ret)
 {
-	return reserve(c, id, cost, timeout_ns, UINT32_MAX, ret);
+	return reserve(c, id, cost, timeout_ns, UINT32_MAX, 0, ret);
 }
 
 void quota_reserve_opts_init(struct quota_reserve_opts *o, size_t size)
@@ -666,12 +694,15 @@ int quota_reserve_ex(quota_client *c, int id, const struct quota_cost *cost, int
 		     const struct quota_reserve_opts *opts, struct quota_ticket *ret)
 {
 	uint32_t lane = QUOTA_LANE_DEFAULT;
+	uint64_t max_out = 0;
 	if (opts) {
-		if (opts->size < offsetof(struct quota_reserve_opts, reserved_) || opts->flags)
+		if (opts->size < offsetof(struct quota_reserve_opts, reserved_) || opts->flags ||
+		    opts->max_output_tokens > QC_COST_MAX)
 			return -EINVAL;
 		lane = opts->lane;
+		max_out = opts->max_output_tokens;
 	}
-	return reserve(c, id, cost, timeout_ns, lane, ret);
+	return reserve(c, id, cost, timeout_ns, lane, max_out, ret);
 }
 
 int quota_lane(quota_client *c, int id, const char *name)
@@ -749,6 +780,8 @@ int quota_extend(quota_client *c, struct quota_ticket *ticket, const struct quot
 	r.lane = QT_LANE(tk->held);
 	r.ext = true;
 	r.base_tokens = tk->input_tokens + tk->output_tokens;
+	r.auto_out = false;
+	r.max_out = 0;
 	struct quota_ticket x;
 	err = run(&r, &x);
 	if (err == 0) {

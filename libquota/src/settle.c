@@ -99,6 +99,37 @@ static void settle_stats(struct qc_thread *t, struct qs_quota *q, const struct q
 	}
 }
 
+/* Learning and alarms of a commit, in the settling thread's row (one
+ * writer: plain loads and stores). */
+static void observe(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
+		    const struct quota_cost *actual, struct qs_row *row)
+{
+	struct qc_cfg *cf;
+	if (!row || qc_cfg_get(t, tk->quota, q, &cf) < 0)
+		return;
+	if (actual && (cf->flags2 & QS_REC2_LEARN)) {
+		uint32_t b = qs_hist_bucket(actual->output_tokens);
+		uint64_t h[2] = { atomic_load_explicit(&row->out_hist[0], memory_order_relaxed),
+				  atomic_load_explicit(&row->out_hist[1], memory_order_relaxed) };
+		if (qs_hist_count(h, b) == 0xff) /* decay: halve every count */
+			for (int i = 0; i < 2; i++)
+				h[i] = (h[i] >> 1) & 0x7f7f7f7f7f7f7f7fULL;
+		h[b / 8] += 1ULL << (8 * (b % 8));
+		atomic_store_explicit(&row->out_hist[0], h[0], memory_order_relaxed);
+		atomic_store_explicit(&row->out_hist[1], h[1], memory_order_relaxed);
+	}
+	if (actual && cf->alarm_over_pct &&
+	    (unsigned __int128)actual->output_tokens * 100 >
+		    (unsigned __int128)tk->output_tokens * cf->alarm_over_pct)
+		atomic_store_explicit(&row->alarm_over,
+				      atomic_load_explicit(&row->alarm_over, memory_order_relaxed) + 1,
+				      memory_order_relaxed);
+	if (cf->alarm_held_ns && qc_clock(t->c) - tk->admitted_at > cf->alarm_held_ns)
+		atomic_store_explicit(&row->alarm_held,
+				      atomic_load_explicit(&row->alarm_held, memory_order_relaxed) + 1,
+				      memory_order_relaxed);
+}
+
 void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 	       const struct quota_cost *actual)
 {
@@ -122,6 +153,7 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 		 * counted until an audit finds no process holding them */
 	}
 	settle_stats(t, q, tk, actual, row);
+	observe(t, q, tk, actual, row);
 }
 
 /* The common case (see the top): 0 when settled, 1 for the general path
