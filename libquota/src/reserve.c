@@ -549,9 +549,12 @@ static inline int64_t fast_slot(struct qc_cfg *cf, uint32_t k, uint64_t units, i
 }
 
 /* The common case (see the top): 0 with the ticket written, or 1 to take
- * the general path, nothing taken. */
-static int fast(struct qc_thread *t, struct qs_quota *q, uint32_t id, uint64_t req, uint64_t in,
-		uint64_t out, int64_t now, struct quota_ticket *ret)
+ * the general path, nothing taken. Always inlined: quota_reserve() and
+ * quota_reserve_ex() each carry it (a call costs the common case ~5 %). */
+static inline __attribute__((always_inline)) int fast(struct qc_thread *t, struct qs_quota *q,
+						      uint32_t id, uint64_t req, uint64_t in,
+						      uint64_t out, int64_t now,
+						      struct quota_ticket *ret)
 {
 	/* acquire: pairs with quotad's publication of the word (records.c) */
 	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);

@@ -81,7 +81,7 @@ static void settle_spend(struct qc_thread *t, struct qs_quota *q, struct qt_priv
 static void settle_stats(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
 			 const struct quota_cost *actual, struct qs_row *row)
 {
-	uint64_t dadm = actual || (tk->held & QT_EXTENSION) ? 0 : (uint64_t)-1;
+	uint64_t dadm = actual ? 0 : (uint64_t)-1;
 	uint64_t din = (actual ? actual->input_tokens : 0) - tk->input_tokens;
 	uint64_t dout = (actual ? actual->output_tokens : 0) - tk->output_tokens;
 	(void)t;
@@ -152,7 +152,10 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 		/* else: no row free in this thread for that quota; the slots stay
 		 * counted until an audit finds no process holding them */
 	}
-	settle_stats(t, q, tk, actual, row);
+	/* A waiting extension's own ticket, given back: its tokens go, the
+	 * admission it extends stays counted. */
+	static const struct quota_cost none;
+	settle_stats(t, q, tk, !actual && (tk->held & QT_EXTENSION) ? &none : actual, row);
 	observe(t, q, tk, actual, row);
 }
 
