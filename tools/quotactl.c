@@ -143,13 +143,21 @@ static int status_text(quota_client *c, const char *segment)
 		       (unsigned long long)in.rejected[QUOTA_REJECT_TOO_BIG],
 		       (unsigned long long)in.rejected[QUOTA_REJECT_PAUSED], in.paused_ns ? "; PAUSED" : "");
 		if (in.learn) {
+			/* the upper edges of quota_info's half-octave buckets */
+			static const char *const edge[16] = { "<16", "<24", "<32", "<48", "<64", "<96",
+				"<128", "<192", "<256", "<384", "<512", "<768", "<1024", "<1536", "<2048",
+				">=2048" };
 			char sug[48];
-			snprintf(sug, sizeof(sug), in.learned_output ? "%llu" : "not yet (%llu samples)",
-				 (unsigned long long)(in.learned_output ? in.learned_output : in.learned_samples));
+			if (in.learned_output == UINT64_MAX)
+				snprintf(sug, sizeof(sug), "2048 or more (max_tokens)");
+			else
+				snprintf(sug, sizeof(sug), in.learned_output ? "%llu" : "not yet (%llu samples)",
+					 (unsigned long long)(in.learned_output ? in.learned_output :
+							      in.learned_samples));
 			printf("%-24s output tokens (live clients):", "");
 			for (int b = 0; b < 16; b++)
 				if (in.output_hist[b])
-					printf(" <%llu:%llu", b == 15 ? 0ULL : 1ULL << b, (unsigned long long)in.output_hist[b]);
+					printf(" %s:%llu", edge[b], (unsigned long long)in.output_hist[b]);
 			printf("\n%-24s suggested output reservation (p99): %s%s\n", "", sug,
 			       in.learn == 2 ? "; auto_estimate on" : "");
 		}

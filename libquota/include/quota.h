@@ -318,10 +318,13 @@ struct quota_info {
 	uint32_t lanes;                  /* priority lanes; 0 = none */
 	uint32_t learn;                  /* 0 no, 1 "learn", 2 "auto_estimate" (learns too) */
 	uint64_t learned_output;         /* suggested output reservation: quotad's p99 of
-					  * actual output tokens (bucket's upper edge); 0 = not yet */
+					  * actual output tokens (bucket's upper edge); 0 = not
+					  * yet; UINT64_MAX = 2048 or more (use max_tokens) */
 	uint64_t learned_samples;        /* the (decayed) weight it comes from */
-	uint64_t output_hist[16];        /* live clients' output tokens: [0] = 0 tokens,
-					  * [b] = [2^(b-1), 2^b), [15] = 2^14 and up */
+	uint64_t output_hist[16];        /* live clients' output tokens, half octaves:
+					  * [0] < 16, [1] 16-23, [2] 24-31, [3] 32-47, [4] 48-63,
+					  * ... [12] 768-1023, [13] 1024-1535, [14] 1536-2047,
+					  * [15] 2048 and up */
 	uint64_t alarm_held;             /* tickets settled after more than alarm_held_ns */
 	uint64_t alarm_over;             /* commits above alarm_over_pct % of their estimate */
 	int64_t alarm_held_ns;           /* 0 = that alarm is off */

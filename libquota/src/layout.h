@@ -258,7 +258,8 @@ struct qs_quota {
 
 	/* Line 7 (minor 1): learning and alarms. */
 	_Atomic uint64_t learned_out;     /* quotad: p99 of actual output tokens, as the
-					   * upper edge of its bucket; 0 = not known yet */
+					   * upper edge of its bucket; 0 = not known yet,
+					   * QS_LEARNED_OPEN = in the last bucket */
 	_Atomic uint64_t learned_samples; /* quotad: the weight it was computed from */
 	_Atomic uint64_t st_alarm_held;   /* alarms of clients that left */
 	_Atomic uint64_t st_alarm_over;
@@ -302,8 +303,8 @@ struct qs_row {
 	_Atomic uint64_t in_tokens;
 	_Atomic uint64_t out_tokens;
 	_Atomic uint64_t rejected[QS_REASONS];
-	/* Minor 1. Learning: actual output tokens of commits, 16 buckets
-	 * (qs_hist_bucket) of 8-bit counts, all halved when one would
+	/* Minor 1. Learning: actual output tokens of commits, 16 half-octave
+	 * buckets (qs_hist_bucket) of 8-bit counts, all halved when one would
 	 * overflow (a decaying histogram); alarms (see qs_record). */
 	_Atomic uint64_t out_hist[2];
 	_Atomic uint32_t alarm_held;
@@ -311,18 +312,28 @@ struct qs_row {
 };
 static_assert(sizeof(struct qs_row) == 192, "row size");
 
-/* Learning histogram: bucket 0 holds 0 tokens, bucket b in 1..15 holds
- * [2^(b-1), 2^b), bucket 15 everything from 2^14 up. */
+/* Learning histogram, half octaves: bucket 0 holds [0, 16), then [16, 24),
+ * [24, 32), [32, 48), [48, 64), ... up to bucket 14, [1536, 2048); bucket 15
+ * everything from 2048 up. */
 #define QS_HIST_BUCKETS 16u
+#define QS_LEARNED_OPEN UINT64_MAX /* learned_out: at least 2048, no edge */
 static inline uint32_t qs_hist_bucket(uint64_t x)
 {
-	uint32_t b = x ? 64u - (uint32_t)__builtin_clzll(x) : 0u;
+	if (x < 16)
+		return 0;
+	uint32_t lg = 63u - (uint32_t)__builtin_clzll(x); /* >= 4 */
+	uint32_t b = 2 * lg - 7 + (uint32_t)((x >> (lg - 1)) & 1);
 	return b < QS_HIST_BUCKETS ? b : QS_HIST_BUCKETS - 1;
 }
-/* The largest value bucket @b holds (bucket 15: 2^15, an estimate). */
+/* The largest value bucket @b holds; 0 for the last, which has no end. */
 static inline uint64_t qs_hist_top(uint32_t b)
 {
-	return b == 0 ? 0 : b >= QS_HIST_BUCKETS - 1 ? 1ull << (QS_HIST_BUCKETS - 1) : (1ull << b) - 1;
+	if (b == 0)
+		return 15;
+	if (b >= QS_HIST_BUCKETS - 1)
+		return 0;
+	uint32_t lg = (b + 7) / 2; /* bucket b starts at 2^lg or 1.5 * 2^lg */
+	return (b & 1) ? (3ull << (lg - 1)) - 1 : (1ull << (lg + 1)) - 1;
 }
 static inline uint32_t qs_hist_count(const uint64_t h[2], uint32_t b)
 {

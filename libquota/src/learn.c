@@ -5,11 +5,13 @@
  *
  * Each thread keeps, in its row of a quota with "learn" or "auto_estimate",
  * a decaying log-histogram of the output tokens its commits reported
- * (settle.c: 16 octave buckets of 8-bit counts, all halved when one would
+ * (settle.c: 16 half-octave buckets of 8-bit counts, all halved when one would
  * overflow; one writer, no shared write on the hot path). quotad merges the
  * rows of live clients every check (qc_learn_publish) and stores, per
  * quota, the upper edge of the bucket holding the 99th percentile: an
- * estimate never below the p99 of what was seen, at most twice it. Rows of
+ * estimate never below the p99 of what was seen, at most 1.5 times it (or
+ * QS_LEARNED_OPEN when it lies in the last bucket, from 2048 up, which has
+ * no edge: reservations then use their bound, max_tokens). Rows of
  * clients that left are not merged (the histogram is a recent picture).
  * quota_info() merges the same way for display.
  */
@@ -37,9 +39,9 @@ uint64_t qc_learn_p99(const uint64_t *counts, uint64_t *ret_samples)
 	for (uint32_t b = 0; b < QS_HIST_BUCKETS; b++) {
 		seen += counts[b];
 		if (seen >= need)
-			return qs_hist_top(b) ? qs_hist_top(b) : 1;
+			return qs_hist_top(b) ? qs_hist_top(b) : QS_LEARNED_OPEN;
 	}
-	return qs_hist_top(QS_HIST_BUCKETS - 1);
+	return QS_LEARNED_OPEN;
 }
 
 void qc_learn_publish(const struct qs_geom *g, const uint8_t *learns, uint32_t n, uint64_t *scratch)

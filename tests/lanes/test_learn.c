@@ -63,11 +63,11 @@ Test(learn, auto_estimate_reserves_the_learned_p99)
 	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
 	cr_assert_eq(in.learn, 2);
 	cr_assert_eq(in.learned_samples, 200);
-	cr_assert_eq(in.output_hist[7], 150); /* [64, 128) */
-	cr_assert_eq(in.output_hist[9], 48);  /* [256, 512) */
-	cr_assert_eq(in.output_hist[12], 2);  /* [2048, 4096) */
-	cr_assert_eq(in.learned_output, 511, "learned %llu", (unsigned long long)in.learned_output);
-	cr_assert_eq(reserved_out(c, 0, &t), 511);
+	cr_assert_eq(in.output_hist[6], 150); /* [96, 128) */
+	cr_assert_eq(in.output_hist[9], 48);  /* [256, 384) */
+	cr_assert_eq(in.output_hist[15], 2);  /* 2048 and up */
+	cr_assert_eq(in.learned_output, 383, "learned %llu", (unsigned long long)in.learned_output);
+	cr_assert_eq(reserved_out(c, 0, &t), 383);
 	cr_assert_eq(quota_cancel(c, &t), 0);
 	cr_assert_eq(reserved_out(c, 300, &t), 300);
 	cr_assert_eq(quota_cancel(c, &t), 0);
@@ -79,12 +79,37 @@ Test(learn, auto_estimate_reserves_the_learned_p99)
 	for (int i = 0; i < 300; i++)
 		commit_out(c, 100);
 	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
-	cr_assert_leq(in.output_hist[7], 255);
-	cr_assert_gt(in.output_hist[7], 127);
-	printf("learned: output p99 edge %llu from %llu samples; after decay bucket [64,128) holds %llu\n",
+	cr_assert_leq(in.output_hist[6], 255);
+	cr_assert_gt(in.output_hist[6], 127);
+	printf("learned: output p99 edge %llu from %llu samples; after decay bucket [96,128) holds %llu\n",
 	       (unsigned long long)in.learned_output, (unsigned long long)in.learned_samples,
-	       (unsigned long long)in.output_hist[7]);
+	       (unsigned long long)in.output_hist[6]);
+	/* a p99 in the last bucket has no edge: the caller's bound */
+	for (int i = 0; i < 300; i++)
+		commit_out(c, 5000);
+	publish(c);
+	cr_assert_eq(quota_info(c, 0, &in, sizeof(in)), 0);
+	cr_assert_eq(in.learned_output, UINT64_MAX);
+	cr_assert_eq(reserved_out(c, 700, &t), 700);
+	cr_assert_eq(quota_cancel(c, &t), 0);
+	cr_assert_eq(reserved_out(c, 0, &t), 9990);
+	cr_assert_eq(quota_cancel(c, &t), 0);
 	quota_close(c);
+}
+
+/* The buckets' edges (layout.h): every value falls in the bucket whose
+ * range holds it, the p99's edge is never below the value. */
+Test(learn, bucket_edges)
+{
+	for (uint64_t x = 0; x < 100000; x++) {
+		uint32_t b = qs_hist_bucket(x);
+		cr_assert(b == QS_HIST_BUCKETS - 1 || x <= qs_hist_top(b), "%llu above bucket %u",
+			  (unsigned long long)x, b);
+		cr_assert(b == 0 || x > qs_hist_top(b - 1), "%llu below bucket %u", (unsigned long long)x, b);
+	}
+	cr_assert_eq(qs_hist_top(12), 1023);
+	cr_assert_eq(qs_hist_bucket(2048), 15);
+	cr_assert_eq(qs_hist_bucket(UINT64_MAX), 15);
 }
 
 Test(learn, alarms)

@@ -21,8 +21,8 @@
  *    completion tokens when the response ends (beyond the bucket: debt that
  *    later refills pay), as providers that count output as it is produced;
  *  - completion_tokens is uniform in [1, max_tokens] from a seeded PRNG, or
- *    with --completion skewed mostly short (85 % in [20, 300), 14 % in
- *    [300, 1000), 1 % in [1000, 4000)), at most max_tokens;
+ *    with --completion skewed mostly short (85 % in [20, 300), 14.5 % in
+ *    [300, 1000), 0.5 % in [1000, 4000)), at most max_tokens;
  *  - latency = --latency-ms + completion_tokens * --per-token-us.
  *
  * HTTP is libmicrohttpd with a thread per connection, so a response's
@@ -915,7 +915,7 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	if (cfg.completion_skewed) {
 		uint64_t u = rng_next(&st.rng) % 1000, x = rng_next(&st.rng);
 
-		completion = u < 850 ? 20 + x % 280 : u < 990 ? 300 + x % 700 : 1000 + x % 3000;
+		completion = u < 850 ? 20 + x % 280 : u < 995 ? 300 + x % 700 : 1000 + x % 3000;
 		if (completion > chat.max_tokens)
 			completion = chat.max_tokens;
 	} else {

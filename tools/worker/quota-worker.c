@@ -58,6 +58,7 @@ static struct config {
 	int id, naive, feedback, quiet;
 	int sim_rule; /* --estimate sim-rule */
 	int auto_estimate; /* --auto-estimate: reserve 0 output tokens (the learned estimate) */
+	int64_t retry_max_ns; /* --retry-max: sleep at most this long after -EAGAIN (0: retry_after) */
 } cfg = {
 	.key = NULL,
 	.model = NULL,
@@ -444,6 +445,10 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 		if (ret == -EAGAIN) {
 			int64_t d = t.retry_after_ns > 0 ? t.retry_after_ns : NS_PER_MS;
 
+			/* refunds may free budget before retry_after: look again sooner */
+			if (cfg.retry_max_ns && d > cfg.retry_max_ns)
+				d = cfg.retry_max_ns;
+
 			sleep_ns(d < time_left() ? d : time_left());
 			continue;
 		}
@@ -545,6 +550,8 @@ static void usage(FILE *f)
 		"      --feedback           also fold the x-ratelimit headers of 200 answers\n"
 		"      --auto-estimate      reserve 0 output tokens: the quota's learned estimate\n"
 		"                           (\"auto_estimate\": true), at most --max-tokens\n"
+		"      --retry-max DUR      after a refusal, sleep at most DUR (default: the whole\n"
+		"                           retry-after; refunds may free budget sooner)\n"
 		"      --estimate library|sim-rule  prompt estimate: the token estimator (default),\n"
 		"                           or quota-sim's 4 + ceil(bytes/4) rule (a sim without --vocab)\n"
 		"      --naive              no libquota: on 429 sleep --naive-sleep and retry\n"
@@ -578,7 +585,7 @@ static int64_t opt_duration(const char *name, const char *s)
 /* Options into cfg; exits 2 with a message naming the option on error. */
 static void parse_options(int argc, char **argv)
 {
-	enum { O_RTIMEOUT = 256, O_FEEDBACK, O_NAIVE, O_NAIVE_SLEEP, O_QUIET, O_ESTIMATE, O_AUTO };
+	enum { O_RTIMEOUT = 256, O_FEEDBACK, O_NAIVE, O_NAIVE_SLEEP, O_QUIET, O_ESTIMATE, O_AUTO, O_RMAX };
 	static const struct option opts[] = {
 		{ "url", required_argument, NULL, 'u' },
 		{ "key", required_argument, NULL, 'k' },
@@ -593,6 +600,7 @@ static void parse_options(int argc, char **argv)
 		{ "reserve-timeout", required_argument, NULL, O_RTIMEOUT },
 		{ "feedback", no_argument, NULL, O_FEEDBACK },
 		{ "auto-estimate", no_argument, NULL, O_AUTO },
+		{ "retry-max", required_argument, NULL, O_RMAX },
 		{ "estimate", required_argument, NULL, O_ESTIMATE },
 		{ "naive", no_argument, NULL, O_NAIVE },
 		{ "naive-sleep", required_argument, NULL, O_NAIVE_SLEEP },
@@ -635,6 +643,7 @@ static void parse_options(int argc, char **argv)
 		case O_RTIMEOUT: cfg.reserve_timeout_ns = opt_duration("reserve-timeout", optarg); break;
 		case O_FEEDBACK: cfg.feedback = 1; break;
 		case O_AUTO: cfg.auto_estimate = 1; break;
+		case O_RMAX: cfg.retry_max_ns = opt_duration("retry-max", optarg); break;
 		case O_ESTIMATE:
 			if (strcmp(optarg, "sim-rule") == 0)
 				cfg.sim_rule = 1;
