@@ -77,7 +77,7 @@ cat >"$tmp/quota.json" <<JSON
       "alarms": { "held_s": 10, "over_estimate": 4 } } } }
 JSON
 
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
+"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 --socket "$tmp/ctl.sock" \
 	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
 pids+=($!)
 wait_line "$tmp/quotad.ready" "${pids[0]}" >/dev/null || fail "quotad did not become ready"
