@@ -279,6 +279,63 @@ static int parse_pair(struct ctx *x, const cJSON *obj, const char *path, const c
 	return 0;
 }
 
+/* "lanes": {"interactive": {"headroom": 0.2}, "batch": {}}: priority lanes,
+ * highest first; a lane's headroom is the share of every limit's capacity
+ * that the lanes below it must leave free. */
+static int parse_lanes(struct ctx *x, const cJSON *obj, const char *path, struct qd_quota *q)
+{
+	char p[400];
+	if (!cJSON_IsObject(obj))
+		return fail(x, path, "must be an object of named lanes, highest priority first, not %s",
+			    type_name(obj));
+	int r = no_duplicates(x, obj, path);
+	if (r < 0)
+		return r;
+	int n = cJSON_GetArraySize(obj);
+	if (n < 2 || n > 4)
+		return fail(x, path, "%d lanes: give 2 to 4 lanes, highest priority first", n);
+	double sum = 0;
+	uint32_t i = 0;
+	for (const cJSON *ln = obj->child; ln; ln = ln->next, i++) {
+		snprintf(p, sizeof(p), "%s.%s", path, ln->string);
+		size_t len = strlen(ln->string);
+		bool ok = len > 0 && len < sizeof(q->lanes[0].name);
+		for (size_t j = 0; ok && j < len; j++)
+			ok = (ln->string[j] >= 'a' && ln->string[j] <= 'z') ||
+			     (ln->string[j] >= 'A' && ln->string[j] <= 'Z') ||
+			     (ln->string[j] >= '0' && ln->string[j] <= '9') || strchr("._-", ln->string[j]);
+		if (!ok)
+			return fail(x, p, "lane names are 1 to 15 characters of A-Z a-z 0-9 . _ -");
+		if (!cJSON_IsObject(ln))
+			return fail(x, p, "must be an object ({} or {\"headroom\": 0.2}), not %s",
+				    type_name(ln));
+		strcpy(q->lanes[i].name, ln->string);
+		q->lanes[i].headroom_ppm = 0;
+		for (const cJSON *f = ln->child; f; f = f->next) {
+			char pf[480];
+			snprintf(pf, sizeof(pf), "%s.%s", p, f->string);
+			if (strcmp(f->string, "headroom") != 0)
+				return fail(x, pf, "unknown key (expected \"headroom\")");
+			double h;
+			r = get_real(x, f, pf, 1.0, &h);
+			if (r < 0)
+				return r;
+			if (h >= 1.0)
+				return fail(x, pf, "must be below 1, got %g", h);
+			if (h > 0 && !ln->next)
+				return fail(x, pf, "the lowest lane has no lane below it to keep headroom from");
+			long ppm = lround(h * 1e6);
+			q->lanes[i].headroom_ppm = (uint32_t)(ppm >= 1000000 ? 999999 : ppm);
+			sum += q->lanes[i].headroom_ppm;
+		}
+	}
+	if (sum >= 1e6)
+		return fail(x, path, "the headrooms add up to %g: they must leave the lowest lane some capacity",
+			    sum / 1e6);
+	q->nlanes = (uint32_t)n;
+	return 0;
+}
+
 static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 {
 	char path[256], p[320];
@@ -334,6 +391,27 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 			/* USD per million tokens = pico-USD per token * 1e-6 */
 			q->price_in_pusd = (uint64_t)llround(in * 1e6);
 			q->price_out_pusd = (uint64_t)llround(out * 1e6);
+		} else if (strcmp(f->string, "lanes") == 0) {
+			r = parse_lanes(x, f, p, q);
+		} else if (strcmp(f->string, "learn") == 0 || strcmp(f->string, "auto_estimate") == 0) {
+			if (!cJSON_IsBool(f))
+				r = fail(x, p, "must be true or false, not %s", type_name(f));
+			else if (f->string[0] == 'l')
+				q->learn = cJSON_IsTrue(f);
+			else
+				q->auto_estimate = cJSON_IsTrue(f);
+		} else if (strcmp(f->string, "alarms") == 0) {
+			double held, over;
+			r = parse_pair(x, f, p, "held_s", "over_estimate", 86400.0 * 31, &held, &over);
+			if (r == 0 && over > 0 && over < 1)
+				r = fail(x, p, "over_estimate must be at least 1 (a multiple of the estimate), got %g",
+					 over);
+			if (r == 0 && over > 1000)
+				r = fail(x, p, "over_estimate must be at most 1000, got %g", over);
+			if (r == 0) {
+				q->alarm_held_ns = (uint64_t)llround(held * 1e9);
+				q->alarm_over_pct = (uint32_t)lround(over * 100);
+			}
 		} else if (strcmp(f->string, "budget_usd") == 0) {
 			double day, month;
 			r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
@@ -421,6 +499,16 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 					snprintf(p, sizeof(p), "%s.%s", path, rate_keys[i].key);
 			return fail(x, p, "%llu with burst %g is out of range for the arithmetic",
 				    (unsigned long long)q->rate[k], q->burst_ppm / 1e6);
+		}
+		/* Every lane must be able to admit one unit of every limit. */
+		uint64_t kept = 0;
+		for (uint32_t i = 0; i + 1 < q->nlanes; i++) {
+			kept += q->lanes[i].headroom_ppm;
+			if (qg_lane_tau(&l, (uint32_t)kept) < (int64_t)qg_charge(&l, 1)) {
+				snprintf(p, sizeof(p), "%s.lanes.%s", path, q->lanes[i + 1].name);
+				return fail(x, p, "the headroom above leaves this lane no capacity on a limit of "
+					    "%llu with burst %g", (unsigned long long)q->rate[k], q->burst_ppm / 1e6);
+			}
 		}
 	}
 	return 0;
@@ -640,6 +728,14 @@ int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *ou
 			return r;
 		out->lim[out->nlimits++] = (struct qs_limit_src){ .kind = k, .burst_ppm = qc->burst_ppm,
 								   .limit = rate };
+	}
+	out->flags2 = (qc->learn ? QS_REC2_LEARN : 0) | (qc->auto_estimate ? QS_REC2_AUTO_EST : 0);
+	out->alarm_held_ns = qc->alarm_held_ns;
+	out->alarm_over_pct = qc->alarm_over_pct;
+	out->nlanes = qc->nlanes;
+	for (uint32_t i = 0; i < qc->nlanes && i < QS_LANES; i++) {
+		snprintf(out->lanes[i].name, sizeof(out->lanes[i].name), "%s", qc->lanes[i].name);
+		out->lanes[i].headroom_ppm = qc->lanes[i].headroom_ppm;
 	}
 	return qs_config_check(out) < 0 ? -EINVAL : 0;
 }

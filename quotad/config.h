@@ -40,6 +40,14 @@ struct qd_quota {
 	char global_key[QD_GLOBAL_KEY_MAX + 1]; /* default: the quota's name */
 	uint32_t outage;                         /* enum qd_outage */
 	uint32_t expected_hosts;                 /* required when global */
+	bool learn, auto_estimate;       /* learning (auto_estimate implies learn) */
+	uint64_t alarm_held_ns;          /* 0 = off */
+	uint32_t alarm_over_pct;         /* 0 = off */
+	uint32_t nlanes;                 /* 0 = no lanes; else 2..4, highest first */
+	struct {
+		char name[16];
+		uint32_t headroom_ppm;   /* kept free by the lanes below this one */
+	} lanes[4];
 };
 
 /* The top-level "redis" section (global.c). */

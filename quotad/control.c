@@ -219,6 +219,10 @@ static char *cmd_clients(struct daemon *d)
 			cJSON_AddNumberToObject(rj, "admitted",
 						(double)atomic_load_explicit(&row->admitted, memory_order_relaxed));
 			cJSON_AddNumberToObject(rj, "rejected", (double)rej);
+			cJSON_AddNumberToObject(rj, "alarm_held",
+						atomic_load_explicit(&row->alarm_held, memory_order_relaxed));
+			cJSON_AddNumberToObject(rj, "alarm_over_estimate",
+						atomic_load_explicit(&row->alarm_over, memory_order_relaxed));
 		}
 		cJSON_AddNumberToObject(cj, "inflight", (double)held_total);
 	}
@@ -362,6 +366,15 @@ static char *cmd_metrics(struct daemon *d)
 		  "In-flight slots given back for dead clients.", offsetof(struct quota_info, reclaimed));
 	per_quota(&b, in, ok, n, "quota_inflight_repaired_total", "counter",
 		  "In-flight slots of drift corrected by quotad's audits.", offsetof(struct quota_info, repaired));
+	per_quota(&b, in, ok, n, "quota_learned_output_tokens", "gauge",
+		  "Suggested output reservation: p99 of actual output tokens (learn, auto_estimate; 0: not yet).",
+		  offsetof(struct quota_info, learned_output));
+	per_quota(&b, in, ok, n, "quota_alarm_held_total", "counter",
+		  "Tickets settled after being held longer than the alarm's time.",
+		  offsetof(struct quota_info, alarm_held));
+	per_quota(&b, in, ok, n, "quota_alarm_over_estimate_total", "counter",
+		  "Commits whose output was above the alarm's multiple of the estimate.",
+		  offsetof(struct quota_info, alarm_over));
 	per_quota(&b, in, ok, n, "quota_config_generation", "gauge",
 		  "Generation of the configuration record in force.", offsetof(struct quota_info, generation));
 	family(&b, "quota_spend_usd", "gauge", "Spend in the current UTC day or month, in USD.");

@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -28,6 +29,22 @@ void qd_heartbeat(struct daemon *d)
 	if (!(d->g.incompat_flags & QS_INCOMPAT_MANUAL_CLOCK))
 		atomic_store_explicit(&d->h->realtime_offset_ns, rt_ns - mono_ns, memory_order_relaxed);
 	atomic_store_explicit(&d->h->heartbeat_ns, mono_ns, memory_order_relaxed);
+}
+
+/* Estimates that learn (libquota/src/learn.c): merge the clients'
+ * histograms of the quotas that learn and publish their suggestion. */
+static void qd_learn(struct daemon *d)
+{
+	uint32_t n = qs_quota_count(&d->g), any = 0;
+	uint8_t *learns = calloc(n ? n : 1, 1);
+	for (uint32_t id = 0; learns && id < n; id++)
+		any |= learns[id] = d->pub[id].word && (d->pub[id].cfg.flags2 & QS_REC2_KNOWN) &&
+				    !(d->pub[id].cfg.flags & QS_REC_REMOVED);
+	uint64_t *scratch = any ? calloc((size_t)n * QS_HIST_BUCKETS, sizeof(uint64_t)) : NULL;
+	if (scratch)
+		qc_learn_publish(&d->g, learns, n, scratch);
+	free(scratch);
+	free(learns);
 }
 
 void qd_tick(struct daemon *d)
@@ -50,6 +67,7 @@ void qd_tick(struct daemon *d)
 			       "client's holdings explain)", counts.repaired, counts.repaired == 1 ? "" : "s");
 		}
 		d->st.audits += counts.audits;
+		qd_learn(d);
 		d->next_check = now + QD_CHECK_NS;
 	}
 	if (d->state_dir && now >= d->next_ledger) {

@@ -170,6 +170,29 @@ static int status_text(quota_client *c, const char *segment)
 		       "", day, month, (unsigned long long)in.rejected[QUOTA_REJECT_SPEND],
 		       (unsigned long long)in.rejected[QUOTA_REJECT_TOO_BIG],
 		       (unsigned long long)in.rejected[QUOTA_REJECT_PAUSED], in.paused_ns ? "; PAUSED" : "");
+		if (in.learn) {
+			/* the upper edges of quota_info's half-octave buckets */
+			static const char *const edge[16] = { "<16", "<24", "<32", "<48", "<64", "<96",
+				"<128", "<192", "<256", "<384", "<512", "<768", "<1024", "<1536", "<2048",
+				">=2048" };
+			char sug[48];
+			if (in.learned_output == UINT64_MAX)
+				snprintf(sug, sizeof(sug), "2048 or more (max_tokens)");
+			else
+				snprintf(sug, sizeof(sug), in.learned_output ? "%llu" : "not yet (%llu samples)",
+					 (unsigned long long)(in.learned_output ? in.learned_output :
+							      in.learned_samples));
+			printf("%-24s output tokens (live clients):", "");
+			for (int b = 0; b < 16; b++)
+				if (in.output_hist[b])
+					printf(" %s:%llu", edge[b], (unsigned long long)in.output_hist[b]);
+			printf("\n%-24s suggested output reservation (p99): %s%s\n", "", sug,
+			       in.learn == 2 ? "; auto_estimate on" : "");
+		}
+		if (in.alarm_held_ns || in.alarm_over_pct)
+			printf("%-24s alarms: held > %.0f s: %llu, commits > %llu %% of estimate: %llu\n", "",
+			       (double)in.alarm_held_ns / 1e9, (unsigned long long)in.alarm_held,
+			       (unsigned long long)in.alarm_over_pct, (unsigned long long)in.alarm_over);
 	}
 	return 0;
 }
@@ -225,6 +248,19 @@ static int status_json(quota_client *c, const char *segment)
 		cJSON_AddNumberToObject(q, "generation", (double)in.generation);
 		cJSON_AddNumberToObject(q, "paused_s", (double)in.paused_ns / 1e9);
 		cJSON_AddBoolToObject(q, "refund_actual", in.refund_actual);
+		cJSON_AddNumberToObject(q, "lanes", in.lanes);
+		if (in.learn) {
+			cJSON *lj = cJSON_AddObjectToObject(q, "learning");
+			cJSON_AddBoolToObject(lj, "auto_estimate", in.learn == 2);
+			cJSON_AddNumberToObject(lj, "suggested_output_tokens", (double)in.learned_output);
+			cJSON_AddNumberToObject(lj, "samples", (double)in.learned_samples);
+			cJSON *h = cJSON_AddArrayToObject(lj, "output_hist");
+			for (int b = 0; b < 16; b++)
+				cJSON_AddItemToArray(h, cJSON_CreateNumber((double)in.output_hist[b]));
+		}
+		cJSON *aj = cJSON_AddObjectToObject(q, "alarms");
+		cJSON_AddNumberToObject(aj, "held", (double)in.alarm_held);
+		cJSON_AddNumberToObject(aj, "over_estimate", (double)in.alarm_over);
 	}
 	char *s = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);

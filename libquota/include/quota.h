@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define QUOTA_VERSION_MAJOR 2
-#define QUOTA_VERSION_MINOR 0
+#define QUOTA_VERSION_MINOR 1
 
 /* Longest quota name, without the terminating NUL. */
 #define QUOTA_NAME_MAX 63
@@ -127,6 +127,85 @@ QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
  */
 QUOTA_PUBLIC int quota_reserve(quota_client *c, int quota, const struct quota_cost *cost,
 			       int64_t timeout_ns, struct quota_ticket *ret);
+
+/* ---- Priority lanes and streams (2.1) ----------------------------------- */
+
+/* A quota's config may list priority lanes, highest first ("lanes":
+ * {"interactive": {"headroom": 0.2}, "batch": {}}). A lane's headroom is the
+ * share of every limit's capacity the lanes below it must leave free: they
+ * are admitted only while it is, decided on the same GCRA words. */
+#define QUOTA_LANES_MAX 4
+/* The quota's last (lowest) lane: what quota_reserve() uses. */
+#define QUOTA_LANE_DEFAULT UINT32_MAX
+
+/**
+ * Options of quota_reserve_ex(). Initialise with quota_reserve_opts_init(),
+ * which records sizeof as the caller was compiled: later versions append
+ * fields.
+ */
+struct quota_reserve_opts {
+	uint32_t size;  /* set by quota_reserve_opts_init() */
+	uint32_t lane;  /* from quota_lane(), or QUOTA_LANE_DEFAULT */
+	uint64_t flags; /* 0 */
+	/* With "auto_estimate": the most output tokens the call may produce
+	 * (its max_tokens), bounding the learned estimate; 0 = none. */
+	uint64_t max_output_tokens;
+	uint64_t reserved_[5];
+};
+
+/** Zero *@o, set its size to @size (pass sizeof(*@o)) and its lane to
+ * QUOTA_LANE_DEFAULT. */
+QUOTA_PUBLIC void quota_reserve_opts_init(struct quota_reserve_opts *o, size_t size);
+
+/**
+ * The index of the lane named @name of @quota (0 = highest), -ENOENT if it
+ * has no such lane (or no lanes), -EINVAL, -EBADMSG.
+ */
+QUOTA_PUBLIC int quota_lane(quota_client *c, int quota, const char *name);
+
+/**
+ * quota_reserve() with options: @opts->lane says the lane (a lane the quota
+ * does not have, or no longer has after a reload, counts as its last; on a
+ * quota without lanes every lane is the one). A lane below the top is
+ * admitted only while the headroom of the lanes above it stays free; when
+ * it must wait it holds no place in line and sleeps until its lane would
+ * admit it, so a higher lane's reservation never queues behind it (no order
+ * among lower-lane waiters; the top lane's waiters keep first come, first
+ * served). -E2BIG also for a cost above what the lane may hold at once.
+ * @opts NULL is the default lane. -EINVAL for a @opts->size below 2.1's or
+ * unknown flags; otherwise as quota_reserve().
+ */
+QUOTA_PUBLIC int quota_reserve_ex(quota_client *c, int quota, const struct quota_cost *cost,
+				  int64_t timeout_ns, const struct quota_reserve_opts *opts,
+				  struct quota_ticket *ret);
+
+/**
+ * Take @more tokens for the open ticket @t of a call that is still running
+ * (a stream that outgrows its estimate), in the ticket's lane, all or
+ * nothing on every limit, waiting up to @timeout_ns as quota_reserve()
+ * does. @more->requests must be 0. The ticket then holds its estimate plus
+ * @more; its in-flight slot stays held. Returns 0 (t->waited_ns set), or
+ * -EAGAIN with t->retry_after_ns (nothing charged, the ticket unchanged),
+ * -E2BIG (above a limit's capacity or the context window with what the
+ * ticket holds), -EDQUOT, -EINVAL (a ticket not open, of another handle,
+ * requests != 0, zero tokens).
+ */
+QUOTA_PUBLIC int quota_extend(quota_client *c, struct quota_ticket *t,
+			      const struct quota_cost *more, int64_t timeout_ns);
+
+/**
+ * Mid-stream: lower the open ticket @t's estimate to @estimate (the most
+ * the call can still consume in all; each token field at most the ticket's,
+ * requests equal to the ticket's) and give back the difference as a commit
+ * would. The ticket stays open and keeps its in-flight slot; settle it with
+ * quota_commit() or quota_cancel(). A quota whose refund policy is "none"
+ * keeps its estimate (returns 0). Refunds come from the ticket's last piece
+ * (the last extension, or the reservation): what earlier pieces held is
+ * spent. -EINVAL for a ticket not open, of another handle, or an estimate
+ * above the ticket's.
+ */
+QUOTA_PUBLIC int quota_settle_partial(quota_client *c, struct quota_ticket *t,
+				      const struct quota_cost *estimate);
 
 /**
  * Settle an open ticket with what the provider reports as used. Where the
@@ -235,6 +314,21 @@ struct quota_info {
 	uint64_t reclaimed;              /* in-flight slots given back for dead clients */
 	uint64_t repaired;               /* in-flight drift corrected by quotad's audits */
 	uint64_t generation;             /* of the configuration shown */
+	/* 2.1: lanes, learning, alarms. */
+	uint32_t lanes;                  /* priority lanes; 0 = none */
+	uint32_t learn;                  /* 0 no, 1 "learn", 2 "auto_estimate" (learns too) */
+	uint64_t learned_output;         /* suggested output reservation: quotad's p99 of
+					  * actual output tokens (bucket's upper edge); 0 = not
+					  * yet; UINT64_MAX = 2048 or more (use max_tokens) */
+	uint64_t learned_samples;        /* the (decayed) weight it comes from */
+	uint64_t output_hist[16];        /* live clients' output tokens, half octaves:
+					  * [0] < 16, [1] 16-23, [2] 24-31, [3] 32-47, [4] 48-63,
+					  * ... [12] 768-1023, [13] 1024-1535, [14] 1536-2047,
+					  * [15] 2048 and up */
+	uint64_t alarm_held;             /* tickets settled after more than alarm_held_ns */
+	uint64_t alarm_over;             /* commits above alarm_over_pct % of their estimate */
+	int64_t alarm_held_ns;           /* 0 = that alarm is off */
+	uint64_t alarm_over_pct;         /* 0 = that alarm is off */
 };
 
 /**

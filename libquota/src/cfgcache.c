@@ -38,9 +38,25 @@ int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qs_quota *q
 			out->done[k] = &q->refund_done[l->kind];
 		}
 	}
+	out->nlanes = src->nlanes <= QS_LANES ? src->nlanes : QS_LANES;
+	uint32_t kept = 0;
+	for (uint32_t i = 0; i < (out->nlanes ? out->nlanes : 1); i++) {
+		if (i > 0)
+			kept += src->lanes[i - 1].headroom_ppm;
+		memcpy(out->lane_name[i], src->lanes[i].name, QS_LANE_NAME);
+		for (uint32_t k = 0; k < out->n; k++)
+			out->lane_tau[i][k] = kept < 1000000 ? qg_lane_tau(&out->lim[k], kept) : 0;
+	}
+	out->flags2 = src->flags2;
+	if (out->flags2 & QS_REC2_AUTO_EST)
+		out->flags2 |= QS_REC2_LEARN;
+	out->alarm_over_pct = src->alarm_over_pct;
+	out->alarm_held_ns = src->alarm_held_ns > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)src->alarm_held_ns;
 	out->fast = out->n >= 1 && out->n <= 2 && !out->max_inflight && !out->budget_day_nusd &&
-		    !out->budget_month_nusd && !(out->flags & QS_REC_REMOVED);
-	out->fast_settle = out->fast && !out->price_in_pusd && !out->price_out_pusd;
+		    !out->budget_month_nusd && !(out->flags & QS_REC_REMOVED) && out->nlanes == 0 &&
+		    !(out->flags2 & QS_REC2_AUTO_EST);
+	out->fast_settle = out->fast && !out->price_in_pusd && !out->price_out_pusd && !out->flags2 &&
+			   !out->alarm_held_ns && !out->alarm_over_pct;
 	return 0;
 }
 

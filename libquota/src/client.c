@@ -383,6 +383,8 @@ static void fold_row(struct qs_quota *q, struct qs_row *row)
 	atomic_fetch_add_explicit(&q->st_out_tokens, atomic_load_explicit(&row->out_tokens, memory_order_relaxed), memory_order_relaxed);
 	for (unsigned k = 0; k < QS_REASONS; k++)
 		atomic_fetch_add_explicit(&q->st_rejected[k], atomic_load_explicit(&row->rejected[k], memory_order_relaxed), memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_alarm_held, atomic_load_explicit(&row->alarm_held, memory_order_relaxed), memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_alarm_over, atomic_load_explicit(&row->alarm_over, memory_order_relaxed), memory_order_relaxed);
 	/* The reader sums rows of LIVE slots plus st_*: clear the row so
 	 * nothing is counted twice while we go. */
 	atomic_store_explicit(&row->quota1, 0, memory_order_release);

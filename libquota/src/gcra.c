@@ -74,6 +74,15 @@
  * appended exactly to our old end) is excluded by the first condition: that
  * earlier refund is in refund_begun.
  *
+ * LANES (reserve.c) decide with a stricter tolerance tau_l = tau -
+ * charge(ceil(b * kept)) <= tau for a lane below which `kept` of the
+ * capacity stays free: a slot with e - tau_l <= a <= s lies in
+ * [a, a + tau_l], inside [a, a + tau], so the invariant and the bound hold
+ * unchanged, over all lanes together. EXTENSIONS are reservations of their
+ * own (same invariant); a ticket then refunds only from its last slot,
+ * at most that slot's length: the refund argument above, for that slot.
+ * docs/ARCHITECTURE.md has both proofs in full.
+ *
  * DEBT (usage above the estimate) appends inc(extra) at max(TAT, now): it may
  * push TAT beyond now + tau; later reservations then wait until it is paid.
  *

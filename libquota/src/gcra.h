@@ -62,6 +62,15 @@ static inline uint64_t qg_charge(const struct qs_limit_cfg *l, uint64_t units)
 	return units * l->t_int + hi + (lo >= units && l->t_frac != 0);
 }
 
+/* The tolerance of a priority lane below which @kept_ppm of the capacity is
+ * kept for the lanes above it (reserve.c, LANES): tau - charge(ceil(b *
+ * kept)), at most tau; 0 or less admits nothing. */
+static inline int64_t qg_lane_tau(const struct qs_limit_cfg *l, uint32_t kept_ppm)
+{
+	uint64_t h = (uint64_t)(((unsigned __int128)l->capacity * kept_ppm + 999999) / 1000000);
+	return l->tau_ns - (int64_t)qg_charge(l, h);
+}
+
 /* Units admissible now on a limit whose TAT is @tat. */
 uint64_t qg_available(const struct qs_limit_cfg *l, int64_t tat, int64_t now);
 

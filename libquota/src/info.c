@@ -19,6 +19,10 @@ static void add_row(struct quota_info *ret, const struct qs_row *row)
 	ret->admitted_output_tokens += atomic_load_explicit(&row->out_tokens, memory_order_relaxed);
 	for (unsigned k = 0; k < QS_REASONS; k++)
 		ret->rejected[k] += atomic_load_explicit(&row->rejected[k], memory_order_relaxed);
+	ret->alarm_held += atomic_load_explicit(&row->alarm_held, memory_order_relaxed);
+	ret->alarm_over += atomic_load_explicit(&row->alarm_over, memory_order_relaxed);
+	if (ret->learn)
+		qc_learn_merge_row(ret->output_hist, row);
 }
 
 /* The configuration part. */
@@ -45,6 +49,14 @@ static void fill_config(struct quota_info *info, const struct qs_config *src, co
 	info->budget_day_nusd = cf->budget_day_nusd;
 	info->budget_month_nusd = cf->budget_month_nusd;
 	info->generation = QS_CFG_GEN(cf->word);
+	info->lanes = cf->nlanes;
+	info->learn = (cf->flags2 & QS_REC2_AUTO_EST) ? 2 : (cf->flags2 & QS_REC2_LEARN) ? 1 : 0;
+	info->alarm_held_ns = cf->alarm_held_ns;
+	info->alarm_over_pct = cf->alarm_over_pct;
+	if (info->learn) {
+		info->learned_output = atomic_load_explicit(&q->learned_out, memory_order_relaxed);
+		info->learned_samples = atomic_load_explicit(&q->learned_samples, memory_order_relaxed);
+	}
 }
 
 /* The hot words and the statistics. */
@@ -64,6 +76,8 @@ static void fill_state(quota_client *c, uint32_t id, struct qs_quota *q, struct 
 	info->admitted_output_tokens = atomic_load_explicit(&q->st_out_tokens, memory_order_relaxed);
 	info->reclaimed = atomic_load_explicit(&q->st_reclaimed, memory_order_relaxed);
 	info->repaired = atomic_load_explicit(&q->st_repaired, memory_order_relaxed);
+	info->alarm_held = atomic_load_explicit(&q->st_alarm_held, memory_order_relaxed);
+	info->alarm_over = atomic_load_explicit(&q->st_alarm_over, memory_order_relaxed);
 	for (unsigned k = 0; k < QS_REASONS; k++)
 		info->rejected[k] = atomic_load_explicit(&q->st_rejected[k], memory_order_relaxed);
 	for (uint32_t s = 0; s < c->g.client_capacity; s++) {

@@ -53,6 +53,17 @@ struct qc_cfg {
 	/* Each limit's TAT and refund_done words in the quota entry. */
 	_Atomic int64_t *tat[QS_KINDS];
 	_Atomic uint64_t *done[QS_KINDS];
+	/* Priority lanes (0: none, one lane): lane_tau[i][k] is limit k's
+	 * tolerance for lane i (reserve.c, LANES), lane_tau[0][k] = tau. Last,
+	 * apart from what fast() reads. */
+	uint32_t nlanes;
+	char lane_name[QS_LANES][QS_LANE_NAME];
+	int64_t lane_tau[QS_LANES][QS_KINDS];
+	/* Learning and alarms (settle.c): commits of such quotas take the
+	 * general settle path, auto-estimated reservations the general path. */
+	uint32_t flags2;         /* QS_REC2_* */
+	uint32_t alarm_over_pct;
+	int64_t alarm_held_ns;
 };
 
 struct qc_thread {
@@ -177,12 +188,25 @@ struct qt_limit {
 	uint32_t pad;
 };
 
+/* qt_priv.held: the in-flight slots taken in the low 24 bits (max_inflight
+ * <= 1e6); the lane and flags above, so that fast(), which writes held = 0,
+ * leaves lane 0 and no flags without a store of its own. */
+#define QT_HELD(h) ((h) & 0xffffffu)
+#define QT_LANE(h) (((h) >> 24) & 7u)
+#define QT_LANE_BITS(lane) ((uint32_t)(lane) << 24)
+/* The ticket was extended or partly settled: its slot on a limit is the
+ * last piece taken, not the whole estimate (settle.c, EXTEND). */
+#define QT_EXTENDED (1u << 30)
+/* A waiting extension's own ticket (reserve.c): cancelling it undoes no
+ * admission in the statistics. */
+#define QT_EXTENSION (1u << 31)
+
 struct qt_priv {
 	uint64_t magic;
 	uint64_t owner;     /* the handle's nonce */
 	uint32_t quota;
 	uint32_t nlimits;
-	uint32_t held;      /* in-flight slots taken */
+	uint32_t held;      /* in-flight slots taken | lane | flags (QT_*) */
 	uint32_t pad;
 	uint64_t cfg_word;  /* the config the ticket was planned with */
 	int64_t admitted_at;
@@ -190,6 +214,7 @@ struct qt_priv {
 	uint64_t spend_nusd;   /* charged at reserve (quotas with a budget), else 0 */
 	uint32_t day, month;   /* spend periods charged */
 	struct qt_limit lim[QS_KINDS];
+	int64_t piece_at;      /* QT_EXTENDED by quota_extend(): when its last piece was admitted */
 };
 static_assert(sizeof(struct qt_priv) <= sizeof(((struct quota_ticket *)0)->private_),
 	      "ticket private area");
@@ -314,5 +339,16 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
  * reclamation is in progress. */
 int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
 		  struct qc_reclaim_counts *counts);
+
+/* learn.c: estimates that learn. */
+#define QC_LEARN_MIN_SAMPLES 100u /* below this, nothing is learned */
+/* Add row @row's output histogram to @counts[QS_HIST_BUCKETS]. */
+void qc_learn_merge_row(uint64_t *counts, const struct qs_row *row);
+/* The upper edge of the bucket holding the 99th percentile of @counts, 0
+ * with fewer than QC_LEARN_MIN_SAMPLES; *@ret_samples their weight. */
+uint64_t qc_learn_p99(const uint64_t *counts, uint64_t *ret_samples);
+/* quotad: merge the live rows of the @n quotas with @learns[id] set and
+ * publish learned_out and learned_samples. @scratch holds n * 16 words. */
+void qc_learn_publish(const struct qs_geom *g, const uint8_t *learns, uint32_t n, uint64_t *scratch);
 
 #endif /* QUOTA_INTERNAL_H */

@@ -50,7 +50,9 @@
 
 #define QS_MAGIC 0x3247455341544f51ULL /* "QOTASEG2" little-endian */
 #define QS_MAJOR 2
-#define QS_MINOR 0
+/* Minor 1 (libquota 2.1): records may carry priority lanes (old readers
+ * ignore them and admit as the top lane: the bound holds either way). */
+#define QS_MINOR 1
 #define QS_CACHELINE 64
 #define QS_HEADER_SIZE 4096
 
@@ -148,6 +150,22 @@ struct qs_limit_src {
 	uint64_t limit;     /* units per period */
 };
 
+/* Priority lanes (reserve.c): a quota may list up to QS_LANES lanes, highest
+ * first. headroom_ppm of lane i is the share of every limit's capacity that
+ * the lanes below i must leave free; the lowest lane's is 0. */
+#define QS_LANES 4u
+#define QS_LANE_NAME 16u
+struct qs_lane_src {
+	char name[QS_LANE_NAME];  /* NUL-terminated */
+	uint32_t headroom_ppm;    /* [0, 1e6); the sum over lanes < 1e6 */
+	uint32_t pad;
+};
+
+/* record.flags2 (minor 1) */
+#define QS_REC2_LEARN (1u << 0)    /* keep the histogram of actual output tokens */
+#define QS_REC2_AUTO_EST (1u << 1) /* reserve's output 0 = the learned estimate (implies LEARN) */
+#define QS_REC2_KNOWN (QS_REC2_LEARN | QS_REC2_AUTO_EST)
+
 /* record.flags */
 #define QS_REC_REFUND_ACTUAL (1u << 0)
 #define QS_REC_REMOVED (1u << 1) /* the quota was removed by a reload */
@@ -173,10 +191,18 @@ struct qs_record {
 	uint64_t budget_day_nusd;   /* 0 = none */
 	uint64_t budget_month_nusd; /* 0 = none */
 	struct qs_limit_src lim[QS_KINDS];
-	uint64_t reserved[31];   /* zero: room for lanes and later keys */
+	/* Minor 1: priority lanes (0 = none: one lane), learning, alarms. */
+	uint32_t nlanes;
+	uint32_t flags2;         /* QS_REC2_* (not in flags: minor-0 readers refuse unknown flags) */
+	struct qs_lane_src lanes[QS_LANES];
+	uint64_t alarm_held_ns;  /* count tickets settled after being held longer; 0 = off */
+	uint32_t alarm_over_pct; /* count commits above this % of their output estimate; 0 = off */
+	uint32_t pad3;
+	uint64_t reserved[16];   /* zero: room for later keys */
 };
 static_assert(sizeof(struct qs_record) == 512, "record size");
 static_assert(offsetof(struct qs_record, lim) == 136, "record limits");
+static_assert(offsetof(struct qs_record, lanes) == 272, "record lanes");
 
 /* A quota's config word: generation << 24 | (record index + 1); 0 = the id
  * is not in use. */
@@ -230,8 +256,14 @@ struct qs_quota {
 	_Atomic uint64_t st_rejected[QS_REASONS];
 	uint64_t reserved6[3];
 
-	/* Line 7: reserved. */
-	uint64_t reserved7[8];
+	/* Line 7 (minor 1): learning and alarms. */
+	_Atomic uint64_t learned_out;     /* quotad: p99 of actual output tokens, as the
+					   * upper edge of its bucket; 0 = not known yet,
+					   * QS_LEARNED_OPEN = in the last bucket */
+	_Atomic uint64_t learned_samples; /* quotad: the weight it was computed from */
+	_Atomic uint64_t st_alarm_held;   /* alarms of clients that left */
+	_Atomic uint64_t st_alarm_over;
+	uint64_t reserved7[4];
 };
 static_assert(sizeof(struct qs_quota) == 512, "quota entry size");
 static_assert(offsetof(struct qs_quota, tat_day) == 64, "hot line B");
@@ -271,9 +303,42 @@ struct qs_row {
 	_Atomic uint64_t in_tokens;
 	_Atomic uint64_t out_tokens;
 	_Atomic uint64_t rejected[QS_REASONS];
-	uint64_t reserved[3];
+	/* Minor 1. Learning: actual output tokens of commits, 16 half-octave
+	 * buckets (qs_hist_bucket) of 8-bit counts, all halved when one would
+	 * overflow (a decaying histogram); alarms (see qs_record). */
+	_Atomic uint64_t out_hist[2];
+	_Atomic uint32_t alarm_held;
+	_Atomic uint32_t alarm_over;
 };
 static_assert(sizeof(struct qs_row) == 192, "row size");
+
+/* Learning histogram, half octaves: bucket 0 holds [0, 16), then [16, 24),
+ * [24, 32), [32, 48), [48, 64), ... up to bucket 14, [1536, 2048); bucket 15
+ * everything from 2048 up. */
+#define QS_HIST_BUCKETS 16u
+#define QS_LEARNED_OPEN UINT64_MAX /* learned_out: at least 2048, no edge */
+static inline uint32_t qs_hist_bucket(uint64_t x)
+{
+	if (x < 16)
+		return 0;
+	uint32_t lg = 63u - (uint32_t)__builtin_clzll(x); /* >= 4 */
+	uint32_t b = 2 * lg - 7 + (uint32_t)((x >> (lg - 1)) & 1);
+	return b < QS_HIST_BUCKETS ? b : QS_HIST_BUCKETS - 1;
+}
+/* The largest value bucket @b holds; 0 for the last, which has no end. */
+static inline uint64_t qs_hist_top(uint32_t b)
+{
+	if (b == 0)
+		return 15;
+	if (b >= QS_HIST_BUCKETS - 1)
+		return 0;
+	uint32_t lg = (b + 7) / 2; /* bucket b starts at 2^lg or 1.5 * 2^lg */
+	return (b & 1) ? (3ull << (lg - 1)) - 1 : (1ull << (lg + 1)) - 1;
+}
+static inline uint32_t qs_hist_count(const uint64_t h[2], uint32_t b)
+{
+	return (uint32_t)((h[b / 8] >> (8 * (b % 8))) & 0xff);
+}
 
 /* qs_client.state: generation << 32 | pid << 8 | status. The pid is in the
  * word so that a slot whose process died inside quota_open() (CLAIMING)
@@ -380,6 +445,11 @@ struct qs_config {
 	uint64_t price_in_pusd, price_out_pusd;
 	uint64_t budget_day_nusd, budget_month_nusd;
 	struct qs_limit_src lim[QS_KINDS];
+	uint32_t nlanes;
+	struct qs_lane_src lanes[QS_LANES];
+	uint32_t flags2;
+	uint32_t alarm_over_pct;
+	uint64_t alarm_held_ns;
 };
 
 /* Check a configuration's values (what a record may hold): 0 or -EBADMSG. */

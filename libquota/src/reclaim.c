@@ -211,7 +211,11 @@ static void fold_row(const struct qs_geom *g, struct qs_row *row, uint32_t id1)
 	uint64_t rej[QS_REASONS];
 	for (unsigned k = 0; k < QS_REASONS; k++)
 		rej[k] = take(&row->rejected[k]);
+	uint32_t held = atomic_exchange_explicit(&row->alarm_held, 0, memory_order_relaxed);
+	uint32_t over = atomic_exchange_explicit(&row->alarm_over, 0, memory_order_relaxed);
 	atomic_store_explicit(&row->quota1, 0, memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_alarm_held, held, memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_alarm_over, over, memory_order_relaxed);
 	atomic_fetch_add_explicit(&q->st_admitted, adm, memory_order_relaxed);
 	atomic_fetch_add_explicit(&q->st_in_tokens, in, memory_order_relaxed);
 	atomic_fetch_add_explicit(&q->st_out_tokens, out, memory_order_relaxed);

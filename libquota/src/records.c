@@ -56,6 +56,19 @@ int qs_config_check(const struct qs_config *c)
 		if (qg_limit_init(&ref, l->kind, l->limit, qg_period_of(l->kind), l->burst_ppm) < 0)
 			return -EBADMSG;
 	}
+	/* Lanes: named, headrooms summing below the whole, none on the last. */
+	if (c->nlanes > QS_LANES || (c->flags2 & ~QS_REC2_KNOWN))
+		return -EBADMSG;
+	uint64_t sum = 0;
+	for (uint32_t i = 0; i < c->nlanes; i++) {
+		const struct qs_lane_src *ln = &c->lanes[i];
+		if (memchr(ln->name, '\0', sizeof(ln->name)) == NULL || ln->name[0] == '\0' ||
+		    ln->headroom_ppm >= 1000000 || (i + 1 == c->nlanes && ln->headroom_ppm))
+			return -EBADMSG;
+		sum += ln->headroom_ppm;
+	}
+	if (sum >= 1000000)
+		return -EBADMSG;
 	return 0;
 }
 
@@ -95,6 +108,11 @@ int qs_record_read(const struct qs_geom *g, uint32_t id, uint64_t word, struct q
 	out->budget_day_nusd = copy.budget_day_nusd;
 	out->budget_month_nusd = copy.budget_month_nusd;
 	memcpy(out->lim, copy.lim, sizeof(out->lim));
+	out->nlanes = copy.nlanes;
+	memcpy(out->lanes, copy.lanes, sizeof(out->lanes));
+	out->flags2 = copy.flags2;
+	out->alarm_held_ns = copy.alarm_held_ns;
+	out->alarm_over_pct = copy.alarm_over_pct;
 	if (out->quota_id != id || qs_config_check(out) < 0)
 		return -EBADMSG;
 	return 0;
@@ -155,6 +173,11 @@ void qs_record_publish(const struct qs_geom *g, uint32_t idx, uint64_t gen,
 	img.budget_day_nusd = cfg->budget_day_nusd;
 	img.budget_month_nusd = cfg->budget_month_nusd;
 	memcpy(img.lim, cfg->lim, sizeof(img.lim));
+	img.nlanes = cfg->nlanes;
+	memcpy(img.lanes, cfg->lanes, sizeof(img.lanes));
+	img.flags2 = cfg->flags2;
+	img.alarm_held_ns = cfg->alarm_held_ns;
+	img.alarm_over_pct = cfg->alarm_over_pct;
 
 	atomic_store_explicit(&r->stamp, 0, memory_order_relaxed);
 	/* release fence: stamp 0 is visible before any content store (pairs

@@ -184,6 +184,14 @@ struct qc_resv {
 	uint32_t day, month;
 	unsigned reason;
 	int64_t retry_at;
+	uint32_t lane;             /* asked for (UINT32_MAX: the last) */
+	uint32_t in_lane;          /* the quota's lane it is: plan */
+	bool lower;                /* a lane below the top: waits without a slot */
+	bool ext;                  /* an extension of an open ticket */
+	uint64_t base_tokens;      /* extension: the ticket's tokens so far */
+	bool auto_out;             /* output 0 asked: the learned estimate, if the quota has it */
+	uint64_t max_out;          /* its bound (opts), 0 = none */
+	int64_t tau[QS_KINDS];     /* each limit's tolerance for our lane */
 	struct qt_priv tk;
 };
 
@@ -200,6 +208,28 @@ static inline uint64_t charge_cached(struct qc_cfg *cf, uint32_t k, uint64_t uni
 	return cf->last_inc[k];
 }
 
+/* LEARNING: the output tokens to reserve for a caller that passed 0 on a
+ * quota with "auto_estimate": the p99 of actual output that quotad merged
+ * from the clients' histograms, bounded by the caller's max_tokens and the
+ * context window; before anything was learned, that bound, else
+ * QC_AUTO_DEFAULT. 0 on a quota without auto_estimate. */
+#define QC_AUTO_DEFAULT 4096u
+static uint64_t auto_estimate(const struct qc_resv *r)
+{
+	if (!(r->cf->flags2 & QS_REC2_AUTO_EST))
+		return 0;
+	uint64_t est = atomic_load_explicit(&r->q->learned_out, memory_order_relaxed);
+	uint64_t cap = r->max_out;
+	if (r->cf->context_window && r->cf->context_window > r->in &&
+	    (!cap || r->cf->context_window - r->in < cap))
+		cap = r->cf->context_window - r->in;
+	if (!est || est > QC_COST_MAX)
+		est = cap ? cap : QC_AUTO_DEFAULT;
+	if (cap && est > cap)
+		est = cap;
+	return est ? est : 1;
+}
+
 /* Plan: the config and the cost of each limit. 0, -E2BIG, or an error of
  * qc_cfg_get(). */
 static int plan(struct qc_resv *r)
@@ -210,15 +240,26 @@ static int plan(struct qc_resv *r)
 	struct qc_cfg *cf = r->cf;
 	if (cf->flags & QS_REC_REMOVED)
 		return -ENOENT;
-	if ((cf->context_window && r->in + r->out > cf->context_window) ||
+	if ((cf->context_window && r->in + r->out + r->base_tokens > cf->context_window) ||
 	    (cf->max_inflight && r->req > cf->max_inflight))
 		return -E2BIG;
+	if (r->auto_out)
+		r->out = auto_estimate(r);
+	/* A lane the quota does not have (any, for a quota without lanes; or
+	 * removed by a reload) is its last one. */
+	uint32_t last = cf->nlanes ? cf->nlanes - 1 : 0;
+	uint32_t lane = r->lane < last ? r->lane : last;
+	r->in_lane = lane;
+	r->lower = lane > 0;
 	for (uint32_t k = 0; k < cf->n; k++) {
 		const struct qs_limit_cfg *l = &cf->lim[k];
 		uint64_t u = qc_units_of(l->kind, r->req, r->in, r->out);
 		if (u > l->capacity)
 			return -E2BIG;
 		r->inc[k] = charge_cached(cf, k, u);
+		r->tau[k] = cf->lane_tau[lane][k];
+		if ((int64_t)r->inc[k] > r->tau[k])
+			return -E2BIG; /* above what the lane may hold */
 	}
 	r->spend = 0;
 	if (cf->budget_day_nusd || cf->budget_month_nusd) {
@@ -227,7 +268,7 @@ static int plan(struct qc_resv *r)
 		    (cf->budget_month_nusd && r->spend > cf->budget_month_nusd))
 			return -E2BIG;
 	}
-	if (cf->max_inflight && !r->row)
+	if (cf->max_inflight && r->req && !r->row)
 		return -ENOSPC;
 	return 0;
 }
@@ -258,7 +299,7 @@ static int decide(struct qc_resv *r)
 		 * as done here is already in the TAT we read next. */
 		r->done0[k] = atomic_load_explicit(cf->done[k], memory_order_acquire);
 		r->tat[k] = atomic_load_explicit(cf->tat[k], memory_order_relaxed);
-		int64_t need = qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - cf->lim[k].tau_ns;
+		int64_t need = qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - r->tau[k];
 		if (need > a) {
 			a = need;
 			r->reason = kind;
@@ -292,7 +333,7 @@ static void undo(struct qc_resv *r, uint32_t k)
 		qc_spend_adjust(&r->q->spend_day, r->day, r->day, -(int64_t)r->spend);
 		qc_spend_adjust(&r->q->spend_month, r->month, r->month, -(int64_t)r->spend);
 	}
-	if (r->cf->max_inflight)
+	if (r->cf->max_inflight && r->req)
 		qc_inflight_release(r->t, r->q, r->row, r->id, (uint32_t)r->req);
 }
 
@@ -302,7 +343,7 @@ static bool take_slot(struct qc_resv *r, uint32_t k, bool waits)
 {
 	const struct qs_limit_cfg *l = &r->cf->lim[k];
 	_Atomic int64_t *w = r->cf->tat[k];
-	int64_t cur = r->tat[k], tau = l->tau_ns, inc = (int64_t)r->inc[k];
+	int64_t cur = r->tat[k], tau = r->tau[k], inc = (int64_t)r->inc[k];
 	/* A reservation that waits places its slot at least tau/8 after its
 	 * admission time (within its window [a, a + tau]), so that refunds
 	 * made while it sleeps have room to move it (gcra.c) instead of making
@@ -336,7 +377,7 @@ static bool take_slot(struct qc_resv *r, uint32_t k, bool waits)
 static int take(struct qc_resv *r)
 {
 	const struct qc_cfg *cf = r->cf;
-	if (cf->max_inflight &&
+	if (cf->max_inflight && r->req &&
 	    !inflight_take(r->t, r->q, r->row, r->id, (uint32_t)r->req, cf->max_inflight))
 		return STEP_AGAIN;
 	if (r->spend) {
@@ -346,7 +387,7 @@ static int take(struct qc_resv *r)
 			ok = false;
 		}
 		if (!ok) {
-			if (cf->max_inflight)
+			if (cf->max_inflight && r->req)
 				qc_inflight_release(r->t, r->q, r->row, r->id, (uint32_t)r->req);
 			r->reason = QUOTA_REJECT_SPEND;
 			return -EDQUOT;
@@ -403,7 +444,8 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 	tk->owner = r->c->nonce;
 	tk->quota = r->id;
 	tk->nlimits = r->cf->n;
-	tk->held = r->cf->max_inflight ? (uint32_t)r->req : 0;
+	tk->held = (r->cf->max_inflight ? (uint32_t)r->req : 0) | QT_LANE_BITS(r->in_lane) |
+		   (r->ext ? QT_EXTENSION : 0);
 	tk->cfg_word = r->cf->word;
 	tk->admitted_at = r->a;
 	tk->requests = r->req;
@@ -419,13 +461,14 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 			tk->lim[k].done0 = r->tk.lim[k].done0;
 			tk->lim[k].kind = r->tk.lim[k].kind;
 		}
-	/* Counted now so that a requeue (which cancels) undoes it. */
+	/* Counted now so that a requeue (which cancels) undoes it; an
+	 * extension adds tokens to a call already counted. */
 	if (r->row) {
-		qc_row_add(&r->row->admitted, 1);
+		qc_row_add(&r->row->admitted, r->ext ? 0 : 1);
 		qc_row_add(&r->row->in_tokens, r->in);
 		qc_row_add(&r->row->out_tokens, r->out);
 	} else {
-		atomic_fetch_add_explicit(&r->q->st_admitted, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&r->q->st_admitted, r->ext ? 0 : 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(&r->q->st_in_tokens, r->in, memory_order_relaxed);
 		atomic_fetch_add_explicit(&r->q->st_out_tokens, r->out, memory_order_relaxed);
 	}
@@ -449,6 +492,14 @@ replan:
 		}
 		if (s < 0)
 			return s;
+		if (r->lower && r->a > r->now) {
+			/* A lower lane holds no place in line (LANES): it sleeps
+			 * until its lane would admit it and decides again, so a
+			 * higher lane's reservation never queues behind it. */
+			sleep_until(r->c, r->a);
+			r->now = qc_clock(r->c);
+			continue;
+		}
 		s = take(r);
 		if (s == STEP_RELOADED) {
 			r->now = qc_clock(r->c);
@@ -498,9 +549,12 @@ static inline int64_t fast_slot(struct qc_cfg *cf, uint32_t k, uint64_t units, i
 }
 
 /* The common case (see the top): 0 with the ticket written, or 1 to take
- * the general path, nothing taken. */
-static int fast(struct qc_thread *t, struct qs_quota *q, uint32_t id, uint64_t req, uint64_t in,
-		uint64_t out, int64_t now, struct quota_ticket *ret)
+ * the general path, nothing taken. Always inlined: quota_reserve() and
+ * quota_reserve_ex() each carry it (a call costs the common case ~5 %). */
+static inline __attribute__((always_inline)) int fast(struct qc_thread *t, struct qs_quota *q,
+						      uint32_t id, uint64_t req, uint64_t in,
+						      uint64_t out, int64_t now,
+						      struct quota_ticket *ret)
 {
 	/* acquire: pairs with quotad's publication of the word (records.c) */
 	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);
@@ -568,8 +622,11 @@ static int fast(struct qc_thread *t, struct qs_quota *q, uint32_t id, uint64_t r
 	return 0;
 }
 
-int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
-		  struct quota_ticket *ret)
+/* quota_reserve() in lane @lane (UINT32_MAX: the quota's last). */
+static inline __attribute__((always_inline)) int reserve(quota_client *c, int id,
+							  const struct quota_cost *cost,
+							  int64_t timeout_ns, uint32_t lane,
+							  uint64_t max_out, struct quota_ticket *ret)
 {
 	if (!c || !cost || !ret || timeout_ns < 0)
 		return -EINVAL;
@@ -602,6 +659,11 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 	}
 	r.deadline = add_sat(r.start, timeout_ns);
 	r.day = r.month = 0;
+	r.lane = lane;
+	r.ext = false;
+	r.base_tokens = 0;
+	r.auto_out = r.out == 0;
+	r.max_out = max_out;
 	err = run(&r, ret);
 	if (err == 0) {
 		ret->waited_ns = r.now - r.start;
@@ -612,6 +674,129 @@ int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_
 		qc_count_reject(r.t, r.q, r.id, r.reason);
 		if (err == -EAGAIN)
 			ret->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
+	}
+	return err;
+}
+
+int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
+		  struct quota_ticket *ret)
+{
+	return reserve(c, id, cost, timeout_ns, UINT32_MAX, 0, ret);
+}
+
+void quota_reserve_opts_init(struct quota_reserve_opts *o, size_t size)
+{
+	if (!o || size < offsetof(struct quota_reserve_opts, reserved_))
+		return;
+	memset(o, 0, size);
+	o->size = (uint32_t)size;
+	o->lane = QUOTA_LANE_DEFAULT;
+}
+
+int quota_reserve_ex(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
+		     const struct quota_reserve_opts *opts, struct quota_ticket *ret)
+{
+	uint32_t lane = QUOTA_LANE_DEFAULT;
+	uint64_t max_out = 0;
+	if (opts) {
+		if (opts->size < offsetof(struct quota_reserve_opts, reserved_) || opts->flags ||
+		    opts->max_output_tokens > QC_COST_MAX)
+			return -EINVAL;
+		lane = opts->lane;
+		max_out = opts->max_output_tokens;
+	}
+	return reserve(c, id, cost, timeout_ns, lane, max_out, ret);
+}
+
+int quota_lane(quota_client *c, int id, const char *name)
+{
+	if (!c || !name)
+		return -EINVAL;
+	if (id < 0 || !qs_quota_at(&c->g, (uint32_t)id))
+		return -ENOENT;
+	struct qs_config cfg;
+	int err = qs_config_get(&c->g, (uint32_t)id, &cfg, NULL);
+	if (err < 0)
+		return err;
+	if (cfg.flags & QS_REC_REMOVED)
+		return -ENOENT;
+	for (uint32_t i = 0; i < cfg.nlanes && i < QS_LANES; i++)
+		if (strncmp(cfg.lanes[i].name, name, QS_LANE_NAME) == 0)
+			return (int)i;
+	return -ENOENT;
+}
+
+/* Merge the slots of extension @x into ticket @tk: on every limit the
+ * extension charged, its slot becomes the ticket's (settle.c, EXTEND). */
+static void merge_extension(struct qt_priv *tk, const struct qt_priv *x, const struct qc_resv *r)
+{
+	for (uint32_t j = 0; j < x->nlimits; j++) {
+		if (x->lim[j].inc == 0)
+			continue;
+		uint32_t k = 0;
+		while (k < tk->nlimits && tk->lim[k].kind != x->lim[j].kind)
+			k++;
+		if (k == QS_KINDS)
+			continue; /* cannot happen: kinds are distinct */
+		if (k == tk->nlimits)
+			tk->nlimits++;
+		tk->lim[k] = x->lim[j];
+	}
+	tk->input_tokens += r->in;
+	tk->output_tokens += r->out;
+	if (r->spend) {
+		if (!tk->spend_nusd)
+			tk->day = r->day, tk->month = r->month;
+		tk->spend_nusd += r->spend;
+	}
+	tk->piece_at = x->admitted_at;
+	tk->held |= QT_EXTENDED;
+}
+
+int quota_extend(quota_client *c, struct quota_ticket *ticket, const struct quota_cost *more,
+		 int64_t timeout_ns)
+{
+	if (!c || !ticket || !more || timeout_ns < 0 || more->requests ||
+	    (more->input_tokens | more->output_tokens) == 0 || more->input_tokens > QC_COST_MAX ||
+	    more->output_tokens > QC_COST_MAX)
+		return -EINVAL;
+	struct qt_priv *tk = qt_priv(ticket);
+	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+		return -EINVAL;
+	if (tk->input_tokens + more->input_tokens > QC_COST_MAX ||
+	    tk->output_tokens + more->output_tokens > QC_COST_MAX)
+		return -EINVAL;
+	struct qc_resv r;
+	int err = qc_writer(c, &r.t);
+	if (err < 0)
+		return err;
+	r.q = qc_quota(c, (int)tk->quota);
+	if (!r.q)
+		return -EINVAL;
+	r.c = c;
+	r.id = tk->quota;
+	r.req = 0, r.in = more->input_tokens, r.out = more->output_tokens;
+	r.row = qc_row(r.t, r.id);
+	r.start = r.now = qc_clock(c);
+	r.deadline = add_sat(r.start, timeout_ns);
+	r.day = r.month = 0;
+	r.lane = QT_LANE(tk->held);
+	r.ext = true;
+	r.base_tokens = tk->input_tokens + tk->output_tokens;
+	r.auto_out = false;
+	r.max_out = 0;
+	struct quota_ticket x;
+	err = run(&r, &x);
+	if (err == 0) {
+		merge_extension(tk, qt_priv(&x), &r);
+		ticket->waited_ns = r.now - r.start;
+		ticket->retry_after_ns = 0;
+		return 0;
+	}
+	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
+		qc_count_reject(r.t, r.q, r.id, r.reason);
+		if (err == -EAGAIN)
+			ticket->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
 	}
 	return err;
 }

@@ -20,6 +20,15 @@
 /* Largest cost field accepted: keeps every sum and product in range. */
 #define QC_COST_MAX (1ULL << 62)
 
+/* The part of @est_inc (the charge of the ticket's whole estimate on a
+ * limit) that is not in the ticket's own slot @tl: 0 unless the ticket was
+ * extended or partly settled, whose slot is the last piece taken (EXTEND
+ * in gcra.c): the pieces before it are spent, refunds come from the last. */
+static inline uint64_t before_slot(const struct qt_priv *tk, const struct qt_limit *tl, uint64_t est_inc)
+{
+	return (tk->held & QT_EXTENDED) && est_inc > tl->inc ? est_inc - tl->inc : 0;
+}
+
 /* Refunds and debt of every limit the ticket holds. */
 static void settle_limits(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
 			  const struct quota_cost *actual, const struct qc_cfg *cf)
@@ -40,6 +49,8 @@ static void settle_limits(struct qc_thread *t, struct qs_quota *q, const struct 
 		uint64_t act = qc_units_of(kind, areq, ain, aout);
 		if (act < est && (refund_tokens || (kind >> 1) == 0)) {
 			uint64_t keep = qg_charge(l, act);
+			uint64_t before = before_slot(tk, tl, qg_charge(l, est));
+			keep = keep > before ? keep - before : 0;
 			if (keep < tl->inc)
 				qg_refund(t, q, tk->quota, tl, tl->inc - keep);
 		} else if (act > est) {
@@ -88,6 +99,37 @@ static void settle_stats(struct qc_thread *t, struct qs_quota *q, const struct q
 	}
 }
 
+/* Learning and alarms of a commit, in the settling thread's row (one
+ * writer: plain loads and stores). */
+static void observe(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
+		    const struct quota_cost *actual, struct qs_row *row)
+{
+	struct qc_cfg *cf;
+	if (!row || qc_cfg_get(t, tk->quota, q, &cf) < 0)
+		return;
+	if (actual && (cf->flags2 & QS_REC2_LEARN)) {
+		uint32_t b = qs_hist_bucket(actual->output_tokens);
+		uint64_t h[2] = { atomic_load_explicit(&row->out_hist[0], memory_order_relaxed),
+				  atomic_load_explicit(&row->out_hist[1], memory_order_relaxed) };
+		if (qs_hist_count(h, b) == 0xff) /* decay: halve every count */
+			for (int i = 0; i < 2; i++)
+				h[i] = (h[i] >> 1) & 0x7f7f7f7f7f7f7f7fULL;
+		h[b / 8] += 1ULL << (8 * (b % 8));
+		atomic_store_explicit(&row->out_hist[0], h[0], memory_order_relaxed);
+		atomic_store_explicit(&row->out_hist[1], h[1], memory_order_relaxed);
+	}
+	if (actual && cf->alarm_over_pct &&
+	    (unsigned __int128)actual->output_tokens * 100 >
+		    (unsigned __int128)tk->output_tokens * cf->alarm_over_pct)
+		atomic_store_explicit(&row->alarm_over,
+				      atomic_load_explicit(&row->alarm_over, memory_order_relaxed) + 1,
+				      memory_order_relaxed);
+	if (cf->alarm_held_ns && qc_clock(t->c) - tk->admitted_at > cf->alarm_held_ns)
+		atomic_store_explicit(&row->alarm_held,
+				      atomic_load_explicit(&row->alarm_held, memory_order_relaxed) + 1,
+				      memory_order_relaxed);
+}
+
 void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 	       const struct quota_cost *actual)
 {
@@ -104,13 +146,17 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 		}
 	}
 	struct qs_row *row = qc_row(t, tk->quota);
-	if (tk->held) {
+	if (QT_HELD(tk->held)) {
 		if (row)
-			qc_inflight_release(t, q, row, tk->quota, tk->held);
+			qc_inflight_release(t, q, row, tk->quota, QT_HELD(tk->held));
 		/* else: no row free in this thread for that quota; the slots stay
 		 * counted until an audit finds no process holding them */
 	}
-	settle_stats(t, q, tk, actual, row);
+	/* A waiting extension's own ticket, given back: its tokens go, the
+	 * admission it extends stays counted. */
+	static const struct quota_cost none;
+	settle_stats(t, q, tk, !actual && (tk->held & QT_EXTENSION) ? &none : actual, row);
+	observe(t, q, tk, actual, row);
 }
 
 /* The common case (see the top): 0 when settled, 1 for the general path
@@ -168,6 +214,69 @@ static int settle_ticket(quota_client *c, struct quota_ticket *ticket, const str
 	tk->magic = QT_CLOSED;
 	if (fast_settle(t, q, tk, actual) != 0)
 		qc_settle(t, q, tk, actual);
+	return 0;
+}
+
+int quota_settle_partial(quota_client *c, struct quota_ticket *ticket,
+			 const struct quota_cost *estimate)
+{
+	if (!c || !ticket || !estimate)
+		return -EINVAL;
+	struct qt_priv *tk = qt_priv(ticket);
+	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+		return -EINVAL;
+	if (estimate->requests != tk->requests || estimate->input_tokens > tk->input_tokens ||
+	    estimate->output_tokens > tk->output_tokens)
+		return -EINVAL;
+	struct qc_thread *t;
+	int err = qc_writer(c, &t);
+	if (err < 0)
+		return err;
+	struct qs_quota *q = qc_quota(c, (int)tk->quota);
+	struct qc_cfg *cf;
+	if (!q)
+		return -EINVAL;
+	err = qc_cfg_get(t, tk->quota, q, &cf);
+	if (err < 0)
+		return err;
+	/* Where the provider counts max_tokens, tokens are never given back
+	 * before the end: the estimate stays. */
+	if (!(cf->flags & QS_REC_REFUND_ACTUAL) ||
+	    (estimate->input_tokens == tk->input_tokens && estimate->output_tokens == tk->output_tokens))
+		return 0;
+	for (uint32_t k = 0; k < tk->nlimits; k++) {
+		struct qt_limit *tl = &tk->lim[k];
+		uint32_t kind = tl->kind & (QS_KINDS - 1);
+		int p = cf->pos[kind];
+		if (p < 0)
+			continue;
+		const struct qs_limit_cfg *l = &cf->lim[p];
+		uint64_t est = qc_units_of(kind, tk->requests, tk->input_tokens, tk->output_tokens);
+		uint64_t now_est = qc_units_of(kind, estimate->requests, estimate->input_tokens,
+					       estimate->output_tokens);
+		uint64_t before = before_slot(tk, tl, qg_charge(l, est));
+		uint64_t keep = qg_charge(l, now_est);
+		keep = keep > before ? keep - before : 0;
+		if (keep >= tl->inc)
+			continue;
+		/* Our slot is shortened by what was given back (EXTEND). */
+		uint64_t given = qg_refund(t, q, tk->quota, tl, tl->inc - keep);
+		tl->inc -= given;
+		tl->end -= (int64_t)given;
+	}
+	struct qs_row *row = qc_row(t, tk->quota);
+	uint64_t din = estimate->input_tokens - tk->input_tokens;
+	uint64_t dout = estimate->output_tokens - tk->output_tokens;
+	if (row) {
+		qc_row_add(&row->in_tokens, din);
+		qc_row_add(&row->out_tokens, dout);
+	} else {
+		atomic_fetch_add_explicit(&q->st_in_tokens, din, memory_order_relaxed);
+		atomic_fetch_add_explicit(&q->st_out_tokens, dout, memory_order_relaxed);
+	}
+	tk->input_tokens = estimate->input_tokens;
+	tk->output_tokens = estimate->output_tokens;
+	tk->held |= QT_EXTENDED;
 	return 0;
 }
 

@@ -99,6 +99,27 @@ Test(sim_bucket, refund_is_capped)
 	cr_expect_eq(bucket_remaining(&b), 1000);
 }
 
+/* --charge usage: output charged when a response ends may go beyond the
+ * level; refills pay that debt before anything is available again. */
+Test(sim_bucket, charge_after_the_fact_is_debt)
+{
+	struct bucket b;
+
+	bucket_init(&b, 1200, 100, MIN, 0); /* 20 per second */
+	bucket_take(&b, 60);
+	bucket_charge(&b, 30);
+	cr_expect_eq(bucket_remaining(&b), 10);
+	bucket_charge(&b, 50); /* 40 beyond the level: 2 s of debt */
+	cr_expect_eq(bucket_remaining(&b), 0);
+	cr_expect_eq(bucket_wait_ns(&b, 1), 2 * S + 50000000);
+	cr_expect_eq(bucket_reset_ns(&b), 7 * S);
+	bucket_refill(&b, 2 * S);
+	cr_expect_eq(bucket_remaining(&b), 0);
+	cr_expect_eq(bucket_wait_ns(&b, 1), 50000000);
+	bucket_refill(&b, 3 * S);
+	cr_expect_eq(bucket_remaining(&b), 20);
+}
+
 Test(sim_bucket, per_day_and_large_limits)
 {
 	struct bucket b;

@@ -114,6 +114,7 @@ static int parse_fields(const cJSON *root, uint64_t default_max_tokens,
 		snprintf(err, errsz, "'max_tokens' must be an integer in [1, 2^40]");
 		return -EINVAL;
 	}
+	r->max_tokens_given = r->endpoint != EST_EMBEDDING && mt && !cJSON_IsNull(mt);
 	return 0;
 }
 

@@ -24,6 +24,7 @@ struct proxy_request {
 	int include_usage;      /* the client asked for stream_options.include_usage */
 	uint64_t prompt_tokens; /* estimate (estimate.h) */
 	uint64_t max_tokens;    /* max_completion_tokens, else max_tokens, else the default */
+	int max_tokens_given;   /* the request set one of them */
 };
 
 /*

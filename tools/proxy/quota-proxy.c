@@ -75,6 +75,7 @@ static struct config {
 	unsigned nmap;
 	int64_t max_wait_ns;
 	uint64_t default_max_tokens;
+	uint64_t stream_step;    /* --stream-step: streams without max_tokens follow their output */
 	size_t max_body, max_response;
 	unsigned workers, max_connections;
 	long upstream_timeout_ms;
@@ -537,6 +538,27 @@ static int strip_null_usage(struct relay *r, const char *ev, size_t n)
 /* Move what the upstream sent to the client-bound buffer: whole SSE events
  * (reading their usage, dropping the usage chunk we asked for), or raw
  * bytes. @flush: the upstream is done, pass on a partial event too. */
+/* --stream-step: a stream that set no max_tokens was reserved one step of
+ * output; as it outgrows what is reserved, take another step
+ * (quota_extend). The event loop never waits: an extension refused at once
+ * leaves the stream going, and what it uses beyond its reservation is
+ * charged as debt at commit. */
+static void follow_stream(struct relay *r)
+{
+	while (cfg.stream_step && r->ticket_open && r->pr.stream && !r->pr.max_tokens_given &&
+	       r->streamed_tokens > r->pr.max_tokens) {
+		int rc = quota_extend(r->qc, &r->t, &(struct quota_cost){ 0, 0, cfg.stream_step }, 0);
+
+		if (rc < 0) {
+			logmsg("stream of %" PRIu64 " tokens not extended: %s (charged as debt at commit)",
+			       r->streamed_tokens, quota_strerror(rc));
+			r->pr.max_tokens_given = 1; /* once */
+			return;
+		}
+		r->pr.max_tokens += cfg.stream_step;
+	}
+}
+
 static int relay_pump(struct relay *r, int flush)
 {
 	struct up_xfer *x = &r->up;
@@ -562,6 +584,7 @@ static int relay_pump(struct relay *r, int flush)
 
 			proxy_parse_event(x->buf + x->off, body_len, &ev);
 			r->streamed_tokens += ev.output_tokens;
+			follow_stream(r);
 			if (ev.has_usage) {
 				r->have_usage = 1;
 				r->usage = ev.u;
@@ -1012,6 +1035,8 @@ static void line_kick(void)
 static int try_reserve(struct request *q)
 {
 	struct relay *r = q->r;
+	if (cfg.stream_step && r->pr.stream && !r->pr.max_tokens_given)
+		r->pr.max_tokens = cfg.stream_step; /* then follow_stream() */
 	struct quota_cost cost = { 1, r->pr.prompt_tokens, r->pr.max_tokens };
 	int rc = quota_reserve(r->qc, r->qid, &cost, 0, &r->t);
 
@@ -1706,6 +1731,9 @@ static void usage(FILE *f)
 		"      --pass-unknown       forward requests of models with no quota, unmetered\n"
 		"      --max-wait DUR       longest wait for budget before a 429 (default 30s)\n"
 		"      --default-max-tokens N  reserved when a request sets none (default 4096)\n"
+		"      --stream-step N      a stream without max_tokens reserves N output tokens\n"
+		"                           and N more each time it outgrows them (quota_extend,\n"
+		"                           never waiting; default 0: the default max tokens)\n"
 		"      --max-body BYTES     largest request body (default 8388608)\n"
 		"      --workers N          N server processes on one port (default 1)\n"
 		"      --max-connections N  client connections per process (default 1024)\n"
@@ -1736,7 +1764,8 @@ static int64_t opt_duration(const char *name, const char *s)
 static void parse_options(int argc, char **argv)
 {
 	enum {
-		O_LISTEN = 256, O_MAP, O_PASS, O_WAIT, O_DEFMAX, O_BODY, O_WORKERS, O_CONNS, O_UTIMEOUT, O_QUIET
+		O_LISTEN = 256, O_MAP, O_PASS, O_WAIT, O_DEFMAX, O_BODY, O_WORKERS, O_CONNS, O_UTIMEOUT, O_QUIET,
+		O_STEP
 	};
 	static const struct option opts[] = {
 		{ "upstream", required_argument, NULL, 'u' },
@@ -1748,6 +1777,7 @@ static void parse_options(int argc, char **argv)
 		{ "pass-unknown", no_argument, NULL, O_PASS },
 		{ "max-wait", required_argument, NULL, O_WAIT },
 		{ "default-max-tokens", required_argument, NULL, O_DEFMAX },
+		{ "stream-step", required_argument, NULL, O_STEP },
 		{ "max-body", required_argument, NULL, O_BODY },
 		{ "workers", required_argument, NULL, O_WORKERS },
 		{ "max-connections", required_argument, NULL, O_CONNS },
@@ -1784,6 +1814,9 @@ static void parse_options(int argc, char **argv)
 		case O_WAIT: cfg.max_wait_ns = opt_duration("max-wait", optarg); break;
 		case O_DEFMAX:
 			cfg.default_max_tokens = opt_uint("default-max-tokens", optarg, 1, UINT64_C(1) << 40);
+			break;
+		case O_STEP:
+			cfg.stream_step = opt_uint("stream-step", optarg, 0, UINT64_C(1) << 40);
 			break;
 		case O_BODY: cfg.max_body = (size_t)opt_uint("max-body", optarg, 1024, 1u << 30); break;
 		case O_WORKERS: cfg.workers = (unsigned)opt_uint("workers", optarg, 1, 256); break;

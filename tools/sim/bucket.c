@@ -18,6 +18,7 @@ void bucket_init(struct bucket *b, uint64_t limit, uint64_t cap, int64_t period_
 	b->cap = cap;
 	b->period_ns = period_ns;
 	b->level = scaled(b, cap);
+	b->debt = 0;
 	b->last_ns = now_ns;
 }
 
@@ -25,9 +26,19 @@ void bucket_refill(struct bucket *b, int64_t now_ns)
 {
 	sim_u128 full = scaled(b, b->cap);
 
+	sim_u128 acc;
+
 	if (b->limit == 0 || now_ns <= b->last_ns)
 		return;
-	b->level += (sim_u128)(uint64_t)(now_ns - b->last_ns) * b->limit;
+	acc = (sim_u128)(uint64_t)(now_ns - b->last_ns) * b->limit;
+	if (b->debt >= acc) {
+		b->debt -= acc;
+		acc = 0;
+	} else {
+		acc -= b->debt;
+		b->debt = 0;
+	}
+	b->level += acc;
 	if (b->level > full)
 		b->level = full;
 	b->last_ns = now_ns;
@@ -41,7 +52,7 @@ int64_t bucket_wait_ns(const struct bucket *b, uint64_t cost)
 		return 0;
 	if (cost > b->cap)
 		return -1;
-	need = scaled(b, cost);
+	need = scaled(b, cost) + b->debt;
 	if (need <= b->level)
 		return 0;
 	w = (need - b->level + b->limit - 1) / b->limit;
@@ -55,6 +66,20 @@ void bucket_take(struct bucket *b, uint64_t cost)
 	if (b->limit == 0)
 		return;
 	b->level = need > b->level ? 0 : b->level - need;
+}
+
+void bucket_charge(struct bucket *b, uint64_t units)
+{
+	sim_u128 need = scaled(b, units);
+
+	if (b->limit == 0)
+		return;
+	if (need <= b->level) {
+		b->level -= need;
+	} else {
+		b->debt += need - b->level;
+		b->level = 0;
+	}
 }
 
 void bucket_give(struct bucket *b, uint64_t units)
@@ -81,8 +106,8 @@ int64_t bucket_reset_ns(const struct bucket *b)
 {
 	sim_u128 full = scaled(b, b->cap), w;
 
-	if (b->limit == 0 || b->level >= full)
+	if (b->limit == 0 || (b->level >= full && !b->debt))
 		return 0;
-	w = (full - b->level + b->limit - 1) / b->limit;
+	w = (full - b->level + b->debt + b->limit - 1) / b->limit;
 	return w > (sim_u128)INT64_MAX ? INT64_MAX : (int64_t)w;
 }

@@ -24,6 +24,8 @@ struct bucket {
 	uint64_t cap;     /* most units held at once */
 	int64_t period_ns;
 	sim_u128 level;   /* units * period_ns */
+	sim_u128 debt;    /* charged after the fact beyond the level (bucket_charge):
+			   * refills pay it before the level grows */
 	int64_t last_ns;  /* time of the last refill */
 };
 
@@ -36,6 +38,9 @@ void bucket_refill(struct bucket *b, int64_t now_ns);
 int64_t bucket_wait_ns(const struct bucket *b, uint64_t cost);
 /* Take @cost units; the caller has checked bucket_wait_ns() == 0. */
 void bucket_take(struct bucket *b, uint64_t cost);
+/* Charge @units after the fact (usage counted when a response ends): what
+ * the level does not hold becomes debt that later refills pay first. */
+void bucket_charge(struct bucket *b, uint64_t units);
 /* Give @units back (a refund), never above cap. */
 void bucket_give(struct bucket *b, uint64_t units);
 /* Whole units available now. */

@@ -17,7 +17,12 @@
  *  - a request costs 1 request and prompt + max_tokens tokens, charged when it
  *    arrives (as OpenAI counts); with --refund actual (the default) the unused
  *    max_tokens - completion_tokens go back when the response is sent;
- *  - completion_tokens is uniform in [1, max_tokens] from a seeded PRNG;
+ *    with --charge usage only the prompt is charged at arrival and the
+ *    completion tokens when the response ends (beyond the bucket: debt that
+ *    later refills pay), as providers that count output as it is produced;
+ *  - completion_tokens is uniform in [1, max_tokens] from a seeded PRNG, or
+ *    with --completion skewed mostly short (85 % in [20, 300), 14.5 % in
+ *    [300, 1000), 0.5 % in [1000, 4000)), at most max_tokens;
  *  - latency = --latency-ms + completion_tokens * --per-token-us.
  *
  * HTTP is libmicrohttpd with a thread per connection, so a response's
@@ -67,6 +72,8 @@ static struct config {
 	uint64_t limit[L_N];
 	uint64_t burst_ppm; /* capacity = ceil(limit * burst_ppm / 10^6) */
 	int refund_actual;
+	int charge_usage;      /* --charge usage */
+	int completion_skewed; /* --completion skewed */
 	uint64_t context;
 	uint64_t default_max_tokens;
 	uint64_t latency_ms, per_token_us;
@@ -558,7 +565,16 @@ static void settle(struct key_state *k, const char *key, uint64_t prompt, uint64
 	uint64_t unused = max_tokens - completion;
 
 	pthread_mutex_lock(&st.lock);
-	if (cfg.refund_actual && unused) {
+	if (cfg.charge_usage) {
+		int64_t t = now_ns();
+
+		for (int l = L_TPM; l < L_N; l += 2) {
+			bucket_refill(&k->b[l], t);
+			bucket_charge(&k->b[l], completion);
+		}
+		if (cfg.trace)
+			fprintf(cfg.trace, "usage %" PRId64 " %s tokens %" PRIu64 "\n", t, key, completion);
+	} else if (cfg.refund_actual && unused) {
 		int64_t t = now_ns();
 
 		for (int l = L_TPM; l < L_N; l += 2) {
@@ -576,7 +592,7 @@ static void settle(struct key_state *k, const char *key, uint64_t prompt, uint64
 	k->served++;
 	k->prompt_tokens += prompt;
 	k->completion_tokens += completion;
-	k->charged_tokens += prompt + (cfg.refund_actual ? completion : max_tokens);
+	k->charged_tokens += prompt + (cfg.refund_actual || cfg.charge_usage ? completion : max_tokens);
 	st.served++;
 	st.in_flight--;
 	pthread_mutex_unlock(&st.lock);
@@ -952,7 +968,7 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	if (chat_request(conn, req, key, &root, &chat, &ret) < 0)
 		return ret;
 	cost[L_RPM] = cost[L_RPD] = 1;
-	cost[L_TPM] = cost[L_TPD] = chat.prompt_tokens + chat.max_tokens;
+	cost[L_TPM] = cost[L_TPD] = chat.prompt_tokens + (cfg.charge_usage ? 0 : chat.max_tokens);
 
 	pthread_mutex_lock(&st.lock);
 	t_arrive = now_ns();
@@ -979,7 +995,15 @@ static enum MHD_Result handle_chat(struct MHD_Connection *conn, struct request *
 	}
 	for (int l = 0; l < L_N; l++)
 		bucket_take(&k->b[l], cost[l]);
-	completion = 1 + rng_next(&st.rng) % chat.max_tokens;
+	if (cfg.completion_skewed) {
+		uint64_t u = rng_next(&st.rng) % 1000, x = rng_next(&st.rng);
+
+		completion = u < 850 ? 20 + x % 280 : u < 995 ? 300 + x % 700 : 1000 + x % 3000;
+		if (completion > chat.max_tokens)
+			completion = chat.max_tokens;
+	} else {
+		completion = 1 + rng_next(&st.rng) % chat.max_tokens;
+	}
 	st.in_flight++;
 	snprintf(id, sizeof(id), "chatcmpl-sim%" PRIu64, ++st.completion_id);
 	pthread_mutex_unlock(&st.lock);
@@ -1109,6 +1133,10 @@ static void usage(FILE *f)
 		"      --rpd N, --tpd N     per-day limits (default 0 = none)\n"
 		"      --burst F            capacity = ceil(limit * F), 0 < F <= 1 (default 1)\n"
 		"      --refund actual|none give back unused max_tokens at completion (default actual)\n"
+		"      --charge arrival|usage  tokens charged: prompt + max_tokens at arrival (default),\n"
+		"                           or the prompt at arrival and the output when it ends\n"
+		"      --completion uniform|skewed  completion lengths: uniform in [1, max_tokens]\n"
+		"                           (default), or mostly short, a long tail (quota-sim(1))\n"
 		"      --context N          context window: prompt + max_tokens (default 131072)\n"
 		"      --default-max-tokens N  when a request has none (default 256)\n"
 		"      --latency-ms N       fixed latency per response (default 50)\n"
@@ -1165,7 +1193,8 @@ static void parse_options(int argc, char **argv)
 {
 	enum {
 		O_RPM = 256, O_TPM, O_RPD, O_TPD, O_BURST, O_REFUND, O_CONTEXT, O_DEFMAX,
-		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE, O_VOCAB
+		O_LAT, O_PERTOK, O_SEED, O_BODY, O_CONNS, O_KEYS, O_TRACE, O_VOCAB, O_CHARGE,
+		O_COMPLETION
 	};
 	static const struct option opts[] = {
 		{ "port", required_argument, NULL, 'p' },
@@ -1185,6 +1214,8 @@ static void parse_options(int argc, char **argv)
 		{ "max-keys", required_argument, NULL, O_KEYS },
 		{ "trace", required_argument, NULL, O_TRACE },
 		{ "vocab", required_argument, NULL, O_VOCAB },
+		{ "charge", required_argument, NULL, O_CHARGE },
+		{ "completion", required_argument, NULL, O_COMPLETION },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -1215,6 +1246,19 @@ static void parse_options(int argc, char **argv)
 		case O_LAT: cfg.latency_ms = opt_uint("latency-ms", optarg, 0, 600000); break;
 		case O_PERTOK: cfg.per_token_us = opt_uint("per-token-us", optarg, 0, 100000); break;
 		case O_SEED: cfg.seed = opt_uint("seed", optarg, 0, UINT64_MAX); break;
+		case O_CHARGE:
+		case O_COMPLETION: {
+			const char *a = c == O_CHARGE ? "arrival" : "uniform", *b = c == O_CHARGE ? "usage" : "skewed";
+			int *v = c == O_CHARGE ? &cfg.charge_usage : &cfg.completion_skewed;
+
+			if (strcmp(optarg, a) != 0 && strcmp(optarg, b) != 0) {
+				fprintf(stderr, "quota-sim: --%s: expected '%s' or '%s', got '%s'\n",
+					c == O_CHARGE ? "charge" : "completion", a, b, optarg);
+				exit(2);
+			}
+			*v = strcmp(optarg, b) == 0;
+			break;
+		}
 		case O_BODY: cfg.max_body = (size_t)opt_uint("max-body", optarg, 1024, 64 << 20); break;
 		case O_CONNS: cfg.max_connections = (unsigned)opt_uint("max-connections", optarg, 1, 4096); break;
 		case O_KEYS: cfg.max_keys = (unsigned)opt_uint("max-keys", optarg, 1, 65536); break;

@@ -57,6 +57,8 @@ static struct config {
 	uint64_t prompt_min, prompt_max, max_tokens, seed;
 	int id, naive, feedback, quiet;
 	int sim_rule; /* --estimate sim-rule */
+	int auto_estimate; /* --auto-estimate: reserve 0 output tokens (the learned estimate) */
+	int64_t retry_max_ns; /* --retry-max: sleep at most this long after -EAGAIN (0: retry_after) */
 } cfg = {
 	.key = NULL,
 	.model = NULL,
@@ -429,9 +431,23 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 			return 0;
 		}
 		timeout = cfg.reserve_timeout_ns < left ? cfg.reserve_timeout_ns : left;
-		ret = quota_reserve(qc, qid, &cost, timeout, &t);
+		if (cfg.auto_estimate) {
+			/* the quota's learned estimate, bounded by max_tokens */
+			struct quota_reserve_opts o;
+
+			quota_reserve_opts_init(&o, sizeof(o));
+			o.max_output_tokens = cfg.max_tokens;
+			cost.output_tokens = 0;
+			ret = quota_reserve_ex(qc, qid, &cost, timeout, &o, &t);
+		} else {
+			ret = quota_reserve(qc, qid, &cost, timeout, &t);
+		}
 		if (ret == -EAGAIN) {
 			int64_t d = t.retry_after_ns > 0 ? t.retry_after_ns : NS_PER_MS;
+
+			/* refunds may free budget before retry_after: look again sooner */
+			if (cfg.retry_max_ns && d > cfg.retry_max_ns)
+				d = cfg.retry_max_ns;
 
 			sleep_ns(d < time_left() ? d : time_left());
 			continue;
@@ -532,6 +548,10 @@ static void usage(FILE *f)
 		"  -S, --segment NAME       segment (default $QUOTA_SEGMENT, else \"quota\")\n"
 		"      --reserve-timeout DUR  longest wait in quota_reserve (default 60s)\n"
 		"      --feedback           also fold the x-ratelimit headers of 200 answers\n"
+		"      --auto-estimate      reserve 0 output tokens: the quota's learned estimate\n"
+		"                           (\"auto_estimate\": true), at most --max-tokens\n"
+		"      --retry-max DUR      after a refusal, sleep at most DUR (default: the whole\n"
+		"                           retry-after; refunds may free budget sooner)\n"
 		"      --estimate library|sim-rule  prompt estimate: the token estimator (default),\n"
 		"                           or quota-sim's 4 + ceil(bytes/4) rule (a sim without --vocab)\n"
 		"      --naive              no libquota: on 429 sleep --naive-sleep and retry\n"
@@ -565,7 +585,7 @@ static int64_t opt_duration(const char *name, const char *s)
 /* Options into cfg; exits 2 with a message naming the option on error. */
 static void parse_options(int argc, char **argv)
 {
-	enum { O_RTIMEOUT = 256, O_FEEDBACK, O_NAIVE, O_NAIVE_SLEEP, O_QUIET, O_ESTIMATE };
+	enum { O_RTIMEOUT = 256, O_FEEDBACK, O_NAIVE, O_NAIVE_SLEEP, O_QUIET, O_ESTIMATE, O_AUTO, O_RMAX };
 	static const struct option opts[] = {
 		{ "url", required_argument, NULL, 'u' },
 		{ "key", required_argument, NULL, 'k' },
@@ -579,6 +599,8 @@ static void parse_options(int argc, char **argv)
 		{ "segment", required_argument, NULL, 'S' },
 		{ "reserve-timeout", required_argument, NULL, O_RTIMEOUT },
 		{ "feedback", no_argument, NULL, O_FEEDBACK },
+		{ "auto-estimate", no_argument, NULL, O_AUTO },
+		{ "retry-max", required_argument, NULL, O_RMAX },
 		{ "estimate", required_argument, NULL, O_ESTIMATE },
 		{ "naive", no_argument, NULL, O_NAIVE },
 		{ "naive-sleep", required_argument, NULL, O_NAIVE_SLEEP },
@@ -620,6 +642,8 @@ static void parse_options(int argc, char **argv)
 		case 'S': cfg.segment = optarg; break;
 		case O_RTIMEOUT: cfg.reserve_timeout_ns = opt_duration("reserve-timeout", optarg); break;
 		case O_FEEDBACK: cfg.feedback = 1; break;
+		case O_AUTO: cfg.auto_estimate = 1; break;
+		case O_RMAX: cfg.retry_max_ns = opt_duration("retry-max", optarg); break;
 		case O_ESTIMATE:
 			if (strcmp(optarg, "sim-rule") == 0)
 				cfg.sim_rule = 1;
