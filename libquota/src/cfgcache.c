@@ -33,6 +33,7 @@ int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qs_quota *q
 		}
 		out->pos[l->kind] = (int8_t)k;
 		out->last_units[k] = 0; /* charge(0) = 0 */
+		out->last_end = INT64_MIN;
 		if (q) {
 			out->tat[k] = qs_tat(q, l->kind);
 			out->done[k] = &q->refund_done[l->kind];

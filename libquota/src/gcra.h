@@ -87,9 +87,14 @@ static inline bool qg_refund_last(struct qs_quota *q, uint32_t kind, int64_t end
 {
 	/* seq_cst load, like the waiters' check, of the counter every moving
 	 * refund raises first */
-	return atomic_load(&q->refund_begun[kind & (QS_KINDS - 1)]) == done0 &&
+	_Atomic int64_t *tat = qs_tat(q, kind);
+	/* A plain read first: when another process has taken a slot since
+	 * (a contended quota), the CAS would fail anyway, and a failing CAS
+	 * still takes the line away from everyone. */
+	return atomic_load_explicit(tat, memory_order_relaxed) == end &&
+	       atomic_load(&q->refund_begun[kind & (QS_KINDS - 1)]) == done0 &&
 	       end > INT64_MIN / 4 + (int64_t)delta &&
-	       atomic_compare_exchange_strong_explicit(qs_tat(q, kind), &end, end - (int64_t)delta,
+	       atomic_compare_exchange_strong_explicit(tat, &end, end - (int64_t)delta,
 						       memory_order_relaxed, memory_order_relaxed);
 }
 

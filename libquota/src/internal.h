@@ -50,6 +50,9 @@ struct qc_cfg {
 	/* The last cost's units and charge per limit (this thread's): most
 	 * reservations repeat a cost (requests: always 1). */
 	uint64_t last_units[QS_KINDS], last_inc[QS_KINDS];
+	/* The end of this thread's last slot on lim[0] (fast()): a TAT found
+	 * there means no other process took a slot in between. */
+	int64_t last_end;
 	/* Each limit's TAT and refund_done words in the quota entry. */
 	_Atomic int64_t *tat[QS_KINDS];
 	_Atomic uint64_t *done[QS_KINDS];
@@ -207,7 +210,7 @@ struct qt_priv {
 	uint32_t quota;
 	uint32_t nlimits;
 	uint32_t held;      /* in-flight slots taken | lane | flags (QT_*) */
-	uint32_t pad;
+	uint32_t solo;      /* fast(): no other thread took a slot since ours before */
 	uint64_t cfg_word;  /* the config the ticket was planned with */
 	int64_t admitted_at;
 	uint64_t requests, input_tokens, output_tokens;

@@ -447,6 +447,7 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 	tk->held = (r->cf->max_inflight ? (uint32_t)r->req : 0) | QT_LANE_BITS(r->in_lane) |
 		   (r->ext ? QT_EXTENSION : 0);
 	tk->cfg_word = r->cf->word;
+	tk->solo = 0;
 	tk->admitted_at = r->a;
 	tk->requests = r->req;
 	tk->input_tokens = r->in;
@@ -601,6 +602,8 @@ static inline __attribute__((always_inline)) int fast(struct qc_thread *t, struc
 	tk->nlimits = cf->n;
 	tk->held = 0;
 	tk->cfg_word = w;
+	tk->solo = tat0 == cf->last_end;
+	cf->last_end = e0;
 	tk->admitted_at = now;
 	tk->requests = req;
 	tk->input_tokens = in;
@@ -644,6 +647,10 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 	    r.out > QC_COST_MAX)
 		return -EINVAL;
 	r.row = qc_row(r.t, r.id);
+	/* Ask for the hot line in exclusive state now: a transfer from another
+	 * core overlaps the clock read, and the CAS that follows needs no
+	 * second (read, then upgrade) transaction. */
+	__builtin_prefetch(r.q, 1, 3);
 	r.start = r.now = qc_clock(c);
 	if (fast(r.t, r.q, r.id, r.req, r.in, r.out, r.now, ret) == 0) {
 		if (r.row) {

@@ -164,11 +164,13 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 static int fast_settle(struct qc_thread *t, struct qs_quota *q, const struct qt_priv *tk,
 		       const struct quota_cost *actual)
 {
+	/* The ticket's own config, from the cache: the live config word is not
+	 * read (it shares its line with the TATs, which a commit should not
+	 * touch on a contended quota). Refunds are computed as the slots were
+	 * sized; a reload since then only changes what later reservations pay. */
 	struct qc_cfg *cf = t->cfg[tk->quota];
-	/* acquire: pairs with quotad's publication of the word (records.c) */
-	uint64_t w = atomic_load_explicit(&q->cfg, memory_order_acquire);
-	if (tk->held || tk->spend_nusd || !cf || cf->word != w || tk->cfg_word != w ||
-	    !cf->fast_settle || tk->nlimits != cf->n)
+	if (tk->held || tk->spend_nusd || !cf || cf->word != tk->cfg_word || !cf->fast_settle ||
+	    tk->nlimits != cf->n)
 		return 1;
 	uint64_t areq = actual ? actual->requests : 0;
 	uint64_t ain = actual ? actual->input_tokens : 0;
@@ -186,8 +188,14 @@ static int fast_settle(struct qc_thread *t, struct qs_quota *q, const struct qt_
 			delta[k] = keep < tl->inc ? tl->inc - keep : 0;
 		}
 	}
+	/* A ticket whose slot followed another process's (a contended quota):
+	 * first the clock, so that a slot already ended costs no access to the
+	 * hot line at all (most commits: a call outlasts its slot). Alone on
+	 * the quota, the last-slot refund is cheaper than the clock. */
+	int64_t now = tk->solo ? INT64_MIN : qc_clock(t->c);
 	for (uint32_t k = 0; k < tk->nlimits; k++)
-		if (delta[k] && !qg_refund_last(q, tk->lim[k].kind, tk->lim[k].end, tk->lim[k].done0, delta[k]))
+		if (delta[k] && tk->lim[k].end > now &&
+		    !qg_refund_last(q, tk->lim[k].kind, tk->lim[k].end, tk->lim[k].done0, delta[k]))
 			qg_refund(t, q, tk->quota, &tk->lim[k], delta[k]);
 	struct qs_row *row = qc_row(t, tk->quota);
 	settle_stats(t, q, tk, actual, row);
