@@ -11,34 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "httpbody.h"
 #include "parse.h"
 
 #define TOKENS_MAX (UINT64_C(1) << 40) /* largest max_tokens accepted */
 
-/* Deepest nesting of [ and { outside strings, counted up to @limit + 1. */
-static int json_depth(const char *s, size_t n, int limit)
-{
-	int depth = 0, max = 0, in_str = 0;
-
-	for (size_t i = 0; i < n && max <= limit; i++) {
-		char c = s[i];
-
-		if (in_str) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_str = 0;
-		} else if (c == '"') {
-			in_str = 1;
-		} else if (c == '[' || c == '{') {
-			if (++depth > max)
-				max = depth;
-		} else if (c == ']' || c == '}') {
-			depth--;
-		}
-	}
-	return max;
-}
 
 /* Parse @n bytes as one JSON value followed by nothing but whitespace. */
 static cJSON *json_parse_all(const char *s, size_t n)
@@ -130,7 +107,7 @@ int proxy_parse_request(const char *body, size_t len, enum est_endpoint endpoint
 		snprintf(err, errsz, "empty request body; expected JSON");
 		return -EINVAL;
 	}
-	if (json_depth(body, len, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH) {
+	if (httpbody_json_depth(body, len, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH) {
 		snprintf(err, errsz, "JSON nested deeper than %d levels", PROXY_JSON_DEPTH);
 		return -EINVAL;
 	}
@@ -263,7 +240,7 @@ int proxy_parse_usage(const char *body, size_t len, struct proxy_usage *u)
 	cJSON *root;
 	int rc;
 
-	if (!body || json_depth(body, len, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH)
+	if (!body || httpbody_json_depth(body, len, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH)
 		return -ENOENT;
 	if (usage_at_end(body, len, u) == 0)
 		return 0;
@@ -336,7 +313,7 @@ void proxy_parse_event(const char *ev, size_t len, struct proxy_event *out)
 		free(data);
 		return;
 	}
-	if (dn == 0 || json_depth(data, dn, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH) {
+	if (dn == 0 || httpbody_json_depth(data, dn, PROXY_JSON_DEPTH) > PROXY_JSON_DEPTH) {
 		free(data);
 		return;
 	}

@@ -53,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "httpbody.h"
 #include "opt.h"
 #include "parse.h"
 #include "proxyreg.h"
@@ -1286,26 +1287,7 @@ static int metered_endpoint(const char *url)
 /* Append an upload chunk, up to --max-body; past that only note it. */
 static int request_append(struct request *r, const char *data, size_t n)
 {
-	if (r->too_big || n > cfg.max_body - r->len) {
-		r->too_big = 1;
-		return 0;
-	}
-	if (r->len + n + 1 > r->cap) {
-		size_t cap = r->cap ? r->cap : 4096;
-		char *p;
-
-		while (cap < r->len + n + 1)
-			cap *= 2;
-		p = realloc(r->body, cap);
-		if (!p)
-			return -ENOMEM;
-		r->body = p;
-		r->cap = cap;
-	}
-	memcpy(r->body + r->len, data, n);
-	r->len += n;
-	r->body[r->len] = '\0';
-	return 0;
+	return httpbody_append(&r->body, &r->len, &r->cap, &r->too_big, cfg.max_body, data, n);
 }
 
 /*

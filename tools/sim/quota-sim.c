@@ -50,6 +50,7 @@
 #include "bpe.h"
 #include "bucket.h"
 #include "format.h"
+#include "httpbody.h"
 #include "opt.h"
 
 #define NS_PER_MS INT64_C(1000000)
@@ -206,26 +207,7 @@ static void request_free(struct request *r)
 /* Append an upload chunk, up to cfg.max_body; past that only note it. */
 static int request_append(struct request *r, const char *data, size_t n)
 {
-	if (r->too_big || n > cfg.max_body - r->len) {
-		r->too_big = 1;
-		return 0;
-	}
-	if (r->len + n + 1 > r->cap) {
-		size_t cap = r->cap ? r->cap : 4096;
-		char *p;
-
-		while (cap < r->len + n + 1)
-			cap *= 2;
-		p = realloc(r->body, cap);
-		if (!p)
-			return -ENOMEM;
-		r->body = p;
-		r->cap = cap;
-	}
-	memcpy(r->body + r->len, data, n);
-	r->len += n;
-	r->body[r->len] = '\0';
-	return 0;
+	return httpbody_append(&r->body, &r->len, &r->cap, &r->too_big, cfg.max_body, data, n);
 }
 
 /* ---- responses -------------------------------------------------------- */
@@ -296,26 +278,7 @@ static enum MHD_Result bad_request(struct MHD_Connection *conn, const char *msg)
 /* Deepest nesting of [ and { outside strings; stops counting past the limit. */
 static int json_depth(const char *s, size_t n)
 {
-	int depth = 0, max = 0, in_str = 0;
-
-	for (size_t i = 0; i < n && max <= JSON_DEPTH_MAX; i++) {
-		char c = s[i];
-
-		if (in_str) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_str = 0;
-		} else if (c == '"') {
-			in_str = 1;
-		} else if (c == '[' || c == '{') {
-			if (++depth > max)
-				max = depth;
-		} else if (c == ']' || c == '}') {
-			depth--;
-		}
-	}
-	return max;
+	return httpbody_json_depth(s, n, JSON_DEPTH_MAX);
 }
 
 /*
