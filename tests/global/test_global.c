@@ -12,10 +12,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <netinet/in.h>
@@ -878,6 +880,17 @@ Test(global, clock_30s_off, .timeout = 120)
 			setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1", 1);
 		}
 		h[i].quotad = cl_quotad(&h[i].e, h[i].cfg, NULL);
+		if (off[i]) {
+			/* libfaketime gives every process it is preloaded into a shm
+			 * object and a semaphore named after its pid, and removes
+			 * them only at a normal exit: remove the names now (the
+			 * quotad keeps its mapping), so that nothing is left behind. */
+			char n[64];
+			snprintf(n, sizeof(n), "/faketime_shm_%d", (int)h[i].quotad);
+			shm_unlink(n);
+			snprintf(n, sizeof(n), "/faketime_sem_%d", (int)h[i].quotad);
+			sem_unlink(n);
+		}
 		unsetenv("LD_PRELOAD");
 		unsetenv("FAKETIME");
 		unsetenv("FAKETIME_DONT_FAKE_MONOTONIC");
