@@ -336,128 +336,122 @@ static int parse_lanes(struct ctx *x, const cJSON *obj, const char *path, struct
 	return 0;
 }
 
-static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
+/* The global keys a quota set (parse_quota_key() notes them). */
+struct quota_keys {
+	bool gkey, outage, hosts;
+};
+
+/* parse_quota(), step 1: one key @f of a quota (path @p) into @q. */
+static int parse_quota_key(struct ctx *x, const cJSON *f, const char *p, struct qd_quota *q,
+			   struct quota_keys *k)
 {
-	char path[256], p[320];
-	snprintf(path, sizeof(path), "quotas.%s", obj->string);
-	if (!name_ok(obj->string))
-		return fail(x, path, "quota names are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
-			    QUOTA_NAME_MAX);
-	if (!cJSON_IsObject(obj))
-		return fail(x, path, "must be an object, not %s", type_name(obj));
-	int r = no_duplicates(x, obj, path);
-	if (r < 0)
-		return r;
-	memset(q, 0, sizeof(*q));
-	strcpy(q->name, obj->string);
-	bool scope_set = false, gkey_set = false, outage_set = false, hosts_set = false;
-	q->burst_ppm = 1000000;
-	q->refund_actual = true;
-	for (const cJSON *f = obj->child; f; f = f->next) {
-		snprintf(p, sizeof(p), "%s.%s", path, f->string);
-		bool done = false;
-		for (size_t i = 0; i < sizeof(rate_keys) / sizeof(rate_keys[0]); i++)
-			if (strcmp(f->string, rate_keys[i].key) == 0) {
-				r = get_uint(x, f, p, QD_LIMIT_MAX, &q->rate[rate_keys[i].kind]);
-				done = true;
-			}
-		if (done) {
-			/* nothing more */
-		} else if (strcmp(f->string, "max_inflight") == 0) {
-			r = get_uint(x, f, p, 1000000, &q->max_inflight);
-		} else if (strcmp(f->string, "context_window") == 0) {
-			r = get_uint(x, f, p, QD_LIMIT_MAX, &q->context_window);
-		} else if (strcmp(f->string, "burst") == 0) {
-			double b;
-			r = get_real(x, f, p, 1.0, &b);
-			if (r == 0 && b <= 0)
-				r = fail(x, p, "must be in (0, 1], got %g", b);
-			if (r == 0) {
-				long ppm = lround(b * 1e6);
-				q->burst_ppm = ppm < 1 ? 1 : (uint32_t)ppm;
-			}
-		} else if (strcmp(f->string, "refund") == 0) {
-			if (!cJSON_IsString(f))
-				r = fail(x, p, "must be \"actual\" or \"none\", not %s", type_name(f));
-			else if (strcmp(f->valuestring, "actual") == 0)
-				q->refund_actual = true;
-			else if (strcmp(f->valuestring, "none") == 0)
-				q->refund_actual = false;
-			else
-				r = fail(x, p, "must be \"actual\" or \"none\", got \"%.32s\"", f->valuestring);
-		} else if (strcmp(f->string, "price_per_mtok") == 0) {
-			double in, out;
-			r = parse_pair(x, f, p, "input", "output", QD_PRICE_MAX, &in, &out);
-			/* USD per million tokens = pico-USD per token * 1e-6 */
-			q->price_in_pusd = (uint64_t)llround(in * 1e6);
-			q->price_out_pusd = (uint64_t)llround(out * 1e6);
-		} else if (strcmp(f->string, "lanes") == 0) {
-			r = parse_lanes(x, f, p, q);
-		} else if (strcmp(f->string, "learn") == 0 || strcmp(f->string, "auto_estimate") == 0) {
-			if (!cJSON_IsBool(f))
-				r = fail(x, p, "must be true or false, not %s", type_name(f));
-			else if (f->string[0] == 'l')
-				q->learn = cJSON_IsTrue(f);
-			else
-				q->auto_estimate = cJSON_IsTrue(f);
-		} else if (strcmp(f->string, "alarms") == 0) {
-			double held, over;
-			r = parse_pair(x, f, p, "held_s", "over_estimate", 86400.0 * 31, &held, &over);
-			if (r == 0 && over > 0 && over < 1)
-				r = fail(x, p, "over_estimate must be at least 1 (a multiple of the estimate), got %g",
-					 over);
-			if (r == 0 && over > 1000)
-				r = fail(x, p, "over_estimate must be at most 1000, got %g", over);
-			if (r == 0) {
-				q->alarm_held_ns = (uint64_t)llround(held * 1e9);
-				q->alarm_over_pct = (uint32_t)lround(over * 100);
-			}
-		} else if (strcmp(f->string, "budget_usd") == 0) {
-			double day, month;
-			r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
-			q->budget_day_nusd = (uint64_t)llround(day * 1e9);
-			q->budget_month_nusd = (uint64_t)llround(month * 1e9);
-		} else if (strcmp(f->string, "scope") == 0) {
-			if (cJSON_IsString(f) && strcmp(f->valuestring, "host") == 0)
-				q->global = false;
-			else if (cJSON_IsString(f) && strcmp(f->valuestring, "global") == 0)
-				q->global = true;
-			else
-				r = fail(x, p, "must be \"host\" or \"global\"");
-			scope_set = true;
-		} else if (strcmp(f->string, "global_key") == 0) {
-			if (!cJSON_IsString(f))
-				r = fail(x, p, "must be a string, not %s", type_name(f));
-			else if (!key_ok(f->valuestring))
-				r = fail(x, p, "global keys are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
-					 QD_GLOBAL_KEY_MAX);
-			else
-				strcpy(q->global_key, f->valuestring);
-			gkey_set = true;
-		} else if (strcmp(f->string, "outage") == 0) {
-			if (cJSON_IsString(f) && strcmp(f->valuestring, "static_share") == 0)
-				q->outage = QD_OUTAGE_STATIC_SHARE;
-			else if (cJSON_IsString(f) && strcmp(f->valuestring, "fail_closed") == 0)
-				q->outage = QD_OUTAGE_FAIL_CLOSED;
-			else
-				r = fail(x, p, "must be \"static_share\" or \"fail_closed\"");
-			outage_set = true;
-		} else if (strcmp(f->string, "expected_hosts") == 0) {
-			uint64_t v = 0;
-			if ((r = get_uint(x, f, p, QD_EXPECTED_HOSTS_MAX, &v)) == 0 && v == 0)
-				r = fail(x, p, "must be at least 1");
-			q->expected_hosts = (uint32_t)v;
-			hosts_set = true;
-		} else {
-			r = fail(x, p, "unknown key");
+	int r = 0;
+	bool done = false;
+	for (size_t i = 0; i < sizeof(rate_keys) / sizeof(rate_keys[0]); i++)
+		if (strcmp(f->string, rate_keys[i].key) == 0) {
+			r = get_uint(x, f, p, QD_LIMIT_MAX, &q->rate[rate_keys[i].kind]);
+			done = true;
 		}
-		if (r < 0)
-			return r;
+	if (done) {
+		/* nothing more */
+	} else if (strcmp(f->string, "max_inflight") == 0) {
+		r = get_uint(x, f, p, 1000000, &q->max_inflight);
+	} else if (strcmp(f->string, "context_window") == 0) {
+		r = get_uint(x, f, p, QD_LIMIT_MAX, &q->context_window);
+	} else if (strcmp(f->string, "burst") == 0) {
+		double b;
+		r = get_real(x, f, p, 1.0, &b);
+		if (r == 0 && b <= 0)
+			r = fail(x, p, "must be in (0, 1], got %g", b);
+		if (r == 0) {
+			long ppm = lround(b * 1e6);
+			q->burst_ppm = ppm < 1 ? 1 : (uint32_t)ppm;
+		}
+	} else if (strcmp(f->string, "refund") == 0) {
+		if (!cJSON_IsString(f))
+			r = fail(x, p, "must be \"actual\" or \"none\", not %s", type_name(f));
+		else if (strcmp(f->valuestring, "actual") == 0)
+			q->refund_actual = true;
+		else if (strcmp(f->valuestring, "none") == 0)
+			q->refund_actual = false;
+		else
+			r = fail(x, p, "must be \"actual\" or \"none\", got \"%.32s\"", f->valuestring);
+	} else if (strcmp(f->string, "price_per_mtok") == 0) {
+		double in, out;
+		r = parse_pair(x, f, p, "input", "output", QD_PRICE_MAX, &in, &out);
+		/* USD per million tokens = pico-USD per token * 1e-6 */
+		q->price_in_pusd = (uint64_t)llround(in * 1e6);
+		q->price_out_pusd = (uint64_t)llround(out * 1e6);
+	} else if (strcmp(f->string, "lanes") == 0) {
+		r = parse_lanes(x, f, p, q);
+	} else if (strcmp(f->string, "learn") == 0 || strcmp(f->string, "auto_estimate") == 0) {
+		if (!cJSON_IsBool(f))
+			r = fail(x, p, "must be true or false, not %s", type_name(f));
+		else if (f->string[0] == 'l')
+			q->learn = cJSON_IsTrue(f);
+		else
+			q->auto_estimate = cJSON_IsTrue(f);
+	} else if (strcmp(f->string, "alarms") == 0) {
+		double held, over;
+		r = parse_pair(x, f, p, "held_s", "over_estimate", 86400.0 * 31, &held, &over);
+		if (r == 0 && over > 0 && over < 1)
+			r = fail(x, p, "over_estimate must be at least 1 (a multiple of the estimate), got %g",
+				 over);
+		if (r == 0 && over > 1000)
+			r = fail(x, p, "over_estimate must be at most 1000, got %g", over);
+		if (r == 0) {
+			q->alarm_held_ns = (uint64_t)llround(held * 1e9);
+			q->alarm_over_pct = (uint32_t)lround(over * 100);
+		}
+	} else if (strcmp(f->string, "budget_usd") == 0) {
+		double day, month;
+		r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
+		q->budget_day_nusd = (uint64_t)llround(day * 1e9);
+		q->budget_month_nusd = (uint64_t)llround(month * 1e9);
+	} else if (strcmp(f->string, "scope") == 0) {
+		if (cJSON_IsString(f) && strcmp(f->valuestring, "host") == 0)
+			q->global = false;
+		else if (cJSON_IsString(f) && strcmp(f->valuestring, "global") == 0)
+			q->global = true;
+		else
+			r = fail(x, p, "must be \"host\" or \"global\"");
+			} else if (strcmp(f->string, "global_key") == 0) {
+		if (!cJSON_IsString(f))
+			r = fail(x, p, "must be a string, not %s", type_name(f));
+		else if (!key_ok(f->valuestring))
+			r = fail(x, p, "global keys are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
+				 QD_GLOBAL_KEY_MAX);
+		else
+			strcpy(q->global_key, f->valuestring);
+		k->gkey = true;
+	} else if (strcmp(f->string, "outage") == 0) {
+		if (cJSON_IsString(f) && strcmp(f->valuestring, "static_share") == 0)
+			q->outage = QD_OUTAGE_STATIC_SHARE;
+		else if (cJSON_IsString(f) && strcmp(f->valuestring, "fail_closed") == 0)
+			q->outage = QD_OUTAGE_FAIL_CLOSED;
+		else
+			r = fail(x, p, "must be \"static_share\" or \"fail_closed\"");
+		k->outage = true;
+	} else if (strcmp(f->string, "expected_hosts") == 0) {
+		uint64_t v = 0;
+		if ((r = get_uint(x, f, p, QD_EXPECTED_HOSTS_MAX, &v)) == 0 && v == 0)
+			r = fail(x, p, "must be at least 1");
+		q->expected_hosts = (uint32_t)v;
+		k->hosts = true;
+	} else {
+		r = fail(x, p, "unknown key");
 	}
-	(void)scope_set;
-	if (!q->global && (gkey_set || outage_set || hosts_set)) {
+	return r;
+}
+
+/* parse_quota(), step 2: what a global quota needs and may not have;
+ * the defaults of its global keys. */
+static int check_global(struct ctx *x, const char *path, struct qd_quota *q, const struct quota_keys *set)
+{
+	char p[320];
+	if (!q->global && (set->gkey || set->outage || set->hosts)) {
 		snprintf(p, sizeof(p), "%s.%s", path,
-			 gkey_set ? "global_key" : outage_set ? "outage" : "expected_hosts");
+			 set->gkey ? "global_key" : set->outage ? "outage" : "expected_hosts");
 		return fail(x, p, "only for a quota with \"scope\": \"global\"");
 	}
 	if (q->global) {
@@ -476,23 +470,30 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 		if (q->budget_day_nusd || q->budget_month_nusd)
 			return fail(x, p, "budget_usd of a global quota is not supported (it would stay "
 				    "per host): use a host-scope quota for it");
-		if (!hosts_set) {
+		if (!set->hosts) {
 			snprintf(p, sizeof(p), "%s.expected_hosts", path);
 			return fail(x, p, "missing: a global quota needs the number of hosts sharing it "
 				    "(its static share and each host's local cap is the limit divided by it)");
 		}
-		if (!gkey_set)
+		if (!set->gkey)
 			strcpy(q->global_key, q->name);
-		if (!outage_set)
+		if (!set->outage)
 			q->outage = daily ? QD_OUTAGE_FAIL_CLOSED : QD_OUTAGE_STATIC_SHARE;
 	}
+	return 0;
+}
+
+/* parse_quota(), step 3: every limit representable by the arithmetic, and
+ * every lane able to admit one unit of it. */
+static int check_limits(struct ctx *x, const char *path, const struct qd_quota *q)
+{
+	char p[320];
 	/* Every limit must be representable by the arithmetic. */
 	for (int k = 0; k < QUOTA_RATE_KINDS; k++) {
 		if (!q->rate[k])
 			continue;
 		struct qs_limit_cfg l;
-		int64_t period = (k & 1) ? QC_DAY_NS : QC_MINUTE_NS;
-		if (qg_limit_init(&l, (uint32_t)k, q->rate[k], period, q->burst_ppm) < 0) {
+		if (qg_limit_init(&l, (uint32_t)k, q->rate[k], qg_period_of((uint32_t)k), q->burst_ppm) < 0) {
 			snprintf(p, sizeof(p), "%s.%s", path, rate_keys[0].key);
 			for (size_t i = 0; i < sizeof(rate_keys) / sizeof(rate_keys[0]); i++)
 				if ((int)rate_keys[i].kind == k)
@@ -512,6 +513,33 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 		}
 	}
 	return 0;
+}
+
+static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
+{
+	char path[256], p[320];
+	snprintf(path, sizeof(path), "quotas.%s", obj->string);
+	if (!name_ok(obj->string))
+		return fail(x, path, "quota names are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
+			    QUOTA_NAME_MAX);
+	if (!cJSON_IsObject(obj))
+		return fail(x, path, "must be an object, not %s", type_name(obj));
+	int r = no_duplicates(x, obj, path);
+	if (r < 0)
+		return r;
+	memset(q, 0, sizeof(*q));
+	strcpy(q->name, obj->string);
+	struct quota_keys k = { false, false, false };
+	q->burst_ppm = 1000000;
+	q->refund_actual = true;
+	for (const cJSON *f = obj->child; f; f = f->next) {
+		snprintf(p, sizeof(p), "%s.%s", path, f->string);
+		if ((r = parse_quota_key(x, f, p, q, &k)) < 0)
+			return r;
+	}
+	if ((r = check_global(x, path, q, &k)) < 0)
+		return r;
+	return check_limits(x, path, q);
 }
 
 int qd_config_parse(const char *text, size_t len, const char *file, struct qd_config *cfg,
