@@ -282,8 +282,6 @@ int qc_open_observer(const char *segment, quota_client **ret)
 	return attach(segment, true, ret);
 }
 
-static void fold_row(struct qs_quota *q, struct qs_row *row);
-
 /* Every row taken: give up one that holds no in-flight slot (its
  * statistics folded into its quota's totals), round robin. The index of
  * the row, or QS_CLIENT_ROWS if every row holds something. */
@@ -296,7 +294,7 @@ static uint32_t evict_row(struct qc_thread *t)
 		if (atomic_load_explicit(&row->held, memory_order_relaxed) != 0 || old1 == 0 ||
 		    old1 > t->c->g.quota_capacity)
 			continue;
-		fold_row(qs_quota_at(&t->c->g, old1 - 1), row);
+		qc_row_fold(qs_quota_at(&t->c->g, old1 - 1), row);
 		static const struct qs_row zero;
 		qs_store_words(row, &zero, sizeof(zero));
 		t->row_of[old1 - 1] = 0;
@@ -375,19 +373,33 @@ static void close_quota(struct quota_client *c, struct qc_thread *t0, uint32_t i
 		qc_inflight_wake(q);
 }
 
-/* Fold a row's statistics into its quota's totals and free the row. */
-static void fold_row(struct qs_quota *q, struct qs_row *row)
+/* Read a counter and zero it (its one writer is gone or is us). */
+static uint64_t take(_Atomic uint64_t *f)
 {
-	atomic_fetch_add_explicit(&q->st_admitted, atomic_load_explicit(&row->admitted, memory_order_relaxed), memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_in_tokens, atomic_load_explicit(&row->in_tokens, memory_order_relaxed), memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_out_tokens, atomic_load_explicit(&row->out_tokens, memory_order_relaxed), memory_order_relaxed);
+	uint64_t v = atomic_load_explicit(f, memory_order_relaxed);
+	atomic_store_explicit(f, 0, memory_order_relaxed);
+	return v;
+}
+
+void qc_row_fold(struct qs_quota *q, struct qs_row *row)
+{
+	/* Counters taken (zeroed) and the row freed before they are added: a
+	 * reader, or a process killed in between, undercounts for a moment
+	 * rather than counting twice. */
+	uint64_t adm = take(&row->admitted), in = take(&row->in_tokens), out = take(&row->out_tokens);
+	uint64_t rej[QS_REASONS];
 	for (unsigned k = 0; k < QS_REASONS; k++)
-		atomic_fetch_add_explicit(&q->st_rejected[k], atomic_load_explicit(&row->rejected[k], memory_order_relaxed), memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_alarm_held, atomic_load_explicit(&row->alarm_held, memory_order_relaxed), memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_alarm_over, atomic_load_explicit(&row->alarm_over, memory_order_relaxed), memory_order_relaxed);
-	/* The reader sums rows of LIVE slots plus st_*: clear the row so
-	 * nothing is counted twice while we go. */
+		rej[k] = take(&row->rejected[k]);
+	uint32_t held = atomic_exchange_explicit(&row->alarm_held, 0, memory_order_relaxed);
+	uint32_t over = atomic_exchange_explicit(&row->alarm_over, 0, memory_order_relaxed);
 	atomic_store_explicit(&row->quota1, 0, memory_order_release);
+	atomic_fetch_add_explicit(&q->st_alarm_held, held, memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_alarm_over, over, memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_admitted, adm, memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_in_tokens, in, memory_order_relaxed);
+	atomic_fetch_add_explicit(&q->st_out_tokens, out, memory_order_relaxed);
+	for (unsigned k = 0; k < QS_REASONS; k++)
+		atomic_fetch_add_explicit(&q->st_rejected[k], rej[k], memory_order_relaxed);
 }
 
 /* Give back everything the handle's slots hold and free them. */
@@ -401,7 +413,7 @@ static void close_slots(struct quota_client *c)
 	for (struct qc_thread *t = c->threads; t; t = t->next) {
 		for (uint32_t id = 0; id < c->g.quota_capacity && t->rows_used; id++)
 			if (t->row_of[id])
-				fold_row(qs_quota_at(&c->g, id), &t->cs->rows[t->row_of[id] - 1]);
+				qc_row_fold(qs_quota_at(&c->g, id), &t->cs->rows[t->row_of[id] - 1]);
 		uint64_t w = t->slot_word;
 		uint64_t free_word = QS_CLIENT_WORD(QS_CLIENT_GEN(w), 0, QS_CLIENT_FREE);
 		/* release: our last writes to the slot happen before it is reused */

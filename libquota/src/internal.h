@@ -267,6 +267,10 @@ static inline struct qs_row *qc_row(struct qc_thread *t, uint32_t id)
 	return r ? &t->cs->rows[r - 1] : qc_row_new(t, id);
 }
 
+/* Fold a row's statistics into its quota's totals and free the row
+ * (quota_close(), row eviction, quotad's reclamation). */
+void qc_row_fold(struct qs_quota *q, struct qs_row *row);
+
 /* One writer (the row's thread): a relaxed load and store, no lock prefix. */
 static inline void qc_row_add(_Atomic uint64_t *f, uint64_t v)
 {

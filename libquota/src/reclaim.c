@@ -195,33 +195,6 @@ static void give_back(const struct qs_geom *g, struct qs_row *row, uint32_t id1,
 	}
 }
 
-static uint64_t take(_Atomic uint64_t *f)
-{
-	uint64_t v = atomic_load_explicit(f, memory_order_relaxed);
-	atomic_store_explicit(f, 0, memory_order_relaxed);
-	return v;
-}
-
-/* Fold a row's statistics into its quota's totals and free the row. A
- * quotad killed in between loses these counts rather than doubling them. */
-static void fold_row(const struct qs_geom *g, struct qs_row *row, uint32_t id1)
-{
-	struct qs_quota *q = qs_quota_at(g, id1 - 1);
-	uint64_t adm = take(&row->admitted), in = take(&row->in_tokens), out = take(&row->out_tokens);
-	uint64_t rej[QS_REASONS];
-	for (unsigned k = 0; k < QS_REASONS; k++)
-		rej[k] = take(&row->rejected[k]);
-	uint32_t held = atomic_exchange_explicit(&row->alarm_held, 0, memory_order_relaxed);
-	uint32_t over = atomic_exchange_explicit(&row->alarm_over, 0, memory_order_relaxed);
-	atomic_store_explicit(&row->quota1, 0, memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_alarm_held, held, memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_alarm_over, over, memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_admitted, adm, memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_in_tokens, in, memory_order_relaxed);
-	atomic_fetch_add_explicit(&q->st_out_tokens, out, memory_order_relaxed);
-	for (unsigned k = 0; k < QS_REASONS; k++)
-		atomic_fetch_add_explicit(&q->st_rejected[k], rej[k], memory_order_relaxed);
-}
 
 /*
  * THE REFUND AUDIT. A refund adds its amount to refund_begun[k] before its
@@ -338,7 +311,7 @@ static void give_back_rows(const struct qs_geom *g, const uint32_t *slots, uint3
 				if ((pass == 0) == (held < 0))
 					give_back(g, row, id1, counts);
 				if (pass == 1 && fold)
-					fold_row(g, row, id1);
+					qc_row_fold(qs_quota_at(g, id1 - 1), row);
 			}
 		}
 }
