@@ -296,6 +296,100 @@ static void per_quota(struct buf *b, const struct quota_info *in, const bool *ok
 		}
 }
 
+/* metrics, part 1: the daemon's own series. */
+static void metrics_daemon(struct daemon *d, struct buf *b)
+{
+	family(b, "quotad_up", "gauge", "1 while quotad serves the segment.");
+	bprintf(b, "quotad_up{segment=\"%s\"} 1\n", d->segment + 1);
+	family(b, "quotad_clients", "gauge", "Processes attached to the segment.");
+	bprintf(b, "quotad_clients %u\n", live_clients(d));
+	family(b, "quotad_client_capacity", "gauge", "Client slots of the segment (fixed at creation).");
+	bprintf(b, "quotad_client_capacity %u\n", d->g.client_capacity);
+	family(b, "quotad_reclaimed_clients_total", "counter", "Client slots of dead processes reclaimed.");
+	bprintf(b, "quotad_reclaimed_clients_total %llu\n", (unsigned long long)d->st.reclaimed_slots);
+	family(b, "quotad_audits_total", "counter",
+	       "In-flight count audits installed (after a client died mid-update, and periodic).");
+	bprintf(b, "quotad_audits_total %llu\n", (unsigned long long)d->st.audits);
+	family(b, "quotad_inflight_repaired_total", "counter",
+	       "In-flight slots of drift that audits corrected (should stay 0).");
+	bprintf(b, "quotad_inflight_repaired_total %llu\n", (unsigned long long)d->st.repaired);
+	family(b, "quotad_segment_damage_total", "counter",
+	       "Damaged parts of the segment found and repaired (should stay 0).");
+	bprintf(b, "quotad_segment_damage_total %llu\n", (unsigned long long)d->st.damage);
+	family(b, "quotad_client_notifies_total", "counter",
+	       "Client slot claims announced on the notify socket.");
+	bprintf(b, "quotad_client_notifies_total %llu\n", (unsigned long long)d->st.notifies);
+	family(b, "quotad_reclaim_anomalies_total", "counter",
+	       "In-flight give-backs clamped at zero (should stay 0).");
+	bprintf(b, "quotad_reclaim_anomalies_total %llu\n", (unsigned long long)d->st.anomalies);
+	family(b, "quotad_reloads_total", "counter", "Configuration reloads by result.");
+	bprintf(b, "quotad_reloads_total{result=\"ok\"} %llu\nquotad_reloads_total{result=\"failed\"} %llu\n",
+		(unsigned long long)d->st.reloads_ok, (unsigned long long)d->st.reloads_failed);
+
+	family(b, "quotad_control_requests_total", "counter", "Control socket requests, by result.");
+	bprintf(b, "quotad_control_requests_total{result=\"ok\"} %llu\n"
+		"quotad_control_requests_total{result=\"error\"} %llu\n",
+		(unsigned long long)(d->st.requests - d->st.bad_requests), (unsigned long long)d->st.bad_requests);
+}
+
+/* metrics, part 2: per quota and per limit, from @n snapshots (@ok: shown). */
+static void metrics_quotas(struct buf *b, const struct quota_info *in, const bool *ok, int n)
+{
+	per_limit(b, in, ok, n, "quota_limit", "Configured limit, in units per period.", 0);
+	per_limit(b, in, ok, n, "quota_limit_capacity", "Largest cost admissible at once (burst), in units.", 1);
+	per_limit(b, in, ok, n, "quota_limit_available", "Cost admissible now without waiting, in units.", 2);
+	per_quota(b, in, ok, n, "quota_admitted_total", "counter", "Reservations admitted.",
+		  offsetof(struct quota_info, admitted));
+	family(b, "quota_admitted_tokens_total", "counter", "Tokens of admitted reservations, as settled.");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(b, "quota_admitted_tokens_total{quota=\"%s\",direction=\"input\"} %llu\n"
+				"quota_admitted_tokens_total{quota=\"%s\",direction=\"output\"} %llu\n",
+				in[id].name, (unsigned long long)in[id].admitted_input_tokens, in[id].name,
+				(unsigned long long)in[id].admitted_output_tokens);
+	family(b, "quota_rejected_total", "counter", "Reservations refused, by the limit or reason.");
+	for (int id = 0; id < n; id++)
+		for (int k = 0; ok[id] && k < QUOTA_REJECT_REASONS; k++)
+			bprintf(b, "quota_rejected_total{quota=\"%s\",reason=\"%s\"} %llu\n", in[id].name,
+				reason_names[k], (unsigned long long)in[id].rejected[k]);
+	per_quota(b, in, ok, n, "quota_inflight", "gauge", "Requests in flight.",
+		  offsetof(struct quota_info, inflight));
+	per_quota(b, in, ok, n, "quota_inflight_max", "gauge", "Configured in-flight limit (0: none).",
+		  offsetof(struct quota_info, max_inflight));
+	per_quota(b, in, ok, n, "quota_reclaimed_total", "counter",
+		  "In-flight slots given back for dead clients.", offsetof(struct quota_info, reclaimed));
+	per_quota(b, in, ok, n, "quota_inflight_repaired_total", "counter",
+		  "In-flight slots of drift corrected by quotad's audits.", offsetof(struct quota_info, repaired));
+	per_quota(b, in, ok, n, "quota_learned_output_tokens", "gauge",
+		  "Suggested output reservation: p99 of actual output tokens (learn, auto_estimate; 0: not yet).",
+		  offsetof(struct quota_info, learned_output));
+	per_quota(b, in, ok, n, "quota_alarm_held_total", "counter",
+		  "Tickets settled after being held longer than the alarm's time.",
+		  offsetof(struct quota_info, alarm_held));
+	per_quota(b, in, ok, n, "quota_alarm_over_estimate_total", "counter",
+		  "Commits whose output was above the alarm's multiple of the estimate.",
+		  offsetof(struct quota_info, alarm_over));
+	per_quota(b, in, ok, n, "quota_config_generation", "gauge",
+		  "Generation of the configuration record in force.", offsetof(struct quota_info, generation));
+	family(b, "quota_spend_usd", "gauge", "Spend in the current UTC day or month, in USD.");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(b, "quota_spend_usd{quota=\"%s\",period=\"day\"} %.9f\n"
+				"quota_spend_usd{quota=\"%s\",period=\"month\"} %.9f\n", in[id].name,
+				usd(in[id].spent_day_nusd), in[id].name, usd(in[id].spent_month_nusd));
+	family(b, "quota_budget_usd", "gauge", "Spend budget per UTC day or month, in USD (0: none).");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(b, "quota_budget_usd{quota=\"%s\",period=\"day\"} %.9f\n"
+				"quota_budget_usd{quota=\"%s\",period=\"month\"} %.9f\n", in[id].name,
+				usd(in[id].budget_day_nusd), in[id].name, usd(in[id].budget_month_nusd));
+	family(b, "quota_paused_seconds", "gauge", "Time left of a provider backoff.");
+	for (int id = 0; id < n; id++)
+		if (ok[id])
+			bprintf(b, "quota_paused_seconds{quota=\"%s\"} %.3f\n", in[id].name,
+				(double)in[id].paused_ns / 1e9);
+}
+
 static char *cmd_metrics(struct daemon *d)
 {
 	struct buf b = { 0 };
@@ -309,91 +403,8 @@ static char *cmd_metrics(struct daemon *d)
 	}
 	for (int id = 0; id < n; id++)
 		ok[id] = quota_info(d->obs, id, &in[id], sizeof(in[id])) == 0 && !in[id].removed;
-
-	family(&b, "quotad_up", "gauge", "1 while quotad serves the segment.");
-	bprintf(&b, "quotad_up{segment=\"%s\"} 1\n", d->segment + 1);
-	family(&b, "quotad_clients", "gauge", "Processes attached to the segment.");
-	bprintf(&b, "quotad_clients %u\n", live_clients(d));
-	family(&b, "quotad_client_capacity", "gauge", "Client slots of the segment (fixed at creation).");
-	bprintf(&b, "quotad_client_capacity %u\n", d->g.client_capacity);
-	family(&b, "quotad_reclaimed_clients_total", "counter", "Client slots of dead processes reclaimed.");
-	bprintf(&b, "quotad_reclaimed_clients_total %llu\n", (unsigned long long)d->st.reclaimed_slots);
-	family(&b, "quotad_audits_total", "counter",
-	       "In-flight count audits installed (after a client died mid-update, and periodic).");
-	bprintf(&b, "quotad_audits_total %llu\n", (unsigned long long)d->st.audits);
-	family(&b, "quotad_inflight_repaired_total", "counter",
-	       "In-flight slots of drift that audits corrected (should stay 0).");
-	bprintf(&b, "quotad_inflight_repaired_total %llu\n", (unsigned long long)d->st.repaired);
-	family(&b, "quotad_segment_damage_total", "counter",
-	       "Damaged parts of the segment found and repaired (should stay 0).");
-	bprintf(&b, "quotad_segment_damage_total %llu\n", (unsigned long long)d->st.damage);
-	family(&b, "quotad_client_notifies_total", "counter",
-	       "Client slot claims announced on the notify socket.");
-	bprintf(&b, "quotad_client_notifies_total %llu\n", (unsigned long long)d->st.notifies);
-	family(&b, "quotad_reclaim_anomalies_total", "counter",
-	       "In-flight give-backs clamped at zero (should stay 0).");
-	bprintf(&b, "quotad_reclaim_anomalies_total %llu\n", (unsigned long long)d->st.anomalies);
-	family(&b, "quotad_reloads_total", "counter", "Configuration reloads by result.");
-	bprintf(&b, "quotad_reloads_total{result=\"ok\"} %llu\nquotad_reloads_total{result=\"failed\"} %llu\n",
-		(unsigned long long)d->st.reloads_ok, (unsigned long long)d->st.reloads_failed);
-
-	family(&b, "quotad_control_requests_total", "counter", "Control socket requests, by result.");
-	bprintf(&b, "quotad_control_requests_total{result=\"ok\"} %llu\n"
-		"quotad_control_requests_total{result=\"error\"} %llu\n",
-		(unsigned long long)(d->st.requests - d->st.bad_requests), (unsigned long long)d->st.bad_requests);
-	per_limit(&b, in, ok, n, "quota_limit", "Configured limit, in units per period.", 0);
-	per_limit(&b, in, ok, n, "quota_limit_capacity", "Largest cost admissible at once (burst), in units.", 1);
-	per_limit(&b, in, ok, n, "quota_limit_available", "Cost admissible now without waiting, in units.", 2);
-	per_quota(&b, in, ok, n, "quota_admitted_total", "counter", "Reservations admitted.",
-		  offsetof(struct quota_info, admitted));
-	family(&b, "quota_admitted_tokens_total", "counter", "Tokens of admitted reservations, as settled.");
-	for (int id = 0; id < n; id++)
-		if (ok[id])
-			bprintf(&b, "quota_admitted_tokens_total{quota=\"%s\",direction=\"input\"} %llu\n"
-				"quota_admitted_tokens_total{quota=\"%s\",direction=\"output\"} %llu\n",
-				in[id].name, (unsigned long long)in[id].admitted_input_tokens, in[id].name,
-				(unsigned long long)in[id].admitted_output_tokens);
-	family(&b, "quota_rejected_total", "counter", "Reservations refused, by the limit or reason.");
-	for (int id = 0; id < n; id++)
-		for (int k = 0; ok[id] && k < QUOTA_REJECT_REASONS; k++)
-			bprintf(&b, "quota_rejected_total{quota=\"%s\",reason=\"%s\"} %llu\n", in[id].name,
-				reason_names[k], (unsigned long long)in[id].rejected[k]);
-	per_quota(&b, in, ok, n, "quota_inflight", "gauge", "Requests in flight.",
-		  offsetof(struct quota_info, inflight));
-	per_quota(&b, in, ok, n, "quota_inflight_max", "gauge", "Configured in-flight limit (0: none).",
-		  offsetof(struct quota_info, max_inflight));
-	per_quota(&b, in, ok, n, "quota_reclaimed_total", "counter",
-		  "In-flight slots given back for dead clients.", offsetof(struct quota_info, reclaimed));
-	per_quota(&b, in, ok, n, "quota_inflight_repaired_total", "counter",
-		  "In-flight slots of drift corrected by quotad's audits.", offsetof(struct quota_info, repaired));
-	per_quota(&b, in, ok, n, "quota_learned_output_tokens", "gauge",
-		  "Suggested output reservation: p99 of actual output tokens (learn, auto_estimate; 0: not yet).",
-		  offsetof(struct quota_info, learned_output));
-	per_quota(&b, in, ok, n, "quota_alarm_held_total", "counter",
-		  "Tickets settled after being held longer than the alarm's time.",
-		  offsetof(struct quota_info, alarm_held));
-	per_quota(&b, in, ok, n, "quota_alarm_over_estimate_total", "counter",
-		  "Commits whose output was above the alarm's multiple of the estimate.",
-		  offsetof(struct quota_info, alarm_over));
-	per_quota(&b, in, ok, n, "quota_config_generation", "gauge",
-		  "Generation of the configuration record in force.", offsetof(struct quota_info, generation));
-	family(&b, "quota_spend_usd", "gauge", "Spend in the current UTC day or month, in USD.");
-	for (int id = 0; id < n; id++)
-		if (ok[id])
-			bprintf(&b, "quota_spend_usd{quota=\"%s\",period=\"day\"} %.9f\n"
-				"quota_spend_usd{quota=\"%s\",period=\"month\"} %.9f\n", in[id].name,
-				usd(in[id].spent_day_nusd), in[id].name, usd(in[id].spent_month_nusd));
-	family(&b, "quota_budget_usd", "gauge", "Spend budget per UTC day or month, in USD (0: none).");
-	for (int id = 0; id < n; id++)
-		if (ok[id])
-			bprintf(&b, "quota_budget_usd{quota=\"%s\",period=\"day\"} %.9f\n"
-				"quota_budget_usd{quota=\"%s\",period=\"month\"} %.9f\n", in[id].name,
-				usd(in[id].budget_day_nusd), in[id].name, usd(in[id].budget_month_nusd));
-	family(&b, "quota_paused_seconds", "gauge", "Time left of a provider backoff.");
-	for (int id = 0; id < n; id++)
-		if (ok[id])
-			bprintf(&b, "quota_paused_seconds{quota=\"%s\"} %.3f\n", in[id].name,
-				(double)in[id].paused_ns / 1e9);
+	metrics_daemon(d, &b);
+	metrics_quotas(&b, in, ok, n);
 	free(in);
 	free(ok);
 	char *gm = qd_global_metrics(d);
