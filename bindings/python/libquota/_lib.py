@@ -4,7 +4,8 @@ prototypes of the functions this package calls. Nothing else lives here.
 
 The library is loaded by its SONAME through the dynamic loader (so
 LD_LIBRARY_PATH and the system's library directories apply); the struct
-layouts are those of quota.h version 2.0; the package's tests compare their
+layouts are those of quota.h version 2.1 (the package needs a library of
+2.1 or later: load() says so otherwise); the package's tests compare their
 sizes with the C compiler's."""
 
 import ctypes
@@ -14,6 +15,14 @@ SONAME = "libquota.so.2"
 QUOTA_NAME_MAX = 63
 QUOTA_INFO_KINDS = 16
 QUOTA_INFO_REASONS = 32
+QUOTA_LANES_MAX = 4
+QUOTA_LANE_DEFAULT = 2**32 - 1  # the quota's last (lowest) lane
+QUOTA_LEARN_HIST = 16
+# quota_info.learned_output: "2048 or more" (the caller's max_tokens).
+LEARNED_OPEN = 2**64 - 1
+# The upper edges of quota_info.output_hist's half-octave buckets (the last
+# is open: 2048 and up).
+OUTPUT_HIST_EDGES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, None)
 
 # enum quota_limit_kind, in order.
 RATE_KINDS = ("rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd")
@@ -69,6 +78,27 @@ class Info(ctypes.Structure):
         ("reclaimed", ctypes.c_uint64),
         ("repaired", ctypes.c_uint64),
         ("generation", ctypes.c_uint64),
+        # 2.1: lanes, learning, alarms.
+        ("lanes", ctypes.c_uint32),
+        ("learn", ctypes.c_uint32),
+        ("learned_output", ctypes.c_uint64),
+        ("learned_samples", ctypes.c_uint64),
+        ("output_hist", ctypes.c_uint64 * QUOTA_LEARN_HIST),
+        ("alarm_held", ctypes.c_uint64),
+        ("alarm_over", ctypes.c_uint64),
+        ("alarm_held_ns", ctypes.c_int64),
+        ("alarm_over_pct", ctypes.c_uint64),
+    ]
+
+
+class ReserveOpts(ctypes.Structure):
+    """struct quota_reserve_opts (2.1); fill with quota_reserve_opts_init()."""
+    _fields_ = [
+        ("size", ctypes.c_uint32),
+        ("lane", ctypes.c_uint32),
+        ("flags", ctypes.c_uint64),
+        ("max_output_tokens", ctypes.c_uint64),
+        ("reserved_", ctypes.c_uint64 * 5),
     ]
 
 
@@ -92,7 +122,7 @@ _lib = None
 
 def load():
     """The loaded library (once per process). Raises OSError if the dynamic
-    loader cannot find libquota.so.2."""
+    loader cannot find libquota.so.2, or finds one older than 2.1."""
     global _lib
     if _lib is not None:
         return _lib
@@ -106,6 +136,12 @@ def load():
         "quota_close": (None, [H]),
         "quota_find": (ctypes.c_int, [H, ctypes.c_char_p]),
         "quota_reserve": (ctypes.c_int, [H, ctypes.c_int, P(Cost), ctypes.c_int64, P(Ticket)]),
+        "quota_reserve_opts_init": (None, [P(ReserveOpts), ctypes.c_size_t]),
+        "quota_reserve_ex": (ctypes.c_int, [H, ctypes.c_int, P(Cost), ctypes.c_int64,
+                                            P(ReserveOpts), P(Ticket)]),
+        "quota_lane": (ctypes.c_int, [H, ctypes.c_int, ctypes.c_char_p]),
+        "quota_extend": (ctypes.c_int, [H, P(Ticket), P(Cost), ctypes.c_int64]),
+        "quota_settle_partial": (ctypes.c_int, [H, P(Ticket), P(Cost)]),
         "quota_commit": (ctypes.c_int, [H, P(Ticket), P(Cost)]),
         "quota_cancel": (ctypes.c_int, [H, P(Ticket)]),
         "quota_backoff": (ctypes.c_int, [H, ctypes.c_int, ctypes.c_int64]),
@@ -121,7 +157,11 @@ def load():
         "quota_parse_duration": (ctypes.c_int, [ctypes.c_char_p, P(ctypes.c_int64)]),
     }
     for name, (res, args) in proto.items():
-        f = getattr(lib, name)
+        try:
+            f = getattr(lib, name)
+        except AttributeError:
+            raise OSError("%s has no %s: this package needs libquota 2.1 or later"
+                          % (SONAME, name)) from None
         f.restype = res
         f.argtypes = args
     _lib = lib
