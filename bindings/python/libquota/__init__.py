@@ -14,13 +14,19 @@ exceptions, timeouts in seconds, interruptible waits, asyncio and fork safety.
             t.commit(input_tokens=resp.usage.prompt_tokens,
                      output_tokens=resp.usage.completion_tokens)
 
+libquota 2.1: priority lanes (``q.reserve(..., lane="interactive")``),
+learned output estimates (``output_tokens=0, max_output_tokens=N``),
+reservations that follow a stream (``t.extend()``, ``t.settle_partial()``).
+
 See python-libquota(3) (docs/man/python-libquota.3) for the whole API.
 """
 
 import asyncio
 import ctypes
 import errno as _errno
+import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -29,9 +35,9 @@ from . import _lib
 
 __all__ = [
     "Client", "Quota", "Ticket",
-    "QuotaError", "RetryLater", "TooBig", "BudgetExhausted", "NoSuchQuota",
+    "QuotaError", "RetryLater", "TooBig", "BudgetExhausted", "NoSuchQuota", "NoSuchLane",
 ]
-__version__ = "2.0.0"
+__version__ = "2.1.0"
 
 # A blocking reserve sleeps in the C library at most this long at a time, so
 # that a signal (Ctrl-C) is handled within about this delay.
@@ -40,6 +46,10 @@ _SLICE_NS = 50_000_000
 # "retry after 1 ms"): from 1 ms, doubling, to this.
 _POLL_MAX_NS = 50_000_000
 _NS = 1_000_000_000
+# Largest count the library accepts in a cost (QC_COST_MAX).
+_COST_MAX = 2**62
+# Lane names as quotad accepts them.
+_LANE_NAME = re.compile(r"[A-Za-z0-9._-]{1,15}\Z")
 
 
 # ---- Errors -----------------------------------------------------------------
@@ -82,6 +92,18 @@ class NoSuchQuota(QuotaError, KeyError):
     KeyError, as a missing key of a mapping."""
 
 
+class NoSuchLane(QuotaError, ValueError):
+    """The quota has no priority lane of that name (ENOENT): a quota
+    without lanes has none, and a lane name is 1 to 15 characters of
+    A-Z a-z 0-9 . _ -. Also a ValueError (a bad argument). ``quota`` and
+    ``lane``: the names asked for."""
+
+    def __init__(self, quota, lane, message):
+        self.quota = quota
+        self.lane = lane
+        super().__init__(_errno.ENOENT, message)
+
+
 _BY_ERRNO = {_errno.E2BIG: TooBig, _errno.EDQUOT: BudgetExhausted, _errno.ENOENT: NoSuchQuota}
 
 
@@ -106,6 +128,67 @@ def _seconds_to_ns(seconds, what):
     if seconds != seconds or seconds < 0:
         raise ValueError("%s must be None or a number of seconds >= 0" % what)
     return min(int(seconds * _NS), 2**62)
+
+
+def _count(v, what):
+    """@v checked as a token or request count."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _COST_MAX:
+        raise ValueError("%s must be an integer from 0 to 2**62, not %r" % (what, v))
+    return v
+
+
+# ---- Waiting ----------------------------------------------------------------
+# One copy of each way to wait, for reservations and extensions alike: an
+# attempt(timeout_ns) returns (0, result) or (negative errno, retry_after_ns).
+
+def _wait_in_slices(attempt, timeout, what):
+    """Call @attempt until it succeeds, the library sleeping at most one
+    slice (50 ms) at a time and Python sleeping (interruptibly, GIL
+    released) in between, so that a signal lands within about a slice.
+    ``timeout``: None, 0 or seconds. Raises RetryLater as soon as the wait
+    cannot succeed within it, the errno's exception (``what`` says what
+    was tried) for other refusals."""
+    tmo = _seconds_to_ns(timeout, "timeout")
+    deadline = None if tmo is None else time.monotonic_ns() + tmo
+    while True:
+        left = None if deadline is None else max(0, deadline - time.monotonic_ns())
+        slice_ns = _SLICE_NS if left is None else min(left, _SLICE_NS)
+        rc, r = attempt(slice_ns)
+        if rc == 0:
+            return r
+        if rc != -_errno.EAGAIN:
+            raise _error(rc, what)
+        if left is not None and (left <= slice_ns or r > left):
+            raise RetryLater(r)
+        # Come back half a slice before the admission time, so that the
+        # next call takes its place in line and sleeps the rest.
+        pause = r - _SLICE_NS // 2
+        if pause > 0:
+            time.sleep(pause / _NS)
+
+
+async def _poll(attempt, timeout, what):
+    """_wait_in_slices for asyncio: @attempt is called with a timeout of 0
+    (never sleeps in the library) and the waits are asyncio.sleep(), until
+    the time the library says is worth a retry; while only an in-flight
+    slot is missing (it says 1 ms) polls from 1 ms up to 50 ms."""
+    tmo = _seconds_to_ns(timeout, "timeout")
+    deadline = None if tmo is None else time.monotonic_ns() + tmo
+    poll = 1_000_000
+    while True:
+        rc, r = attempt(0)
+        if rc == 0:
+            return r
+        if rc != -_errno.EAGAIN:
+            raise _error(rc, what)
+        left = None if deadline is None else deadline - time.monotonic_ns()
+        if left is not None and (left <= 0 or r > left):
+            raise RetryLater(r)
+        if r <= 1_000_000:  # waiting for an in-flight slot: poll
+            r, poll = poll, min(2 * poll, _POLL_MAX_NS)
+        if left is not None:
+            r = min(r, left)
+        await asyncio.sleep(r / _NS)
 
 
 # ---- Handles and fork -------------------------------------------------------
@@ -289,25 +372,64 @@ class Quota:
         self.client = client
         self.name = name
         self.id = qid
+        self._lanes = {}  # lane name -> index, resolved once (lane_index)
 
     def _cost(self, requests, input_tokens, output_tokens):
-        for v in (requests, input_tokens, output_tokens):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError("requests and token counts must be integers >= 0")
-        return _lib.Cost(requests, input_tokens, output_tokens)
+        return _lib.Cost(_count(requests, "requests"), _count(input_tokens, "input_tokens"),
+                         _count(output_tokens, "output_tokens"))
 
-    def _try(self, cost, slice_ns):
-        """One quota_reserve(): a Ticket, or (negative errno, retry ns).
-        Nothing is leaked if an exception (KeyboardInterrupt) lands after
-        the library admitted: a filled ticket is cancelled."""
+    def lane_index(self, lane):
+        """The index of the priority lane named ``lane`` (0 = the highest),
+        asked of the library once and cached by this Quota (a reload that
+        reorders the lanes needs a new Client.quota()). Raises NoSuchLane if
+        the quota has no such lane (a quota without lanes has none),
+        NoSuchQuota if it was removed, TypeError if ``lane`` is not a str."""
+        i = self._lanes.get(lane)
+        if i is not None:
+            return i
+        if not isinstance(lane, str):
+            raise TypeError("lane must be a str (a lane's name), not %s" % type(lane).__name__)
+        if not _LANE_NAME.match(lane):
+            raise NoSuchLane(self.name, lane, "quota %r has no lane %r: lane names are 1 to 15 "
+                             "characters of A-Z a-z 0-9 . _ -" % (self.name, lane))
+        rc = self.client._call(_lib.load().quota_lane, self.id, lane.encode())
+        if rc == -_errno.ENOENT:
+            st = self.status()  # NoSuchQuota if the quota itself is gone
+            if st["removed"]:
+                raise NoSuchQuota(_errno.ENOENT, "quota %r: removed by a reload" % self.name)
+            raise NoSuchLane(self.name, lane, "quota %r has no lane %r (%s)" % (
+                self.name, lane, "it has %d lanes" % st["lanes"] if st["lanes"] else "it has no lanes"))
+        if rc < 0:
+            raise _error(rc, "lane %r of %r" % (lane, self.name))
+        self._lanes[lane] = rc
+        return rc
+
+    def _opts(self, lane, max_output_tokens):
+        """struct quota_reserve_opts for @lane and @max_output_tokens, or
+        None (the default lane, no bound)."""
+        if lane is None and not max_output_tokens:
+            return None
+        o = _lib.ReserveOpts()
+        _lib.load().quota_reserve_opts_init(ctypes.byref(o), ctypes.sizeof(o))
+        if lane is not None:
+            o.lane = self.lane_index(lane)
+        if max_output_tokens:
+            o.max_output_tokens = max_output_tokens
+        return o
+
+    def _try(self, cost, opts, lane, timeout_ns):
+        """One quota_reserve_ex(): (0, Ticket) or (negative errno, retry
+        ns). Nothing is leaked if an exception (KeyboardInterrupt) lands
+        after the library admitted: a filled ticket is cancelled."""
         h = self.client._handle()
         ptr = h.enter()
         lib = h.lib
         t = _lib.Ticket()
         try:
-            rc = lib.quota_reserve(ptr, self.id, ctypes.byref(cost), slice_ns, ctypes.byref(t))
+            rc = lib.quota_reserve_ex(ptr, self.id, ctypes.byref(cost), timeout_ns,
+                                      None if opts is None else ctypes.byref(opts), ctypes.byref(t))
             if rc == 0:
-                return Ticket(self, h, t, cost)
+                return 0, Ticket(self, h, t, cost, opts, lane)
         except BaseException:
             if lib.quota_ticket_time(ctypes.byref(t)) >= 0:
                 lib.quota_cancel(ptr, ctypes.byref(t))
@@ -316,7 +438,14 @@ class Quota:
             h.leave()
         return rc, t.retry_after_ns
 
-    def reserve(self, input_tokens=0, output_tokens=0, requests=1, timeout=None):
+    def _prepare(self, input_tokens, output_tokens, requests, lane, max_output_tokens):
+        cost = self._cost(requests, input_tokens, output_tokens)
+        if max_output_tokens is not None:
+            _count(max_output_tokens, "max_output_tokens")
+        return cost, self._opts(lane, max_output_tokens)
+
+    def reserve(self, input_tokens=0, output_tokens=0, requests=1, timeout=None, *,
+                lane=None, max_output_tokens=None):
         """Reserve ``requests`` requests and ``input_tokens`` +
         ``output_tokens`` tokens against every limit of the quota, all or
         nothing, and return the open Ticket.
@@ -328,53 +457,32 @@ class Quota:
         soon as the reservation cannot be admitted within the timeout;
         TooBig if it can never be; BudgetExhausted when the spend budget is
         reached; NoSuchQuota if the quota was removed; QuotaError otherwise.
-        """
-        cost = self._cost(requests, input_tokens, output_tokens)
-        tmo = _seconds_to_ns(timeout, "timeout")
-        start = time.monotonic_ns()
-        deadline = None if tmo is None else start + tmo
-        while True:
-            left = None if deadline is None else max(0, deadline - time.monotonic_ns())
-            slice_ns = _SLICE_NS if left is None else min(left, _SLICE_NS)
-            r = self._try(cost, slice_ns)
-            if isinstance(r, Ticket):
-                return r._handed(start)
-            rc, retry = r
-            if rc != -_errno.EAGAIN:
-                raise _error(rc, "reserve on %r" % self.name)
-            if left is not None and (left <= slice_ns or retry > left):
-                raise RetryLater(retry)
-            # Come back half a slice before the admission time, so that the
-            # next call takes its place in line and sleeps the rest.
-            pause = retry - _SLICE_NS // 2
-            if pause > 0:
-                time.sleep(pause / _NS)
 
-    async def areserve(self, input_tokens=0, output_tokens=0, requests=1, timeout=None):
+        ``lane``: the name of one of the quota's priority lanes (libquota
+        2.1); None is its last (lowest) one. A lane below the top is
+        admitted only while the headroom of the lanes above stays free, and
+        waits without a place in line. Unknown names raise NoSuchLane.
+        ``max_output_tokens``: on a quota with "auto_estimate", a
+        reservation of 0 output tokens reserves the learned estimate,
+        bounded by this (the request's max_tokens); see Ticket for what
+        commit() then assumes.
+        """
+        cost, opts = self._prepare(input_tokens, output_tokens, requests, lane, max_output_tokens)
+        start = time.monotonic_ns()
+        t = _wait_in_slices(lambda ns: self._try(cost, opts, lane, ns), timeout,
+                            "reserve on %r" % self.name)
+        return t._handed(start)
+
+    async def areserve(self, input_tokens=0, output_tokens=0, requests=1, timeout=None, *,
+                       lane=None, max_output_tokens=None):
         """reserve() for asyncio: never blocks the event loop. Tries at once
         and, if the budget is short, awaits asyncio.sleep() until the time
         the library says is worth a retry. A task cancelled while it waits
         holds no ticket. Same arguments, result and exceptions."""
-        cost = self._cost(requests, input_tokens, output_tokens)
-        tmo = _seconds_to_ns(timeout, "timeout")
+        cost, opts = self._prepare(input_tokens, output_tokens, requests, lane, max_output_tokens)
         start = time.monotonic_ns()
-        deadline = None if tmo is None else start + tmo
-        poll = 1_000_000
-        while True:
-            r = self._try(cost, 0)
-            if isinstance(r, Ticket):
-                return r._handed(start)
-            rc, retry = r
-            if rc != -_errno.EAGAIN:
-                raise _error(rc, "reserve on %r" % self.name)
-            left = None if deadline is None else deadline - time.monotonic_ns()
-            if left is not None and (left <= 0 or retry > left):
-                raise RetryLater(retry)
-            if retry <= 1_000_000:  # waiting for an in-flight slot: poll
-                retry, poll = poll, min(2 * poll, _POLL_MAX_NS)
-            if left is not None:
-                retry = min(retry, left)
-            await asyncio.sleep(retry / _NS)
+        t = await _poll(lambda ns: self._try(cost, opts, lane, ns), timeout, "reserve on %r" % self.name)
+        return t._handed(start)
 
     def backoff(self, seconds):
         """The provider answered 429: pause this quota for every process of
@@ -417,7 +525,9 @@ class Quota:
     def status(self):
         """A snapshot of the quota as a dict: its limits (each with limit,
         capacity, available and period in seconds), in flight, spend and
-        budgets in USD, admissions and refusals. See python-libquota(3)."""
+        budgets in USD, admissions and refusals; and (2.1) its number of
+        priority lanes, what it learned about output lengths ("learning":
+        None unless the quota learns) and its alarms. See python-libquota(3)."""
         info = _lib.Info()
         rc = self.client._call(_lib.load().quota_info, self.id, ctypes.byref(info),
                                ctypes.sizeof(info))
@@ -449,10 +559,33 @@ class Quota:
             "reclaimed": info.reclaimed,
             "repaired": info.repaired,
             "generation": info.generation,
+            "lanes": info.lanes,
+            "learning": _learning(info),
+            "alarms": {
+                "held": info.alarm_held,
+                "over_estimate": info.alarm_over,
+                "held_s": info.alarm_held_ns / _NS if info.alarm_held_ns else None,
+                "over_estimate_pct": info.alarm_over_pct or None,
+            },
         }
 
     def __repr__(self):
         return "<libquota.Quota %r id=%d>" % (self.name, self.id)
+
+
+def _learning(info):
+    """status()'s "learning": None for a quota that does not learn."""
+    if not info.learn:
+        return None
+    out = info.learned_output
+    return {
+        "auto_estimate": info.learn == 2,
+        # None: not learned yet (fewer than 100 samples); inf: 2048 or more,
+        # i.e. the caller's max_tokens (min(suggested, max_tokens) works).
+        "suggested_output_tokens": None if out == 0 else math.inf if out == _lib.LEARNED_OPEN else out,
+        "samples": info.learned_samples,
+        "output_hist": list(info.output_hist),
+    }
 
 
 # ---- Ticket -----------------------------------------------------------------
@@ -460,6 +593,8 @@ class Quota:
 class Ticket:
     """An admitted reservation. Settle it once: commit() with what the
     provider reports as used, or cancel() if the call never reached it.
+    While the call runs (a stream), extend() takes more and
+    settle_partial() gives back what it will not use.
 
     As a context manager (``with`` or ``async with``), leaving the block
     without commit() cancels. A ticket dropped unsettled stays charged as
@@ -468,19 +603,36 @@ class Ticket:
     finalisers and one could swallow a Ctrl-C. (A KeyboardInterrupt that
     lands between reserve() returning and the ``with`` block starting can
     leave such a ticket; one that lands while reserve() waits leaves
-    nothing.) Any thread of the process may settle it; a forked child cannot
-    (QuotaError, errno ECHILD).
+    nothing.) Any thread of the process may settle or extend it; a forked
+    child cannot (QuotaError, errno ECHILD).
 
-    Attributes: ``quota``, ``requests``, ``input_tokens``, ``output_tokens``
-    (what was reserved), ``waited`` (seconds reserve() or areserve() took
-    before admitting), ``admitted_ns`` (admission time on the segment's
-    clock), ``settled``."""
+    Attributes: ``quota``, ``lane`` (the name asked for, or None),
+    ``requests``, ``input_tokens``, ``output_tokens`` (what the ticket
+    holds, after extensions and partial settles), ``max_output_tokens``
+    (the bound given to reserve(), or None), ``waited`` (seconds reserve()
+    or areserve() took before admitting), ``admitted_ns`` (admission time
+    on the segment's clock), ``settled``.
 
-    def __init__(self, quota, handle, raw, cost):
+    ``output_tokens`` is None when the library chose the estimate: a
+    reservation of 0 output tokens with ``max_output_tokens`` (on a quota
+    with "auto_estimate" it holds the learned estimate, which the C API
+    does not report). commit() without output_tokens then commits
+    ``max_output_tokens`` plus any extensions' output (the most the call
+    may have produced), and settle_partial() needs output_tokens."""
+
+    def __init__(self, quota, handle, raw, cost, opts=None, lane=None):
         self.quota = quota
+        self.lane = lane
         self.requests = cost.requests
         self.input_tokens = cost.input_tokens
         self.output_tokens = cost.output_tokens
+        self.max_output_tokens = None
+        if opts is not None and opts.max_output_tokens:
+            self.max_output_tokens = opts.max_output_tokens
+            if not cost.output_tokens:
+                self.output_tokens = None
+        # commit()'s default output while output_tokens is unknown.
+        self._out_bound = self.max_output_tokens or 0
         self.waited = raw.waited_ns / _NS
         self.admitted_ns = handle.lib.quota_ticket_time(ctypes.byref(raw))
         self.settled = False
@@ -501,32 +653,136 @@ class Ticket:
                 pass
             raise
 
-    def _settle(self, fn, what, *cost):
+    def _call(self, fn, what, *args):
+        """@fn(handle, ticket, *args) under the ticket's lock: its return
+        code; ECHILD and a settled ticket reported as such."""
         with self._lock:
+            if self.settled:
+                raise QuotaError(_errno.EINVAL, "%s: the ticket is settled already" % what)
             h = self._h
             ptr = h.enter()
             try:
-                rc = fn(ptr, ctypes.byref(self._raw), *cost)
+                rc = fn(ptr, ctypes.byref(self._raw), *args)
             finally:
                 h.leave()
-            if rc < 0:
-                if rc == -_errno.ECHILD:
-                    raise QuotaError(_errno.ECHILD, "%s: the ticket belongs to the parent process" % what)
-                raise _error(rc, what)
-            self.settled = True
+            if rc == -_errno.ECHILD:
+                raise QuotaError(_errno.ECHILD, "%s: the ticket belongs to the parent process" % what)
+            return rc
+
+    def _settle(self, fn, what, *cost):
+        def call(ptr, t):
+            rc = fn(ptr, t, *cost)
+            if rc == 0:
+                self.settled = True
+            return rc
+
+        rc = self._call(call, what)
+        if rc < 0:
+            raise _error(rc, what)
 
     def commit(self, input_tokens=None, output_tokens=None, requests=None):
-        """Settle with the usage the provider reported (None: what was
-        reserved). Unused tokens go back where the quota refunds actual
-        usage; usage above the reservation is charged as debt."""
+        """Settle with the usage the provider reported (None: what the
+        ticket holds; see the class for a learned estimate). Unused tokens
+        go back where the quota refunds actual usage; usage above the
+        reservation is charged as debt."""
+        if output_tokens is None:
+            output_tokens = self._out_bound if self.output_tokens is None else self.output_tokens
         c = self.quota._cost(self.requests if requests is None else requests,
                              self.input_tokens if input_tokens is None else input_tokens,
-                             self.output_tokens if output_tokens is None else output_tokens)
+                             output_tokens)
         self._settle(self._h.lib.quota_commit, "commit", ctypes.byref(c))
 
     def cancel(self):
         """The call never reached the provider: give everything back."""
         self._settle(self._h.lib.quota_cancel, "cancel")
+
+    # ---- Streams (libquota 2.1) ----
+
+    def _more(self, input_tokens, output_tokens):
+        more = self.quota._cost(0, input_tokens, output_tokens)
+        if not (input_tokens or output_tokens):
+            raise ValueError("extend: input_tokens or output_tokens must be > 0")
+        return more
+
+    def _try_extend(self, more, timeout_ns):
+        """One quota_extend(): (0, None) or (negative errno, retry ns). The
+        attributes follow an extension the library made even if an
+        exception (Ctrl-C) lands as the call returns."""
+        raw = self._raw
+
+        def call(ptr, t):  # under the ticket's lock
+            raw.waited_ns = -1  # the library sets it >= 0 when it extends
+            try:
+                return self._h.lib.quota_extend(ptr, t, ctypes.byref(more), timeout_ns)
+            finally:
+                if raw.waited_ns >= 0:
+                    raw.waited_ns = -1
+                    self.input_tokens += more.input_tokens
+                    if self.output_tokens is None:
+                        self._out_bound += more.output_tokens
+                    else:
+                        self.output_tokens += more.output_tokens
+
+        rc = self._call(call, "extend")
+        return (0, None) if rc == 0 else (rc, raw.retry_after_ns)
+
+    def extend(self, input_tokens=0, output_tokens=0, timeout=None):
+        """Take more tokens for a call still running (a stream that
+        outgrows its reservation), in the ticket's lane, all or nothing on
+        every limit; the ticket then holds its estimate plus these, and its
+        in-flight slot stays held. Waits as reserve() does (``timeout``:
+        None, 0 or seconds; in slices, GIL released, Ctrl-C lands within
+        about 50 ms and leaves the ticket as it was). Raises RetryLater
+        (``retry_after``; nothing charged, the ticket unchanged), TooBig
+        (above a limit's capacity or the context window with what the
+        ticket holds), BudgetExhausted, QuotaError (EINVAL for a settled
+        ticket, ECHILD in a forked child), ValueError for no tokens."""
+        more = self._more(input_tokens, output_tokens)
+        _wait_in_slices(lambda ns: self._try_extend(more, ns), timeout,
+                        "extend on %r" % self.quota.name)
+
+    async def aextend(self, input_tokens=0, output_tokens=0, timeout=None):
+        """extend() for asyncio: never blocks the event loop (tries without
+        waiting, awaits asyncio.sleep() until the library's retry time).
+        Same arguments and exceptions."""
+        more = self._more(input_tokens, output_tokens)
+        await _poll(lambda ns: self._try_extend(more, ns), timeout, "extend on %r" % self.quota.name)
+
+    def settle_partial(self, input_tokens=None, output_tokens=None):
+        """Mid-stream: lower the ticket's estimate to the most the call can
+        still consume in all (not the amount to give back): each argument
+        is the new total, at most what the ticket holds; None keeps that
+        field. The difference goes back as a commit would give it back; the
+        ticket stays open with its in-flight slot, to be committed or
+        cancelled. A quota whose refund policy is "none" gives nothing back
+        (the library keeps its estimate). Only the last piece (the last
+        extension, or the reservation) can be given back: what earlier
+        pieces held is spent. Raises ValueError for an estimate above the
+        ticket's, QuotaError (EINVAL settled, ECHILD forked child)."""
+        if output_tokens is None and self.output_tokens is None:
+            raise ValueError("settle_partial: pass output_tokens (the library chose this "
+                             "ticket's output estimate, which the binding cannot read)")
+        est = self.quota._cost(self.requests,
+                               self.input_tokens if input_tokens is None else input_tokens,
+                               self.output_tokens if output_tokens is None else output_tokens)
+        if est.input_tokens > self.input_tokens or \
+                (self.output_tokens is not None and est.output_tokens > self.output_tokens):
+            raise ValueError("settle_partial: the estimate (%d + %d tokens) must not exceed what "
+                             "the ticket holds (%d + %d)" % (est.input_tokens, est.output_tokens,
+                                                           self.input_tokens, self.output_tokens))
+
+        def call(ptr, t):
+            rc = self._h.lib.quota_settle_partial(ptr, t, ctypes.byref(est))
+            if rc == 0:
+                self.input_tokens, self.output_tokens = est.input_tokens, est.output_tokens
+            return rc
+
+        rc = self._call(call, "settle_partial")
+        if rc == -_errno.EINVAL and self.output_tokens is None:
+            raise ValueError("settle_partial: %d output tokens is above the estimate the library "
+                             "chose for this ticket" % est.output_tokens)
+        if rc < 0:
+            raise _error(rc, "settle_partial")
 
     def __enter__(self):
         return self
@@ -552,6 +808,7 @@ class Ticket:
         self.__exit__(exc_type, exc, tb)
 
     def __repr__(self):
-        return "<libquota.Ticket %s %d req %d+%d tokens%s>" % (
-            self.quota.name, self.requests, self.input_tokens, self.output_tokens,
+        return "<libquota.Ticket %s%s %d req %d+%s tokens%s>" % (
+            self.quota.name, "" if self.lane is None else " lane " + self.lane, self.requests,
+            self.input_tokens, "learned" if self.output_tokens is None else self.output_tokens,
             " settled" if self.settled else "")

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """Worker bodies the multi-process tests start (importable by name, so that
-multiprocessing's forkserver can run them)."""
+multiprocessing's forkserver can run them), and run_threads()."""
 
 import json
 import random
@@ -8,6 +8,15 @@ import threading
 import time
 
 import libquota
+
+
+def run_threads(target, n):
+    """Run target(k) in @n threads, k = 0 .. n-1, and wait for them all."""
+    ths = [threading.Thread(target=target, args=(k,)) for k in range(n)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
 
 
 def admit_loop(client, quota, nthreads, barrier, duration, outfile, seed, call_ms=(2, 20)):
@@ -42,11 +51,7 @@ def admit_loop(client, quota, nthreads, barrier, duration, outfile, seed, call_m
             t.commit(input_tokens=cin, output_tokens=cout, requests=1)
             log.append((t.admitted_ns, 1, cin + cout, start, end))
 
-    ths = [threading.Thread(target=run, args=(k,)) for k in range(nthreads)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    run_threads(run, nthreads)
     with open(outfile, "w") as f:
         for log in logs:
             for rec in log:

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import libquota
+import qworkers
 from libquota import _lib
 
 
@@ -119,20 +120,28 @@ def test_status_backoff_feedback(daemons):
             assert q3.feedback({"server": "x"}) is False
 
 
-def test_close_waits_and_then_refuses(daemons):
-    seg = daemons.quotad({"m": {"rpm": 60, "burst": 0.01}})  # 1 at once, then 1 a second
+@pytest.mark.parametrize("wait", ["reserve", "extend"])
+def test_close_waits_and_then_refuses(daemons, wait):
+    if wait == "reserve":
+        seg = daemons.quotad({"m": {"rpm": 60, "burst": 0.01}})  # 1 at once, then 1 a second
+    else:
+        seg = daemons.quotad({"m": {"tpm": 6000}})  # 100 tokens a second
     c = libquota.Client(seg)
     q = c.quota("m")
-    t = q.reserve(requests=1, timeout=0)
+    t = q.reserve(requests=1, input_tokens=0 if wait == "reserve" else 6000, timeout=0)
     assert t.waited < 1.0
-    t.commit()
+    if wait == "reserve":
+        t.commit()
+        call = lambda timeout: q.reserve(timeout=timeout)  # noqa: E731
+    else:
+        call = lambda timeout: t.extend(output_tokens=30, timeout=timeout)  # noqa: E731 (~0.3 s)
     started = threading.Event()
     out = []
 
     def waiter():
         started.set()
         try:
-            q.reserve(timeout=None)
+            call(None)
             out.append("admitted")
         except libquota.QuotaError as e:
             out.append(e.errno)
@@ -145,7 +154,7 @@ def test_close_waits_and_then_refuses(daemons):
     assert not th.is_alive()
     assert out in (["admitted"], [errno.EBADF])
     with pytest.raises(libquota.QuotaError) as e:
-        q.reserve(timeout=0)
+        call(0)
     assert e.value.errno == errno.EBADF
     c.close()  # idempotent
 
@@ -157,7 +166,7 @@ def test_threads_share_a_client_and_settle_each_others_tickets(daemons):
         tickets = []
         lock = threading.Lock()
 
-        def take():
+        def take(_):
             for _ in range(50):
                 t = q.reserve(input_tokens=10, output_tokens=10, timeout=5)
                 with lock:
@@ -167,11 +176,7 @@ def test_threads_share_a_client_and_settle_each_others_tickets(daemons):
                     u = tickets.pop(0)
                 u.commit(input_tokens=10, output_tokens=5)
 
-        ths = [threading.Thread(target=take) for _ in range(6)]
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
+        qworkers.run_threads(take, 6)
         for t in tickets:
             t.cancel()
         st = q.status()

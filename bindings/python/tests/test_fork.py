@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
-"""fork: a child reopens the segment transparently and can never settle its
-parent's tickets (errno ECHILD); the parent's tickets stay the parent's."""
+"""fork: a child reopens the segment transparently and can never settle,
+extend or partly settle its parent's tickets (errno ECHILD); the parent's
+tickets stay the parent's, unchanged."""
 
 import errno
 import multiprocessing as mp
@@ -11,13 +12,16 @@ import libquota
 
 def child_body(client, ticket):
     """Runs in a forked child; returns an exit status (0 = as expected)."""
-    for settle in (ticket.commit, ticket.cancel):
+    for settle in (ticket.commit, ticket.cancel, lambda: ticket.extend(output_tokens=5, timeout=0),
+                   lambda: ticket.settle_partial(output_tokens=5)):
         try:
             settle()
-            return 1  # the parent's ticket was settled by the child
+            return 1  # the parent's ticket was settled or changed by the child
         except libquota.QuotaError as e:
             if e.errno != errno.ECHILD:
                 return 2
+    if ticket.output_tokens != 10:
+        return 4
     q = client.quota("m")  # the child's own handle, opened on first use
     st = q.status()
     if st["inflight"] != 1:  # the parent's ticket is still held
@@ -41,10 +45,14 @@ def test_child_cannot_settle_parents_ticket_os_fork(daemons):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert q.status()["inflight"] == 1
-    t.commit()  # still the parent's to settle
+    st = q.status()
+    assert st["inflight"] == 1
+    assert st["admitted_output_tokens"] == 10 + 5  # ours open, and the child's commit: nothing extended
+    t.extend(output_tokens=5, timeout=0)  # still the parent's to extend and settle
+    t.commit()
     st = q.status()
     assert st["inflight"] == 0 and st["admitted"] == 2
+    assert st["admitted_output_tokens"] == 5 + 15  # the child's, and ours extended
     c.close()
 
 
