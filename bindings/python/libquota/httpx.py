@@ -27,6 +27,13 @@ refusals look like the provider's: RetryLater is a 429 with retry-after-ms
 and retry-after (the SDK waits and retries), BudgetExhausted a 429
 insufficient_quota with x-should-retry: false, TooBig a 400
 context_length_exceeded. Other requests pass through untouched.
+
+libquota 2.1: ``lane=`` reserves in one of the quota's priority lanes
+(QuotaTransport(q, lane="batch")); ``stream_step=N`` makes a stream that
+sets no max_tokens reserve N output tokens and N more each time its text
+outgrows what it holds (Ticket.extend without waiting, as quota-proxy's
+--stream-step: refused, the stream goes on and what it uses beyond is
+charged at commit).
 """
 
 import json
@@ -97,21 +104,43 @@ def estimate_prompt_tokens(body, path):
     return n
 
 
+def _delta_tokens(obj):
+    """Estimated tokens of the text a stream chunk @obj carries: its
+    choices' delta content (or legacy "text"), else their tool calls."""
+    n = 0
+    for ch in obj.get("choices") or []:
+        if not isinstance(ch, dict):
+            continue
+        delta = ch.get("delta") if isinstance(ch.get("delta"), dict) else {}
+        text = delta.get("content")
+        if not isinstance(text, str):
+            text = ch.get("text")
+        if isinstance(text, str):
+            n += _text_tokens(text)
+        elif delta.get("tool_calls"):
+            n += _text_tokens(json.dumps(delta["tool_calls"]))
+    return n
+
+
 class _Plan:
     """What the transport decided about one request."""
 
-    def __init__(self, request, path, body, estimate, default_max_tokens):
+    def __init__(self, request, path, body, estimate, default_max_tokens, stream_step=0):
         self.path = path
         self.stream = bool(body.get("stream"))
         so = body.get("stream_options")
         so = so if isinstance(so, dict) else {}
         self.caller_wants_usage = bool(so.get("include_usage"))
         n = body.get("n") if isinstance(body.get("n"), int) and body.get("n") > 0 else 1
+        self.step = 0  # output tokens each extension takes (stream_step)
         if path.endswith("/embeddings"):
             out = 0
         else:
-            out = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
-            out = out if isinstance(out, int) and out > 0 else default_max_tokens
+            out = body.get("max_completion_tokens") or body.get("max_tokens")
+            if not (isinstance(out, int) and out > 0):
+                out = default_max_tokens
+                if self.stream and stream_step:
+                    out = self.step = stream_step
         self.input_tokens = max(0, int(estimate(body, path)))
         self.output_tokens = out * n
         self.request = request
@@ -122,7 +151,7 @@ class _Plan:
                                          content=json.dumps(body).encode(), extensions=request.extensions)
 
 
-def _plan(request, estimate, default_max_tokens):
+def _plan(request, estimate, default_max_tokens, stream_step=0):
     if request.method != "POST" or not request.url.path.endswith(_METERED):
         return None
     try:
@@ -131,7 +160,7 @@ def _plan(request, estimate, default_max_tokens):
         return None
     if not isinstance(body, dict):
         return None
-    return _Plan(request, request.url.path, body, estimate, default_max_tokens)
+    return _Plan(request, request.url.path, body, estimate, default_max_tokens, stream_step)
 
 
 def _refusal(request, e):
@@ -172,6 +201,19 @@ class _Settle:
 
     def __init__(self, quota, ticket, plan):
         self.quota, self.ticket, self.plan = quota, ticket, plan
+        self.streamed = 0  # estimated output tokens streamed so far (stream_step)
+        self.refused = False  # an extension was refused: no more
+
+    def grew(self, tokens):
+        """A stream passed on @tokens more (estimated): with stream_step,
+        extend the ticket by steps while the text outgrows it, never
+        waiting; once refused, no more (the rest is debt at commit)."""
+        self.streamed += tokens
+        while not self.refused and not self.ticket.settled and self.streamed > self.ticket.output_tokens:
+            try:
+                self.ticket.extend(output_tokens=self.plan.step, timeout=0)
+            except libquota.QuotaError:
+                self.refused = True
 
     def headers(self, response):
         self.quota.feedback(response.headers)
@@ -195,7 +237,9 @@ class _Settle:
 
     def finish(self):
         if not self.ticket.settled:
-            self.ticket.commit()  # no usage seen: the estimate, no refund
+            # No usage seen: the estimate, no refund; a stream that outgrew
+            # its steps, what it streamed.
+            self.ticket.commit(output_tokens=max(self.ticket.output_tokens, self.streamed))
 
     def cancel(self):
         if not self.ticket.settled:
@@ -230,7 +274,11 @@ class _SSE:
             obj = json.loads(data)
         except ValueError:
             return event
-        u = obj.get("usage") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict):
+            return event
+        if self.settle.plan.step:
+            self.settle.grew(_delta_tokens(obj))
+        u = obj.get("usage")
         if u:
             self.settle.usage(u)
             if not self.settle.plan.caller_wants_usage and not obj.get("choices"):
@@ -287,7 +335,33 @@ class _AsyncStream(httpx.AsyncByteStream):
         self.settle.finish()
 
 
-class QuotaTransport(httpx.BaseTransport):
+class _Options:
+    """The arguments both transports take (see QuotaTransport)."""
+
+    def __init__(self, quota, transport, max_wait=30.0, default_max_tokens=4096,
+                 estimate=estimate_prompt_tokens, lane=None, stream_step=0):
+        for name, v in (("default_max_tokens", default_max_tokens), ("stream_step", stream_step)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**40:
+                raise ValueError("%s must be an integer from 0 to 2**40, not %r" % (name, v))
+        if lane is not None:
+            quota.lane_index(lane)  # NoSuchLane now rather than at every request
+        self.quota = quota
+        self.transport = transport
+        self.max_wait = max_wait
+        self.default_max_tokens = default_max_tokens
+        self.estimate = estimate
+        self.lane = lane
+        self.stream_step = stream_step
+
+    def _plan(self, request):
+        return _plan(request, self.estimate, self.default_max_tokens, self.stream_step)
+
+    def _reserve_args(self, plan):
+        return dict(input_tokens=plan.input_tokens, output_tokens=plan.output_tokens, requests=1,
+                    timeout=self.max_wait, lane=self.lane)
+
+
+class QuotaTransport(_Options, httpx.BaseTransport):
     """An httpx transport that reserves on @quota (a libquota.Quota) before
     each metered request and settles after it (see the module's doc).
 
@@ -295,23 +369,24 @@ class QuotaTransport(httpx.BaseTransport):
     ``max_wait``: seconds to wait in line for budget (default 30; 0 never
     waits); ``default_max_tokens``: output tokens reserved when the request
     names none (default 4096); ``estimate``: callable(body, path) -> prompt
-    tokens (default estimate_prompt_tokens)."""
+    tokens (default estimate_prompt_tokens); ``lane``: the name of the
+    quota's priority lane to reserve in (default None: its last; an unknown
+    name raises libquota.NoSuchLane here); ``stream_step``: a stream that
+    names no max_tokens reserves this many output tokens instead of
+    default_max_tokens, and as many more each time its text outgrows them
+    (default 0: off)."""
 
     def __init__(self, quota, transport=None, max_wait=30.0, default_max_tokens=4096,
-                 estimate=estimate_prompt_tokens):
-        self.quota = quota
-        self.transport = transport if transport is not None else httpx.HTTPTransport()
-        self.max_wait = max_wait
-        self.default_max_tokens = default_max_tokens
-        self.estimate = estimate
+                 estimate=estimate_prompt_tokens, *, lane=None, stream_step=0):
+        super().__init__(quota, transport if transport is not None else httpx.HTTPTransport(),
+                         max_wait, default_max_tokens, estimate, lane, stream_step)
 
     def handle_request(self, request):
-        plan = _plan(request, self.estimate, self.default_max_tokens)
+        plan = self._plan(request)
         if plan is None:
             return self.transport.handle_request(request)
         try:
-            ticket = self.quota.reserve(input_tokens=plan.input_tokens, output_tokens=plan.output_tokens,
-                                        requests=1, timeout=self.max_wait)
+            ticket = self.quota.reserve(**self._reserve_args(plan))
         except (libquota.RetryLater, libquota.BudgetExhausted, libquota.TooBig) as e:
             return _refusal(request, e)
         settle = _Settle(self.quota, ticket, plan)
@@ -343,28 +418,24 @@ class QuotaTransport(httpx.BaseTransport):
         self.transport.close()
 
 
-class AsyncQuotaTransport(httpx.AsyncBaseTransport):
+class AsyncQuotaTransport(_Options, httpx.AsyncBaseTransport):
     """QuotaTransport for httpx.AsyncClient (and openai.AsyncOpenAI): waits
     for budget with Quota.areserve, never blocking the event loop; a task
     cancelled while it waits holds no ticket. Same arguments (``transport``
-    defaults to httpx.AsyncHTTPTransport())."""
+    defaults to httpx.AsyncHTTPTransport()); a stream's extensions never
+    wait either."""
 
     def __init__(self, quota, transport=None, max_wait=30.0, default_max_tokens=4096,
-                 estimate=estimate_prompt_tokens):
-        self.quota = quota
-        self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self.max_wait = max_wait
-        self.default_max_tokens = default_max_tokens
-        self.estimate = estimate
+                 estimate=estimate_prompt_tokens, *, lane=None, stream_step=0):
+        super().__init__(quota, transport if transport is not None else httpx.AsyncHTTPTransport(),
+                         max_wait, default_max_tokens, estimate, lane, stream_step)
 
     async def handle_async_request(self, request):
-        plan = _plan(request, self.estimate, self.default_max_tokens)
+        plan = self._plan(request)
         if plan is None:
             return await self.transport.handle_async_request(request)
         try:
-            ticket = await self.quota.areserve(input_tokens=plan.input_tokens,
-                                               output_tokens=plan.output_tokens,
-                                               requests=1, timeout=self.max_wait)
+            ticket = await self.quota.areserve(**self._reserve_args(plan))
         except (libquota.RetryLater, libquota.BudgetExhausted, libquota.TooBig) as e:
             return _refusal(request, e)
         settle = _Settle(self.quota, ticket, plan)

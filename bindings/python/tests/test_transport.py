@@ -125,6 +125,116 @@ def test_budget_refusal_and_async_transport(daemons):
     c.close()
 
 
+def test_transport_lanes(daemons):
+    seg = daemons.quotad({"m": {"rpm": 100, "tpm": 1000000,
+                                "lanes": {"interactive": {"headroom": 0.2}, "batch": {}}}},
+                         clock="manual")
+    c = libquota.Client(seg)
+    q = c.quota("m")
+    sent = []
+
+    def upstream(request):
+        sent.append(request)
+        return usage_answer(request)
+
+    with pytest.raises(libquota.NoSuchLane):
+        QuotaTransport(q, transport=httpx.MockTransport(upstream), lane="bulk")
+    with pytest.raises(ValueError):
+        QuotaTransport(q, transport=httpx.MockTransport(upstream), stream_step=-1)
+    batch = httpx.Client(transport=QuotaTransport(q, transport=httpx.MockTransport(upstream),
+                                                  max_wait=0, lane="batch"))
+    top = httpx.Client(transport=QuotaTransport(q, transport=httpx.MockTransport(upstream),
+                                                max_wait=0, lane="interactive"))
+    for _ in range(80):
+        assert batch.post(CHAT, json=body(max_tokens=10)).status_code == 200
+    # The batch lane is done, the headroom kept: refused locally, not sent.
+    r = batch.post(CHAT, json=body(max_tokens=10))
+    assert r.status_code == 429 and int(r.headers["retry-after-ms"]) == 600 and len(sent) == 80
+    for _ in range(20):
+        assert top.post(CHAT, json=body(max_tokens=10)).status_code == 200
+    assert top.post(CHAT, json=body(max_tokens=10)).status_code == 429
+    st = q.status()
+    assert st["admitted"] == 100 and st["inflight"] == 0
+    batch.close()
+    top.close()
+    c.close()
+
+
+def sse(*chunks):
+    return ["data: %s\n\n" % json.dumps(ch) for ch in chunks]
+
+
+def test_transport_stream_step(daemons):
+    seg = daemons.quotad({"m": {"tpm": 600000}, "small": {"tpm": 6000}}, clock="manual")
+    c = libquota.Client(seg)
+    q, small = c.quota("m"), c.quota("small")
+    held = []  # output tokens the open ticket held as each chunk was asked for
+
+    def upstream(quota, texts, usage):
+        def events():
+            for text in texts:
+                held.append(quota.status()["admitted_output_tokens"])
+                yield sse({"choices": [{"delta": {"content": text}}]})[0].encode()
+            if usage:
+                yield sse({"choices": [], "usage": usage})[0].encode()
+            yield b"data: [DONE]\n\n"
+
+        return lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                              content=events(), request=request)
+
+    # 5 chunks of 100 estimated tokens (300 bytes): steps of 128 follow them.
+    mock = upstream(q, ["x" * 300] * 5, {"prompt_tokens": 17, "completion_tokens": 480})
+    http = httpx.Client(transport=QuotaTransport(q, transport=httpx.MockTransport(mock), stream_step=128))
+    r = http.post(CHAT, json=body(stream=True))
+    assert r.status_code == 200 and r.read().count(b"\"content\"") == 5
+    held.append(q.status()["admitted_output_tokens"])
+    assert held == [128, 128, 256, 384, 512, 480]  # the last: committed at the usage
+    assert q.status()["inflight"] == 0
+    # A stream that names max_tokens keeps it; no steps.
+    held.clear()
+    r = http.post(CHAT, json=body(stream=True, max_tokens=200))
+    r.read()
+    assert held[:2] == [480 + 200, 480 + 200]
+    http.close()
+    # The same steps through the asyncio transport.
+    held.clear()
+    base = q.status()["admitted_output_tokens"]
+
+    def amock(request):
+        sync = upstream(q, ["x" * 300] * 3, {"prompt_tokens": 17, "completion_tokens": 250})(request)
+
+        async def events():
+            for ch in sync.stream:
+                yield ch
+
+        return httpx.Response(200, headers=sync.headers, content=events(), request=request)
+
+    async def astream():
+        async with httpx.AsyncClient(transport=AsyncQuotaTransport(
+                q, transport=httpx.MockTransport(amock), stream_step=128)) as ahttp:
+            r = await ahttp.post(CHAT, json=body(stream=True))
+            await r.aread()
+
+    asyncio.run(astream())
+    assert [h - base for h in held] == [128, 128, 256]
+    assert q.status()["admitted_output_tokens"] == base + 250
+    # Steps of 1000 on 6000 tpm: extended to 5000, the next step refused at
+    # once (the stream goes on); without usage, what was streamed (7000) is
+    # committed: debt.
+    held.clear()
+    mock = upstream(small, ["x" * 3000, "x" * 3000, "x" * 15000, "x"], None)
+    http = httpx.Client(transport=QuotaTransport(small, transport=httpx.MockTransport(mock),
+                                                 stream_step=1000))
+    r = http.post(CHAT, json=body(stream=True))
+    assert r.status_code == 200 and len(r.read()) > 21000
+    http.close()
+    st = small.status()
+    assert held == [1000, 1000, 2000, 5000]
+    assert st["admitted_output_tokens"] == 7001 and st["inflight"] == 0
+    assert st["limits"]["tpm"]["available"] == 0 and st["rejected"]["tpm"] == 1
+    c.close()
+
+
 PROCS, SECONDS = 8, 6.0
 TPM, RPM = 300000, 3000
 
