@@ -618,7 +618,10 @@ class Ticket:
     with "auto_estimate" it holds the learned estimate, which the C API
     does not report). commit() without output_tokens then commits
     ``max_output_tokens`` plus any extensions' output (the most the call
-    may have produced), and settle_partial() needs output_tokens."""
+    may have produced), and settle_partial() needs output_tokens. (Without
+    ``max_output_tokens``, 0 output tokens on such a quota also reserve the
+    learned estimate, bounded by the context window only, and the ticket
+    says 0: pass the bound.)"""
 
     def __init__(self, quota, handle, raw, cost, opts=None, lane=None):
         self.quota = quota
