@@ -22,6 +22,7 @@ See python-libquota(3) (docs/man/python-libquota.3) for the whole API.
 """
 
 import asyncio
+import contextlib
 import ctypes
 import errno as _errno
 import math
@@ -658,8 +659,11 @@ class Ticket:
 
     def _call(self, fn, what, *args):
         """@fn(handle, ticket, *args) under the ticket's lock: its return
-        code; ECHILD and a settled ticket reported as such."""
-        with self._lock:
+        code; ECHILD and a settled ticket reported as such. In a forked
+        child the lock is not taken: a parent's thread may have held it at
+        the fork (an extension holds it for a slice), and the library
+        refuses the child (ECHILD) before it touches the ticket."""
+        with self._lock if self._h.pid == os.getpid() else contextlib.nullcontext():
             if self.settled:
                 raise QuotaError(_errno.EINVAL, "%s: the ticket is settled already" % what)
             h = self._h

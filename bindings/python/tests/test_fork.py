@@ -6,6 +6,8 @@ tickets stay the parent's, unchanged."""
 import errno
 import multiprocessing as mp
 import os
+import signal
+import time
 
 import libquota
 
@@ -66,3 +68,34 @@ def test_child_cannot_settle_parents_ticket_multiprocessing(daemons):
         assert p.exitcode == 0
         t.cancel()
         assert c.quota("m").status()["inflight"] == 0
+
+
+def test_child_is_refused_while_a_parent_thread_holds_the_ticket(daemons):
+    # The parent's thread is inside a call on the ticket (an extension holds
+    # its lock for a slice) when the process forks: the child's settle must
+    # be refused (ECHILD), not wait for a lock no thread of it will release.
+    seg = daemons.quotad({"m": {"rpm": 6000, "tpm": 600000}})
+    with libquota.Client(seg) as c:
+        t = c.quota("m").reserve(input_tokens=10, output_tokens=10, timeout=0)
+        with t._lock:
+            pid = os.fork()
+            if pid == 0:
+                code = 99
+                try:
+                    t.extend(output_tokens=1, timeout=0)
+                except libquota.QuotaError as e:
+                    code = 0 if e.errno == errno.ECHILD else 2
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done, "the child hung on the ticket's lock"
+        assert os.waitstatus_to_exitcode(status) == 0
+        t.commit()
