@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import select
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -50,14 +51,15 @@ class Daemons:
         self.tmp = tmp_path
         self.procs = []
         self.segments = []
+        self.configs = {}  # segment -> (config file, its JSON, quotad)
 
     def quotad(self, quotas, clock="monotonic", max_clients=256):
         """Start quotad serving @quotas (the config's "quotas" object) on a
         fresh segment; returns the segment name."""
         seg = "pyq-%d-%d-%s" % (os.getpid(), next(_counter), uuid.uuid4().hex[:6])
         cfg = self.tmp / ("%s.json" % seg)
-        cfg.write_text(json.dumps({"segment": seg, "clock": clock, "max_clients": max_clients,
-                                   "quotas": quotas}))
+        doc = {"segment": seg, "clock": clock, "max_clients": max_clients, "quotas": quotas}
+        cfg.write_text(json.dumps(doc))
         r, w = os.pipe()
         log = open(self.tmp / ("%s.log" % seg), "wb")
         self.segments.append(seg)
@@ -73,7 +75,15 @@ class Daemons:
         finally:
             os.close(r)
         assert line == "ready", line
+        self.configs[seg] = (cfg, doc, p)
         return seg
+
+    def reload(self, seg, quotas):
+        """Give @seg's quotad the quotas @quotas and make it reload (SIGHUP);
+        the caller waits for what it expects to see."""
+        cfg, doc, p = self.configs[seg]
+        cfg.write_text(json.dumps(dict(doc, quotas=quotas)))
+        p.send_signal(signal.SIGHUP)
 
     def sim(self, *args):
         """Start quota-sim with @args on a free port; returns its base URL."""

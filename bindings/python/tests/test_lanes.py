@@ -54,6 +54,32 @@ def test_lane_names(daemons):
         assert q.status()["admitted"] == 0 and p.status()["admitted"] == 0
 
 
+def test_lanes_after_a_reload(daemons):
+    seg = daemons.quotad({"m": LANES, "gone": LANES}, clock="manual")
+    with libquota.Client(seg) as c:
+        q, gone = c.quota("m"), c.quota("gone")
+        assert gone.lane_index("batch") == 1 and q.lane_index("batch") == 1
+        daemons.reload(seg, {"m": dict(LANES, lanes={"interactive": {"headroom": 0.2}, "bulk": {}})})
+        deadline = time.monotonic() + 10
+        while not gone.status()["removed"]:
+            assert time.monotonic() < deadline, "quotad did not reload within 10 s"
+            time.sleep(0.01)
+        # A lane of a removed quota: the quota is what is missing.
+        fresh = c.quota("m")
+        with pytest.raises(libquota.NoSuchQuota):
+            c.quota("gone")
+        with pytest.raises(libquota.NoSuchQuota):
+            libquota.Quota(c, "gone", gone.id).lane_index("batch")
+        with pytest.raises(libquota.NoSuchQuota):
+            gone.reserve(timeout=0, lane="batch")  # resolved before: the reservation says it
+        assert fresh.lane_index("bulk") == 1
+        with pytest.raises(libquota.NoSuchLane):
+            fresh.lane_index("batch")
+        # Resolved before the reload: the index stands for the lane now there.
+        assert q.lane_index("batch") == 1
+        q.reserve(timeout=0, lane="batch").commit()
+
+
 def test_lower_lane_keeps_the_headroom_for_the_top_lane(daemons):
     seg = daemons.quotad({"m": LANES}, clock="manual")
     with libquota.Client(seg) as c:
