@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 tmp=$(mktemp -d /tmp/quota-deb.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
-src=$tmp/libquota-2.0.0
+src=$tmp/libquota-$(dpkg-parsechangelog -S Version -l debian/changelog)
 mkdir "$src"
 git ls-files -z | xargs -0 cp --parents -t "$src"
 if ! (cd "$src" && dpkg-buildpackage -b -us -uc) >"$tmp/build.log" 2>&1; then
