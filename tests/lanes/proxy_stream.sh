@@ -14,26 +14,8 @@ set -u
 QUOTAD=$1 SIM=$2 PROXY=$3 QUOTACTL=$4
 command -v curl >/dev/null || { echo "SKIP: curl is needed"; exit 77; }
 
-tmp=$(mktemp -d /tmp/quota-pstream.XXXXXX) || exit 1
-seg="quota-pstream-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$(dirname "$0")/../../tools/wait-line.sh"
-die() {
-	echo "FAIL: $*"
-	for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done
-	exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" pstream
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg", "clock": "monotonic",

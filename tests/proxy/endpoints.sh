@@ -14,30 +14,12 @@ QUOTAD=$1 PROXY=$2 QUOTACTL=$3
 command -v curl >/dev/null || { echo "SKIP: curl is needed"; exit 77; }
 [ -x /usr/bin/python3 ] || { echo "SKIP: /usr/bin/python3 is needed"; exit 77; }
 
-tmp=$(mktemp -d /tmp/quota-endpoints.XXXXXX) || exit 1
-seg="quota-endpoints-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg" "/dev/shm/$seg.proxy."*
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$(dirname "$0")/../../tools/wait-line.sh"
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" endpoints
 
 fails=0 passes=0
 ok() { echo "ok - $*"; passes=$((passes + 1)); }
 nok() { echo "not ok - $*"; fails=$((fails + 1)); }
-die() {
-	echo "FAIL: $*"
-	for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done
-	exit 1
-}
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg",

@@ -25,30 +25,12 @@ set -u
 QUOTAD=$1 SIM=$2 PROXY=$3 QUOTACTL=$4 WORKER=$5
 command -v curl >/dev/null || { echo "SKIP: curl is needed"; exit 77; }
 
-tmp=$(mktemp -d /tmp/quota-proxy.XXXXXX) || exit 1
-seg="quota-proxy-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i keys=("${!pids[@]}") # the array may have holes (unset)
-	for ((i = ${#keys[@]} - 1; i >= 0; i--)); do
-		kill "${pids[keys[i]]}" 2>/dev/null
-		wait "${pids[keys[i]]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg" "/dev/shm/$seg.proxy."*
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$(dirname "$0")/../../tools/wait-line.sh"
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" proxy
 
 fails=0 passes=0
 ok() { echo "ok - $*"; passes=$((passes + 1)); }
 nok() { echo "not ok - $*"; fails=$((fails + 1)); }
-die() {
-	echo "FAIL: $*"
-	for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done
-	exit 1
-}
 
 # wait_grep FILE PATTERN PID: poll (bounded: 10 s) until FILE matches.
 wait_grep() {

@@ -25,22 +25,8 @@ vocab=$("$here/../../tools/vocab.sh" "$VOCAB_DIR" 2>/dev/null) && VOCAB=(--vocab
 
 # Limits: TPM binds; the quota's burst a little below the provider's (see e2e.sh).
 RPM=600 TPM=60000 BURST=0.125 QUOTA_BURST=0.12
-tmp=$(mktemp -d /tmp/quota-sdk-proxy.XXXXXX) || exit 1
-seg="quota-sdkproxy-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$here/../../tools/wait-line.sh"
-die() { echo "FAIL: $*"; for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$here/../harness.sh" sdkproxy
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg", "clock": "monotonic",

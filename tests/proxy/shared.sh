@@ -16,22 +16,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 vocab=$("$here/../../tools/vocab.sh" "$VOCAB_DIR") || exit $?
 
 RPM=600 TPM=60000 BURST=0.125 QUOTA_BURST=0.12 RUN_S=6
-tmp=$(mktemp -d /tmp/quota-shared.XXXXXX) || exit 1
-seg="quota-shared-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$here/../../tools/wait-line.sh"
-die() { echo "FAIL: $*"; for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$here/../harness.sh" shared
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg", "clock": "monotonic",

@@ -29,20 +29,12 @@ fi
 echo "openai SDK $(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NODE_DIR/node_modules/openai/package.json" | head -n 1)"
 cp "$SCRIPT" "$NODE_DIR/openai_sdk.mjs" || exit 1
 
-tmp=$(mktemp -d /tmp/quota-sdk.XXXXXX) || exit 1
-sim_pid=
-cleanup() {
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" sdk
 
 # One request at once, then one per second, per key.
 "$SIM" --rpm 60 --burst 0.01 --latency-ms 5 --per-token-us 0 >"$tmp/port" 2>"$tmp/sim.err" &
-sim_pid=$!
-. "$(dirname "$0")/../../tools/wait-line.sh"
-port=$(wait_line "$tmp/port" "$sim_pid")
-[ -n "$port" ] || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
+pids+=($!)
+port=$(wait_line "$tmp/port" $!) || die "quota-sim did not start"
 
 node "$NODE_DIR/openai_sdk.mjs" "$port"

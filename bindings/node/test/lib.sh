@@ -4,23 +4,9 @@
 # sanitizer build, the ASan runtime preloaded into node) and cleanup that
 # stops whatever was started, also on failure. Exit 77 (skipped) says why.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-. "$here/../../../tools/wait-line.sh"
-pids=()
-tmp=$(mktemp -d /tmp/quota-node.XXXXXX) || exit 1
-seg="quota-node-$$-$RANDOM"
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+# shellcheck source-path=SCRIPTDIR source=../../../tests/harness.sh
+. "$here/../../../tests/harness.sh" node
 skip() { echo "SKIP: $*"; exit 77; }
-die() { echo "FAIL: $*"; for f in "$tmp"/*.err; do [ -f "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }; done; exit 1; }
 
 # node_env ADDON: check node and the addon; export what lib/index.js reads.
 node_env() {
