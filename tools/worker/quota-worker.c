@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "estimate.h"
+#include "httpbody.h"
 #include "opt.h"
 #include "quota.h"
 
@@ -159,31 +160,15 @@ struct http {
 	int body_sent;   /* after a transport error: the whole request went out */
 };
 
-/* libcurl write callback: the response body, up to BODY_MAX. */
+/* libcurl write callback: the response body, up to BODY_MAX; past it, read
+ * and dropped (the request fails as unparsable). */
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
 	struct http *h = arg;
 	size_t bytes = size * n;
 
-	if (h->overflow || bytes > BODY_MAX - h->len) {
-		h->overflow = 1;
-		return bytes; /* read and drop; the request fails as unparsable */
-	}
-	if (h->len + bytes + 1 > h->cap) {
-		size_t cap = h->cap ? h->cap : 8192;
-		char *p;
-
-		while (cap < h->len + bytes + 1)
-			cap *= 2;
-		p = realloc(h->body, cap);
-		if (!p)
-			return 0; /* curl reports a write error */
-		h->body = p;
-		h->cap = cap;
-	}
-	memcpy(h->body + h->len, data, bytes);
-	h->len += bytes;
-	h->body[h->len] = '\0';
+	if (httpbody_append(&h->body, &h->len, &h->cap, &h->overflow, BODY_MAX, data, bytes) < 0)
+		return 0; /* curl reports a write error */
 	return bytes;
 }
 
