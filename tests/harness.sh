@@ -11,9 +11,10 @@
 # the last started first (quotad, started first, goes last: it removes its
 # segment), then removes $seg, the objects named after it ($seg.*: the
 # quota-proxy records), segs and $tmp (E2E_KEEP=1 keeps $tmp and prints it).
-# Then: die MESSAGE (FAIL, the tail of each $tmp/*.err, exit 1), sim_get
-# PORT PATH (GET from a quota-sim, by bash's /dev/tcp: no curl needed) and
-# wait_line FILE PID (tools/wait-line.sh).
+# Then: die MESSAGE (FAIL, the tail of each $tmp/*.err, exit 1),
+# start_quotad QUOTAD [OPTION...] (quotad on $seg with $tmp/quota.json,
+# ready when it returns), sim_get PORT PATH (GET from a quota-sim, by bash's
+# /dev/tcp: no curl needed) and wait_line FILE PID (tools/wait-line.sh).
 . "$(dirname "${BASH_SOURCE[0]}")/../tools/wait-line.sh"
 
 harness_cleanup() {
@@ -35,6 +36,13 @@ die() {
 		[ -s "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }
 	done
 	exit 1
+}
+
+start_quotad() {
+	"$1" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit "${@:2}" --ready-fd 3 \
+		3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
+	pids+=($!)
+	wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
 }
 
 sim_get() {

@@ -43,10 +43,7 @@ cat >"$tmp/quota.json" <<JSON
       "alarms": { "held_s": 10, "over_estimate": 4 } } } }
 JSON
 
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 --socket "$tmp/ctl.sock" \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" "${pids[0]}" >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD" --socket "$tmp/ctl.sock"
 
 "$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms $LAT_MS --per-token-us 500 --seed 7 \
 	--charge usage --completion skewed >"$tmp/sim.port" 2>"$tmp/sim.err" &

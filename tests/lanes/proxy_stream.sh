@@ -21,10 +21,7 @@ cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg", "clock": "monotonic",
   "quotas": { "llama-4-scout": { "rpm": 6000, "tpm": 1200, "context_window": 131072, "burst": 1 } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	--socket "$tmp/ctl.sock" 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD" --socket "$tmp/ctl.sock"
 # Answers of up to 300 tokens when a request sets no max_tokens.
 "$SIM" --default-max-tokens 300 --latency-ms 5 --per-token-us 200 --seed 5 \
 	>"$tmp/sim.port" 2>"$tmp/sim.err" &

@@ -25,10 +25,7 @@ cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg",
   "quotas": { "emb": { "rpm": 6000, "tpm": 900000, "context_window": 4096, "burst": 1 } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --socket "$tmp/quotad.sock" --remove-on-exit \
-	--ready-fd 3 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD" --socket "$tmp/quotad.sock"
 
 /usr/bin/python3 "$(dirname "$0")/mock_upstream.py" >"$tmp/up.port" 2>"$tmp/up.err" &
 pids+=($!)

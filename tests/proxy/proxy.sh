@@ -54,10 +54,7 @@ cat >"$tmp/quota.json" <<JSON
     "budget": { "rpm": 6000, "price_per_mtok": { "input": 100000, "output": 0 },
                 "budget_usd": { "day": 3 } } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD"
 
 # The upstream: one request at once per API key, then one a second; slow
 # enough tokens (5 ms each, 4 to a chunk) that a stream can be cut.

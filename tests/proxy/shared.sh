@@ -24,10 +24,7 @@ cat >"$tmp/quota.json" <<JSON
   "quotas": { "llama-4-scout": { "rpm": $RPM, "tpm": $TPM, "burst": $QUOTA_BURST,
                                  "context_window": 131072 } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD"
 "$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms 10 --per-token-us 20 --seed 9 \
 	--vocab "$vocab" >"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)

@@ -55,10 +55,7 @@ cat >"$tmp/quota.json" <<EOF
       "price_per_mtok": { "input": 0.10, "output": 0.25 } } } }
 EOF
 
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" "${pids[0]}" >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD"
 
 SIM_VOCAB=() EST=(--estimate sim-rule)
 if [ -n "$VOCAB_DIR" ] && vocab=$("$(dirname "$0")/../../tools/vocab.sh" "$VOCAB_DIR" 2>/dev/null); then

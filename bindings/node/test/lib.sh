@@ -26,13 +26,11 @@ node_env() {
 		{ tail -n 5 "$tmp/load.err"; [ -n "${LD_PRELOAD:-}" ] && skip "node cannot load the ASan-built addon"; die "node cannot load the addon"; }
 }
 
-# start_quotad QUOTAD CONFIG-TEMPLATE: quotad on $seg with the template's
-# @SEG@ replaced; exports QUOTA_SEGMENT.
-start_quotad() {
+# node_quotad QUOTAD CONFIG-TEMPLATE: quotad on $seg (start_quotad,
+# tests/harness.sh) with the template's @SEG@ replaced and without node's
+# ASan runtime; exports QUOTA_SEGMENT.
+node_quotad() {
 	sed "s/@SEG@/$seg/g" "$2" >"$tmp/quota.json" || exit 1
-	( unset LD_PRELOAD; exec "$1" -c "$tmp/quota.json" --segment "$seg" --socket "$tmp/ctl.sock" \
-		--remove-on-exit --ready-fd 3 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" ) &
-	pids+=($!)
-	wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+	LD_PRELOAD='' start_quotad "$1" --socket "$tmp/ctl.sock"
 	export QUOTA_SEGMENT=$seg
 }
