@@ -463,7 +463,8 @@ static int clean_up(void)
 	return left;
 }
 
-int main(int argc, char **argv)
+/* Options into opt; -1 to go on, else the exit status. */
+static int parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "runs", required_argument, NULL, 'r' },
@@ -519,35 +520,29 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	return -1;
+}
 
-	snprintf(qb_run_prefix, sizeof(qb_run_prefix), "qbench-%d", (int)getpid());
-	const char *tmp = getenv("TMPDIR");
-	snprintf(qb_tmpdir, sizeof(qb_tmpdir), "%s/qbench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(qb_tmpdir)) {
-		qb_warn("mkdtemp %s: %s", qb_tmpdir, strerror(errno));
-		return 1;
+/* The forked child: the bench proper, in its own process group. */
+static void __attribute__((noreturn)) bench_child(void)
+{
+	setpgid(0, 0);
+	signal(SIGPIPE, SIG_IGN); /* a dead helper or server is an error, not a death */
+	int r = qb_harness_init();
+	if (r < 0) {
+		qb_warn("harness: %s", strerror(-r));
+		_exit(1);
 	}
-
+	r = opt.smoke ? run_smoke() : run_bench();
+	teardown_all();
 	fflush(NULL);
-	bench_pid = fork();
-	if (bench_pid < 0) {
-		qb_warn("fork: %s", strerror(errno));
-		clean_up();
-		return 1;
-	}
-	if (bench_pid == 0) {
-		setpgid(0, 0);
-		signal(SIGPIPE, SIG_IGN); /* a dead helper or server is an error, not a death */
-		int r = qb_harness_init();
-		if (r < 0) {
-			qb_warn("harness: %s", strerror(-r));
-			_exit(1);
-		}
-		r = opt.smoke ? run_smoke() : run_bench();
-		teardown_all();
-		fflush(NULL);
-		_exit(r ? 1 : 0);
-	}
+	_exit(r ? 1 : 0);
+}
+
+/* The supervisor's half: wait for the bench however it ends, then kill its
+ * group and remove what it left. Returns the exit status. */
+static int supervise(void)
+{
 	setpgid(bench_pid, bench_pid); /* either of us may get there first */
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -569,4 +564,30 @@ int main(int argc, char **argv)
 		ok = 0;
 	}
 	return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+	int ret = parse_args(argc, argv);
+	if (ret >= 0)
+		return ret;
+
+	snprintf(qb_run_prefix, sizeof(qb_run_prefix), "qbench-%d", (int)getpid());
+	const char *tmp = getenv("TMPDIR");
+	snprintf(qb_tmpdir, sizeof(qb_tmpdir), "%s/qbench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(qb_tmpdir)) {
+		qb_warn("mkdtemp %s: %s", qb_tmpdir, strerror(errno));
+		return 1;
+	}
+
+	fflush(NULL);
+	bench_pid = fork();
+	if (bench_pid < 0) {
+		qb_warn("fork: %s", strerror(errno));
+		clean_up();
+		return 1;
+	}
+	if (bench_pid == 0)
+		bench_child();
+	return supervise();
 }

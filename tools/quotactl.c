@@ -630,7 +630,10 @@ static int cmd_proxies(const char *segment, bool json)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/* The options before the command: --segment into @segment (else
+ * $QUOTA_SEGMENT, else "quota"), --socket into socket_path. -1 to go on, with
+ * the command at argv[optind], else the exit status. */
+static int parse_global_options(int argc, char **argv, const char **segment)
 {
 	static const struct option opts[] = {
 		{ "segment", required_argument, NULL, 's' },
@@ -638,12 +641,11 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	const char *segment = NULL;
 	int o;
 	/* '+': stop at the command; its own options follow it. */
 	while ((o = getopt_long(argc, argv, "+s:S:h", opts, NULL)) != -1) {
 		switch (o) {
-		case 's': segment = optarg; break;
+		case 's': *segment = optarg; break;
 		case 'S':
 			if (!*optarg || strlen(optarg) >= sizeof(socket_path)) {
 				fprintf(stderr, "quotactl: --socket: 1 to %zu characters\n", sizeof(socket_path) - 1);
@@ -659,46 +661,65 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	const char *cmd = argv[optind++];
-	if (!segment) {
-		segment = getenv("QUOTA_SEGMENT");
-		if (!segment || !*segment)
-			segment = "quota";
+	if (!*segment) {
+		*segment = getenv("QUOTA_SEGMENT");
+		if (!*segment || !**segment)
+			*segment = "quota";
 	}
-	if (strcmp(cmd, "status") == 0)
-		return cmd_status(segment, argc - optind, argv + optind);
-	if (strcmp(cmd, "proxies") == 0) {
-		bool json = argc - optind == 1 && strcmp(argv[optind], "--json") == 0;
-		if (argc - optind > 1 || (argc - optind == 1 && !json)) {
-			fprintf(stderr, "quotactl proxies: usage: proxies [--json]\n");
-			return EXIT_USAGE;
-		}
-		return cmd_proxies(segment, json);
+	return -1;
+}
+
+/* The arguments of `@cmd [--json]`: 1 with --json, 0 without, -1 after a
+ * usage message for anything else. */
+static int json_flag(const char *cmd, int nargs, char **args)
+{
+	bool json = nargs == 1 && strcmp(args[0], "--json") == 0;
+	if (nargs > 1 || (nargs == 1 && !json)) {
+		fprintf(stderr, "quotactl %s: usage: %s [--json]\n", cmd, cmd);
+		return -1;
 	}
-	if (strcmp(cmd, "top") == 0) /* its argv[0] is "top" */
-		return quotactl_top(segment, socket_path, argc - optind + 1, argv + optind - 1);
-	if (strcmp(cmd, "help") != 0 && !socket_path[0] &&
-	    qd_default_socket_path(socket_path, sizeof(socket_path)) < 0) {
-		fprintf(stderr, "quotactl: no control socket: give --socket PATH or set $QUOTA_SOCKET\n");
+	return json;
+}
+
+/* `backoff QUOTA SECONDS`. */
+static int run_backoff(int nargs, char **args)
+{
+	double secs;
+	if (nargs != 2) {
+		fprintf(stderr, "quotactl backoff: usage: backoff QUOTA SECONDS\n");
 		return EXIT_USAGE;
 	}
-	int nargs = argc - optind;
-	if (strcmp(cmd, "clients") == 0) {
-		bool json = nargs == 1 && strcmp(argv[optind], "--json") == 0;
-		if (nargs > 1 || (nargs == 1 && !json)) {
-			fprintf(stderr, "quotactl clients: usage: clients [--json]\n");
-			return EXIT_USAGE;
-		}
-		return cmd_clients(json);
+	if (parse_positive("backoff SECONDS", args[1], 86400, &secs) < 0)
+		return EXIT_USAGE;
+	return cmd_backoff(args[0], secs);
+}
+
+/* `set QUOTA KEY VALUE`. */
+static int run_set(int nargs, char **args)
+{
+	if (nargs != 3) {
+		fprintf(stderr, "quotactl set: usage: set QUOTA KEY VALUE\n");
+		return EXIT_USAGE;
 	}
-	if (strcmp(cmd, "global") == 0) {
-		bool json = nargs == 1 && strcmp(argv[optind], "--json") == 0;
-		if (nargs > 1 || (nargs == 1 && !json)) {
-			fprintf(stderr, "quotactl global: usage: global [--json]\n");
-			return EXIT_USAGE;
-		}
-		return cmd_global(json);
+	char *end;
+	errno = 0;
+	double v = strtod(args[2], &end);
+	if (errno || end == args[2] || *end || !isfinite(v) || v < 0) {
+		fprintf(stderr, "quotactl set: VALUE must be a non-negative number, got '%s'\n",
+			args[2]);
+		return EXIT_USAGE;
 	}
+	return cmd_set(args[0], args[1], v);
+}
+
+/* The commands that ask quotad over its control socket (socket_path). */
+static int run_socket_command(const char *cmd, int nargs, char **args)
+{
+	int json;
+	if (strcmp(cmd, "clients") == 0)
+		return (json = json_flag(cmd, nargs, args)) < 0 ? EXIT_USAGE : cmd_clients(json);
+	if (strcmp(cmd, "global") == 0)
+		return (json = json_flag(cmd, nargs, args)) < 0 ? EXIT_USAGE : cmd_global(json);
 	if (strcmp(cmd, "metrics") == 0 || strcmp(cmd, "reload") == 0) {
 		if (nargs) {
 			fprintf(stderr, "quotactl %s: takes no arguments\n", cmd);
@@ -706,36 +727,38 @@ int main(int argc, char **argv)
 		}
 		return cmd[0] == 'm' ? cmd_metrics() : cmd_reload();
 	}
-	if (strcmp(cmd, "backoff") == 0) {
-		double secs;
-		if (nargs != 2) {
-			fprintf(stderr, "quotactl backoff: usage: backoff QUOTA SECONDS\n");
-			return EXIT_USAGE;
-		}
-		if (parse_positive("backoff SECONDS", argv[optind + 1], 86400, &secs) < 0)
-			return EXIT_USAGE;
-		return cmd_backoff(argv[optind], secs);
-	}
-	if (strcmp(cmd, "set") == 0) {
-		if (nargs != 3) {
-			fprintf(stderr, "quotactl set: usage: set QUOTA KEY VALUE\n");
-			return EXIT_USAGE;
-		}
-		char *end;
-		errno = 0;
-		double v = strtod(argv[optind + 2], &end);
-		if (errno || end == argv[optind + 2] || *end || !isfinite(v) || v < 0) {
-			fprintf(stderr, "quotactl set: VALUE must be a non-negative number, got '%s'\n",
-				argv[optind + 2]);
-			return EXIT_USAGE;
-		}
-		return cmd_set(argv[optind], argv[optind + 1], v);
-	}
+	if (strcmp(cmd, "backoff") == 0)
+		return run_backoff(nargs, args);
+	if (strcmp(cmd, "set") == 0)
+		return run_set(nargs, args);
+	fprintf(stderr, "quotactl: unknown command '%s'\n", cmd);
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+	const char *segment = NULL;
+	int r = parse_global_options(argc, argv, &segment);
+	if (r >= 0)
+		return r;
+	const char *cmd = argv[optind++];
+	int nargs = argc - optind, json;
+	/* The commands that read the segment need no socket. */
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(segment, nargs, argv + optind);
+	if (strcmp(cmd, "proxies") == 0)
+		return (json = json_flag(cmd, nargs, argv + optind)) < 0 ? EXIT_USAGE
+									 : cmd_proxies(segment, json);
+	if (strcmp(cmd, "top") == 0) /* its argv[0] is "top" */
+		return quotactl_top(segment, socket_path, nargs + 1, argv + optind - 1);
 	if (strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return 0;
 	}
-	fprintf(stderr, "quotactl: unknown command '%s'\n", cmd);
-	usage(stderr);
-	return EXIT_USAGE;
+	if (!socket_path[0] && qd_default_socket_path(socket_path, sizeof(socket_path)) < 0) {
+		fprintf(stderr, "quotactl: no control socket: give --socket PATH or set $QUOTA_SOCKET\n");
+		return EXIT_USAGE;
+	}
+	return run_socket_command(cmd, nargs, argv + optind);
 }

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# wait-line.sh - sourced by the demo and the simulator tests.
+# wait-line.sh - sourced by the demo, the benches and the tests (tests/harness.sh).
 # wait_line FILE PID: poll (bounded: 10 s) until FILE has a first line while
 # process PID lives; print that line. A readiness check on a line the other
 # process writes (its port, "ready"), not a sleep that guesses a delay.

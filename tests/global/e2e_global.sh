@@ -20,44 +20,8 @@ RPM=600 TPM=90000 BURST=0.125 QUOTA_BURST=0.12
 HOSTS=3 WORKERS=3 RUN_S=10 WARMUP_S=3
 PROMPT=50-150 MAXTOK=200
 
-tmp=$(mktemp -d /tmp/quota-e2eg.XXXXXX) || exit 1
-pids=()
-segs=()
-
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	for p in "${segs[@]}"; do
-		rm -f "/dev/shm/$p"
-	done
-	if [ -n "${E2E_KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/*.err; do
-		[ -s "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
-	exit 1
-}
-
-. "$(dirname "$0")/../../tools/wait-line.sh"
-
-sim_get() {
-	local body
-	exec 5<>"/dev/tcp/127.0.0.1/$port" || return 1
-	printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&5
-	body=$(cat <&5)
-	exec 5<&-
-	printf '%s\n' "${body##*$'\r\n\r\n'}"
-}
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" e2eg
 
 command -v redis-server >/dev/null || { echo "redis-server missing: skipped"; exit 77; }
 redis-server --port 0 --unixsocket "$tmp/redis.sock" --save "" --appendonly no --dir "$tmp" \
@@ -65,10 +29,10 @@ redis-server --port 0 --unixsocket "$tmp/redis.sock" --save "" --appendonly no -
 pids+=($!)
 for ((i = 0; i < 200; i++)); do
 	[ -S "$tmp/redis.sock" ] && break
-	kill -0 "${pids[0]}" 2>/dev/null || fail "redis-server exited"
+	kill -0 "${pids[0]}" 2>/dev/null || die "redis-server exited"
 	sleep 0.05
 done
-[ -S "$tmp/redis.sock" ] || fail "redis-server did not open its socket"
+[ -S "$tmp/redis.sock" ] || die "redis-server did not open its socket"
 
 for ((h = 1; h <= HOSTS; h++)); do
 	seg="quota-e2eg-$$-$RANDOM-$h"
@@ -85,13 +49,13 @@ EOJ
 	"$QUOTAD" -c "$tmp/q$h.json" --segment "$seg" --socket "$tmp/q$h.sock" --remove-on-exit \
 		--ready-fd 3 3>"$tmp/q$h.ready" 2>"$tmp/quotad$h.err" &
 	pids+=($!)
-	wait_line "$tmp/q$h.ready" "$!" >/dev/null || fail "quotad $h did not become ready"
+	wait_line "$tmp/q$h.ready" "$!" >/dev/null || die "quotad $h did not become ready"
 done
 
 "$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms 10 --per-token-us 20 --seed 7 \
 	>"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
-port=$(wait_line "$tmp/sim.port" "$!") || fail "quota-sim did not print its port"
+port=$(wait_line "$tmp/sim.port" "$!") || die "quota-sim did not print its port"
 
 wp=()
 for ((h = 1; h <= HOSTS; h++)); do
@@ -105,11 +69,11 @@ for ((h = 1; h <= HOSTS; h++)); do
 	done
 done
 for p in "${wp[@]}"; do
-	wait "$p" || fail "a worker exited with status $?"
+	wait "$p" || die "a worker exited with status $?"
 done
 awk -v rpm=$RPM -v tpm=$TPM -v pin=0.10 -v pout=0.25 -v warmup=$WARMUP_S -v duration=$RUN_S \
 	-f "$REPORT" "$tmp"/w-*.csv >"$tmp/sum"
-stats=$(sim_get /stats)
+stats=$(sim_get "$port" /stats)
 get() { sed -n "s/^$1=//p" "$tmp/sum"; }
 echo "global key: rpm $RPM, tpm $TPM, burst $BURST (quota $QUOTA_BURST); $HOSTS hosts x $WORKERS workers"
 for k in served n429 window_s rpm_util tpm_util binding binding_util wait_p50_ms wait_p99_ms; do
@@ -122,8 +86,8 @@ done
 q429=$(get n429)
 util=$(get binding_util)
 sim429=$(printf '%s' "$stats" | sed -n 's/.*"sk-e2e-global":{[^}]*"rejected_429":\([0-9]*\).*/\1/p')
-[ "$(get served)" -gt 0 ] || fail "nothing served"
-[ "$q429" = 0 ] || fail "workers got $q429 answers 429 (want 0)"
-[ "${sim429:-x}" = 0 ] || fail "the simulator refused ${sim429:-?} requests (want 0)"
-awk -v u="$util" 'BEGIN { exit !(u >= 95) }' || fail "binding limit used at $util % (want >= 95 %)"
+[ "$(get served)" -gt 0 ] || die "nothing served"
+[ "$q429" = 0 ] || die "workers got $q429 answers 429 (want 0)"
+[ "${sim429:-x}" = 0 ] || die "the simulator refused ${sim429:-?} requests (want 0)"
+awk -v u="$util" 'BEGIN { exit !(u >= 95) }' || die "binding limit used at $util % (want >= 95 %)"
 echo "PASS: 3 hosts, 0 x 429 at $util % of the binding limit"

@@ -30,42 +30,8 @@ WORKERS=${WORKERS:-32} RUN1_S=${RUN1_S:-24} RUN2_S=${RUN2_S:-24} WARMUP_S=${WARM
 RTIMEOUT=${RTIMEOUT:-0} RMAX=${RMAX:-20ms}
 PROMPT=50-150 MAXTOK=${MAXTOK:-4000}
 
-tmp=$(mktemp -d /tmp/quota-learn.XXXXXX) || exit 1
-seg="quota-learn-$$-$RANDOM"
-pids=()
-
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	if [ -n "${E2E_KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/quotad.err "$tmp"/sim.err; do
-		[ -s "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
-	exit 1
-}
-
-. "$(dirname "$0")/../../tools/wait-line.sh"
-
-sim_get() {
-	local body
-	exec 5<>"/dev/tcp/127.0.0.1/$port" || return 1
-	printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&5
-	body=$(cat <&5)
-	exec 5<&-
-	printf '%s\n' "${body##*$'\r\n\r\n'}"
-}
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" learn
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg",
@@ -77,15 +43,12 @@ cat >"$tmp/quota.json" <<JSON
       "alarms": { "held_s": 10, "over_estimate": 4 } } } }
 JSON
 
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 --socket "$tmp/ctl.sock" \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" "${pids[0]}" >/dev/null || fail "quotad did not become ready"
+start_quotad "$QUOTAD" --socket "$tmp/ctl.sock"
 
 "$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms $LAT_MS --per-token-us 500 --seed 7 \
 	--charge usage --completion skewed >"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
-port=$(wait_line "$tmp/sim.port" "${pids[1]}") || fail "quota-sim did not print its port"
+port=$(wait_line "$tmp/sim.port" "${pids[1]}") || die "quota-sim did not print its port"
 
 # run MODE KEY DURATION [WORKER OPTIONS]: the workers at once, logs in $tmp/MODE-*.csv.
 run() {
@@ -99,7 +62,7 @@ run() {
 		pids+=($!)
 	done
 	for i in "${wp[@]}"; do
-		wait "$i" || fail "$mode worker exited with status $?"
+		wait "$i" || die "$mode worker exited with status $?"
 	done
 }
 
@@ -118,7 +81,7 @@ report fixed $RUN1_S >"$tmp/fixed.sum"
 # quotad merges the histograms every 250 ms while clients live: the estimate
 # stays after they leave.
 est=$(learned)
-case ${est:-0} in 0 | "") fail "nothing learned after the first run" ;; esac
+case ${est:-0} in 0 | "") die "nothing learned after the first run" ;; esac
 "$QUOTACTL" --segment "$seg" status | sed -n '/output tokens\|suggested\|alarms/p'
 run auto sk-learn-auto $RUN2_S --auto-estimate &
 runpid=$!
@@ -129,7 +92,7 @@ for ((i = 0; i < 4; i++)); do
 done
 wait $runpid || exit 1
 report auto $RUN2_S >"$tmp/auto.sum"
-stats=$(sim_get /stats)
+stats=$(sim_get "$port" /stats)
 
 echo "limits: rpm $RPM, tpm $TPM, burst $BURST (quota $QUOTA_BURST); $WORKERS workers;" \
 	"max_tokens $MAXTOK; learned output estimate $est"
@@ -141,12 +104,12 @@ echo "simulator: $stats"
 
 for m in fixed auto; do
 	n=$(get n429 "$tmp/$m.sum")
-	[ "$n" = 0 ] || fail "$m: the workers got $n answers 429 (want 0)"
+	[ "$n" = 0 ] || die "$m: the workers got $n answers 429 (want 0)"
 	s=$(printf '%s' "$stats" | sed -n "s/.*\"sk-learn-$m\":{[^}]*\"rejected_429\":\([0-9]*\).*/\1/p")
-	[ "$s" = 0 ] || fail "$m: the simulator refused ${s:-?} requests (want 0)"
+	[ "$s" = 0 ] || die "$m: the simulator refused ${s:-?} requests (want 0)"
 done
 uf=$(get tpm_util "$tmp/fixed.sum") ua=$(get tpm_util "$tmp/auto.sum")
 awk -v a="$ua" -v f="$uf" 'BEGIN { exit !(a > f) }' ||
-	fail "tpm used at $ua % with the learned estimate, $uf % reserving max_tokens"
+	die "tpm used at $ua % with the learned estimate, $uf % reserving max_tokens"
 echo "PASS: 0 x 429 in both; tpm used at $uf % reserving max_tokens, $ua % with the learned estimate ($est)"
 exit 0

@@ -14,35 +14,14 @@ set -u
 QUOTAD=$1 SIM=$2 PROXY=$3 QUOTACTL=$4
 command -v curl >/dev/null || { echo "SKIP: curl is needed"; exit 77; }
 
-tmp=$(mktemp -d /tmp/quota-pstream.XXXXXX) || exit 1
-seg="quota-pstream-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$(dirname "$0")/../../tools/wait-line.sh"
-die() {
-	echo "FAIL: $*"
-	for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done
-	exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" pstream
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg", "clock": "monotonic",
   "quotas": { "llama-4-scout": { "rpm": 6000, "tpm": 1200, "context_window": 131072, "burst": 1 } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	--socket "$tmp/ctl.sock" 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD" --socket "$tmp/ctl.sock"
 # Answers of up to 300 tokens when a request sets no max_tokens.
 "$SIM" --default-max-tokens 300 --latency-ms 5 --per-token-us 200 --seed 5 \
 	>"$tmp/sim.port" 2>"$tmp/sim.err" &

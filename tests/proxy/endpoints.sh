@@ -14,39 +14,18 @@ QUOTAD=$1 PROXY=$2 QUOTACTL=$3
 command -v curl >/dev/null || { echo "SKIP: curl is needed"; exit 77; }
 [ -x /usr/bin/python3 ] || { echo "SKIP: /usr/bin/python3 is needed"; exit 77; }
 
-tmp=$(mktemp -d /tmp/quota-endpoints.XXXXXX) || exit 1
-seg="quota-endpoints-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg" "/dev/shm/$seg.proxy."*
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$(dirname "$0")/../../tools/wait-line.sh"
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" endpoints
 
 fails=0 passes=0
 ok() { echo "ok - $*"; passes=$((passes + 1)); }
 nok() { echo "not ok - $*"; fails=$((fails + 1)); }
-die() {
-	echo "FAIL: $*"
-	for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done
-	exit 1
-}
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg",
   "quotas": { "emb": { "rpm": 6000, "tpm": 900000, "context_window": 4096, "burst": 1 } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --socket "$tmp/quotad.sock" --remove-on-exit \
-	--ready-fd 3 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD" --socket "$tmp/quotad.sock"
 
 /usr/bin/python3 "$(dirname "$0")/mock_upstream.py" >"$tmp/up.port" 2>"$tmp/up.err" &
 pids+=($!)

@@ -25,30 +25,12 @@ set -u
 QUOTAD=$1 SIM=$2 PROXY=$3 QUOTACTL=$4 WORKER=$5
 command -v curl >/dev/null || { echo "SKIP: curl is needed"; exit 77; }
 
-tmp=$(mktemp -d /tmp/quota-proxy.XXXXXX) || exit 1
-seg="quota-proxy-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i keys=("${!pids[@]}") # the array may have holes (unset)
-	for ((i = ${#keys[@]} - 1; i >= 0; i--)); do
-		kill "${pids[keys[i]]}" 2>/dev/null
-		wait "${pids[keys[i]]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg" "/dev/shm/$seg.proxy."*
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$(dirname "$0")/../../tools/wait-line.sh"
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" proxy
 
 fails=0 passes=0
 ok() { echo "ok - $*"; passes=$((passes + 1)); }
 nok() { echo "not ok - $*"; fails=$((fails + 1)); }
-die() {
-	echo "FAIL: $*"
-	for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done
-	exit 1
-}
 
 # wait_grep FILE PATTERN PID: poll (bounded: 10 s) until FILE matches.
 wait_grep() {
@@ -72,10 +54,7 @@ cat >"$tmp/quota.json" <<JSON
     "budget": { "rpm": 6000, "price_per_mtok": { "input": 100000, "output": 0 },
                 "budget_usd": { "day": 3 } } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD"
 
 # The upstream: one request at once per API key, then one a second; slow
 # enough tokens (5 ms each, 4 to a chunk) that a stream can be cut.

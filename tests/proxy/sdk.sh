@@ -25,32 +25,15 @@ vocab=$("$here/../../tools/vocab.sh" "$VOCAB_DIR" 2>/dev/null) && VOCAB=(--vocab
 
 # Limits: TPM binds; the quota's burst a little below the provider's (see e2e.sh).
 RPM=600 TPM=60000 BURST=0.125 QUOTA_BURST=0.12
-tmp=$(mktemp -d /tmp/quota-sdk-proxy.XXXXXX) || exit 1
-seg="quota-sdkproxy-$$-$RANDOM"
-pids=()
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$here/../../tools/wait-line.sh"
-die() { echo "FAIL: $*"; for f in "$tmp"/*.err; do echo "--- $f"; tail -n 20 "$f"; done; exit 1; }
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$here/../harness.sh" sdkproxy
 
 cat >"$tmp/quota.json" <<JSON
 { "segment": "$seg", "clock": "monotonic",
   "quotas": { "llama-4-scout": { "rpm": $RPM, "tpm": $TPM, "burst": $QUOTA_BURST,
                                  "context_window": 131072 } } }
 JSON
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+start_quotad "$QUOTAD"
 for s in a b; do
 	"$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms 10 --per-token-us 20 --seed 5 \
 		"${VOCAB[@]}" -q >"$tmp/sim-$s.port" 2>"$tmp/sim-$s.err" &

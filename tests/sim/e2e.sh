@@ -41,44 +41,9 @@ RPM=600 TPM=90000 BURST=0.125 QUOTA_BURST=0.12
 WORKERS=8 RUN_S=9 WARMUP_S=2 NAIVE_S=4
 PROMPT=50-150 MAXTOK=200
 
-tmp=$(mktemp -d /tmp/quota-e2e.XXXXXX) || exit 1
-seg="quota-e2e-$$-$RANDOM"
-pids=()
-
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	if [ -n "${E2E_KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/quotad.err "$tmp"/sim.err; do
-		[ -s "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }
-	done
-	exit 1
-}
-
-# wait_line FILE PID (tools/wait-line.sh)
-. "$(dirname "$0")/../../tools/wait-line.sh"
-
-# GET $1 from the simulator (bash's /dev/tcp: no curl binary needed).
-sim_get() {
-	local body
-	exec 5<>"/dev/tcp/127.0.0.1/$port" || return 1
-	printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&5
-	body=$(cat <&5)
-	exec 5<&-
-	printf '%s\n' "${body##*$'\r\n\r\n'}"
-}
+# tmp, seg, pids, die, sim_get, wait_line (tests/harness.sh)
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" e2e
 
 cat >"$tmp/quota.json" <<EOF
 { "segment": "$seg",
@@ -90,10 +55,7 @@ cat >"$tmp/quota.json" <<EOF
       "price_per_mtok": { "input": 0.10, "output": 0.25 } } } }
 EOF
 
-"$QUOTAD" -c "$tmp/quota.json" --segment "$seg" --remove-on-exit --ready-fd 3 \
-	3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" &
-pids+=($!)
-wait_line "$tmp/quotad.ready" "${pids[0]}" >/dev/null || fail "quotad did not become ready"
+start_quotad "$QUOTAD"
 
 SIM_VOCAB=() EST=(--estimate sim-rule)
 if [ -n "$VOCAB_DIR" ] && vocab=$("$(dirname "$0")/../../tools/vocab.sh" "$VOCAB_DIR" 2>/dev/null); then
@@ -106,8 +68,8 @@ fi
 	--trace "$tmp/sim.trace" \
 	>"$tmp/sim.port" 2>"$tmp/sim.err" &
 pids+=($!)
-port=$(wait_line "$tmp/sim.port" "${pids[1]}") || fail "quota-sim did not print its port"
-sim_get /health | grep -q '"ok"' || fail "quota-sim /health"
+port=$(wait_line "$tmp/sim.port" "${pids[1]}") || die "quota-sim did not print its port"
+sim_get "$port" /health | grep -q '"ok"' || die "quota-sim /health"
 
 # run MODE KEY DURATION: 8 workers at once; their logs in $tmp/MODE-*.csv.
 run() {
@@ -122,7 +84,7 @@ run() {
 		pids+=($!)
 	done
 	for i in "${wp[@]}"; do
-		wait "$i" || fail "$mode worker exited with status $?"
+		wait "$i" || die "$mode worker exited with status $?"
 	done
 }
 
@@ -137,7 +99,7 @@ run quota sk-e2e-quota $RUN_S
 report quota $WARMUP_S $RUN_S >"$tmp/quota.sum"
 run naive sk-e2e-naive $NAIVE_S
 report naive 1 $NAIVE_S >"$tmp/naive.sum"
-stats=$(sim_get /stats)
+stats=$(sim_get "$port" /stats)
 
 echo "limits: rpm $RPM, tpm $TPM, burst $BURST (quota $QUOTA_BURST); $WORKERS workers"
 printf '%-16s %12s %12s\n' "" libquota naive
@@ -153,11 +115,11 @@ n429=$(get n429 "$tmp/naive.sum")
 # The referee's own count for the libquota key.
 sim_q429=$(printf '%s' "$stats" | sed -n 's/.*"sk-e2e-quota":{[^}]*"rejected_429":\([0-9]*\).*/\1/p')
 
-[ "${qserved:-0}" -gt 0 ] || fail "libquota workers served nothing"
-[ "$q429" = 0 ] || fail "libquota workers got $q429 answers 429 (want 0)"
-[ "$sim_q429" = 0 ] || fail "the simulator refused ${sim_q429:-?} libquota requests (want 0)"
+[ "${qserved:-0}" -gt 0 ] || die "libquota workers served nothing"
+[ "$q429" = 0 ] || die "libquota workers got $q429 answers 429 (want 0)"
+[ "$sim_q429" = 0 ] || die "the simulator refused ${sim_q429:-?} libquota requests (want 0)"
 awk -v u="$qutil" 'BEGIN { exit !(u >= 95) }' ||
-	fail "binding limit used at $qutil % with libquota (want >= 95 %)"
-[ "${n429:-0}" -gt 0 ] || fail "naive workers got no 429 (want > 0)"
+	die "binding limit used at $qutil % with libquota (want >= 95 %)"
+[ "${n429:-0}" -gt 0 ] || die "naive workers got no 429 (want > 0)"
 echo "PASS: libquota 0 x 429 at $qutil % of the binding limit; naive $n429 x 429"
 exit 0

@@ -10,6 +10,7 @@
 set -u
 SIM=$1 SCRIPT=$2 NODE_DIR=$3
 
+. "$(dirname "$0")/../estimate/npm-install.sh"
 command -v node >/dev/null && command -v npm >/dev/null ||
 	{ echo "SKIP: node and npm are needed"; exit 77; }
 # The current SDK supports Node 20 and later; Debian's Node 18 gets the last
@@ -17,32 +18,16 @@ command -v node >/dev/null && command -v npm >/dev/null ||
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 spec=openai
 [ "$node_major" -lt 20 ] && spec='openai@^4'
-if [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; then
-	mkdir -p "$NODE_DIR" || exit 1
-	if ! npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error "$spec" \
-		>"$NODE_DIR/npm-install.log" 2>&1; then
-		tail -n 20 "$NODE_DIR/npm-install.log"
-		echo "SKIP: npm install openai failed"
-		exit 77
-	fi
-fi
+npm_install "$NODE_DIR" "$spec"
 echo "openai SDK $(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$NODE_DIR/node_modules/openai/package.json" | head -n 1)"
 cp "$SCRIPT" "$NODE_DIR/openai_sdk.mjs" || exit 1
 
-tmp=$(mktemp -d /tmp/quota-sdk.XXXXXX) || exit 1
-sim_pid=
-cleanup() {
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" sdk
 
 # One request at once, then one per second, per key.
 "$SIM" --rpm 60 --burst 0.01 --latency-ms 5 --per-token-us 0 >"$tmp/port" 2>"$tmp/sim.err" &
-sim_pid=$!
-. "$(dirname "$0")/../../tools/wait-line.sh"
-port=$(wait_line "$tmp/port" "$sim_pid")
-[ -n "$port" ] || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
+pids+=($!)
+port=$(wait_line "$tmp/port" $!) || die "quota-sim did not start"
 
 node "$NODE_DIR/openai_sdk.mjs" "$port"

@@ -12,20 +12,13 @@
 set -u
 SIM=$1
 
-tmp=$(mktemp -d /tmp/quota-siminputs.XXXXXX) || exit 1
-sim_pid=
-cleanup() {
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$(dirname "$0")/../harness.sh" siminputs
 
 "$SIM" --context 1000 --max-body 4096 >"$tmp/port" 2>"$tmp/sim.err" &
 sim_pid=$!
-. "$(dirname "$0")/../../tools/wait-line.sh"
-port=$(wait_line "$tmp/port" "$sim_pid")
-[ -n "$port" ] || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
+pids+=($!)
+port=$(wait_line "$tmp/port" "$sim_pid") || die "quota-sim did not start"
 
 fails=0 passes=0
 # req METHOD PATH AUTH BODY -> sets $status and $body
@@ -103,7 +96,7 @@ if kill -0 "$sim_pid"; then
 	kill -TERM "$sim_pid"
 	wait "$sim_pid"
 	rc=$?
-	sim_pid=
+	pids=()
 	if [ $rc = 0 ] && ! grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$tmp/sim.err"; then
 		echo "ok - SIGTERM stops quota-sim cleanly"
 		passes=$((passes + 1))

@@ -12,16 +12,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 vocab=$("$here/../../tools/vocab.sh" "$DIR") || exit $?
 cp "$here/sim_vocab.mjs" "$DIR/node/sim_vocab.mjs" || exit 1
 
-tmp=$(mktemp -d /tmp/quota-simvocab.XXXXXX) || exit 1
-sim_pid=
-cleanup() {
-	[ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-. "$here/../../tools/wait-line.sh"
+# shellcheck source-path=SCRIPTDIR source=../harness.sh
+. "$here/../harness.sh" simvocab
 "$SIM" --vocab "$vocab" --rpm 0 --tpm 0 --latency-ms 0 --per-token-us 0 -q >"$tmp/port" 2>"$tmp/sim.err" &
-sim_pid=$!
-port=$(wait_line "$tmp/port" "$sim_pid") || { cat "$tmp/sim.err"; echo "FAIL: quota-sim did not start"; exit 1; }
+pids+=($!)
+port=$(wait_line "$tmp/port" $!) || die "quota-sim did not start"
 node "$DIR/node/sim_vocab.mjs" "$port" "$here/../estimate/corpus"

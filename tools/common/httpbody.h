@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * httpbody.h - what quota-sim and quota-proxy both do with a request body:
- * collect libmicrohttpd's upload pieces under a size cap, and measure how
- * deeply a JSON text nests before handing it to cJSON (a recursive parser).
+ * collect libmicrohttpd's upload pieces under a size cap (as quota-worker
+ * collects libcurl's pieces of a response), and measure how deeply a JSON
+ * text nests before handing it to cJSON (a recursive parser).
  */
 #ifndef QUOTA_HTTPBODY_H
 #define QUOTA_HTTPBODY_H

@@ -1732,15 +1732,7 @@ static uint64_t opt_uint(const char *name, const char *s, uint64_t lo, uint64_t 
 
 static int64_t opt_duration(const char *name, const char *s)
 {
-	int64_t ns;
-	int r = quota_parse_duration(s, &ns);
-
-	if (r < 0) {
-		fprintf(stderr, "quota-proxy: --%s: '%s': %s (e.g. \"30s\", \"1m30s\", \"0.5\")\n",
-			name, s, r == -ERANGE ? "too long" : "not a duration");
-		exit(2);
-	}
-	return ns;
+	return tool_opt_duration("quota-proxy", name, s);
 }
 
 static void parse_options(int argc, char **argv)

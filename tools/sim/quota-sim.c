@@ -324,23 +324,11 @@ struct chat {
 	int stream, include_usage; /* "stream": true; stream_options.include_usage */
 };
 
-/* Validate a chat completion request; on error write a message to @err. */
-static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz)
+/* "stream" and "stream_options" into @c; on error write a message to @err. */
+static int parse_chat_stream(const cJSON *root, struct chat *c, char *err, size_t errsz)
 {
-	const cJSON *model, *msgs, *m, *mt, *stream;
-	int n = 0;
+	const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
 
-	if (!cJSON_IsObject(root)) {
-		snprintf(err, errsz, "the request body must be a JSON object");
-		return -1;
-	}
-	model = cJSON_GetObjectItemCaseSensitive(root, "model");
-	if (!cJSON_IsString(model) || !model->valuestring[0] || strlen(model->valuestring) > 256) {
-		snprintf(err, errsz, "'model' must be a non-empty string of at most 256 bytes");
-		return -1;
-	}
-	c->model = model->valuestring;
-	stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
 	if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
 		snprintf(err, errsz, "'stream' must be a boolean");
 		return -1;
@@ -359,7 +347,44 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 		}
 		c->include_usage = cJSON_IsTrue(iu);
 	}
-	msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+	return 0;
+}
+
+/* The text of messages[@i]'s @content (a string, text parts or null) into
+ * @cc; on error write a message to @err. */
+static int parse_content(const cJSON *content, int i, struct content_count *cc, char *err,
+			 size_t errsz)
+{
+	if (cJSON_IsString(content)) {
+		content_add(cc, content->valuestring);
+	} else if (cJSON_IsArray(content)) {
+		const cJSON *part;
+
+		cJSON_ArrayForEach(part, content)
+		{
+			const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+
+			if (!cJSON_IsObject(part) || !cJSON_IsString(text)) {
+				snprintf(err, errsz,
+					 "messages[%d].content parts must be {\"type\":\"text\",\"text\":...}",
+					 i);
+				return -1;
+			}
+			content_add(cc, text->valuestring);
+		}
+	} else if (content && !cJSON_IsNull(content)) {
+		snprintf(err, errsz, "messages[%d].content must be a string, an array or null", i);
+		return -1;
+	}
+	return 0;
+}
+
+/* "messages" into c->prompt_tokens; on error write a message to @err. */
+static int parse_chat_messages(const cJSON *root, struct chat *c, char *err, size_t errsz)
+{
+	const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages"), *m;
+	int n = 0;
+
 	if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) < 1) {
 		snprintf(err, errsz, "'messages' must be a non-empty array");
 		return -1;
@@ -368,7 +393,6 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 	cJSON_ArrayForEach(m, msgs)
 	{
 		const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-		const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
 		struct content_count cc = { 0, 0 };
 
 		if (++n > MESSAGES_MAX) {
@@ -380,45 +404,56 @@ static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz
 				 n - 1);
 			return -1;
 		}
-		if (cJSON_IsString(content)) {
-			content_add(&cc, content->valuestring);
-		} else if (cJSON_IsArray(content)) {
-			const cJSON *part;
-
-			cJSON_ArrayForEach(part, content)
-			{
-				const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-
-				if (!cJSON_IsObject(part) || !cJSON_IsString(text)) {
-					snprintf(err, errsz,
-						 "messages[%d].content parts must be {\"type\":\"text\",\"text\":...}",
-						 n - 1);
-					return -1;
-				}
-				content_add(&cc, text->valuestring);
-			}
-		} else if (content && !cJSON_IsNull(content)) {
-			snprintf(err, errsz, "messages[%d].content must be a string, an array or null",
-				 n - 1);
+		if (parse_content(cJSON_GetObjectItemCaseSensitive(m, "content"), n - 1, &cc, err,
+				  errsz) < 0)
 			return -1;
-		}
 		c->prompt_tokens += message_tokens(&cc);
 	}
-	mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+	return 0;
+}
+
+/* "max_completion_tokens", else "max_tokens", else the default, into
+ * c->max_tokens; on error write a message to @err. */
+static int parse_chat_max_tokens(const cJSON *root, struct chat *c, char *err, size_t errsz)
+{
+	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+	int64_t v;
+
 	if (!mt || cJSON_IsNull(mt))
 		mt = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
 	if (!mt || cJSON_IsNull(mt)) {
 		c->max_tokens = cfg.default_max_tokens;
-	} else {
-		int64_t v = json_uint(mt, 1, (int64_t)cfg.context);
-
-		if (v < 0) {
-			snprintf(err, errsz, "'max_tokens' must be an integer in [1, %" PRIu64 "]",
-				 cfg.context);
-			return -1;
-		}
-		c->max_tokens = (uint64_t)v;
+		return 0;
 	}
+	v = json_uint(mt, 1, (int64_t)cfg.context);
+	if (v < 0) {
+		snprintf(err, errsz, "'max_tokens' must be an integer in [1, %" PRIu64 "]",
+			 cfg.context);
+		return -1;
+	}
+	c->max_tokens = (uint64_t)v;
+	return 0;
+}
+
+/* Validate a chat completion request; on error write a message to @err. */
+static int parse_chat(const cJSON *root, struct chat *c, char *err, size_t errsz)
+{
+	const cJSON *model;
+
+	if (!cJSON_IsObject(root)) {
+		snprintf(err, errsz, "the request body must be a JSON object");
+		return -1;
+	}
+	model = cJSON_GetObjectItemCaseSensitive(root, "model");
+	if (!cJSON_IsString(model) || !model->valuestring[0] || strlen(model->valuestring) > 256) {
+		snprintf(err, errsz, "'model' must be a non-empty string of at most 256 bytes");
+		return -1;
+	}
+	c->model = model->valuestring;
+	if (parse_chat_stream(root, c, err, errsz) < 0 ||
+	    parse_chat_messages(root, c, err, errsz) < 0 ||
+	    parse_chat_max_tokens(root, c, err, errsz) < 0)
+		return -1;
 	if (c->prompt_tokens + c->max_tokens > cfg.context) {
 		snprintf(err, errsz,
 			 "This model's maximum context length is %" PRIu64 " tokens. However, you "
@@ -1151,6 +1186,55 @@ bad:
 	exit(2);
 }
 
+/* One of two words for option @name: 0 for @a, 1 for @b, or exit 2. */
+static int opt_choice(const char *name, const char *arg, const char *a, const char *b)
+{
+	if (strcmp(arg, a) != 0 && strcmp(arg, b) != 0) {
+		fprintf(stderr, "quota-sim: --%s: expected '%s' or '%s', got '%s'\n", name, a, b, arg);
+		exit(2);
+	}
+	return strcmp(arg, b) == 0;
+}
+
+/* --trace FILE: opened for writing, or exit 2. */
+static FILE *opt_trace(const char *path)
+{
+	FILE *f = fopen(path, "w");
+
+	if (!f) {
+		fprintf(stderr, "quota-sim: --trace %s: %s\n", path, strerror(errno));
+		exit(2);
+	}
+	return f;
+}
+
+/* --vocab FILE: the BPE vocabulary loaded, or exit 2. */
+static struct bpe *opt_vocab(const char *path)
+{
+	char err[512];
+	struct bpe *v = bpe_load(path, err, sizeof(err));
+
+	if (!v) {
+		fprintf(stderr, "quota-sim: --vocab %s\n", err);
+		exit(2);
+	}
+	return v;
+}
+
+/* What no single option can check: the options against each other. */
+static void check_options(void)
+{
+	if (cfg.default_max_tokens > cfg.context) {
+		fprintf(stderr, "quota-sim: --default-max-tokens is above --context\n");
+		exit(2);
+	}
+	/* The latency of the longest completion must fit an int64_t of ns. */
+	if (cfg.per_token_us * cfg.context > UINT64_C(3600000000)) {
+		fprintf(stderr, "quota-sim: --per-token-us * --context is above an hour\n");
+		exit(2);
+	}
+}
+
 /* Options into cfg; exits 2 with a message naming the option on error. */
 static void parse_options(int argc, char **argv)
 {
@@ -1193,55 +1277,21 @@ static void parse_options(int argc, char **argv)
 		case O_RPD: cfg.limit[L_RPD] = opt_uint("rpd", optarg, 0, 1000000000); break;
 		case O_TPD: cfg.limit[L_TPD] = opt_uint("tpd", optarg, 0, UINT64_C(1000000000000)); break;
 		case O_BURST: cfg.burst_ppm = opt_fraction("burst", optarg); break;
-		case O_REFUND:
-			if (strcmp(optarg, "actual") == 0)
-				cfg.refund_actual = 1;
-			else if (strcmp(optarg, "none") == 0)
-				cfg.refund_actual = 0;
-			else {
-				fprintf(stderr, "quota-sim: --refund: expected 'actual' or 'none', got '%s'\n",
-					optarg);
-				exit(2);
-			}
-			break;
+		case O_REFUND: cfg.refund_actual = !opt_choice("refund", optarg, "actual", "none"); break;
 		case O_CONTEXT: cfg.context = opt_uint("context", optarg, 1, TOKENS_MAX); break;
 		case O_DEFMAX: cfg.default_max_tokens = opt_uint("default-max-tokens", optarg, 1, TOKENS_MAX); break;
 		case O_LAT: cfg.latency_ms = opt_uint("latency-ms", optarg, 0, 600000); break;
 		case O_PERTOK: cfg.per_token_us = opt_uint("per-token-us", optarg, 0, 100000); break;
 		case O_SEED: cfg.seed = opt_uint("seed", optarg, 0, UINT64_MAX); break;
-		case O_CHARGE:
-		case O_COMPLETION: {
-			const char *a = c == O_CHARGE ? "arrival" : "uniform", *b = c == O_CHARGE ? "usage" : "skewed";
-			int *v = c == O_CHARGE ? &cfg.charge_usage : &cfg.completion_skewed;
-
-			if (strcmp(optarg, a) != 0 && strcmp(optarg, b) != 0) {
-				fprintf(stderr, "quota-sim: --%s: expected '%s' or '%s', got '%s'\n",
-					c == O_CHARGE ? "charge" : "completion", a, b, optarg);
-				exit(2);
-			}
-			*v = strcmp(optarg, b) == 0;
+		case O_CHARGE: cfg.charge_usage = opt_choice("charge", optarg, "arrival", "usage"); break;
+		case O_COMPLETION:
+			cfg.completion_skewed = opt_choice("completion", optarg, "uniform", "skewed");
 			break;
-		}
 		case O_BODY: cfg.max_body = (size_t)opt_uint("max-body", optarg, 1024, 64 << 20); break;
 		case O_CONNS: cfg.max_connections = (unsigned)opt_uint("max-connections", optarg, 1, 4096); break;
 		case O_KEYS: cfg.max_keys = (unsigned)opt_uint("max-keys", optarg, 1, 65536); break;
-		case O_TRACE:
-			cfg.trace = fopen(optarg, "w");
-			if (!cfg.trace) {
-				fprintf(stderr, "quota-sim: --trace %s: %s\n", optarg, strerror(errno));
-				exit(2);
-			}
-			break;
-		case O_VOCAB: {
-			char err[512];
-
-			cfg.vocab = bpe_load(optarg, err, sizeof(err));
-			if (!cfg.vocab) {
-				fprintf(stderr, "quota-sim: --vocab %s\n", err);
-				exit(2);
-			}
-			break;
-		}
+		case O_TRACE: cfg.trace = opt_trace(optarg); break;
+		case O_VOCAB: cfg.vocab = opt_vocab(optarg); break;
 		case 'q': cfg.quiet = 1; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -1251,15 +1301,7 @@ static void parse_options(int argc, char **argv)
 		fprintf(stderr, "quota-sim: unexpected argument '%s'\n", argv[optind]);
 		exit(2);
 	}
-	if (cfg.default_max_tokens > cfg.context) {
-		fprintf(stderr, "quota-sim: --default-max-tokens is above --context\n");
-		exit(2);
-	}
-	/* The latency of the longest completion must fit an int64_t of ns. */
-	if (cfg.per_token_us * cfg.context > UINT64_C(3600000000)) {
-		fprintf(stderr, "quota-sim: --per-token-us * --context is above an hour\n");
-		exit(2);
-	}
+	check_options();
 }
 
 /* Listen, print the port, serve until SIGTERM/SIGINT, stop cleanly. */

@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "estimate.h"
+#include "httpbody.h"
 #include "opt.h"
 #include "quota.h"
 
@@ -159,31 +160,15 @@ struct http {
 	int body_sent;   /* after a transport error: the whole request went out */
 };
 
-/* libcurl write callback: the response body, up to BODY_MAX. */
+/* libcurl write callback: the response body, up to BODY_MAX; past it, read
+ * and dropped (the request fails as unparsable). */
 static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
 	struct http *h = arg;
 	size_t bytes = size * n;
 
-	if (h->overflow || bytes > BODY_MAX - h->len) {
-		h->overflow = 1;
-		return bytes; /* read and drop; the request fails as unparsable */
-	}
-	if (h->len + bytes + 1 > h->cap) {
-		size_t cap = h->cap ? h->cap : 8192;
-		char *p;
-
-		while (cap < h->len + bytes + 1)
-			cap *= 2;
-		p = realloc(h->body, cap);
-		if (!p)
-			return 0; /* curl reports a write error */
-		h->body = p;
-		h->cap = cap;
-	}
-	memcpy(h->body + h->len, data, bytes);
-	h->len += bytes;
-	h->body[h->len] = '\0';
+	if (httpbody_append(&h->body, &h->len, &h->cap, &h->overflow, BODY_MAX, data, bytes) < 0)
+		return 0; /* curl reports a write error */
 	return bytes;
 }
 
@@ -413,6 +398,88 @@ static void run_naive(struct http *h, const char *body, size_t len, struct recor
 static quota_client *qc;
 static int qid;
 
+/* quota_reserve @cost; with --auto-estimate, the quota's learned estimate of
+ * the output instead, bounded by max_tokens. */
+static int reserve(struct quota_cost *cost, int64_t timeout, struct quota_ticket *t)
+{
+	if (cfg.auto_estimate) {
+		struct quota_reserve_opts o;
+
+		quota_reserve_opts_init(&o, sizeof(o));
+		o.max_output_tokens = cfg.max_tokens;
+		cost->output_tokens = 0;
+		return quota_reserve_ex(qc, qid, cost, timeout, &o, t);
+	}
+	return quota_reserve(qc, qid, cost, timeout, t);
+}
+
+/* After -EAGAIN: sleep until the ticket's retry_after, at most --retry-max. */
+static void wait_retry(const struct quota_ticket *t)
+{
+	int64_t d = t->retry_after_ns > 0 ? t->retry_after_ns : NS_PER_MS;
+
+	/* refunds may free budget before retry_after: look again sooner */
+	if (cfg.retry_max_ns && d > cfg.retry_max_ns)
+		d = cfg.retry_max_ns;
+
+	sleep_ns(d < time_left() ? d : time_left());
+}
+
+/* 200: commit the usage the answer reports (the estimate if it reports
+ * none), and with --feedback fold its rate-limit headers. */
+static void on_served(struct http *h, struct quota_ticket *t, uint64_t prompt, struct record *r)
+{
+	struct quota_cost used = { 1, prompt, cfg.max_tokens };
+	int ret;
+
+	if (parse_usage(h, &used.input_tokens, &used.output_tokens) < 0)
+		warn("request %" PRIu64 ": no usage in the response; committing the "
+		     "estimate", r->seq);
+	ret = quota_commit(qc, t, &used);
+	if (ret < 0)
+		warn("quota_commit: %s", quota_strerror(ret));
+	if (cfg.feedback) {
+		ret = quota_feedback_apply(qc, qid, &h->fb);
+		feedback_result(ret);
+	}
+	r->prompt_tokens = used.input_tokens;
+	r->completion_tokens = used.output_tokens;
+	r->status = 200;
+}
+
+/* 429: the provider did not count it: give it all back, and make the whole
+ * host wait as long as the provider says. */
+static void on_throttled(struct http *h, struct quota_ticket *t, struct record *r)
+{
+	int64_t ra = h->fb.retry_after_ns >= 0 ? h->fb.retry_after_ns : NS_PER_S;
+	int ret;
+
+	r->n429++;
+	if (h->bad_headers)
+		warn("429 with %d malformed rate-limit header(s)", h->bad_headers);
+	ret = quota_backoff(qc, qid, ra);
+	if (ret < 0)
+		warn("quota_backoff: %s", quota_strerror(ret));
+	ret = quota_feedback_apply(qc, qid, &h->fb);
+	feedback_result(ret);
+	quota_cancel(qc, t);
+}
+
+/* Any other end of the exchange (HTTP @st, or -1: a transport error): give
+ * the reservation back, unless the request reached the provider and the
+ * answer was lost: it may have been charged, so settle at the estimate
+ * rather than give back what may be spent. */
+static void on_failed(const struct http *h, struct quota_ticket *t, uint64_t prompt, long st)
+{
+	if (st == -1 && h->body_sent) {
+		struct quota_cost est = { 1, prompt, cfg.max_tokens };
+
+		quota_commit(qc, t, &est);
+	} else {
+		quota_cancel(qc, t);
+	}
+}
+
 /* libquota mode: reserve, send, commit; on 429 back off, cancel, retry. */
 static int run_quota(struct http *h, const char *body, size_t len, uint64_t prompt,
 		     struct record *r)
@@ -422,7 +489,7 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 
 	for (;;) {
 		struct quota_ticket t;
-		int64_t left = time_left(), timeout;
+		int64_t left = time_left();
 		long st;
 		int ret;
 
@@ -430,26 +497,9 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 			r->status = ST_ABANDONED;
 			return 0;
 		}
-		timeout = cfg.reserve_timeout_ns < left ? cfg.reserve_timeout_ns : left;
-		if (cfg.auto_estimate) {
-			/* the quota's learned estimate, bounded by max_tokens */
-			struct quota_reserve_opts o;
-
-			quota_reserve_opts_init(&o, sizeof(o));
-			o.max_output_tokens = cfg.max_tokens;
-			cost.output_tokens = 0;
-			ret = quota_reserve_ex(qc, qid, &cost, timeout, &o, &t);
-		} else {
-			ret = quota_reserve(qc, qid, &cost, timeout, &t);
-		}
+		ret = reserve(&cost, cfg.reserve_timeout_ns < left ? cfg.reserve_timeout_ns : left, &t);
 		if (ret == -EAGAIN) {
-			int64_t d = t.retry_after_ns > 0 ? t.retry_after_ns : NS_PER_MS;
-
-			/* refunds may free budget before retry_after: look again sooner */
-			if (cfg.retry_max_ns && d > cfg.retry_max_ns)
-				d = cfg.retry_max_ns;
-
-			sleep_ns(d < time_left() ? d : time_left());
+			wait_retry(&t);
 			continue;
 		}
 		if (ret == -E2BIG || ret == -EDQUOT) {
@@ -468,49 +518,14 @@ static int run_quota(struct http *h, const char *body, size_t len, uint64_t prom
 		r->attempts++;
 		st = http_post(h, body, len);
 		if (st == 200) {
-			struct quota_cost used = { 1, prompt, cfg.max_tokens };
-
-			if (parse_usage(h, &used.input_tokens, &used.output_tokens) < 0)
-				warn("request %" PRIu64 ": no usage in the response; committing the "
-				     "estimate", r->seq);
-			ret = quota_commit(qc, &t, &used);
-			if (ret < 0)
-				warn("quota_commit: %s", quota_strerror(ret));
-			if (cfg.feedback) {
-				ret = quota_feedback_apply(qc, qid, &h->fb);
-				feedback_result(ret);
-			}
-			r->prompt_tokens = used.input_tokens;
-			r->completion_tokens = used.output_tokens;
-			r->status = 200;
+			on_served(h, &t, prompt, r);
 			return 0;
 		}
 		if (st == 429) {
-			/* The provider did not count it: give it all back, and make
-			 * the whole host wait as long as the provider says. */
-			int64_t ra = h->fb.retry_after_ns >= 0 ? h->fb.retry_after_ns : NS_PER_S;
-
-			r->n429++;
-			if (h->bad_headers)
-				warn("429 with %d malformed rate-limit header(s)", h->bad_headers);
-			ret = quota_backoff(qc, qid, ra);
-			if (ret < 0)
-				warn("quota_backoff: %s", quota_strerror(ret));
-			ret = quota_feedback_apply(qc, qid, &h->fb);
-			feedback_result(ret);
-			quota_cancel(qc, &t);
+			on_throttled(h, &t, r);
 			continue;
 		}
-		if (st == -1 && h->body_sent) {
-			/* The request reached the provider, the answer was lost:
-			 * it may have been charged, so settle at the estimate
-			 * rather than give back what may be spent. */
-			struct quota_cost est = { 1, prompt, cfg.max_tokens };
-
-			quota_commit(qc, &t, &est);
-		} else {
-			quota_cancel(qc, &t);
-		}
+		on_failed(h, &t, prompt, st);
 		if (st == -1) {
 			if (++transport_errors >= TRANSPORT_RETRIES || stopping) {
 				r->status = stopping ? ST_ABANDONED : ST_TRANSPORT;
@@ -571,15 +586,78 @@ static uint64_t opt_uint(const char *name, const char *s, uint64_t lo, uint64_t 
 /* A duration in any format quota_parse_duration() accepts, or exit 2. */
 static int64_t opt_duration(const char *name, const char *s)
 {
-	int64_t ns;
-	int r = quota_parse_duration(s, &ns);
+	return tool_opt_duration("quota-worker", name, s);
+}
 
-	if (r < 0) {
-		fprintf(stderr, "quota-worker: --%s: '%s': %s (e.g. \"30s\", \"1m30s\", \"0.5\")\n",
-			name, s, r == -ERANGE ? "too long" : "not a duration");
+/* --prompt-tokens A[-B] into cfg.prompt_min, cfg.prompt_max. */
+static void opt_prompt_tokens(char *arg)
+{
+	char *dash = strchr(arg, '-');
+
+	if (dash) {
+		*dash = '\0';
+		cfg.prompt_min = opt_uint("prompt-tokens", arg, 5, 10000000);
+		cfg.prompt_max = opt_uint("prompt-tokens", dash + 1, 5, 10000000);
+	} else {
+		cfg.prompt_min = cfg.prompt_max = opt_uint("prompt-tokens", arg, 5, 10000000);
+	}
+	if (cfg.prompt_max < cfg.prompt_min) {
+		fprintf(stderr, "quota-worker: --prompt-tokens: A must be <= B\n");
 		exit(2);
 	}
-	return ns;
+}
+
+/* --estimate library|sim-rule into cfg.sim_rule. */
+static void opt_estimate(const char *arg)
+{
+	if (strcmp(arg, "sim-rule") == 0)
+		cfg.sim_rule = 1;
+	else if (strcmp(arg, "library") != 0) {
+		fprintf(stderr, "quota-worker: --estimate: expected 'library' or "
+				"'sim-rule', got '%s'\n", arg);
+		exit(2);
+	}
+}
+
+/* The key and model, from their defaults where not given: both go into
+ * the request as they are, so neither may break its framing. */
+static void check_key_and_model(void)
+{
+	if (!cfg.key)
+		cfg.key = getenv("OPENAI_API_KEY");
+	if (!cfg.key || !*cfg.key)
+		cfg.key = "sk-quota-demo";
+	if (strlen(cfg.key) > 256 || strpbrk(cfg.key, "\r\n")) {
+		fprintf(stderr, "quota-worker: --key: at most 256 bytes, no line breaks\n");
+		exit(2);
+	}
+	if (!cfg.model)
+		cfg.model = cfg.quota;
+	for (const char *p = cfg.model; *p; p++) {
+		if (p - cfg.model >= 256 || *p == '"' || *p == '\\' || (unsigned char)*p < 0x20) {
+			fprintf(stderr, "quota-worker: --model: at most 256 bytes, no quotes, "
+					"backslashes or control characters\n");
+			exit(2);
+		}
+	}
+}
+
+/* --url into cfg.url: a base URL ("http://host:port" or ".../v1") gets the
+ * endpoint path. */
+static void set_url(const char *url)
+{
+	if (strlen(url) + 32 > sizeof(cfg.url)) {
+		fprintf(stderr, "quota-worker: --url: too long\n");
+		exit(2);
+	}
+	if (strstr(url, "/chat/completions"))
+		snprintf(cfg.url, sizeof(cfg.url), "%s", url);
+	else if (strlen(url) >= 3 && strcmp(url + strlen(url) - 3, "/v1") == 0)
+		snprintf(cfg.url, sizeof(cfg.url), "%s/chat/completions", url);
+	else
+		snprintf(cfg.url, sizeof(cfg.url), "%s%s", url,
+			 url[0] && url[strlen(url) - 1] == '/' ? "v1/chat/completions"
+							       : "/v1/chat/completions");
 }
 
 /* Options into cfg; exits 2 with a message naming the option on error. */
@@ -611,7 +689,6 @@ static void parse_options(int argc, char **argv)
 		{ 0 },
 	};
 	const char *url = "http://127.0.0.1:8080/v1";
-	char *dash;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "u:k:m:n:d:P:M:s:q:S:l:i:h", opts, NULL)) != -1) {
@@ -621,21 +698,7 @@ static void parse_options(int argc, char **argv)
 		case 'm': cfg.model = optarg; break;
 		case 'n': cfg.requests = opt_uint("requests", optarg, 0, UINT64_C(1) << 40); break;
 		case 'd': cfg.duration_ns = opt_duration("duration", optarg); break;
-		case 'P':
-			dash = strchr(optarg, '-');
-			if (dash) {
-				*dash = '\0';
-				cfg.prompt_min = opt_uint("prompt-tokens", optarg, 5, 10000000);
-				cfg.prompt_max = opt_uint("prompt-tokens", dash + 1, 5, 10000000);
-			} else {
-				cfg.prompt_min = cfg.prompt_max =
-					opt_uint("prompt-tokens", optarg, 5, 10000000);
-			}
-			if (cfg.prompt_max < cfg.prompt_min) {
-				fprintf(stderr, "quota-worker: --prompt-tokens: A must be <= B\n");
-				exit(2);
-			}
-			break;
+		case 'P': opt_prompt_tokens(optarg); break;
 		case 'M': cfg.max_tokens = opt_uint("max-tokens", optarg, 1, 10000000); break;
 		case 's': cfg.seed = opt_uint("seed", optarg, 0, UINT64_MAX); break;
 		case 'q': cfg.quota = optarg; break;
@@ -644,15 +707,7 @@ static void parse_options(int argc, char **argv)
 		case O_FEEDBACK: cfg.feedback = 1; break;
 		case O_AUTO: cfg.auto_estimate = 1; break;
 		case O_RMAX: cfg.retry_max_ns = opt_duration("retry-max", optarg); break;
-		case O_ESTIMATE:
-			if (strcmp(optarg, "sim-rule") == 0)
-				cfg.sim_rule = 1;
-			else if (strcmp(optarg, "library") != 0) {
-				fprintf(stderr, "quota-worker: --estimate: expected 'library' or "
-						"'sim-rule', got '%s'\n", optarg);
-				exit(2);
-			}
-			break;
+		case O_ESTIMATE: opt_estimate(optarg); break;
 		case O_NAIVE: cfg.naive = 1; break;
 		case O_NAIVE_SLEEP: cfg.naive_sleep_ns = opt_duration("naive-sleep", optarg); break;
 		case 'l': cfg.log_path = optarg; break;
@@ -666,36 +721,57 @@ static void parse_options(int argc, char **argv)
 		fprintf(stderr, "quota-worker: unexpected argument '%s'\n", argv[optind]);
 		exit(2);
 	}
-	if (!cfg.key)
-		cfg.key = getenv("OPENAI_API_KEY");
-	if (!cfg.key || !*cfg.key)
-		cfg.key = "sk-quota-demo";
-	if (strlen(cfg.key) > 256 || strpbrk(cfg.key, "\r\n")) {
-		fprintf(stderr, "quota-worker: --key: at most 256 bytes, no line breaks\n");
-		exit(2);
+	check_key_and_model();
+	set_url(url);
+}
+
+/* --log: the file with its CSV header, or NULL with a message. */
+static FILE *open_log(void)
+{
+	FILE *log = strcmp(cfg.log_path, "-") == 0 ? stdout : fopen(cfg.log_path, "w");
+
+	if (!log) {
+		fprintf(stderr, "quota-worker: %s: %s\n", cfg.log_path, strerror(errno));
+		return NULL;
 	}
-	if (!cfg.model)
-		cfg.model = cfg.quota;
-	for (const char *p = cfg.model; *p; p++) {
-		if (p - cfg.model >= 256 || *p == '"' || *p == '\\' || (unsigned char)*p < 0x20) {
-			fprintf(stderr, "quota-worker: --model: at most 256 bytes, no quotes, "
-					"backslashes or control characters\n");
-			exit(2);
-		}
+	setvbuf(log, NULL, _IOLBF, 0);
+	fprintf(log, "worker,seq,mode,start_ns,sent_ns,end_ns,status,attempts,n429,"
+		     "prompt_tokens,completion_tokens,max_tokens,waited_ns,"
+		     "reserve_waited_ns,admit_ns\n");
+	return log;
+}
+
+/* qc and qid: the segment and the quota to reserve from; -1 with a message. */
+static int open_quota(void)
+{
+	int ret = quota_open(cfg.segment, &qc);
+
+	if (ret < 0) {
+		fprintf(stderr, "quota-worker: quota_open(%s): %s\n",
+			cfg.segment ? cfg.segment : "$QUOTA_SEGMENT", quota_strerror(ret));
+		return -1;
 	}
-	/* A base URL ("http://host:port" or ".../v1") gets the endpoint path. */
-	if (strlen(url) + 32 > sizeof(cfg.url)) {
-		fprintf(stderr, "quota-worker: --url: too long\n");
-		exit(2);
+	qid = quota_find(qc, cfg.quota);
+	if (qid < 0) {
+		fprintf(stderr, "quota-worker: quota '%s': %s\n", cfg.quota,
+			quota_strerror(qid));
+		quota_close(qc);
+		return -1;
 	}
-	if (strstr(url, "/chat/completions"))
-		snprintf(cfg.url, sizeof(cfg.url), "%s", url);
-	else if (strlen(url) >= 3 && strcmp(url + strlen(url) - 3, "/v1") == 0)
-		snprintf(cfg.url, sizeof(cfg.url), "%s/chat/completions", url);
-	else
-		snprintf(cfg.url, sizeof(cfg.url), "%s%s", url,
-			 url[0] && url[strlen(url) - 1] == '/' ? "v1/chat/completions"
-							       : "/v1/chat/completions");
+	return 0;
+}
+
+/* One CSV line of the log (its header in open_log). */
+static void log_record(FILE *log, const struct record *r)
+{
+	fprintf(log,
+		"%d,%" PRIu64 ",%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%ld,%u,%u,%" PRIu64
+		",%" PRIu64 ",%" PRIu64 ",%" PRId64 ",%" PRId64 ",%" PRId64 "\n",
+		cfg.id, r->seq, cfg.naive ? "naive" : "quota", r->start_ns,
+		r->attempts ? r->sent_ns : 0, r->end_ns, r->status, r->attempts, r->n429,
+		r->prompt_tokens, r->completion_tokens, cfg.max_tokens,
+		r->attempts && r->status == 200 ? r->sent_ns - r->start_ns : 0,
+		r->reserve_waited_ns, r->admit_ns);
 }
 
 /* Open the segment (unless --naive), then one request after another. */
@@ -715,32 +791,10 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	if (cfg.log_path) {
-		log = strcmp(cfg.log_path, "-") == 0 ? stdout : fopen(cfg.log_path, "w");
-		if (!log) {
-			fprintf(stderr, "quota-worker: %s: %s\n", cfg.log_path, strerror(errno));
-			return 1;
-		}
-		setvbuf(log, NULL, _IOLBF, 0);
-		fprintf(log, "worker,seq,mode,start_ns,sent_ns,end_ns,status,attempts,n429,"
-			     "prompt_tokens,completion_tokens,max_tokens,waited_ns,"
-			     "reserve_waited_ns,admit_ns\n");
-	}
-	if (!cfg.naive) {
-		ret = quota_open(cfg.segment, &qc);
-		if (ret < 0) {
-			fprintf(stderr, "quota-worker: quota_open(%s): %s\n",
-				cfg.segment ? cfg.segment : "$QUOTA_SEGMENT", quota_strerror(ret));
-			return 1;
-		}
-		qid = quota_find(qc, cfg.quota);
-		if (qid < 0) {
-			fprintf(stderr, "quota-worker: quota '%s': %s\n", cfg.quota,
-				quota_strerror(qid));
-			quota_close(qc);
-			return 1;
-		}
-	}
+	if (cfg.log_path && !(log = open_log()))
+		return 1;
+	if (!cfg.naive && open_quota() < 0)
+		return 1;
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || http_init(&h) < 0) {
 		fprintf(stderr, "quota-worker: cannot initialise libcurl\n");
 		quota_close(qc);
@@ -773,14 +827,7 @@ int main(int argc, char **argv)
 			failed++;
 		n429 += r.n429;
 		if (log)
-			fprintf(log,
-				"%d,%" PRIu64 ",%s,%" PRId64 ",%" PRId64 ",%" PRId64 ",%ld,%u,%u,%" PRIu64
-				",%" PRIu64 ",%" PRIu64 ",%" PRId64 ",%" PRId64 ",%" PRId64 "\n",
-				cfg.id, r.seq, cfg.naive ? "naive" : "quota", r.start_ns,
-				r.attempts ? r.sent_ns : 0, r.end_ns, r.status, r.attempts, r.n429,
-				r.prompt_tokens, r.completion_tokens, cfg.max_tokens,
-				r.attempts && r.status == 200 ? r.sent_ns - r.start_ns : 0,
-				r.reserve_waited_ns, r.admit_ns);
+			log_record(log, &r);
 		if (ret < 0)
 			break;
 	}

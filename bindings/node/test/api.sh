@@ -10,7 +10,7 @@ set -u
 QUOTAD=$1 ADDON=$2
 . "$(dirname "$0")/lib.sh"
 node_env "$ADDON"
-start_quotad "$QUOTAD" "$here/api.json"
+node_quotad "$QUOTAD" "$here/api.json"
 echo "# waiting on the addon's threads"
 node --expose-gc "$here/api.test.js" || exit 1
 echo "# waiting on timers (LIBQUOTA_NODE_POLL=1)"

@@ -4,23 +4,9 @@
 # sanitizer build, the ASan runtime preloaded into node) and cleanup that
 # stops whatever was started, also on failure. Exit 77 (skipped) says why.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-. "$here/../../../tools/wait-line.sh"
-pids=()
-tmp=$(mktemp -d /tmp/quota-node.XXXXXX) || exit 1
-seg="quota-node-$$-$RANDOM"
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[i]}" 2>/dev/null
-		wait "${pids[i]}" 2>/dev/null
-	done
-	rm -f "/dev/shm/$seg"
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+# shellcheck source-path=SCRIPTDIR source=../../../tests/harness.sh
+. "$here/../../../tests/harness.sh" node
 skip() { echo "SKIP: $*"; exit 77; }
-die() { echo "FAIL: $*"; for f in "$tmp"/*.err; do [ -f "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }; done; exit 1; }
 
 # node_env ADDON: check node and the addon; export what lib/index.js reads.
 node_env() {
@@ -40,13 +26,11 @@ node_env() {
 		{ tail -n 5 "$tmp/load.err"; [ -n "${LD_PRELOAD:-}" ] && skip "node cannot load the ASan-built addon"; die "node cannot load the addon"; }
 }
 
-# start_quotad QUOTAD CONFIG-TEMPLATE: quotad on $seg with the template's
-# @SEG@ replaced; exports QUOTA_SEGMENT.
-start_quotad() {
+# node_quotad QUOTAD CONFIG-TEMPLATE: quotad on $seg (start_quotad,
+# tests/harness.sh) with the template's @SEG@ replaced and without node's
+# ASan runtime; exports QUOTA_SEGMENT.
+node_quotad() {
 	sed "s/@SEG@/$seg/g" "$2" >"$tmp/quota.json" || exit 1
-	( unset LD_PRELOAD; exec "$1" -c "$tmp/quota.json" --segment "$seg" --socket "$tmp/ctl.sock" \
-		--remove-on-exit --ready-fd 3 3>"$tmp/quotad.ready" 2>"$tmp/quotad.err" ) &
-	pids+=($!)
-	wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
+	LD_PRELOAD='' start_quotad "$1" --socket "$tmp/ctl.sock"
 	export QUOTA_SEGMENT=$seg
 }

@@ -29,7 +29,7 @@ vocab=$( unset LD_PRELOAD; "$here/../../../tools/vocab.sh" "$VOCAB_DIR" 2>/dev/n
 # tests/sim/e2e.sh): the time a request takes to reach it.
 RPM=1200 TPM=120000 BURST=0.125 QUOTA_BURST=0.12
 sed -e "s/@RPM@/$RPM/" -e "s/@TPM@/$TPM/" -e "s/@BURST@/$QUOTA_BURST/" "$here/sdk.json" >"$tmp/sdk.json"
-start_quotad "$QUOTAD" "$tmp/sdk.json"
+node_quotad "$QUOTAD" "$tmp/sdk.json"
 for s in a b; do
 	( unset LD_PRELOAD; exec "$SIM" --rpm $RPM --tpm $TPM --burst $BURST --latency-ms 10 \
 		--per-token-us 20 --seed 5 "${VOCAB[@]}" -q >"$tmp/sim-$s.port" 2>"$tmp/sim-$s.err" ) &
