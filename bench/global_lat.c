@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "quota.h"
+#include "../tools/opt.h"
 
 static int64_t now_ns(void)
 {
@@ -32,13 +33,18 @@ static int cmp(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-	if (argc < 2) {
-		fprintf(stderr, "usage: %s SEGMENT [BATCHES]\n", argv[0]);
+	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		printf("Usage: qbench-global-lat SEGMENT [BATCHES]\n"
+		       "Reserve + commit on the quotas \"host\" and \"global\" of SEGMENT, in\n"
+		       "alternating batches (default 400, 10 to 1000000); prints the median and\n"
+		       "p99 ns of each. bench/global-bench.sh sets it up. See quota-bench(1).\n");
+		return 0;
+	}
+	if (argc < 2 || argc > 3) {
+		fprintf(stderr, "usage: qbench-global-lat SEGMENT [BATCHES] (--help for more)\n");
 		return 2;
 	}
-	int batches = argc > 2 ? atoi(argv[2]) : 400;
-	if (batches < 10)
-		batches = 10;
+	int batches = argc > 2 ? (int)tool_opt_uint("qbench-global-lat", "BATCHES", argv[2], 10, 1000000) : 400;
 	quota_client *c;
 	int r = quota_open(argv[1], &c);
 	if (r < 0) {

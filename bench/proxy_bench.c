@@ -21,6 +21,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "../tools/opt.h"
+
 static const char body[] = "{\"model\":\"bench\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\","
 			   "\"content\":\"Say hello.\"}]}";
 
@@ -106,19 +108,34 @@ static int run(const char *url, int clients, int n, int64_t *lat)
 #define TARGETS_MAX 3
 #define ROUNDS 10
 
+static void usage(FILE *f)
+{
+	fprintf(f, "Usage: quota-proxy-bench DIRECT-URL PROXY-URL [REQUESTS [CLIENTS [BASELINE-PROXY-URL]]]\n"
+		   "The latency quota-proxy adds: one small chat completion sent to DIRECT-URL and\n"
+		   "through PROXY-URL (and BASELINE-PROXY-URL, another build), sequentially and\n"
+		   "from CLIENTS concurrent clients (default 64, at most 1024), REQUESTS per client\n"
+		   "(default 2000, %d to 1000000), in %d alternating rounds; prints p50/p99 and the\n"
+		   "difference. bench/proxy-bench.sh starts the servers. See quota-bench(1).\n",
+		10 * ROUNDS, ROUNDS);
+}
+
 int main(int argc, char **argv)
 {
 	static const char *const names[TARGETS_MAX] = { "direct", "proxy", "baseline" };
-	int n = argc > 3 ? atoi(argv[3]) : 2000, conc = argc > 4 ? atoi(argv[4]) : 64;
-	const char *url[TARGETS_MAX] = { argc > 1 ? argv[1] : NULL, argc > 2 ? argv[2] : NULL,
-					 argc > 5 ? argv[5] : NULL };
-	int targets = url[2] ? 3 : 2;
 
-	if (argc < 3 || n < 10 * ROUNDS || conc < 1) {
-		fprintf(stderr, "usage: proxy-bench DIRECT-URL PROXY-URL [REQUESTS [CLIENTS "
-				"[BASELINE-PROXY-URL]]] (REQUESTS >= %d)\n", 10 * ROUNDS);
+	if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		usage(stdout);
+		return 0;
+	}
+	if (argc < 3 || argc > 6) {
+		usage(stderr);
 		return 2;
 	}
+	int n = argc > 3 ? (int)tool_opt_uint("quota-proxy-bench", "REQUESTS", argv[3], 10 * ROUNDS, 1000000) : 2000;
+	int conc = argc > 4 ? (int)tool_opt_uint("quota-proxy-bench", "CLIENTS", argv[4], 1, 1024) : 64;
+	const char *url[TARGETS_MAX] = { argv[1], argv[2], argc > 5 ? argv[5] : NULL };
+	int targets = url[2] ? 3 : 2;
+
 	int failed = 0, sent = 0;
 
 	curl_global_init(CURL_GLOBAL_DEFAULT);
