@@ -61,6 +61,7 @@ function copyHeaders(h) {
  * @param {number} [opts.defaultMaxTokens=4096]  output reserved when a request names no max_tokens
  * @param {number} [opts.backoffMs=1000]   host-wide pause on a provider 429 without retry-after
  * @param {(body: object, endpoint: string, text: string) => number} [opts.estimate]  prompt tokens of a request
+ * @param {string} [opts.lane]             the quota's lane to reserve in (default its lowest)
  */
 function createQuotaFetch(quota, opts = {}) {
   const baseFetch = opts.fetch ?? globalThis.fetch;
@@ -69,6 +70,8 @@ function createQuotaFetch(quota, opts = {}) {
   const backoffMs = opts.backoffMs ?? 1000;
   const estimate = opts.estimate ?? ((body, ep, text) => estimateTokens(text, ep));
   if (typeof baseFetch !== 'function') throw new TypeError('createQuotaFetch: no fetch to wrap');
+  const lane = opts.lane ?? undefined;
+  if (lane !== undefined) quota.lane(lane); // NoSuchLane now, not at the first request
 
   return async function quotaFetch(input, init = {}) {
     // A Request as input: its method, headers and signal, unless init says otherwise.
@@ -102,7 +105,7 @@ function createQuotaFetch(quota, opts = {}) {
 
     let ticket;
     try {
-      ticket = await quota.reserve({ requests: 1, inputTokens: prompt, outputTokens: output,
+      ticket = await quota.reserve({ requests: 1, inputTokens: prompt, outputTokens: output, lane,
                                      timeoutMs, signal: init.signal ?? undefined });
     } catch (e) {
       if (e instanceof RetryLater) {

@@ -542,13 +542,11 @@ class Ticket {
           if (p) try { native[p[0]](this._t, ...p[1]); } catch { /* closed */ }
         },
       };
-      const w = this.quota._line(this._lane)._waiter({ ...more, requests: 0 }, () => {
-        if (this._extending === w && !this._busy) this._extending = null;
-        resolve();
-      }, (e) => {
-        if (this._extending === w && !this._busy) this._extending = null;
-        reject(e);
-      }, op, 0);
+      // Settled or given up: no longer under way, unless its wait still runs.
+      let w = null;
+      const over = () => { if (w && this._extending === w && !this._busy) this._extending = null; };
+      w = this.quota._line(this._lane)._waiter({ ...more, requests: 0 },
+        () => { over(); resolve(); }, (e) => { over(); reject(e); }, op, 0);
       if (!w) return;
       if (w.inputTokens + w.outputTokens === 0)
         return w.reject(new RangeError('extend: give inputTokens or outputTokens (> 0)'));

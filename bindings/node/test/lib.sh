@@ -50,3 +50,24 @@ start_quotad() {
 	wait_line "$tmp/quotad.ready" $! >/dev/null || die "quotad did not become ready"
 	export QUOTA_SEGMENT=$seg
 }
+
+# stop_quotad: stop the quotad started last (it removes its segment).
+stop_quotad() {
+	local last=$((${#pids[@]} - 1))
+	kill "${pids[last]}" 2>/dev/null
+	wait "${pids[last]}" 2>/dev/null
+	unset "pids[last]"
+}
+
+# both_modes QUOTAD CONFIG-TEMPLATE TEST.js: the test on a fresh quotad each
+# time, twice: waiting reserves taking their place in line on the addon's
+# threads (the default), then polling on timers (LIBQUOTA_NODE_POLL=1).
+both_modes() {
+	start_quotad "$1" "$2"
+	echo "# waiting on the addon's threads"
+	node --expose-gc "$3" || exit 1
+	stop_quotad
+	start_quotad "$1" "$2"
+	echo "# waiting on timers (LIBQUOTA_NODE_POLL=1)"
+	LIBQUOTA_NODE_POLL=1 node --expose-gc "$3"
+}
