@@ -518,41 +518,55 @@ class Ticket {
    */
   extend(more = {}) {
     return new Promise((resolve, reject) => {
-      if (this._extending)
-        return reject(new QuotaError(E.EBUSY, 'libquota: extend: an extend() of this ticket is under way'));
-      if (this.settled) return reject(new QuotaError(E.EINVAL, 'libquota: extend: the ticket is settled'));
-      if (more.requests) return reject(new RangeError('extend: requests cannot be extended (only tokens)'));
-      const op = {
-        what: 'extend',
-        try: (w) => native.extend(this._t, w.inputTokens, w.outputTokens),
-        wait: (w, ns, cb) => {
-          const rc = native.waitExtend(this._t, w.inputTokens, w.outputTokens, ns, cb);
-          if (rc === 0) this._busy = true;
-          return rc;
-        },
-        made: (w) => { // granted, even if the caller gave up meanwhile: the ticket holds it
-          this.inputTokens += w.inputTokens;
-          this.outputTokens += w.outputTokens;
-        },
-        drop: () => {},
-        after: (w) => { // the addon's thread returned: settle what was asked meanwhile
-          this._busy = false;
-          if (this._extending === w) this._extending = null;
-          const p = this._pending;
-          if (p) try { native[p[0]](this._t, ...p[1]); } catch { /* closed */ }
-        },
-      };
-      // Settled or given up: no longer under way, unless its wait still runs.
-      let w = null;
-      const over = () => { if (w && this._extending === w && !this._busy) this._extending = null; };
-      w = this.quota._line(this._lane)._waiter({ ...more, requests: 0 },
-        () => { over(); resolve(); }, (e) => { over(); reject(e); }, op, 0);
-      if (!w) return;
-      if (w.inputTokens + w.outputTokens === 0)
-        return w.reject(new RangeError('extend: give inputTokens or outputTokens (> 0)'));
-      this._extending = w;
-      w.line.submit(w);
+      const w = this._extender(more, resolve, reject);
+      if (w) w.line.submit(w);
     });
+  }
+
+  /** extend() now or never: throws RetryLater instead of waiting. */
+  tryExtend(more = {}) {
+    let err;
+    const w = this._extender({ ...more, timeoutMs: 0, signal: undefined }, () => {}, (e) => { err = e; });
+    if (w && w.line._try(w) !== true) w.line._refuse(w);
+    if (err) throw err;
+  }
+
+  // A waiter for extend() in the ticket's lane's line, or null (rejected).
+  _extender(more, resolve, reject) {
+    if (this._extending)
+      return reject(new QuotaError(E.EBUSY, 'libquota: extend: an extend() of this ticket is under way')), null;
+    if (this.settled) return reject(new QuotaError(E.EINVAL, 'libquota: extend: the ticket is settled')), null;
+    if (more.requests) return reject(new RangeError('extend: requests cannot be extended (only tokens)')), null;
+    const op = {
+      what: 'extend',
+      try: (w) => native.extend(this._t, w.inputTokens, w.outputTokens),
+      wait: (w, ns, cb) => {
+        const rc = native.waitExtend(this._t, w.inputTokens, w.outputTokens, ns, cb);
+        if (rc === 0) this._busy = true;
+        return rc;
+      },
+      made: (w) => { // granted, even if the caller gave up meanwhile: the ticket holds it
+        this.inputTokens += w.inputTokens;
+        this.outputTokens += w.outputTokens;
+      },
+      drop: () => {},
+      after: (w) => { // the addon's thread returned: settle what was asked meanwhile
+        this._busy = false;
+        if (this._extending === w) this._extending = null;
+        const p = this._pending;
+        if (p) try { native[p[0]](this._t, ...p[1]); } catch { /* closed */ }
+      },
+    };
+    // Settled or given up: no longer under way, unless its wait still runs.
+    let w = null;
+    const over = () => { if (w && this._extending === w && !this._busy) this._extending = null; };
+    w = this.quota._line(this._lane)._waiter({ ...more, requests: 0 },
+      () => { over(); resolve(); }, (e) => { over(); reject(e); }, op, 0);
+    if (!w) return null;
+    if (w.inputTokens + w.outputTokens === 0)
+      return reject(new RangeError('extend: give inputTokens or outputTokens (> 0)')), null;
+    this._extending = w;
+    return w;
   }
 
   /**
@@ -601,6 +615,12 @@ class Ticket {
   }
 }
 
+/** Estimated tokens of a piece of text (the estimator of quota-proxy; never 0 for non-empty text). */
+function estimateTextTokens(text) {
+  if (typeof text !== 'string') throw new TypeError('estimateTextTokens: text must be a string');
+  return native.estimateText(text);
+}
+
 /** Estimated prompt tokens of a JSON request body (the estimator of quota-proxy). */
 function estimateTokens(body, endpoint = 'chat') {
   const r = native.estimate(typeof body === 'string' ? body : JSON.stringify(body), endpoint);
@@ -618,7 +638,7 @@ Quota.polling = process.env.LIBQUOTA_NODE_POLL === '1';
 module.exports = {
   Client, Quota, Ticket,
   QuotaError, RetryLater, TooBig, BudgetExhausted, NoSuchQuota, NoSuchLane,
-  estimateTokens,
+  estimateTokens, estimateTextTokens,
   errno: E,
 };
 // After the exports: fetch.js requires them.

@@ -936,6 +936,26 @@ static napi_value js_strerror(napi_env env, napi_callback_info info)
 	return s;
 }
 
+/* A copy of the string @v (free it), its length in *@len; NULL with an
+ * exception pending (a TypeError saying @what for a non-string). */
+static char *get_text(napi_env env, napi_value v, const char *what, size_t *len)
+{
+	if (napi_get_value_string_utf8(env, v, NULL, 0, len) != napi_ok) {
+		napi_throw_type_error(env, "EINVAL", what);
+		return NULL;
+	}
+	char *s = malloc(*len + 1);
+	if (!s) {
+		napi_throw_error(env, "ENOMEM", "out of memory");
+		return NULL;
+	}
+	if (napi_get_value_string_utf8(env, v, s, *len + 1, len) != napi_ok) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
 /*
  * estimate(body, endpoint) -> estimated prompt tokens of a JSON request body
  * for endpoint "chat" | "completion" | "embedding", or an Error carrying the
@@ -959,20 +979,11 @@ static napi_value js_estimate(napi_env env, napi_callback_info info)
 		napi_throw_range_error(env, "EINVAL", "endpoint: chat, completion or embedding");
 		return NULL;
 	}
-	if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &len) != napi_ok) {
-		napi_throw_type_error(env, "EINVAL", "body must be a string");
+	char *body = get_text(env, argv[0], "body must be a string", &len);
+	if (!body)
 		return NULL;
-	}
-	char *body = malloc(len + 1);
-	if (!body) {
-		napi_throw_error(env, "ENOMEM", "out of memory");
-		return NULL;
-	}
-	napi_status st = napi_get_value_string_utf8(env, argv[0], body, len + 1, &len);
-	cJSON *root = st == napi_ok ? cJSON_ParseWithLength(body, len) : NULL;
+	cJSON *root = cJSON_ParseWithLength(body, len);
 	free(body);
-	if (st != napi_ok)
-		return NULL;
 	uint64_t tokens = 0;
 	int r;
 	if (!root) {
@@ -988,6 +999,20 @@ static napi_value js_estimate(napi_env env, napi_callback_info info)
 		return s;
 	}
 	return u64(env, tokens);
+}
+
+/* estimateText(text) -> estimated tokens of a piece of text (est_text()). */
+static napi_value js_estimate_text(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	size_t len;
+	CHECK(get_args(env, info, 1, argv) == 0 ? napi_ok : napi_generic_failure);
+	char *s = get_text(env, argv[0], "text must be a string", &len);
+	if (!s)
+		return NULL;
+	uint64_t n = est_text(s, len);
+	free(s);
+	return u64(env, n);
 }
 
 /* ---- module ------------------------------------------------------------ */
@@ -1018,6 +1043,7 @@ NAPI_MODULE_INIT()
 		{ "now", js_now },
 		{ "strerror", js_strerror },
 		{ "estimate", js_estimate },
+		{ "estimateText", js_estimate_text },
 	};
 	static const struct {
 		const char *name;

@@ -243,3 +243,46 @@ test('createQuotaFetch: lane', async () => {
   assert.equal(q.status().admittedOutputTokens - before.admittedOutputTokens, 3);
   hold.cancel();
 });
+
+test('createQuotaFetch: a stream without max_tokens grows its reservation in steps (streamStep)', async () => {
+  clockStart();
+  const q = client.quota('fetch-stream'); // 6000 tokens, nothing moves
+  assert.throws(() => lq.createQuotaFetch(q, { streamStep: -1 }), RangeError);
+  const pieces = Array.from({ length: 6 }, (_, i) => `piece ${i}: ` + 'lorem ipsum dolor sit amet '.repeat(5));
+  const events = pieces.map((c) => ({ id: 'x', choices: [{ index: 0, delta: { content: c } }] }));
+  events.push({ id: 'x', choices: [], usage: { prompt_tokens: 5, completion_tokens: 120 } });
+  const enc = new TextEncoder();
+  const fake = async () => {
+    let i = 0;
+    return new Response(new ReadableStream({
+      pull(c) { // one event a read
+        if (i < events.length) c.enqueue(enc.encode(`data: ${JSON.stringify(events[i++])}\n\n`));
+        else { c.enqueue(enc.encode('data: [DONE]\n\n')); c.close(); }
+      },
+    }), { headers: { 'content-type': 'text/event-stream' } });
+  };
+  const STEP = 20;
+  const qf = lq.createQuotaFetch(q, { fetch: fake, streamStep: STEP });
+  const body = JSON.stringify({ model: 'm', stream: true, stream_options: { include_usage: true },
+    messages: [{ role: 'user', content: 'tell me' }] });
+  const prompt = lq.estimateTokens(body, 'chat');
+  const before = q.status();
+  const res = await qf('http://127.0.0.1:9/v1/chat/completions', { method: 'POST', body });
+  assert.equal(res.status, 200);
+  const held = () => 6000 - tpm(q);
+  assert.equal(held(), prompt + STEP, 'one step reserved at first');
+  const reader = res.body.getReader();
+  let streamed = 0;
+  for (const c of pieces) {
+    const r = await reader.read();
+    assert.equal(r.done, false);
+    streamed += lq.estimateTextTokens(c);
+    // Grown by whole steps to cover what was seen, no further.
+    assert.equal(held(), prompt + STEP * Math.max(1, Math.ceil(streamed / STEP)), `after ${streamed} tokens`);
+  }
+  assert.ok(streamed > 2 * STEP, 'the stream outgrew its first steps');
+  while (!(await reader.read()).done);
+  const after = q.status();
+  assert.equal(after.admittedOutputTokens - before.admittedOutputTokens, 120, 'the usage reported is committed');
+  assert.equal(after.admitted - before.admitted, 1);
+});
