@@ -4,7 +4,9 @@
 // (`new OpenAI({ fetch })`) and any other client that takes one. For a POST
 // to .../chat/completions, .../completions or .../embeddings it estimates the
 // prompt (the estimator quota-proxy uses), reserves {1, prompt, max_tokens x n}
-// on the quota, sends, folds the response's x-ratelimit-* headers into the
+// on the quota (in opts.lane; a chat stream without max_tokens, with
+// opts.streamStep, one step, then one more each time its output outgrows
+// the ticket), sends, folds the response's x-ratelimit-* headers into the
 // shared state, and commits the `usage` the answer reports: from the JSON
 // body, or from a stream's final usage chunk (asked for, and stripped again
 // when the caller did not ask). Local refusals are answered the way the

@@ -167,6 +167,8 @@ export class NoSuchLane extends QuotaError {}
 export type Endpoint = 'chat' | 'completion' | 'embedding';
 /** Conservative estimate of a request's prompt tokens (quota-proxy's estimator). Throws TypeError on a malformed field. */
 export function estimateTokens(body: string | object, endpoint?: Endpoint): number;
+/** Estimated tokens of a piece of text (the same estimator; never 0 for non-empty text). */
+export function estimateTextTokens(text: string): number;
 
 export interface QuotaFetchOptions {
   /** The fetch to wrap (default globalThis.fetch). */

@@ -3,12 +3,13 @@
 // index.js - libquota for Node: Client, Quota, Ticket and the error classes
 // over the N-API addon (src/addon.c), and createQuotaFetch (fetch.js). The C
 // library keeps all the accounting; this layer only waits, and never on the
-// event loop's thread: there the addon reserves with a timeout of 0. A
-// reservation that must wait joins its quota's queue (first come, first
-// served within the process); the head of the queue takes its place in the
-// library's line on a thread of the addon (native.wait), or, when the budget
-// is further than the wait or LIBQUOTA_NODE_POLL=1, sleeps on a timer for the
-// delay the library names and tries again.
+// event loop's thread: there the addon reserves (and extends) with a
+// timeout of 0. A reservation or extension that must wait joins the queue of
+// its quota's lane (a Line: first come, first served within the process);
+// the head of the queue takes its place in the library's line on a thread of
+// the addon (native.wait, native.waitExtend), or, when the budget is further
+// than the wait or LIBQUOTA_NODE_POLL=1, sleeps on a timer for the delay the
+// library names and tries again.
 'use strict';
 
 const path = require('node:path');

@@ -252,12 +252,14 @@ static int get_ticket(napi_env env, napi_value v, struct ticket **ret)
 }
 
 
-/* Cancel (if open) and free a ticket nobody holds any more. */
+/* Cancel (if open) and free a ticket nobody holds any more. After
+ * client.close() its in-flight slot is (or will be) given back by
+ * quota_close(), and what it was charged stays charged. */
 static void ticket_drop(struct ticket *tk)
 {
 	struct handle *h = tk->h;
 	pthread_mutex_lock(&h->lock);
-	if (tk->open && h->c)
+	if (tk->open && h->c && !h->closing)
 		quota_cancel(h->c, &tk->t);
 	pthread_mutex_unlock(&h->lock);
 	handle_unref(h);
