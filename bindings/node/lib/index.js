@@ -581,10 +581,12 @@ class Ticket {
     const inp = count(estimate.inputTokens, 'inputTokens', this.inputTokens);
     const out = count(estimate.outputTokens, 'outputTokens', this.outputTokens);
     if (this._extending) throw new QuotaError(E.EBUSY, 'libquota: settlePartial: an extend() of this ticket is under way');
-    if (inp > this.inputTokens || out > this.outputTokens)
-      throw new QuotaError(E.EINVAL, `libquota: settlePartial: {${inp}, ${out}} is above what the ticket holds ` +
-        `({${this.inputTokens}, ${this.outputTokens}})`);
+    // The library checks against what the ticket holds (which may be more
+    // than this object knows: an "auto_estimate" reservation of 0 output).
     const rc = native.settlePartial(this._t, this.requests, inp, out);
+    if (rc === -E.EINVAL && !this.settled)
+      throw new QuotaError(E.EINVAL, `libquota: settlePartial: {inputTokens: ${inp}, outputTokens: ${out}} is ` +
+        `above what the ticket holds ({inputTokens: ${this.inputTokens}, outputTokens: ${this.outputTokens}})`);
     this._check(rc, 'settlePartial');
     this.inputTokens = inp;
     this.outputTokens = out;
@@ -608,7 +610,7 @@ class Ticket {
 
   _check(rc, what) {
     if (rc < 0) {
-      if (rc === -E.EINVAL && what !== 'settlePartial')
+      if (rc === -E.EINVAL)
         throw new QuotaError(E.EINVAL, `libquota: ${what}: the ticket is already settled`);
       if (rc === -E.EBADF) throw new QuotaError(E.EBADF, `libquota: ${what}: the client is closed`);
       throw errorFor(rc, `libquota: ${what}`);

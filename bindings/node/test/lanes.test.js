@@ -203,6 +203,11 @@ test('status: learning and alarms (quota_info 2.1)', () => {
   const free = tpm(q);
   const a = q.tryReserve({ inputTokens: 10, maxOutputTokens: 300 });
   assert.equal(free - tpm(q), 310);
+  // The library knows the 300 it reserved, which this ticket object does not.
+  a.settlePartial({ outputTokens: 250 });
+  assert.equal(a.outputTokens, 250);
+  assert.equal(free - tpm(q), 260);
+  assert.throws(() => a.settlePartial({ outputTokens: 251 }), (e) => e.code === 'EINVAL' && /above what the ticket holds/.test(e.message));
   a.commit({ inputTokens: 10, outputTokens: 201 }); // under 2 x 300: no alarm
   const b = q.tryReserve({ inputTokens: 10, outputTokens: 100 });
   b.commit({ outputTokens: 201 }); // above 2 x 100
