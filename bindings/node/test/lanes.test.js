@@ -12,6 +12,7 @@
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const { Worker } = require('node:worker_threads');
 const lq = require('..');
 
 const client = new lq.Client(); // $QUOTA_SEGMENT
@@ -161,6 +162,29 @@ test('extend: aborted while its wait runs, then committed: settled when the wait
   assert.equal(after.inflight, 0);
   assert.equal(after.admitted - before.admitted, 1);
   assert.equal(after.admittedOutputTokens - before.admittedOutputTokens, 50);
+});
+
+test('extend: a worker terminated while its extend waits: its ticket is given back', async () => {
+  const t0 = clockStart();
+  const q = client.quota('orphan');
+  const code = `
+    const { parentPort } = require('node:worker_threads');
+    const lq = require(${JSON.stringify(require.resolve('..'))});
+    const q = new lq.Client().quota('orphan');
+    const t = q.tryReserve({ outputTokens: 6000 });
+    t.extend({ outputTokens: 100, timeoutMs: 60000 }).then(() => parentPort.postMessage('extended'));
+    parentPort.postMessage(t._busy ? 'extending on a thread' : 'extending on a timer');`;
+  const w = new Worker(code, { eval: true });
+  const said = await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+  console.log(`# worker: ${said}`);
+  assert.equal(said, lq.Quota.polling ? 'extending on a timer' : 'extending on a thread');
+  assert.equal(q.status().inflight, 1);
+  await w.terminate();
+  // The worker's wait (on a thread) outlives it: granted at t0 + 1 s, it
+  // finds its ticket's object collected and cancels the ticket.
+  client.setClock(t0 + 1000);
+  for (let i = 0; i < 100000 && q.status().inflight > 0; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(q.status().inflight, 0, 'the terminated worker\'s ticket is given back');
 });
 
 test('settlePartial: gives back what the stream will not use; the ticket stays open', async () => {
