@@ -4,7 +4,9 @@
 // (`new OpenAI({ fetch })`) and any other client that takes one. For a POST
 // to .../chat/completions, .../completions or .../embeddings it estimates the
 // prompt (the estimator quota-proxy uses), reserves {1, prompt, max_tokens x n}
-// on the quota, sends, folds the response's x-ratelimit-* headers into the
+// on the quota (in opts.lane; a chat stream without max_tokens, with
+// opts.streamStep, one step, then one more each time its output outgrows
+// the ticket), sends, folds the response's x-ratelimit-* headers into the
 // shared state, and commits the `usage` the answer reports: from the JSON
 // body, or from a stream's final usage chunk (asked for, and stripped again
 // when the caller did not ask). Local refusals are answered the way the
@@ -14,7 +16,7 @@
 // (can never fit). Other requests pass through untouched.
 'use strict';
 
-const { RetryLater, TooBig, BudgetExhausted, estimateTokens } = require('./index.js');
+const { RetryLater, TooBig, BudgetExhausted, estimateTokens, estimateTextTokens } = require('./index.js');
 
 const ENDPOINTS = [
   [/\/chat\/completions\/?$/, 'chat'],
@@ -61,6 +63,9 @@ function copyHeaders(h) {
  * @param {number} [opts.defaultMaxTokens=4096]  output reserved when a request names no max_tokens
  * @param {number} [opts.backoffMs=1000]   host-wide pause on a provider 429 without retry-after
  * @param {(body: object, endpoint: string, text: string) => number} [opts.estimate]  prompt tokens of a request
+ * @param {string} [opts.lane]             the quota's lane to reserve in (default its lowest)
+ * @param {number} [opts.streamStep=0]     a chat stream without max_tokens reserves this many output
+ *   tokens, and as many more (ticket.tryExtend) each time its output outgrows them
  */
 function createQuotaFetch(quota, opts = {}) {
   const baseFetch = opts.fetch ?? globalThis.fetch;
@@ -69,6 +74,11 @@ function createQuotaFetch(quota, opts = {}) {
   const backoffMs = opts.backoffMs ?? 1000;
   const estimate = opts.estimate ?? ((body, ep, text) => estimateTokens(text, ep));
   if (typeof baseFetch !== 'function') throw new TypeError('createQuotaFetch: no fetch to wrap');
+  const lane = opts.lane ?? undefined;
+  if (lane !== undefined) quota.lane(lane); // NoSuchLane now, not at the first request
+  const streamStep = opts.streamStep ?? 0;
+  if (!Number.isSafeInteger(streamStep) || streamStep < 0 || streamStep > 2 ** 32)
+    throw new RangeError(`createQuotaFetch: streamStep must be an integer in [0, 2^32], not ${opts.streamStep}`);
 
   return async function quotaFetch(input, init = {}) {
     // A Request as input: its method, headers and signal, unless init says otherwise.
@@ -93,16 +103,19 @@ function createQuotaFetch(quota, opts = {}) {
     }
     const n = Number.isSafeInteger(body.n) && body.n > 0 ? body.n : 1;
     let maxTokens = body.max_completion_tokens ?? body.max_tokens;
-    if (!Number.isSafeInteger(maxTokens) || maxTokens < 1)
+    const stream = body.stream === true;
+    // A chat stream that names no max_tokens follows its output in steps.
+    const follow = streamStep > 0 && stream && ep === 'chat' && !(Number.isSafeInteger(maxTokens) && maxTokens >= 1);
+    if (follow) maxTokens = streamStep;
+    else if (!Number.isSafeInteger(maxTokens) || maxTokens < 1)
       maxTokens = ep === 'completion' ? Math.min(16, defaultMaxTokens) : defaultMaxTokens;
     const output = ep === 'embedding' ? 0 : maxTokens * n;
-    const stream = body.stream === true;
     const stripUsage = stream && body.stream_options?.include_usage !== true;
     if (stripUsage) text = JSON.stringify({ ...body, stream_options: { ...body.stream_options, include_usage: true } });
 
     let ticket;
     try {
-      ticket = await quota.reserve({ requests: 1, inputTokens: prompt, outputTokens: output,
+      ticket = await quota.reserve({ requests: 1, inputTokens: prompt, outputTokens: output, lane,
                                      timeoutMs, signal: init.signal ?? undefined });
     } catch (e) {
       if (e instanceof RetryLater) {
@@ -125,17 +138,27 @@ function createQuotaFetch(quota, opts = {}) {
       throw e; // aborted, or the client is closed
     }
 
-    // Settle once: with the usage reported, else with what was reserved.
-    let settled = false;
+    // Settle once: with the usage reported, else with what the ticket holds
+    // (or what a followed stream was seen to produce, if more).
+    let settled = false, streamed = 0, grows = follow;
     const settle = (usage, sent = true) => {
       if (settled) return;
       settled = true;
       try {
         if (!sent) ticket.cancel();
         else if (usage) ticket.commit({ requests: 1, inputTokens: usage.input, outputTokens: usage.output });
-        else ticket.commit();
+        else ticket.commit({ outputTokens: Math.max(ticket.outputTokens, streamed) });
       } catch { /* the client was closed: its tickets are gone already */ }
     };
+    // A followed stream's output as it passes: one more step each time it
+    // outgrows the ticket, never waiting; refused once, it stops growing
+    // and the rest is debt at commit.
+    const onOutput = follow ? (tokens) => {
+      streamed += tokens;
+      while (grows && !settled && streamed > ticket.outputTokens) {
+        try { ticket.tryExtend({ outputTokens: streamStep }); } catch { grows = false; }
+      }
+    } : null;
 
     // The body may have been rewritten (include_usage): the caller's
     // content-length (openai v4 sets one) is left for fetch to compute.
@@ -169,7 +192,7 @@ function createQuotaFetch(quota, opts = {}) {
 
     const type = res.headers.get('content-type') || '';
     if (stream && type.includes('text/event-stream'))
-      return new Response(tapStream(res.body, stripUsage, settle),
+      return new Response(tapStream(res.body, stripUsage, settle, onOutput),
         { status: res.status, statusText: res.statusText, headers: copyHeaders(res.headers) });
 
     let raw;
@@ -181,11 +204,23 @@ function createQuotaFetch(quota, opts = {}) {
   };
 }
 
+// Estimated output tokens of a stream chunk's choices: their delta's content
+// (or a completion's text), else its tool calls.
+function deltaTokens(choices) {
+  let t = 0;
+  for (const ch of choices) {
+    const text = typeof ch?.delta?.content === 'string' ? ch.delta.content : ch?.text;
+    if (typeof text === 'string') t += estimateTextTokens(text);
+    else if (ch?.delta?.tool_calls) t += estimateTextTokens(JSON.stringify(ch.delta.tool_calls));
+  }
+  return t;
+}
+
 // Pass a server-sent event stream through, event by event, noting the usage
 // chunk (and dropping it, and the "usage": null of the other chunks, when
-// the caller did not ask for it); settle at its end or when the reader
-// cancels it.
-function tapStream(upstream, strip, settle) {
+// the caller did not ask for it) and telling onOutput (if any) the output
+// tokens of each chunk; settle at its end or when the reader cancels it.
+function tapStream(upstream, strip, settle, onOutput) {
   const reader = upstream.getReader();
   const dec = new TextDecoder();
   const enc = new TextEncoder();
@@ -198,6 +233,7 @@ function tapStream(upstream, strip, settle) {
     let j;
     try { j = JSON.parse(data); } catch { return ev; }
     if (!j || typeof j !== 'object') return ev;
+    if (onOutput && Array.isArray(j.choices)) onOutput(deltaTokens(j.choices));
     if (j.usage) {
       usage = usageOf(j.usage) ?? usage;
       if (strip && Array.isArray(j.choices) && j.choices.length === 0) return null;

@@ -8,11 +8,28 @@ export interface Cost {
   outputTokens?: number;
 }
 
-export interface ReserveOptions extends Cost {
+export interface WaitOptions {
   /** 0 = try once; a number = wait at most that long; undefined / null / Infinity = as long as it takes. */
   timeoutMs?: number | null;
   /** Aborts the wait: the promise rejects with signal.reason and nothing is held. */
   signal?: AbortSignal;
+}
+
+export interface ReserveOptions extends Cost, WaitOptions {
+  /**
+   * The quota's priority lane, by name (resolved once per quota and cached; NoSuchLane if the quota has no
+   * such lane). Default: its lowest lane. A lower lane is admitted only while the headroom of the lanes above
+   * stays free, and holds no place in line while it waits.
+   */
+  lane?: string;
+  /** On an "auto_estimate" quota with outputTokens 0: the call's max_tokens, bounding the learned estimate. */
+  maxOutputTokens?: number;
+}
+
+/** What extend() adds, or what settlePartial() lowers the ticket to: tokens only (integers >= 0). */
+export interface Tokens {
+  inputTokens?: number;
+  outputTokens?: number;
 }
 
 export interface LimitStatus { limit: number; capacity: number; available: number; periodMs: number; }
@@ -38,6 +55,27 @@ export interface QuotaStatus {
   rejected: Record<string, number>;
   reclaimed: number;
   generation: number;
+  /** Priority lanes of the quota (0: none). */
+  lanes: number;
+  learned: {
+    /** "off", "learn" (suggests), "auto" ("auto_estimate": also reserves it when outputTokens is 0). */
+    mode: 'off' | 'learn' | 'auto';
+    /** quotad's p99 of the output tokens commits report (a bucket's upper edge); 0 = not yet (under 100
+     * samples); Infinity = 2048 or more (reserve max_tokens). */
+    outputTokens: number;
+    /** The (decayed) weight it comes from. */
+    samples: number;
+    /** Live clients' output tokens in 16 half-octave buckets: <16, 16-23, 24-31, 32-47, ..., 1536-2047, 2048+. */
+    outputHistogram: number[];
+  };
+  alarms: {
+    /** Tickets settled more than heldAfterMs after their admission. */
+    held: number;
+    /** Commits whose output was above overEstimateRatio x their estimate. */
+    overEstimate: number;
+    heldAfterMs: number; // 0 = off
+    overEstimateRatio: number; // 0 = off
+  };
 }
 
 /** Something that holds response headers. */
@@ -55,6 +93,8 @@ export class Client {
   close(): void;
   /** The segment's clock, in ms. */
   now(): number;
+  /** Move a manual-clock segment's clock to ms (never backwards), for every process: tests, simulations. EPERM on a monotonic one. */
+  setClock(ms: number): void;
 }
 
 export class Quota {
@@ -66,10 +106,12 @@ export class Quota {
   readonly client: Client;
   readonly name: string;
   readonly id: number;
-  /** Never blocks the event loop; waits in line (FIFO within the process). */
+  /** The index of a lane (0 = the highest), cached; throws NoSuchLane. */
+  lane(name: string): number;
+  /** Never blocks the event loop; waits in line (FIFO within the process and lane). */
   reserve(opts?: ReserveOptions): Promise<Ticket>;
   /** Now or never: throws RetryLater instead of waiting. */
-  tryReserve(cost?: Cost): Ticket;
+  tryReserve(cost?: Cost & { lane?: string; maxOutputTokens?: number }): Ticket;
   /** The provider answered 429: pause the quota for every process of the host. */
   backoff(ms: number): void;
   /** Fold x-ratelimit-* and retry-after headers into the shared state (only tightens). */
@@ -79,7 +121,10 @@ export class Quota {
 
 export class Ticket {
   readonly quota: Quota;
+  /** The lane it was reserved in, null for the default (lowest) one. */
+  readonly lane: string | null;
   readonly requests: number;
+  /** What the ticket holds now (grown by extend(), lowered by settlePartial()). */
   readonly inputTokens: number;
   readonly outputTokens: number;
   /** How long reserve() waited, ms. */
@@ -91,6 +136,20 @@ export class Ticket {
   commit(used?: Cost): void;
   /** The call never reached the provider: give everything back. */
   cancel(): void;
+  /**
+   * Take more tokens while the call runs (a stream outgrowing its estimate), in the ticket's lane, all or
+   * nothing; waits like reserve() and rejects like it (RetryLater with retryAfterMs, TooBig, BudgetExhausted);
+   * QuotaError EBUSY while another extend() of the ticket is under way.
+   */
+  extend(more: Tokens & WaitOptions): Promise<void>;
+  /** extend() now or never: throws RetryLater instead of waiting. */
+  tryExtend(more: Tokens): void;
+  /**
+   * Lower what the ticket holds to `estimate` (the most the call can still use in all; omitted: unchanged)
+   * and give the difference back; the ticket stays open. QuotaError EINVAL above what it holds, EBUSY while
+   * an extend() is under way.
+   */
+  settlePartial(estimate: Tokens): void;
 }
 
 export class QuotaError extends Error {
@@ -102,10 +161,14 @@ export class RetryLater extends QuotaError { retryAfterMs: number; }
 export class TooBig extends QuotaError {}
 export class BudgetExhausted extends QuotaError {}
 export class NoSuchQuota extends QuotaError {}
+/** The quota has no lane of that name (code ENOENT). */
+export class NoSuchLane extends QuotaError {}
 
 export type Endpoint = 'chat' | 'completion' | 'embedding';
 /** Conservative estimate of a request's prompt tokens (quota-proxy's estimator). Throws TypeError on a malformed field. */
 export function estimateTokens(body: string | object, endpoint?: Endpoint): number;
+/** Estimated tokens of a piece of text (the same estimator; never 0 for non-empty text). */
+export function estimateTextTokens(text: string): number;
 
 export interface QuotaFetchOptions {
   /** The fetch to wrap (default globalThis.fetch). */
@@ -118,6 +181,14 @@ export interface QuotaFetchOptions {
   backoffMs?: number;
   /** Prompt tokens of a request (default: estimateTokens). */
   estimate?: (body: any, endpoint: Endpoint, text: string) => number;
+  /** The quota's lane to reserve in (default its lowest); NoSuchLane at once if it has none such. */
+  lane?: string;
+  /**
+   * A stream that names no max_tokens reserves this many output tokens (x n), and this many more each time
+   * its output (estimated as it passes) outgrows them, never waiting (tryExtend: refused once, the rest is
+   * debt at commit). Default 0: such streams reserve defaultMaxTokens.
+   */
+  streamStep?: number;
 }
 /** A fetch for `new OpenAI({ fetch })`: reserves, sends, commits the usage reported. */
 export function createQuotaFetch(quota: Quota, opts?: QuotaFetchOptions): typeof fetch;

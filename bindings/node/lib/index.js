@@ -3,12 +3,13 @@
 // index.js - libquota for Node: Client, Quota, Ticket and the error classes
 // over the N-API addon (src/addon.c), and createQuotaFetch (fetch.js). The C
 // library keeps all the accounting; this layer only waits, and never on the
-// event loop's thread: there the addon reserves with a timeout of 0. A
-// reservation that must wait joins its quota's queue (first come, first
-// served within the process); the head of the queue takes its place in the
-// library's line on a thread of the addon (native.wait), or, when the budget
-// is further than the wait or LIBQUOTA_NODE_POLL=1, sleeps on a timer for the
-// delay the library names and tries again.
+// event loop's thread: there the addon reserves (and extends) with a
+// timeout of 0. A reservation or extension that must wait joins the queue of
+// its quota's lane (a Line: first come, first served within the process);
+// the head of the queue takes its place in the library's line on a thread of
+// the addon (native.wait, native.waitExtend), or, when the budget is further
+// than the wait or LIBQUOTA_NODE_POLL=1, sleeps on a timer for the delay the
+// library names and tries again.
 'use strict';
 
 const path = require('node:path');
@@ -58,6 +59,10 @@ class BudgetExhausted extends QuotaError {
 /** No quota of that name on the segment (or it was removed). */
 class NoSuchQuota extends QuotaError {
   constructor(message) { super(E.ENOENT, message); this.name = 'NoSuchQuota'; }
+}
+/** The quota has no lane of that name (or no lanes at all). */
+class NoSuchLane extends QuotaError {
+  constructor(message) { super(E.ENOENT, message); this.name = 'NoSuchLane'; }
 }
 
 function errorFor(rc, what, retryAfterMs) {
@@ -122,6 +127,19 @@ class Client {
   /** The segment's clock, in milliseconds (a float). */
   now() { this._check(); return native.now(this._h) / 1e6; }
 
+  /**
+   * Move a manual-clock segment's clock to `ms` (never backwards) for every
+   * process on it, and wake the waits it lets through: for tests and
+   * simulations. Throws QuotaError EPERM on a monotonic segment.
+   */
+  setClock(ms) {
+    this._check();
+    if (typeof ms !== 'number' || !(ms >= 0)) throw new RangeError(`setClock: ms must be a number >= 0, not ${ms}`);
+    const rc = native.clockSet(this._h, Math.round(ms * 1e6));
+    if (rc < 0) throw errorFor(rc, 'libquota: setClock');
+    for (const q of this._quotas.values()) q._wake(); // polling heads try again now
+  }
+
   _check() {
     if (!this._h) throw new QuotaError(E.EBADF, 'libquota: the client is closed');
   }
@@ -133,38 +151,48 @@ class Quota {
     this.client = client;
     this.name = name;
     this.id = id;
-    this._queue = [];   // waiting reserves, first come first served
-    this._timer = null; // the head's retry timer (when it polls)
-    this._native = null; // the waiter whose wait runs on the addon's thread
-    this._keepAlive = null;
+    this._lanes = new Map(); // lane name -> index, resolved once
+    this._lines = new Map(); // lane index (-1: the default lane) -> Line
   }
 
   /**
-   * Reserve `cost` against every limit of the quota, all or nothing.
-   * timeoutMs: 0 = try once; a number = wait at most that long; undefined,
-   * null or Infinity = wait as long as it takes. `signal` aborts the wait.
+   * The index of the lane named `name` (0 = the highest), resolved once and
+   * cached; throws NoSuchLane (code ENOENT) if the quota has no such lane.
+   */
+  lane(name) {
+    if (typeof name !== 'string') throw new TypeError(`lane must be a string, not ${typeof name}`);
+    let i = this._lanes.get(name);
+    if (i !== undefined) return i;
+    this.client._check();
+    i = native.lane(this.client._h, this.id, name);
+    if (i === -E.ENOENT)
+      throw new NoSuchLane(`libquota: quota '${this.name}' has no lane '${name}' (lanes are named in quotad's config)`);
+    if (i < 0) throw errorFor(i, `libquota: lane '${name}' of '${this.name}'`);
+    this._lanes.set(name, i);
+    return i;
+  }
+
+  /**
+   * Reserve `cost` against every limit of the quota, all or nothing, in
+   * `lane` (a name; default the quota's lowest lane). timeoutMs: 0 = try
+   * once; a number = wait at most that long; undefined, null or Infinity =
+   * wait as long as it takes. `signal` aborts the wait. maxOutputTokens
+   * bounds a learned estimate ("auto_estimate" quotas).
    * @returns {Promise<Ticket>}
    */
   reserve(cost = {}) {
     return new Promise((resolve, reject) => {
-      const w = this._waiter(cost, resolve, reject);
-      if (!w) return;
-      // Try at once unless others wait ahead of us (they keep their place).
-      if (this._queue.length === 0 || w.timeoutMs === 0) {
-        const t = this._try(w);
-        if (t === true) return;
-        if (w.timeoutMs === 0 || t === false) return this._refuse(w);
-      }
-      this._enqueue(w);
+      const w = this._reserver(cost, resolve, reject);
+      if (w) w.line.submit(w);
     });
   }
 
   /** Reserve now or throw: never waits. @returns {Ticket} */
   tryReserve(cost = {}) {
     let out, err;
-    const w = this._waiter({ ...cost, timeoutMs: 0, signal: undefined },
+    const w = this._reserver({ ...cost, timeoutMs: 0, signal: undefined },
       (t) => { out = t; }, (e) => { err = e; });
-    if (w && this._try(w) !== true) this._refuse(w);
+    if (w && w.line._try(w) !== true) w.line._refuse(w);
     if (err) throw err;
     return out;
   }
@@ -196,7 +224,7 @@ class Quota {
     return { used, limitBelowConfig: low === 1 };
   }
 
-  /** A snapshot: limits (capacity, available), in flight, spend, counters. */
+  /** A snapshot: limits (capacity, available), in flight, spend, counters, lanes, learning, alarms. */
   status() {
     this.client._check();
     const r = native.info(this.client._h, this.id);
@@ -204,21 +232,78 @@ class Quota {
     return r;
   }
 
-  // ---- waiting -----------------------------------------------------------
+  // A waiter for reserve(): its cost, lane and what it makes when admitted.
+  _reserver(cost, resolve, reject) {
+    let lane = -1, laneName = null, maxOut = 0;
+    try {
+      if (cost.lane !== undefined && cost.lane !== null) { laneName = cost.lane; lane = this.lane(laneName); }
+      maxOut = count(cost.maxOutputTokens, 'maxOutputTokens', 0);
+    } catch (e) {
+      reject(e);
+      return null;
+    }
+    const op = {
+      what: 'reserve',
+      try: (w) => native.reserve(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, lane, maxOut),
+      wait: (w, ns, cb) => native.wait(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens,
+        lane, maxOut, ns, cb),
+      made: (w, ext) => new Ticket(this, ext, w, lane, laneName),
+      drop: (t) => { try { t.cancel(); } catch { /* closed */ } }, // aborted or refused meanwhile
+      after: () => {},
+    };
+    return this._line(lane)._waiter(cost, resolve, reject, op, 1);
+  }
 
-  _waiter(cost, resolve, reject) {
+  // The line of a lane: its waiters in this process, first come, first served.
+  _line(lane) {
+    let l = this._lines.get(lane);
+    if (!l) this._lines.set(lane, l = new Line(this, lane));
+    return l;
+  }
+
+  // Budget may have come back (a local settle, a clock moved): every lane's head tries again.
+  _wake() {
+    for (const l of this._lines.values()) l._wake();
+  }
+
+  _closeQueue() {
+    for (const l of this._lines.values()) l._close();
+  }
+}
+
+/**
+ * The waiters of one lane of a quota in this process, first come, first
+ * served. The head waits: on a thread of the addon (op.wait: the library's
+ * own wait, in the lane), or polling on a timer. Each lane has its own line
+ * because the library gives lower lanes no place in line: a higher lane's
+ * reservation must never queue behind a lower lane's here either. Waiters
+ * are reservations and extensions of tickets of this lane alike (`op`).
+ */
+class Line {
+  constructor(quota, lane) {
+    this.quota = quota;
+    this.lane = lane;
+    this._queue = [];   // waiters, first come first served
+    this._timer = null; // the head's retry timer (when it polls)
+    this._native = null; // the waiter whose wait runs on the addon's thread
+    this._keepAlive = null;
+  }
+
+  // A waiter: the cost (requests defaulting to `requests`), timeout, signal
+  // and the operation; null (rejected) on a bad argument.
+  _waiter(cost, resolve, reject, op, requests) {
     try {
       const w = {
-        requests: count(cost.requests, 'requests', 1),
+        requests: count(cost.requests, 'requests', requests),
         inputTokens: count(cost.inputTokens, 'inputTokens', 0),
         outputTokens: count(cost.outputTokens, 'outputTokens', 0),
         timeoutMs: cost.timeoutMs ?? Infinity,
-        signal: cost.signal,
+        signal: cost.signal, line: this, op,
         resolve, reject, done: false, start: performance.now(), retryAfterMs: 0, deadlineTimer: null, onAbort: null,
       };
       if (typeof w.timeoutMs !== 'number' || !(w.timeoutMs >= 0))
         throw new RangeError(`timeoutMs must be a number >= 0, not ${cost.timeoutMs}`);
-      this.client._check();
+      this.quota.client._check();
       if (w.signal?.aborted) throw abortReason(w.signal);
       w.deadline = performance.now() + w.timeoutMs;
       return w;
@@ -228,40 +313,52 @@ class Quota {
     }
   }
 
+  submit(w) {
+    // Try at once unless others wait ahead of us (they keep their place).
+    if (this._queue.length === 0 || w.timeoutMs === 0) {
+      const t = this._try(w);
+      if (t === true) return;
+      if (w.timeoutMs === 0 || t === false) return this._refuse(w);
+    }
+    this._enqueue(w);
+  }
+
+  _what(w) { return `libquota: ${w.op.what} '${this.quota.name}'`; }
+
   // One non-blocking attempt: true (resolved), false (refused for good:
   // rejected), or the retry delay in ms (w.retryAfterMs) for -EAGAIN.
   _try(w) {
-    if (!this.client._h) {
+    if (!this.quota.client._h) {
       this._finish(w, null, new QuotaError(E.EBADF, 'libquota: the client is closed'));
       return false;
     }
-    const t = native.reserve(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens);
-    if (typeof t !== 'number') {
-      this._finish(w, new Ticket(this, t, w), null);
+    const t = w.op.try(w);
+    if (typeof t !== 'number' || t === 0) {
+      this._finish(w, w.op.made(w, t), null);
       return true;
     }
     if (t === -E.EAGAIN) {
       w.retryAfterMs = native.lastRetryAfterNs() / 1e6;
       return w.retryAfterMs;
     }
-    this._finish(w, null, errorFor(t, `libquota: reserve '${this.name}'`));
+    this._finish(w, null, errorFor(t, this._what(w)));
     return false;
   }
 
   _refuse(w) {
     if (w.done) return;
-    this._finish(w, null, errorFor(-E.EAGAIN, `libquota: reserve '${this.name}'`, w.retryAfterMs));
+    this._finish(w, null, errorFor(-E.EAGAIN, this._what(w), w.retryAfterMs));
   }
 
-  _finish(w, ticket, err) {
+  _finish(w, value, err) {
     if (w.done) return;
     w.done = true;
     if (w.deadlineTimer) clearTimeout(w.deadlineTimer);
     if (w.onAbort) w.signal.removeEventListener('abort', w.onAbort);
     const i = this._queue.indexOf(w);
     if (i >= 0) this._queue.splice(i, 1);
-    if (this._native === w) this._setNative(null); // a wait still under way cancels its ticket
-    if (ticket) w.resolve(ticket); else w.reject(err);
+    if (this._native === w) this._setNative(null); // a wait still under way ends by itself
+    if (err) w.reject(err); else w.resolve(value);
   }
 
   _enqueue(w) {
@@ -294,13 +391,12 @@ class Quota {
   }
 
   // The head takes its place in the library's line on a thread of the
-  // addon's (native.wait), for at most a minute at a time.
+  // addon's (op.wait), for at most a minute at a time.
   _startWait(w, left) {
     if (Quota.polling) return false;
     w.waitStart = performance.now();
     const ns = Math.ceil(Math.min(left, 60000) * 1e6);
-    const rc = native.wait(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, ns,
-      (res, retryNs) => this._waited(w, res, retryNs));
+    const rc = w.op.wait(w, ns, (res, retryNs) => this._waited(w, res, retryNs));
     if (rc < 0) return false;
     this._setNative(w);
     return true;
@@ -317,12 +413,13 @@ class Quota {
 
   _waited(w, res, retryNs) {
     if (this._native === w) this._setNative(null);
-    if (typeof res !== 'number') {
-      const t = new Ticket(this, res, w);
-      if (!w.done) this._finish(w, t, null);
-      else try { t.cancel(); } catch { /* closed */ } // aborted or refused meanwhile
+    w.op.after(w);
+    if (typeof res !== 'number' || res === 0) {
+      const v = w.op.made(w, res);
+      if (!w.done) this._finish(w, v, null);
+      else w.op.drop(v);
     } else if (!w.done && res !== -E.EAGAIN) {
-      this._finish(w, null, errorFor(res, `libquota: reserve '${this.name}'`));
+      this._finish(w, null, errorFor(res, this._what(w)));
     } else if (res === -E.EAGAIN) {
       w.retryAfterMs = retryNs / 1e6; // the deadline (or the minute) passed: _pump decides
       // Refused at once (the budget moved away meanwhile): the next try
@@ -366,7 +463,7 @@ class Quota {
     }
   }
 
-  _closeQueue() {
+  _close() {
     if (this._timer) { clearTimeout(this._timer); this._timer = null; }
     for (const w of [...this._queue])
       this._finish(w, null, new QuotaError(E.EBADF, 'libquota: the client was closed while waiting'));
@@ -375,46 +472,156 @@ class Quota {
 
 /** An admitted reservation: settle it once with commit() or cancel(). */
 class Ticket {
-  constructor(quota, ext, cost) {
+  constructor(quota, ext, cost, lane = -1, laneName = null) {
     this.quota = quota;
     this._t = ext;
+    this._lane = lane;
+    /** The lane it was reserved in (its name), null for the default lane. */
+    this.lane = laneName;
     this.requests = cost.requests;
     this.inputTokens = cost.inputTokens;
     this.outputTokens = cost.outputTokens;
     /** How long reserve() waited, in ms. */
     this.waitedMs = performance.now() - cost.start;
+    this._extending = null; // the extend() under way
+    this._busy = false;     // ... and its wait runs on the addon's thread
+    this._pending = null;   // a settle asked for meanwhile: [native fn, args]
   }
 
   /** Whether commit() or cancel() already ran. */
-  get settled() { return !native.ticketInfo(this._t).open; }
+  get settled() { return this._pending !== null || !native.ticketInfo(this._t).open; }
 
   /** When the reservation was admitted, on the segment's clock (ms). */
   get admittedAt() { return native.ticketInfo(this._t).admittedAtNs / 1e6; }
 
   /**
    * Settle with the usage the provider reported. Omitted fields default to
-   * what was reserved (no refund); requests defaults to the reserved count.
+   * what the ticket holds (no refund); requests defaults to the reserved count.
    */
   commit(used = {}) {
-    const rc = native.commit(this._t, count(used.requests, 'requests', this.requests),
+    this._settle('commit', [count(used.requests, 'requests', this.requests),
       count(used.inputTokens, 'inputTokens', this.inputTokens),
-      count(used.outputTokens, 'outputTokens', this.outputTokens));
-    this._settled(rc, 'commit');
+      count(used.outputTokens, 'outputTokens', this.outputTokens)]);
   }
 
   /** The call never reached the provider: give everything back. */
   cancel() {
-    this._settled(native.cancel(this._t), 'cancel');
+    this._settle('cancel', []);
   }
 
-  _settled(rc, what) {
+  /**
+   * Take more tokens for this ticket while its call runs (a stream that
+   * outgrows its estimate), in its lane, all or nothing; waits like
+   * reserve() (timeoutMs, signal) and rejects like it (RetryLater with
+   * retryAfterMs, TooBig above a limit's capacity or the context window
+   * with what the ticket holds, BudgetExhausted). One at a time per ticket.
+   * @returns {Promise<void>}
+   */
+  extend(more = {}) {
+    return new Promise((resolve, reject) => {
+      const w = this._extender(more, resolve, reject);
+      if (w) w.line.submit(w);
+    });
+  }
+
+  /** extend() now or never: throws RetryLater instead of waiting. */
+  tryExtend(more = {}) {
+    let err;
+    const w = this._extender({ ...more, timeoutMs: 0, signal: undefined }, () => {}, (e) => { err = e; });
+    if (w && w.line._try(w) !== true) w.line._refuse(w);
+    if (err) throw err;
+  }
+
+  // A waiter for extend() in the ticket's lane's line, or null (rejected).
+  _extender(more, resolve, reject) {
+    if (this._extending)
+      return reject(new QuotaError(E.EBUSY, 'libquota: extend: an extend() of this ticket is under way')), null;
+    if (this.settled) return reject(new QuotaError(E.EINVAL, 'libquota: extend: the ticket is settled')), null;
+    if (more.requests) return reject(new RangeError('extend: requests cannot be extended (only tokens)')), null;
+    const op = {
+      what: 'extend',
+      try: (w) => native.extend(this._t, w.inputTokens, w.outputTokens),
+      wait: (w, ns, cb) => {
+        const rc = native.waitExtend(this._t, w.inputTokens, w.outputTokens, ns, cb);
+        if (rc === 0) this._busy = true;
+        return rc;
+      },
+      made: (w) => { // granted, even if the caller gave up meanwhile: the ticket holds it
+        this.inputTokens += w.inputTokens;
+        this.outputTokens += w.outputTokens;
+      },
+      drop: () => {},
+      after: (w) => { // the addon's thread returned: settle what was asked meanwhile
+        this._busy = false;
+        if (this._extending === w) this._extending = null;
+        const p = this._pending;
+        if (p) try { native[p[0]](this._t, ...p[1]); } catch { /* closed */ }
+      },
+    };
+    // Settled or given up: no longer under way, unless its wait still runs.
+    let w = null;
+    const over = () => { if (w && this._extending === w && !this._busy) this._extending = null; };
+    w = this.quota._line(this._lane)._waiter({ ...more, requests: 0 },
+      () => { over(); resolve(); }, (e) => { over(); reject(e); }, op, 0);
+    if (!w) return null;
+    if (w.inputTokens + w.outputTokens === 0)
+      return reject(new RangeError('extend: give inputTokens or outputTokens (> 0)')), null;
+    this._extending = w;
+    return w;
+  }
+
+  /**
+   * Mid-stream: lower what the ticket holds to `estimate` (the most the call
+   * can still use in all; omitted fields: unchanged) and give the difference
+   * back as a commit would; the ticket stays open. Refunds come from the last
+   * piece (the last extension, else the reservation). Throws QuotaError EINVAL
+   * above what the ticket holds, EBUSY while an extend() of it is under way.
+   */
+  settlePartial(estimate = {}) {
+    const inp = count(estimate.inputTokens, 'inputTokens', this.inputTokens);
+    const out = count(estimate.outputTokens, 'outputTokens', this.outputTokens);
+    if (this._extending) throw new QuotaError(E.EBUSY, 'libquota: settlePartial: an extend() of this ticket is under way');
+    // The library checks against what the ticket holds (which may be more
+    // than this object knows: an "auto_estimate" reservation of 0 output).
+    const rc = native.settlePartial(this._t, this.requests, inp, out);
+    if (rc === -E.EINVAL && !this.settled)
+      throw new QuotaError(E.EINVAL, `libquota: settlePartial: {inputTokens: ${inp}, outputTokens: ${out}} is ` +
+        `above what the ticket holds ({inputTokens: ${this.inputTokens}, outputTokens: ${this.outputTokens}})`);
+    this._check(rc, 'settlePartial');
+    this.inputTokens = inp;
+    this.outputTokens = out;
+    if (this.quota._lines.size) this.quota._wake();
+  }
+
+  _settle(what, args) {
+    if (this._pending) throw new QuotaError(E.EINVAL, `libquota: ${what}: the ticket is already settled`);
+    const w = this._extending;
+    if (w) {
+      w.line._finish(w, null, new QuotaError(E.EINVAL, `libquota: extend: the ticket was settled (${what}) meanwhile`));
+      w.line._wake();
+      if (this._busy) { // the addon's thread still extends it: settle when it returns
+        this._pending = [what, [...args]];
+        return;
+      }
+    }
+    this._check(native[what](this._t, ...args), what);
+    if (this.quota._lines.size) this.quota._wake();
+  }
+
+  _check(rc, what) {
     if (rc < 0) {
-      if (rc === -E.EINVAL) throw new QuotaError(E.EINVAL, `libquota: ${what}: the ticket is already settled`);
+      if (rc === -E.EINVAL)
+        throw new QuotaError(E.EINVAL, `libquota: ${what}: the ticket is already settled`);
       if (rc === -E.EBADF) throw new QuotaError(E.EBADF, `libquota: ${what}: the client is closed`);
       throw errorFor(rc, `libquota: ${what}`);
     }
-    if (this.quota._queue.length) this.quota._wake();
   }
+}
+
+/** Estimated tokens of a piece of text (the estimator of quota-proxy; never 0 for non-empty text). */
+function estimateTextTokens(text) {
+  if (typeof text !== 'string') throw new TypeError('estimateTextTokens: text must be a string');
+  return native.estimateText(text);
 }
 
 /** Estimated prompt tokens of a JSON request body (the estimator of quota-proxy). */
@@ -433,8 +640,8 @@ Quota.polling = process.env.LIBQUOTA_NODE_POLL === '1';
 
 module.exports = {
   Client, Quota, Ticket,
-  QuotaError, RetryLater, TooBig, BudgetExhausted, NoSuchQuota,
-  estimateTokens,
+  QuotaError, RetryLater, TooBig, BudgetExhausted, NoSuchQuota, NoSuchLane,
+  estimateTokens, estimateTextTokens,
   errno: E,
 };
 // After the exports: fetch.js requires them.

@@ -3,13 +3,14 @@
  * addon.c - the N-API addon under the Node package: a thin, non-blocking
  * mirror of quota.h for lib/index.js, plus the token estimator of
  * tools/common/estimate.c for createQuotaFetch. Every function here returns
- * at once: quota_reserve() is only ever called with a timeout of 0, and the
- * JavaScript layer waits with timers (a reserve that sleeps would stop the
- * event loop). A reservation that must wait for its place in line (the
- * library's first come, first served) does so on a thread of its own
- * (wait(): one detached thread per waiting reservation, which takes a client
- * slot of the segment while it lives) and hands its result back to the
- * JavaScript thread through a thread-safe function.
+ * at once: quota_reserve_ex() and quota_extend() are only ever called with a
+ * timeout of 0 on the JavaScript thread, which waits with timers (a call
+ * that sleeps would stop the event loop). A reservation or an extension
+ * that must wait (for its place in the library's line, in its lane) does so
+ * on a thread of its own (wait(), waitExtend(): one detached thread per
+ * waiting call, which takes a client slot of the segment while it lives)
+ * and hands its result back to the JavaScript thread through a thread-safe
+ * function. A ticket being extended so is `busy`: only that thread uses it.
  *
  * Lifetimes: a handle (struct handle) is shared by its Client external, the
  * externals of the tickets it issued and the waits under way, and freed when
@@ -50,6 +51,12 @@ struct handle {
 struct ticket {
 	struct handle *h;
 	int open;
+	/* An extend() of this ticket is under way on a wait thread, which
+	 * alone uses t meanwhile; JavaScript settles nothing until it returns
+	 * (lib/index.js defers). Both under h->lock. If the ticket's external
+	 * is collected meanwhile (the environment going away), `orphan` tells
+	 * the thread to give the ticket back and free it. */
+	int busy, orphan;
 	struct quota_ticket t;
 };
 
@@ -235,42 +242,128 @@ static napi_value js_find(napi_env env, napi_callback_info info)
 
 /* ---- tickets ----------------------------------------------------------- */
 
+static int get_ticket(napi_env env, napi_value v, struct ticket **ret)
+{
+	void *p;
+	if (get_external(env, v, &p) < 0)
+		return -1;
+	*ret = p;
+	return 0;
+}
+
+
+/* Cancel (if open) and free a ticket nobody holds any more. After
+ * client.close() its in-flight slot is (or will be) given back by
+ * quota_close(), and what it was charged stays charged. */
+static void ticket_drop(struct ticket *tk)
+{
+	struct handle *h = tk->h;
+	pthread_mutex_lock(&h->lock);
+	if (tk->open && h->c && !h->closing)
+		quota_cancel(h->c, &tk->t);
+	pthread_mutex_unlock(&h->lock);
+	handle_unref(h);
+	free(tk);
+}
+
 static void ticket_finalize(napi_env env, void *data, void *hint)
 {
 	struct ticket *tk = data;
 	(void)env, (void)hint;
-	if (tk->open && !tk->h->closing)
-		quota_cancel(tk->h->c, &tk->t);
-	handle_unref(tk->h);
-	free(tk);
+	pthread_mutex_lock(&tk->h->lock);
+	int busy = tk->busy;
+	if (busy)
+		tk->orphan = 1; /* the extending thread drops it */
+	pthread_mutex_unlock(&tk->h->lock);
+	if (!busy)
+		ticket_drop(tk);
+}
+
+/* Whether a wait thread is extending @tk (then it must not be touched). */
+static int ticket_busy(struct ticket *tk)
+{
+	pthread_mutex_lock(&tk->h->lock);
+	int busy = tk->busy;
+	pthread_mutex_unlock(&tk->h->lock);
+	return busy;
+}
+
+/* The lane argument: a lane index from lane(), or -1 for the default. */
+static int get_lane(napi_env env, napi_value v, uint32_t *ret)
+{
+	double d;
+	if (napi_get_value_double(env, v, &d) != napi_ok || d != floor(d) ||
+	    !(d >= -1 && d < QUOTA_LANES_MAX)) {
+		napi_throw_range_error(env, "EINVAL", "lane: an index from lane(), or -1");
+		return -1;
+	}
+	*ret = d < 0 ? QUOTA_LANE_DEFAULT : (uint32_t)d;
+	return 0;
+}
+
+/* lane(handle, id, name) -> the lane's index, or a negative errno. */
+static napi_value js_lane(napi_env env, napi_callback_info info)
+{
+	napi_value argv[3];
+	struct handle *h;
+	int32_t id;
+	char name[64];
+	size_t len;
+	CHECK(get_args(env, info, 3, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(napi_get_value_int32(env, argv[1], &id));
+	if (napi_get_value_string_utf8(env, argv[2], name, sizeof(name), &len) != napi_ok) {
+		napi_throw_type_error(env, "EINVAL", "lane name must be a string");
+		return NULL;
+	}
+	if (len >= sizeof(name) - 1 || strlen(name) != len)
+		return num(env, -ENOENT); /* longer than any lane name */
+	return num(env, quota_lane(h->c, id, name));
 }
 
 /*
- * reserve(handle, id, requests, inputTokens, outputTokens) -> an external
- * ticket when admitted, else a negative errno; on -EAGAIN the earliest delay
- * worth retrying after is left for lastRetryAfterNs(). Never waits.
+ * reserve(handle, id, requests, inputTokens, outputTokens, lane,
+ * maxOutputTokens) -> an external ticket when admitted, else a negative
+ * errno; on -EAGAIN the earliest delay worth retrying after is left for
+ * lastRetryAfterNs(). quota_reserve_ex() in that lane. Never waits.
  */
 /* Per thread: each worker_thread has its own JavaScript thread. */
 static _Thread_local int64_t tls_retry_after_ns;
 
+/* The arguments reserve() and wait() share: id, the cost, lane and
+ * maxOutputTokens from argv[0..5]. */
+static int get_reserve_args(napi_env env, const napi_value *argv, int *id,
+			    struct quota_cost *cost, struct quota_reserve_opts *o)
+{
+	double idd;
+	quota_reserve_opts_init(o, sizeof(*o));
+	if (napi_get_value_double(env, argv[0], &idd) != napi_ok ||
+	    get_count(env, argv[1], &cost->requests) < 0 ||
+	    get_count(env, argv[2], &cost->input_tokens) < 0 ||
+	    get_count(env, argv[3], &cost->output_tokens) < 0 ||
+	    get_lane(env, argv[4], &o->lane) < 0 ||
+	    get_count(env, argv[5], &o->max_output_tokens) < 0)
+		return -1;
+	*id = (idd >= 0 && idd < 1e9 && idd == floor(idd)) ? (int)idd : -1;
+	return 0;
+}
+
 static napi_value js_reserve(napi_env env, napi_callback_info info)
 {
-	napi_value argv[5], ret;
+	napi_value argv[7], ret;
 	struct handle *h;
-	double idd;
+	int id;
 	struct quota_cost cost;
-	CHECK(get_args(env, info, 5, argv) == 0 ? napi_ok : napi_generic_failure);
+	struct quota_reserve_opts o;
+	CHECK(get_args(env, info, 7, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(napi_get_value_double(env, argv[1], &idd));
-	CHECK(get_count(env, argv[2], &cost.requests) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_count(env, argv[3], &cost.input_tokens) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_count(env, argv[4], &cost.output_tokens) == 0 ? napi_ok : napi_generic_failure);
-	if (!(idd >= 0 && idd < 1e9) || idd != floor(idd))
+	CHECK(get_reserve_args(env, argv + 1, &id, &cost, &o) == 0 ? napi_ok : napi_generic_failure);
+	if (id < 0)
 		return num(env, -ENOENT);
 	struct ticket *tk = calloc(1, sizeof(*tk));
 	if (!tk)
 		return num(env, -ENOMEM);
-	int r = quota_reserve(h->c, (int)idd, &cost, 0, &tk->t);
+	int r = quota_reserve_ex(h->c, id, &cost, 0, &o, &tk->t);
 	if (r < 0) {
 		tls_retry_after_ns = r == -EAGAIN ? tk->t.retry_after_ns : 0;
 		free(tk);
@@ -324,36 +417,32 @@ static void envstate_cleanup(void *arg)
 	envstate_unref(e);
 }
 
-/* One waiting reservation: filled by the JavaScript thread, run by its own
- * thread, handed back through @tsfn. Owns one handle reference and one
- * envstate reference. */
+/* One waiting reservation or extension: filled by the JavaScript thread,
+ * run by its own thread, handed back through @tsfn. Owns one handle
+ * reference and one envstate reference. */
 struct wait {
 	struct handle *h;
 	struct envstate *env;
 	int id;
 	struct quota_cost cost;
+	struct quota_reserve_opts opts;
 	int64_t timeout_ns;
 	napi_threadsafe_function tsfn;
-	struct ticket *tk; /* filled on admission */
+	struct ticket *tk;  /* a reservation's, filled on admission (holds a handle ref) */
+	struct ticket *ext; /* or the ticket to extend (busy until the thread is done) */
 	int r;
 	int64_t retry_after_ns;
 };
 
 static void wait_free(struct wait *w)
 {
-	if (w->tk) {
-		/* Nobody took the ticket: give it back (unless close did). */
-		pthread_mutex_lock(&w->h->lock);
-		if (w->tk->open && w->h->c)
-			quota_cancel(w->h->c, &w->tk->t);
-		pthread_mutex_unlock(&w->h->lock);
-		free(w->tk);
-	}
+	if (w->tk)
+		ticket_drop(w->tk); /* nobody took it: give it back (unless close did) */
 	handle_unref(w->h);
 	free(w);
 }
 
-/* On the JavaScript thread: callback(ticket external | negative errno,
+/* On the JavaScript thread: callback(ticket external | 0 | negative errno,
  * retryAfterNs). env is NULL when the environment is going away. */
 static void wait_done_js(napi_env env, napi_value cb, void *context, void *data)
 {
@@ -364,14 +453,13 @@ static void wait_done_js(napi_env env, napi_value cb, void *context, void *data)
 		wait_free(w);
 		return;
 	}
-	if (w->r == 0 && w->h->closing) /* quota_close() gave its slot back */
+	if (w->r == 0 && w->tk && w->h->closing) /* quota_close() gave its slot back */
 		w->r = -EBADF, w->tk->open = 0;
-	if (w->r == 0) {
+	if (w->r == 0 && w->tk) {
 		if (napi_create_external(env, w->tk, ticket_finalize, NULL, &ext) != napi_ok) {
 			wait_free(w);
 			return;
 		}
-		handle_ref(w->h); /* the ticket's */
 		w->tk = NULL;
 		argv[0] = ext;
 	} else {
@@ -389,17 +477,30 @@ static void *wait_main(void *p)
 	struct handle *h = w->h;
 	napi_threadsafe_function tsfn = w->tsfn;
 	/* h->c stays open while waiters > 0 (close_if_idle). */
-	w->r = quota_reserve(h->c, w->id, &w->cost, w->timeout_ns, &w->tk->t);
-	w->retry_after_ns = w->r == -EAGAIN ? w->tk->t.retry_after_ns : 0;
-	w->tk->open = w->r == 0;
+	struct quota_ticket *t = w->ext ? &w->ext->t : &w->tk->t;
+	w->r = w->ext ? quota_extend(h->c, t, &w->cost, w->timeout_ns) :
+		quota_reserve_ex(h->c, w->id, &w->cost, w->timeout_ns, &w->opts, t);
+	w->retry_after_ns = w->r == -EAGAIN ? t->retry_after_ns : 0;
 	pthread_mutex_lock(&h->lock);
-	if (w->r == 0 && h->closing) {
-		quota_cancel(h->c, &w->tk->t);
-		w->tk->open = 0;
+	if (w->tk) {
+		w->tk->open = w->r == 0;
+		if (w->r == 0 && h->closing) {
+			quota_cancel(h->c, &w->tk->t);
+			w->tk->open = 0;
+		}
+	}
+	struct ticket *orphan = NULL;
+	if (w->ext) {
+		w->ext->busy = 0;
+		if (w->ext->orphan)
+			orphan = w->ext; /* its external was collected meanwhile */
+		w->ext = NULL;
 	}
 	h->waiters--;
 	close_if_idle(h);
 	pthread_mutex_unlock(&h->lock);
+	if (orphan)
+		ticket_drop(orphan);
 	struct envstate *e = w->env;
 	int posted = 0;
 	pthread_mutex_lock(&e->lock);
@@ -414,55 +515,43 @@ static void *wait_main(void *p)
 	return NULL;
 }
 
-/*
- * wait(handle, id, requests, inputTokens, outputTokens, timeoutNs, callback):
- * quota_reserve() with that timeout on a thread of its own, taking a place
- * in line at once; callback(ticket | negative errno, retryAfterNs) later on
- * this thread. Returns 0 when started, else a negative errno at once.
- */
-static napi_value js_wait(napi_env env, napi_callback_info info)
+/* Start a wait like @tmpl (its cost, opts or ext filled) with the timeout
+ * @tmov (ns) on a thread of its own, calling @cb on this thread when it
+ * returns: 0, or a negative errno at once (NULL with an exception pending). */
+static napi_value wait_start(napi_env env, struct handle *h, const struct wait *tmpl,
+			     napi_value tmov, napi_value cb)
 {
-	napi_value argv[7], name;
-	struct handle *h;
-	double idd, tmo;
+	napi_value name;
 	napi_valuetype t;
-	CHECK(get_args(env, info, 7, argv) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
-	struct wait *w = calloc(1, sizeof(*w));
-	if (!w)
-		return num(env, -ENOMEM);
-	if (napi_get_value_double(env, argv[1], &idd) != napi_ok ||
-	    get_count(env, argv[2], &w->cost.requests) < 0 ||
-	    get_count(env, argv[3], &w->cost.input_tokens) < 0 ||
-	    get_count(env, argv[4], &w->cost.output_tokens) < 0 ||
-	    napi_get_value_double(env, argv[5], &tmo) != napi_ok ||
-	    napi_typeof(env, argv[6], &t) != napi_ok) {
-		free(w);
+	double tmo;
+	if (napi_get_value_double(env, tmov, &tmo) != napi_ok || napi_typeof(env, cb, &t) != napi_ok)
 		return NULL;
-	}
-	if (t != napi_function || !(tmo >= 0 && tmo <= 1e18) || !(idd >= 0 && idd < 1e9) ||
-	    idd != floor(idd)) {
-		free(w);
+	if (t != napi_function || !(tmo >= 0 && tmo <= 1e18)) {
 		napi_throw_range_error(env, "EINVAL", "wait: bad arguments");
 		return NULL;
 	}
+	struct wait *w = malloc(sizeof(*w));
+	if (!w)
+		return num(env, -ENOMEM);
+	*w = *tmpl;
 	struct envstate *e;
 	if (napi_get_instance_data(env, (void **)&e) != napi_ok || !e) {
 		free(w);
 		return num(env, -EINVAL);
 	}
-	w->id = (int)idd;
 	w->timeout_ns = (int64_t)tmo;
 	w->h = h;
 	w->env = e;
-	w->tk = calloc(1, sizeof(*w->tk));
-	if (!w->tk) {
-		free(w);
-		return num(env, -ENOMEM);
+	if (!w->ext) {
+		w->tk = calloc(1, sizeof(*w->tk));
+		if (!w->tk) {
+			free(w);
+			return num(env, -ENOMEM);
+		}
+		w->tk->h = h;
 	}
-	w->tk->h = h;
 	if (napi_create_string_utf8(env, "libquota wait", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-	    napi_create_threadsafe_function(env, argv[6], NULL, name, 0, 1, NULL, NULL, NULL,
+	    napi_create_threadsafe_function(env, cb, NULL, name, 0, 1, NULL, NULL, NULL,
 					    wait_done_js, &w->tsfn) != napi_ok) {
 		free(w->tk);
 		free(w);
@@ -473,8 +562,10 @@ static napi_value js_wait(napi_env env, napi_callback_info info)
 	 * reserve was aborted does not hold the process up to its timeout. */
 	napi_unref_threadsafe_function(env, w->tsfn);
 	pthread_mutex_lock(&h->lock);
-	h->refs++;
+	h->refs += w->tk ? 2 : 1; /* the wait's, and its ticket's */
 	h->waiters++;
+	if (w->ext)
+		w->ext->busy = 1;
 	pthread_mutex_unlock(&h->lock);
 	pthread_mutex_lock(&e->lock);
 	e->refs++;
@@ -491,15 +582,119 @@ static napi_value js_wait(napi_env env, napi_callback_info info)
 	if (r != 0) {
 		pthread_mutex_lock(&h->lock);
 		h->waiters--;
+		if (w->ext)
+			w->ext->busy = 0;
 		pthread_mutex_unlock(&h->lock);
 		napi_release_threadsafe_function(w->tsfn, napi_tsfn_abort);
-		free(w->tk);
-		w->tk = NULL;
-		wait_free(w);
+		wait_free(w); /* w->tk is not open: dropping it gives nothing back */
 		envstate_unref(e);
 		return num(env, -r);
 	}
 	return num(env, 0);
+}
+
+/*
+ * wait(handle, id, requests, inputTokens, outputTokens, lane,
+ * maxOutputTokens, timeoutNs, callback): quota_reserve_ex() in that lane
+ * with that timeout on a thread of its own (the top lane takes its place in
+ * line at once; a lower lane sleeps until its lane would admit it, holding
+ * nothing); callback(ticket | negative errno, retryAfterNs) later on this
+ * thread. Returns 0 when started, else a negative errno at once.
+ */
+static napi_value js_wait(napi_env env, napi_callback_info info)
+{
+	napi_value argv[9];
+	struct handle *h;
+	struct wait w = { 0 };
+	CHECK(get_args(env, info, 9, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_reserve_args(env, argv + 1, &w.id, &w.cost, &w.opts) == 0 ? napi_ok :
+									      napi_generic_failure);
+	if (w.id < 0)
+		return num(env, -ENOENT);
+	return wait_start(env, h, &w, argv[7], argv[8]);
+}
+
+/* The two token counts of an extension or of a partial settle. */
+static int get_tokens(napi_env env, const napi_value *argv, struct quota_cost *c)
+{
+	return get_count(env, argv[0], &c->input_tokens) < 0 ||
+	       get_count(env, argv[1], &c->output_tokens) < 0 ? -1 : 0;
+}
+
+/* An open ticket that no thread is extending, or a negative errno. */
+static int usable(struct ticket *tk)
+{
+	if (tk->h->closing)
+		return -EBADF;
+	if (!tk->open)
+		return -EINVAL;
+	return ticket_busy(tk) ? -EBUSY : 0;
+}
+
+/*
+ * waitExtend(ticket, inputTokens, outputTokens, timeoutNs, callback):
+ * quota_extend() with that timeout on a thread of its own, in the ticket's
+ * lane; callback(0 | negative errno, retryAfterNs). The ticket is busy
+ * meanwhile (commit, cancel, extend and settlePartial answer -EBUSY).
+ * Returns 0 when started, else a negative errno at once.
+ */
+static napi_value js_wait_extend(napi_env env, napi_callback_info info)
+{
+	napi_value argv[5];
+	struct ticket *tk;
+	struct wait w = { 0 };
+	CHECK(get_args(env, info, 5, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_ticket(env, argv[0], &tk) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_tokens(env, argv + 1, &w.cost) == 0 ? napi_ok : napi_generic_failure);
+	int r = usable(tk);
+	if (r < 0)
+		return num(env, r);
+	w.ext = tk;
+	return wait_start(env, tk->h, &w, argv[3], argv[4]);
+}
+
+/* extend(ticket, inputTokens, outputTokens) -> 0 or a negative errno (on
+ * -EAGAIN, lastRetryAfterNs()). Never waits. */
+static napi_value js_extend(napi_env env, napi_callback_info info)
+{
+	napi_value argv[3];
+	struct ticket *tk;
+	struct quota_cost more = { 0, 0, 0 };
+	CHECK(get_args(env, info, 3, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_ticket(env, argv[0], &tk) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_tokens(env, argv + 1, &more) == 0 ? napi_ok : napi_generic_failure);
+	int r = usable(tk);
+	if (r == 0)
+		r = quota_extend(tk->h->c, &tk->t, &more, 0);
+	tls_retry_after_ns = r == -EAGAIN ? tk->t.retry_after_ns : 0;
+	return num(env, r);
+}
+
+/* The arguments of commit() and settlePartial(): (ticket, requests,
+ * inputTokens, outputTokens). 0 with *@tk and *@c set, a negative errno for
+ * a ticket that cannot be settled now, or 1 with an exception pending. */
+static int get_settle_args(napi_env env, napi_callback_info info, struct ticket **tk,
+			   struct quota_cost *c)
+{
+	napi_value argv[4];
+	if (get_args(env, info, 4, argv) < 0 || get_ticket(env, argv[0], tk) < 0 ||
+	    get_count(env, argv[1], &c->requests) < 0 || get_tokens(env, argv + 2, c) < 0)
+		return 1;
+	return usable(*tk);
+}
+
+/* settlePartial(ticket, requests, inputTokens, outputTokens) -> 0 or a
+ * negative errno: the ticket's estimate lowered to that (requests: the
+ * ticket's). */
+static napi_value js_settle_partial(napi_env env, napi_callback_info info)
+{
+	struct ticket *tk;
+	struct quota_cost est;
+	int r = get_settle_args(env, info, &tk, &est);
+	if (r > 0)
+		return NULL;
+	return num(env, r < 0 ? r : quota_settle_partial(tk->h->c, &tk->t, &est));
 }
 
 static napi_value js_last_retry_after_ns(napi_env env, napi_callback_info info)
@@ -508,32 +703,16 @@ static napi_value js_last_retry_after_ns(napi_env env, napi_callback_info info)
 	return num(env, (double)tls_retry_after_ns);
 }
 
-static int get_ticket(napi_env env, napi_value v, struct ticket **ret)
-{
-	void *p;
-	if (get_external(env, v, &p) < 0)
-		return -1;
-	*ret = p;
-	return 0;
-}
-
-/* commit(ticket, requests, inputTokens, outputTokens) -> 0 or a negative errno. */
+/* commit(ticket, requests, inputTokens, outputTokens) -> 0 or a negative
+ * errno (-EBUSY while an extension waits). */
 static napi_value js_commit(napi_env env, napi_callback_info info)
 {
-	napi_value argv[4];
 	struct ticket *tk;
 	struct quota_cost used;
-	CHECK(get_args(env, info, 4, argv) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_ticket(env, argv[0], &tk) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_count(env, argv[1], &used.requests) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_count(env, argv[2], &used.input_tokens) == 0 ? napi_ok : napi_generic_failure);
-	CHECK(get_count(env, argv[3], &used.output_tokens) == 0 ? napi_ok : napi_generic_failure);
-	if (tk->h->closing)
-		return num(env, -EBADF);
-	if (!tk->open)
-		return num(env, -EINVAL);
-	int r = quota_commit(tk->h->c, &tk->t, &used);
-	if (r == 0)
+	int r = get_settle_args(env, info, &tk, &used);
+	if (r > 0)
+		return NULL;
+	if (r == 0 && (r = quota_commit(tk->h->c, &tk->t, &used)) == 0)
 		tk->open = 0;
 	return num(env, r);
 }
@@ -545,11 +724,10 @@ static napi_value js_cancel(napi_env env, napi_callback_info info)
 	struct ticket *tk;
 	CHECK(get_args(env, info, 1, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_ticket(env, argv[0], &tk) == 0 ? napi_ok : napi_generic_failure);
-	if (tk->h->closing)
-		return num(env, -EBADF);
-	if (!tk->open)
-		return num(env, -EINVAL);
-	int r = quota_cancel(tk->h->c, &tk->t);
+	int r = usable(tk);
+	if (r < 0)
+		return num(env, r);
+	r = quota_cancel(tk->h->c, &tk->t);
 	if (r == 0)
 		tk->open = 0;
 	return num(env, r);
@@ -656,6 +834,7 @@ static napi_value js_info(napi_env env, napi_callback_info info)
 	CHECK(get_args(env, info, 2, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(napi_get_value_int32(env, argv[1], &id));
+	memset(&qi, 0, sizeof(qi));
 	int r = quota_info(h->c, id, &qi, sizeof(qi));
 	if (r < 0)
 		return num(env, r);
@@ -700,6 +879,29 @@ static napi_value js_info(napi_env env, napi_callback_info info)
 	set(env, obj, "rejected", rej);
 	set(env, obj, "reclaimed", u64(env, qi.reclaimed));
 	set(env, obj, "generation", u64(env, qi.generation));
+	/* 2.1 (zero from a library that fills only 2.0's struct) */
+	napi_value learn, hist, alarms, s;
+	set(env, obj, "lanes", u64(env, qi.lanes));
+	static const char *const learn_modes[] = { "off", "learn", "auto" };
+	CHECK(napi_create_string_utf8(env, qi.learn < 3 ? learn_modes[qi.learn] : "unknown",
+				      NAPI_AUTO_LENGTH, &s));
+	CHECK(napi_create_object(env, &learn));
+	set(env, learn, "mode", s);
+	/* UINT64_MAX: "2048 or more" (the caller's max_tokens): Infinity */
+	set(env, learn, "outputTokens", qi.learned_output == UINT64_MAX ? num(env, INFINITY) :
+					u64(env, qi.learned_output));
+	set(env, learn, "samples", u64(env, qi.learned_samples));
+	CHECK(napi_create_array_with_length(env, 16, &hist));
+	for (uint32_t i = 0; i < 16; i++)
+		CHECK(napi_set_element(env, hist, i, u64(env, qi.output_hist[i])));
+	set(env, learn, "outputHistogram", hist);
+	set(env, obj, "learned", learn);
+	CHECK(napi_create_object(env, &alarms));
+	set(env, alarms, "held", u64(env, qi.alarm_held));
+	set(env, alarms, "overEstimate", u64(env, qi.alarm_over));
+	set(env, alarms, "heldAfterMs", num(env, (double)qi.alarm_held_ns / 1e6));
+	set(env, alarms, "overEstimateRatio", num(env, (double)qi.alarm_over_pct / 100));
+	set(env, obj, "alarms", alarms);
 	return obj;
 }
 
@@ -713,6 +915,18 @@ static napi_value js_now(napi_env env, napi_callback_info info)
 	return num(env, (double)quota_now(h->c));
 }
 
+/* clockSet(handle, ns) -> 0 or a negative errno (-EPERM: not a manual clock). */
+static napi_value js_clock_set(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	struct handle *h;
+	uint64_t ns;
+	CHECK(get_args(env, info, 2, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_count(env, argv[1], &ns) == 0 ? napi_ok : napi_generic_failure);
+	return num(env, quota_clock_set(h->c, (int64_t)ns));
+}
+
 /* strerror(err) -> text */
 static napi_value js_strerror(napi_env env, napi_callback_info info)
 {
@@ -721,6 +935,26 @@ static napi_value js_strerror(napi_env env, napi_callback_info info)
 	CHECK(get_args(env, info, 1, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(napi_get_value_int32(env, argv[0], &e));
 	CHECK(napi_create_string_utf8(env, quota_strerror(e), NAPI_AUTO_LENGTH, &s));
+	return s;
+}
+
+/* A copy of the string @v (free it), its length in *@len; NULL with an
+ * exception pending (a TypeError saying @what for a non-string). */
+static char *get_text(napi_env env, napi_value v, const char *what, size_t *len)
+{
+	if (napi_get_value_string_utf8(env, v, NULL, 0, len) != napi_ok) {
+		napi_throw_type_error(env, "EINVAL", what);
+		return NULL;
+	}
+	char *s = malloc(*len + 1);
+	if (!s) {
+		napi_throw_error(env, "ENOMEM", "out of memory");
+		return NULL;
+	}
+	if (napi_get_value_string_utf8(env, v, s, *len + 1, len) != napi_ok) {
+		free(s);
+		return NULL;
+	}
 	return s;
 }
 
@@ -747,20 +981,11 @@ static napi_value js_estimate(napi_env env, napi_callback_info info)
 		napi_throw_range_error(env, "EINVAL", "endpoint: chat, completion or embedding");
 		return NULL;
 	}
-	if (napi_get_value_string_utf8(env, argv[0], NULL, 0, &len) != napi_ok) {
-		napi_throw_type_error(env, "EINVAL", "body must be a string");
+	char *body = get_text(env, argv[0], "body must be a string", &len);
+	if (!body)
 		return NULL;
-	}
-	char *body = malloc(len + 1);
-	if (!body) {
-		napi_throw_error(env, "ENOMEM", "out of memory");
-		return NULL;
-	}
-	napi_status st = napi_get_value_string_utf8(env, argv[0], body, len + 1, &len);
-	cJSON *root = st == napi_ok ? cJSON_ParseWithLength(body, len) : NULL;
+	cJSON *root = cJSON_ParseWithLength(body, len);
 	free(body);
-	if (st != napi_ok)
-		return NULL;
 	uint64_t tokens = 0;
 	int r;
 	if (!root) {
@@ -778,6 +1003,20 @@ static napi_value js_estimate(napi_env env, napi_callback_info info)
 	return u64(env, tokens);
 }
 
+/* estimateText(text) -> estimated tokens of a piece of text (est_text()). */
+static napi_value js_estimate_text(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	size_t len;
+	CHECK(get_args(env, info, 1, argv) == 0 ? napi_ok : napi_generic_failure);
+	char *s = get_text(env, argv[0], "text must be a string", &len);
+	if (!s)
+		return NULL;
+	uint64_t n = est_text(s, len);
+	free(s);
+	return u64(env, n);
+}
+
 /* ---- module ------------------------------------------------------------ */
 
 NAPI_MODULE_INIT()
@@ -792,6 +1031,11 @@ NAPI_MODULE_INIT()
 		{ "reserve", js_reserve },
 		{ "lastRetryAfterNs", js_last_retry_after_ns },
 		{ "wait", js_wait },
+		{ "lane", js_lane },
+		{ "extend", js_extend },
+		{ "waitExtend", js_wait_extend },
+		{ "settlePartial", js_settle_partial },
+		{ "clockSet", js_clock_set },
 		{ "commit", js_commit },
 		{ "cancel", js_cancel },
 		{ "ticketInfo", js_ticket_info },
@@ -801,6 +1045,7 @@ NAPI_MODULE_INIT()
 		{ "now", js_now },
 		{ "strerror", js_strerror },
 		{ "estimate", js_estimate },
+		{ "estimateText", js_estimate_text },
 	};
 	static const struct {
 		const char *name;
@@ -811,7 +1056,7 @@ NAPI_MODULE_INIT()
 		{ "EBADF", EBADF },   { "EBADMSG", EBADMSG }, { "EACCES", EACCES },
 		{ "EUSERS", EUSERS }, { "ECHILD", ECHILD },   { "EPERM", EPERM },
 		{ "ETIMEDOUT", ETIMEDOUT }, { "EPROTONOSUPPORT", EPROTONOSUPPORT },
-		{ "ENOMEM", ENOMEM },
+		{ "ENOMEM", ENOMEM }, { "EBUSY", EBUSY },
 	};
 	napi_value v, errs;
 	struct envstate *e = calloc(1, sizeof(*e));

@@ -10,8 +10,4 @@ set -u
 QUOTAD=$1 ADDON=$2
 . "$(dirname "$0")/lib.sh"
 node_env "$ADDON"
-node_quotad "$QUOTAD" "$here/api.json"
-echo "# waiting on the addon's threads"
-node --expose-gc "$here/api.test.js" || exit 1
-echo "# waiting on timers (LIBQUOTA_NODE_POLL=1)"
-LIBQUOTA_NODE_POLL=1 node --expose-gc "$here/api.test.js"
+both_modes "$QUOTAD" "$here/api.json" "$here/api.test.js"

@@ -74,14 +74,15 @@ test('feedback and backoff pause the quota for everyone', async () => {
   // A pause longer than the wait, or than a minute: no thread waits in line
   // for it (nor starts again and again); the timeout and an abort still work.
   let waits = 0;
-  const start = q._startWait;
-  q._startWait = function (...a) { waits++; return start.apply(this, a); };
+  const line = q._line(-1); // the default lane's waiters
+  const start = line._startWait;
+  line._startWait = function (...a) { waits++; return start.apply(this, a); };
   await assert.rejects(q.reserve({ timeoutMs: 100 }), lq.RetryLater);
   q.backoff(90000);
   const ac = new AbortController();
   setTimeout(() => ac.abort(), 100);
   await assert.rejects(q.reserve({ signal: ac.signal }), (e) => e.name === 'AbortError');
-  q._startWait = start;
+  line._startWait = start;
   assert.equal(waits, 0);
 });
 
@@ -171,7 +172,7 @@ test('200 concurrent reserves, random aborts and timeouts: nothing left in fligh
   }
   console.log(`# 200 reserves: ${JSON.stringify(tally)}, in flight at the end ${q.status().inflight}`);
   assert.ok(tally.aborted > 0 && tally.timedOut > 0 && tally.committed > 0 && tally.dropped > 0);
-  assert.equal(q._queue.length, 0);
+  assert.equal(q._line(-1)._queue.length, 0);
   assert.equal(q.status().inflight, 0, 'aborted and dropped reserves hold nothing');
 });
 
@@ -287,7 +288,7 @@ test('a worker terminated while its reserve waits: the wait gives its ticket bac
     const lq = require(${JSON.stringify(require.resolve('..'))});
     const q = new lq.Client().quota('inflight');
     q.reserve({ inputTokens: 1, timeoutMs: 20000 }).then(() => parentPort.postMessage('admitted'));
-    parentPort.postMessage(q._native ? 'waiting on a thread' : 'waiting on a timer');`;
+    parentPort.postMessage(q._line(-1)._native ? 'waiting on a thread' : 'waiting on a timer');`;
   const w = new Worker(code, { eval: true });
   const said = await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
   console.log(`# worker: ${said}`);

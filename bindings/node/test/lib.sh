@@ -34,3 +34,24 @@ node_quotad() {
 	LD_PRELOAD='' start_quotad "$1" --socket "$tmp/ctl.sock"
 	export QUOTA_SEGMENT=$seg
 }
+
+# stop_quotad: stop the quotad started last (it removes its segment).
+stop_quotad() {
+	local last=$((${#pids[@]} - 1))
+	kill "${pids[last]}" 2>/dev/null
+	wait "${pids[last]}" 2>/dev/null
+	unset "pids[last]"
+}
+
+# both_modes QUOTAD CONFIG-TEMPLATE TEST.js: the test on a fresh quotad each
+# time, twice: waiting reserves taking their place in line on the addon's
+# threads (the default), then polling on timers (LIBQUOTA_NODE_POLL=1).
+both_modes() {
+	node_quotad "$1" "$2"
+	echo "# waiting on the addon's threads"
+	node --expose-gc "$3" || exit 1
+	stop_quotad
+	node_quotad "$1" "$2"
+	echo "# waiting on timers (LIBQUOTA_NODE_POLL=1)"
+	LIBQUOTA_NODE_POLL=1 node --expose-gc "$3"
+}
