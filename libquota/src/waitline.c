@@ -22,8 +22,8 @@
  * when a wait ends, and for the next wait, after a release fence, the
  * deadline and the start, then the new key (a number of its own in the low
  * half, never reused by the next wait) with release. A reader loads the key
- * (acquire), the two words, an acquire fence, and the key and the slot's
- * state word again: equal keys mean the two words belong to that wait.
+ * and the two words (acquire), then the key and the slot's state word
+ * again: equal keys mean the two words belong to that wait.
  *
  * COST. A scan reads line 0 of every client slot: client_capacity cache
  * lines, only on the waiting path of lower lanes, never when a reservation
@@ -81,11 +81,10 @@ static bool read_waiter(const struct qs_client *cs, uint64_t key, struct qc_wait
 		uint64_t k = atomic_load_explicit(&cs->wait_key, memory_order_acquire);
 		if (QS_CLIENT_STATUS(st) != QS_CLIENT_LIVE || !k || QS_WAIT_LINE(k) != QS_WAIT_LINE(key))
 			return false;
-		w->since = atomic_load_explicit(&cs->wait_since, memory_order_relaxed);
-		w->until = atomic_load_explicit(&cs->wait_until, memory_order_relaxed);
-		/* acquire: words stored by a later wait make its key's 0 (or the
+		/* acquire: a word stored by a later wait makes its key's 0 (or the
 		 * later key) visible below (pairs with qc_wait_begin's fence) */
-		atomic_thread_fence(memory_order_acquire);
+		w->since = atomic_load_explicit(&cs->wait_since, memory_order_acquire);
+		w->until = atomic_load_explicit(&cs->wait_until, memory_order_acquire);
 		if (atomic_load_explicit(&cs->wait_key, memory_order_relaxed) == k &&
 		    atomic_load_explicit(&cs->state, memory_order_relaxed) == st) {
 			w->key = k;
