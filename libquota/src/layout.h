@@ -369,8 +369,9 @@ struct qs_client {
 	_Atomic uint64_t refund_intent;
 	/* Minor 1: a lower-lane reservation waiting for its turn (waitline.c),
 	 * written by the owner only (cleared by quotad when reclaiming). The
-	 * key is QS_WAIT_KEY, 0 = not waiting; its low 32 bits are the futex
-	 * word the next waiter of its line sleeps on. Segment clock, ns. */
+	 * key is QS_WAIT_LINE_OF(quota, lane) | a number, 0 = not waiting; its
+	 * low 32 bits are the futex word the waiter behind sleeps on. Segment
+	 * clock, ns. */
 	_Atomic uint64_t wait_key;
 	_Atomic int64_t wait_since; /* when the reservation began */
 	_Atomic int64_t wait_until; /* its deadline: ignored by others after it */

@@ -54,7 +54,8 @@ uint64_t qc_wait_begin(struct qc_thread *t, uint64_t line, int64_t since, int64_
 		t->wait_no = 1;
 	uint64_t key = line | t->wait_no;
 	/* release: the key's 0 (stored when the last wait ended) is ordered
-	 * before the words below, for readers (pairs with their acquire fence) */
+	 * before the words below, for readers (pairs with their acquire loads
+	 * of the words) */
 	atomic_thread_fence(memory_order_release);
 	atomic_store_explicit(&cs->wait_since, since, memory_order_relaxed);
 	atomic_store_explicit(&cs->wait_until, until, memory_order_relaxed);
