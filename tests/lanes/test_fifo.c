@@ -17,6 +17,8 @@
  *              deadline, at its reclamation
  *   threads    threads of one process on two handles, in arrival order;
  *              a waiter of another quota's line is not held up by them
+ *   quotad     real clock, real quotad: a waiter killed in line is
+ *              reclaimed, and the one behind is woken and admitted
  *   scan_cost  what one scan of the client table costs (printed)
  */
 #include <errno.h>
@@ -34,6 +36,7 @@
 
 #include <criterion/criterion.h>
 
+#include "ctllib.h"
 #include "internal.h"
 #include "testlib.h"
 
@@ -448,6 +451,49 @@ Test(fifo, threads_handles_and_lines, .timeout = 60)
 	       "was not held by them\n", N - 1);
 	quota_close(h[1]);
 	quota_close(h[0]);
+}
+
+/* On the real clock, with a real quotad: a waiter killed while it waits
+ * (its deadline far) is reclaimed by quotad, which wakes the waiter behind
+ * it; that one, whose own turn comes 1 s after the start, is admitted -
+ * without the wake it would sleep until its own deadline (30 s) and be
+ * refused. */
+Test(fifo, quotad_reclaims_a_dead_waiter, .timeout = 60, .fini = kill_kids)
+{
+	struct cl_env e;
+	cl_env(&e, "fq");
+	cl_quotad(&e, cl_file(&e, "q.json", "{\"quotas\": {\"q\": {" LANES "}}}"), NULL);
+	quota_client *c = cl_open(e.seg);
+	struct quota_reserve_opts batch = lane_opts(1);
+	struct quota_ticket t;
+	cr_assert_eq(quota_reserve_ex(c, 0, &(struct quota_cost){ 1, 480, 0 }, 0, &batch, &t), 0);
+	static const struct job jobs[2] = { { 1, 100, 1000 * TL_S }, { 1, 10, 30 * TL_S } };
+	int go[2], out;
+	fork_kids(e.seg, jobs, 2, go, &out);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(write(go[i], "g", 1), 1);
+		cr_assert(until_waiting(c, QS_WAIT_LINE_OF(0, 1), i + 1), "waiter %d is not waiting", i);
+	}
+	cr_assert_eq(kill(kids[0], SIGKILL), 0);
+	cr_assert_eq(waitpid(kids[0], NULL, 0), kids[0]);
+	kids[0] = 0;
+	struct pollfd p = { out, POLLIN, 0 };
+	cr_assert_eq(poll(&p, 1, 60000), 1, "the waiter behind the dead one never returned");
+	struct report rep;
+	cr_assert_eq(read(out, &rep, sizeof(rep)), (ssize_t)sizeof(rep));
+	cr_assert_eq(rep.i, 1);
+	cr_assert_eq(rep.err, 0, "the waiter behind the dead one: %s (not woken by its reclamation)",
+		     quota_strerror(rep.err));
+	cr_assert_eq(waiting(c, QS_WAIT_LINE_OF(0, 1)), 0);
+	int st;
+	cr_assert_eq(waitpid(kids[1], &st, 0), kids[1]);
+	kids[1] = 0;
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(go[0]);
+	close(go[1]);
+	close(out);
+	printf("fifo: quotad reclaimed a waiter killed in line and woke the one behind it\n");
+	quota_close(c);
 }
 
 /* What a scan costs: client_capacity slots, one cache line each. Printed,
