@@ -3,7 +3,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -62,4 +68,53 @@ quota_client *tl_manual(const char *tag, const char *quota_json, char *name, siz
 struct qs_quota *tl_quota(quota_client *c, int id)
 {
 	return qc_quota(c, id);
+}
+
+void tl_kill_children(pid_t *pids, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (pids[i] > 0) {
+			kill(pids[i], SIGKILL);
+			waitpid(pids[i], NULL, 0);
+			pids[i] = 0;
+		}
+}
+
+int tl_child_open(const char *name, int go, quota_client **ret)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	char b;
+	int err = quota_open(name, ret);
+	if (err == 0 && read(go, &b, 1) != 1)
+		err = -EPIPE;
+	return err;
+}
+
+bool tl_until(bool (*ok)(void *arg), void *arg)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		if (ok(arg))
+			return true;
+		sched_yield();
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while (t.tv_sec - t0.tv_sec < 5);
+	return false;
+}
+
+struct word_is {
+	_Atomic int64_t *w;
+	int64_t want;
+};
+
+static bool word_is(void *arg)
+{
+	struct word_is *x = arg;
+	return atomic_load(x->w) == x->want;
+}
+
+bool tl_until_word(_Atomic int64_t *w, int64_t want)
+{
+	return tl_until(word_is, &(struct word_is){ w, want });
 }

@@ -7,8 +7,11 @@
 #ifndef QUOTA_TESTLIB_H
 #define QUOTA_TESTLIB_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "quota.h"
 
@@ -31,5 +34,19 @@ void tl_cleanup(void);
 
 /* The quota entry behind an id, for tests that watch the shared words. */
 struct qs_quota *tl_quota(quota_client *c, int id);
+
+/* In a forked child: die with the parent, open segment @name into *@ret and
+ * wait for the parent's byte on pipe @go. 0 or a negative errno. */
+int tl_child_open(const char *name, int go, quota_client **ret);
+
+/* Yield until @ok(@arg) holds: true, or false after 5 s. */
+bool tl_until(bool (*ok)(void *arg), void *arg);
+
+/* tl_until() @w holds @want. */
+bool tl_until_word(_Atomic int64_t *w, int64_t want);
+
+/* SIGKILL and reap every child in @pids[0..n-1] that is not 0, and zero
+ * it (a test's .fini, so that no child outlives a failed test). */
+void tl_kill_children(pid_t *pids, int n);
 
 #endif

@@ -169,9 +169,12 @@ QUOTA_PUBLIC int quota_lane(quota_client *c, int quota, const char *name);
  * quota without lanes every lane is the one). A lane below the top is
  * admitted only while the headroom of the lanes above it stays free; when
  * it must wait it holds no place in line and sleeps until its lane would
- * admit it, so a higher lane's reservation never queues behind it (no order
- * among lower-lane waiters; the top lane's waiters keep first come, first
- * served). -E2BIG also for a cost above what the lane may hold at once.
+ * admit it, so a higher lane's reservation never queues behind it. Its
+ * lane's waiters still take their turns in the order their calls began: a
+ * waiter decides only once no earlier waiter of the quota's lane is left
+ * (admitted, refused, or past its deadline); a reservation admitted at once
+ * takes no turn. The top lane's waiters keep first come, first served.
+ * -E2BIG also for a cost above what the lane may hold at once.
  * @opts NULL is the default lane. -EINVAL for a @opts->size below 2.1's or
  * unknown flags; otherwise as quota_reserve().
  */

@@ -79,6 +79,7 @@ struct qc_thread {
 	uint32_t evict_next;     /* where the next row eviction looks first */
 	struct qc_cfg **cfg;     /* quota id -> decoded config, allocated on use */
 	uint64_t cas_retries;    /* failed CASes on rate limits (benchmarks) */
+	uint32_t wait_no;        /* the number of this slot's last lower-lane wait */
 	_Atomic int in_use;      /* a live thread owns this context */
 	struct qc_thread *next;  /* the handle's list */
 };
@@ -346,6 +347,28 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
  * reclamation is in progress. */
 int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
 		  struct qc_reclaim_counts *counts);
+
+/* waitline.c: the order of lower-lane waiters (reserve.c, LANES). */
+struct qc_waiter {
+	uint32_t slot;
+	uint64_t key;
+	int64_t since, until;
+};
+/* Publish that thread @t waits in line @line (QS_WAIT_LINE_OF) since
+ * @since, until @until; returns the key published. */
+uint64_t qc_wait_begin(struct qc_thread *t, uint64_t line, int64_t since, int64_t until);
+/* The wait of slot @cs is over (its owner's end, or the slot's claim,
+ * close or reclamation): cleared, and the waiter behind it woken. */
+void qc_wait_end(struct qs_client *cs);
+/* Is a waiter of line QS_WAIT_LINE(@key) ahead of the one in slot @self
+ * that began at @since, at time @now? If so, *@ret is the last of them. */
+bool qc_wait_ahead(const struct qs_geom *g, uint32_t self, uint64_t key, int64_t since, int64_t now,
+		   struct qc_waiter *ret);
+/* Sleep until waiter @w leaves its line (or is reclaimed), or the segment
+ * clock passes its deadline or @deadline. On the manual clock, at most
+ * QC_WAIT_POLL_NS of real time: the caller checks again. */
+#define QC_WAIT_POLL_NS 1000000
+void qc_wait_behind(const struct quota_client *c, const struct qc_waiter *w, int64_t deadline);
 
 /* learn.c: estimates that learn. */
 #define QC_LEARN_MIN_SAMPLES 100u /* below this, nothing is learned */

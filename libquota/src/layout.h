@@ -367,10 +367,25 @@ struct qs_client {
 	 * dies inside one leaves refund_begun ahead of refund_done; quotad's
 	 * reclamation then audits that limit. */
 	_Atomic uint64_t refund_intent;
-	uint64_t reserved0[4];
+	/* Minor 1: a lower-lane reservation waiting for its turn (waitline.c),
+	 * written by the owner only (cleared by quotad when reclaiming). The
+	 * key is QS_WAIT_LINE_OF(quota, lane) | a number, 0 = not waiting; its
+	 * low 32 bits are the futex word the waiter behind sleeps on. Segment
+	 * clock, ns. */
+	_Atomic uint64_t wait_key;
+	_Atomic int64_t wait_since; /* when the reservation began */
+	_Atomic int64_t wait_until; /* its deadline: ignored by others after it */
+	uint64_t reserved0;
 	struct qs_row rows[QS_CLIENT_ROWS];
 };
 static_assert(sizeof(struct qs_client) == 64 + 192 * QS_CLIENT_ROWS, "client size");
+static_assert(offsetof(struct qs_client, wait_key) == 32, "wait words in line 0");
+
+/* qs_client.wait_key: the waiter's line - quota id + 1 and the lane - in the
+ * high 32 bits, a number of its own (nonzero, new for every wait) in the
+ * low 32. */
+#define QS_WAIT_LINE_OF(id, lane) ((((uint64_t)(lane) & 0xff) << 56) | ((uint64_t)((id) + 1) << 32))
+#define QS_WAIT_LINE(key) ((key) & ~0xffffffffULL)
 
 /* ---- Geometry ------------------------------------------------------------ */
 

@@ -337,6 +337,8 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
 			if (!atomic_compare_exchange_strong_explicit(&cs->state, &w, to, memory_order_acquire,
 								     memory_order_relaxed))
 				continue; /* closed meanwhile: not ours */
+			/* a lower-lane wait it left: the waiter behind goes on */
+			qc_wait_end(cs);
 			if (st == QS_CLIENT_LIVE)
 				live[nlive++] = slots[i];
 		} else if (st == QS_CLIENT_RECLAIMING) {

@@ -25,10 +25,13 @@
  *
  * ORDER OF ADMISSION. Rate waits are first come, first served by
  * construction: a waiting reservation takes its slots at once, in CAS order,
- * and sleeps until its own admission time. Two exceptions, both documented
- * in quota.h: a waiter whose slack was used up by refunds while it slept
- * queues again, and in-flight waiters (max_inflight) are all woken when a
- * slot frees and race for it.
+ * and sleeps until its own admission time. A lower lane's waiter takes no
+ * slot while it waits (LANES), but decides only when no older waiter of its
+ * quota and lane is left, so its lane's waiters are admitted in the order
+ * they came (waitline.c). Two exceptions, both documented in quota.h: a
+ * waiter whose slack was used up by refunds while it slept queues again,
+ * and in-flight waiters (max_inflight) are all woken when a slot frees and
+ * race for it.
  *
  * Per-thread statistics go to the caller's own row in its client slot (one
  * writer, relaxed stores): nothing shared is written for them.
@@ -187,6 +190,7 @@ struct qc_resv {
 	uint32_t lane;             /* asked for (UINT32_MAX: the last) */
 	uint32_t in_lane;          /* the quota's lane it is: plan */
 	bool lower;                /* a lane below the top: waits without a slot */
+	uint64_t wait_key;         /* lower lane: its wait published (waitline.c), 0 none */
 	bool ext;                  /* an extension of an open ticket */
 	uint64_t base_tokens;      /* extension: the ticket's tokens so far */
 	bool auto_out;             /* output 0 asked: the learned estimate, if the quota has it */
@@ -475,15 +479,47 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 	}
 }
 
+/* A lower lane's wait is over (admitted, refused, or no longer lower). */
+static void lower_done(struct qc_resv *r)
+{
+	if (r->wait_key) {
+		qc_wait_end(r->t->cs);
+		r->wait_key = 0;
+	}
+}
+
+/* A lower lane holds no place in line (LANES): it waits without a slot, so
+ * that a higher lane's reservation never queues behind it, and decides only
+ * when no older waiter of its lane is left (waitline.c): then it sleeps
+ * until its lane would admit it, or takes now. True if it slept (decide
+ * again), false if it may take now. */
+static bool lower_wait(struct qc_resv *r)
+{
+	uint64_t line = QS_WAIT_LINE_OF(r->id, r->in_lane);
+	if (QS_WAIT_LINE(r->wait_key) != line) /* not yet, or a reload moved its lane */
+		r->wait_key = qc_wait_begin(r->t, line, r->start, r->deadline);
+	struct qc_waiter w;
+	if (qc_wait_ahead(&r->c->g, r->t->slot, r->wait_key, r->start, r->now, &w))
+		qc_wait_behind(r->c, &w, r->deadline);
+	else if (r->a > r->now)
+		sleep_until(r->c, r->a);
+	else
+		return false;
+	r->now = qc_clock(r->c);
+	return true;
+}
+
 /* Plan, decide, take and wait until admitted (the ticket written into
  * @ret) or refused. */
-static int run(struct qc_resv *r, struct quota_ticket *ret)
+static int run_steps(struct qc_resv *r, struct quota_ticket *ret)
 {
 	int s;
 replan:
 	s = plan(r);
 	if (s < 0)
 		return s == -E2BIG ? (r->reason = QUOTA_REJECT_TOO_BIG, -E2BIG) : s;
+	if (!r->lower)
+		lower_done(r);
 	for (;;) {
 		s = decide(r);
 		if (s == STEP_WAIT_INFLIGHT) {
@@ -493,14 +529,8 @@ replan:
 		}
 		if (s < 0)
 			return s;
-		if (r->lower && r->a > r->now) {
-			/* A lower lane holds no place in line (LANES): it sleeps
-			 * until its lane would admit it and decides again, so a
-			 * higher lane's reservation never queues behind it. */
-			sleep_until(r->c, r->a);
-			r->now = qc_clock(r->c);
+		if (r->lower && (r->a > r->now || r->wait_key) && lower_wait(r))
 			continue;
-		}
 		s = take(r);
 		if (s == STEP_RELOADED) {
 			r->now = qc_clock(r->c);
@@ -530,6 +560,14 @@ replan:
 		}
 		qc_settle(r->t, r->q, &r->tk, NULL);
 	}
+}
+
+static int run(struct qc_resv *r, struct quota_ticket *ret)
+{
+	r->wait_key = 0;
+	int s = run_steps(r, ret);
+	lower_done(r);
+	return s;
 }
 
 /* fast(), one limit: the slot's end if it admits now, else 0. */

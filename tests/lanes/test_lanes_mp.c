@@ -40,6 +40,8 @@ struct rec {
 	uint64_t tokens; /* tokens it kept (after refunds) */
 	uint32_t requests;
 	uint32_t lane;
+	int64_t start;   /* saturation: when its reservation began */
+	int64_t waited;  /* and how long it waited */
 };
 
 struct shared {
@@ -57,11 +59,12 @@ static int64_t mono(void)
 	return (int64_t)ts.tv_sec * TL_S + ts.tv_nsec;
 }
 
-static void log_piece(struct shared *sh, int64_t at, uint64_t tokens, uint32_t req, uint32_t lane)
+static void log_piece(struct shared *sh, int64_t at, uint64_t tokens, uint32_t req, uint32_t lane,
+		      int64_t start, int64_t waited)
 {
 	uint32_t i = atomic_fetch_add(&sh->n, 1);
 	if (i < MAXREC)
-		sh->rec[i] = (struct rec){ at, tokens, req, lane };
+		sh->rec[i] = (struct rec){ at, tokens, req, lane, start, waited };
 }
 
 static uint64_t next(uint64_t *x)
@@ -98,6 +101,7 @@ static void saturate(const char *name, struct shared *sh, int gate, int role, bo
 	while (mono() < sh->t0 + RUN_NS) {
 		uint64_t in = inter ? 100 : 20 + next(&x) % 60, out = inter ? 200 : 100 + next(&x) % 300;
 		struct quota_ticket t;
+		int64_t start = mono();
 		int r = quota_reserve_ex(c, id, &(struct quota_cost){ 1, in, out },
 					 inter ? 2 * TL_S : 200 * TL_MS, lanes ? &o : NULL, &t);
 		if (r == -EAGAIN)
@@ -107,7 +111,7 @@ static void saturate(const char *name, struct shared *sh, int gate, int role, bo
 			break;
 		}
 		uint64_t used = inter || (next(&x) & 1) ? out : next(&x) % (out + 1);
-		log_piece(sh, quota_ticket_time(&t), in + used, 1, inter);
+		log_piece(sh, quota_ticket_time(&t), in + used, 1, inter, start, t.waited_ns);
 		if (inter) {
 			uint32_t w = atomic_fetch_add(&sh->nwait, 1);
 			if (w < MAXWAIT)
@@ -170,7 +174,7 @@ static void stream(const char *name, struct shared *sh, int gate, int role)
 		uint64_t give = est - used;
 		piece[np - 1].units -= give < piece[np - 1].units ? give : piece[np - 1].units;
 		for (int i = 0; i < np; i++)
-			log_piece(sh, piece[i].at, piece[i].units, i == 0, 0);
+			log_piece(sh, piece[i].at, piece[i].units, i == 0, 0, 0, 0);
 		if (quota_commit(c, &t, &(struct quota_cost){ 1, in, used }) < 0)
 			atomic_fetch_add(&sh->errors, 1);
 	}
@@ -261,6 +265,36 @@ static struct shared *run(const char *name, int nproc, bool lanes, bool streams,
 /* tpm binds: 50k tokens/s, b = 60k; the interactive lane keeps 10 % (6k). */
 #define SAT_JSON "{\"quotas\": {\"q\": {\"rpm\": 600000, \"tpm\": 3000000, \"burst\": 0.02%s}}}"
 
+/* The order of the batch waiters (waitline.c), printed: pairs of
+ * reservations that both waited, the earlier begun admitted later
+ * (inversions, and those begun over 1 ms apart); and waiters that a
+ * reservation begun after them, admitted at once, went past (a newcomer
+ * admitted at once takes no turn in the line). */
+static void batch_order(const struct rec *r, uint32_t n)
+{
+	uint32_t waited = 0, inv = 0, inv_ms = 0, passed = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (r[i].lane || !r[i].waited)
+			continue;
+		waited++;
+		bool by_newcomer = false;
+		for (uint32_t j = 0; j < n; j++) {
+			if (r[j].lane || r[j].start <= r[i].start || r[j].at >= r[i].at)
+				continue;
+			if (r[j].waited) {
+				inv++;
+				inv_ms += r[j].start - r[i].start > TL_MS;
+			} else {
+				by_newcomer = true;
+			}
+		}
+		passed += by_newcomer;
+	}
+	printf("saturation with lanes: %u batch reservations waited; order inversions among them %u "
+	       "(%u begun over 1 ms apart); %u went past by a newcomer admitted at once\n", waited, inv, inv_ms,
+	       passed);
+}
+
 static void saturation(bool lanes, int64_t *p99)
 {
 	char name[128], json[512];
@@ -290,6 +324,8 @@ static void saturation(bool lanes, int64_t *p99)
 	       lanes ? "with" : "without", nw, sh->wait[nw / 2] / 1e6, *p99 / 1e6, sh->wait[nw - 1] / 1e6,
 	       100.0 * (double)used / allowed, 100.0 * (double)used_inter / allowed,
 	       100.0 * (double)used / (allowed - headroom));
+	if (lanes)
+		batch_order(sh->rec, n < MAXREC ? n : MAXREC);
 	/* batch takes everything interactive does not use, but the headroom */
 	cr_assert_geq((double)used / (allowed - headroom), 0.98, "tpm used at %.4f of allowed less headroom",
 		      (double)used / (allowed - headroom));

@@ -43,23 +43,14 @@ static pid_t kids[N];
 
 static void kill_kids(void)
 {
-	for (int i = 0; i < N; i++)
-		if (kids[i] > 0) {
-			kill(kids[i], SIGKILL);
-			waitpid(kids[i], NULL, 0);
-			kids[i] = 0;
-		}
+	tl_kill_children(kids, N);
 }
 
 static void waiter(const char *name, int i, int go, int out)
 {
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	struct report rep = { .i = i };
 	quota_client *c;
-	char b;
-	rep.err = quota_open(name, &c);
-	if (rep.err == 0 && read(go, &b, 1) != 1)
-		rep.err = -EPIPE;
+	rep.err = tl_child_open(name, go, &c);
 	if (rep.err == 0) {
 		struct quota_ticket t;
 		rep.err = quota_reserve(c, 0, &(struct quota_cost){ 1, cost_of[i], 0 }, 1000 * TL_S, &t);
@@ -73,17 +64,6 @@ static void waiter(const char *name, int i, int go, int out)
 	if (write(out, &rep, sizeof(rep)) != sizeof(rep))
 		_exit(2);
 	_exit(0);
-}
-
-/* Wait (5 s at most) until @w holds @want. */
-static bool wait_word(_Atomic int64_t *w, int64_t want)
-{
-	for (int64_t t0 = v2_now(); v2_now() - t0 < 5 * TL_S;) {
-		if (atomic_load(w) == want)
-			return true;
-		sched_yield();
-	}
-	return false;
 }
 
 static bool read_report(int fd, struct report *rep)
@@ -125,7 +105,7 @@ Test(v2_fairness, rate_waiters_in_arrival_order, .timeout = 60, .fini = kill_kid
 		cr_assert_eq(write(go[i], "g", 1), 1);
 		tat += (int64_t)cost_of[i] * T_NS;
 		expect[i] = tat - TAU_NS;
-		cr_assert(wait_word(tpm, tat), "waiter %d did not take its place: TAT %lld, expected %lld", i,
+		cr_assert(tl_until_word(tpm, tat), "waiter %d did not take its place: TAT %lld, expected %lld", i,
 			  (long long)atomic_load(tpm), (long long)tat);
 		if (i == 3) {
 			/* Too short a timeout: refused at once, exact retry time, no place. */

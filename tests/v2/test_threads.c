@@ -9,7 +9,10 @@
  * as test_multiproc does for processes: the admitted cost never exceeds
  * r*W + b in any window, never more than max_inflight calls overlap, the
  * in-flight count is back to 0 once every ticket is settled (before and
- * after quota_close), and quota_info counts every admission. tsan.sh runs
+ * after quota_close), and quota_info counts every admission. Run twice:
+ * as is, and with the quota in two lanes and every reservation in the lower
+ * one, whose waiters take their turns through their client slots
+ * (waitline.c). tsan.sh runs
  * this file under ThreadSanitizer, built with V2_STANDALONE: Criterion's
  * runner cannot start under TSan (its arena's fixed mapping), so that build
  * has a plain main() and CHECK() exits 1 instead of cr_assert().
@@ -292,16 +295,22 @@ static int max_overlap(const struct rec *r, uint32_t n)
 	return best;
 }
 
-static void run_test(void)
+/* With @lanes, the quota has two lanes and every reservation is in the
+ * lower one: the waiting threads take their turns (waitline.c). */
+static void run_test(bool lanes)
 {
 	char name[128], json[512], err[512];
-	snprintf(name, sizeof(name), "qtest-v2thr-%d", (int)getpid());
+	snprintf(name, sizeof(name), "qtest-v2thr-%d-%d", (int)getpid(), lanes);
 	snprintf(json, sizeof(json),
 		 "{\"quotas\": {\"q\": {\"rpm\": 120000, \"tpm\": 6000000, \"max_inflight\": %d, "
-		 "\"burst\": 0.05}}, \"max_clients\": 64}", MAX_INFLIGHT);
+		 "\"burst\": 0.05%s}}, \"max_clients\": 64}", MAX_INFLIGHT,
+		 lanes ? ", \"lanes\": {\"top\": {\"headroom\": 0.1}, \"rest\": {}}" : "");
+	if (creator == getpid())
+		cleanup(); /* the segment of the run before, in this process */
+	else
+		atexit(cleanup);
 	creator = getpid();
 	snprintf(seg_path, sizeof(seg_path), "/%s", name);
-	atexit(cleanup);
 	CHECK(qd_create_segment_json(json, name, err, sizeof(err)) == 0, "creating %s: %s", name, err);
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	CHECK(sh != MAP_FAILED, "mmap");
@@ -358,9 +367,9 @@ static void run_test(void)
 			used += sh->rec[i].tokens;
 	double allowed = (double)in.rate[QUOTA_TPM].capacity +
 			 (double)in.rate[QUOTA_TPM].limit * (double)sh->run_ns / (double)minute;
-	printf("threads: %u admissions by %d processes x %d threads in %.1f s, %u settled by another thread; "
+	printf("threads%s: %u admissions by %d processes x %d threads in %.1f s, %u settled by another thread; "
 	       "worst window excess requests %.3f tokens %.3f (<= 0); max in flight seen %d/%d; tpm used "
-	       "%.2f %% of allowed\n", n, NPROC, NTHREAD, sh->run_ns / 1e9, atomic_load(&sh->cross), w_req, w_tok,
+	       "%.2f %% of allowed\n", lanes ? " (lower lane)" : "", n, NPROC, NTHREAD, sh->run_ns / 1e9, atomic_load(&sh->cross), w_req, w_tok,
 	       overlap, MAX_INFLIGHT, 100.0 * (double)used / allowed);
 	CHECK(w_req <= 0.0, "requests over r*W + b by %.3f", w_req);
 	CHECK(w_tok <= 0.0, "tokens over r*W + b by %.3f", w_tok);
@@ -371,12 +380,18 @@ static void run_test(void)
 #ifdef V2_STANDALONE
 int main(void)
 {
-	run_test();
+	run_test(false);
+	run_test(true);
 	return 0;
 }
 #else
 Test(v2_threads, four_threads_per_handle_keep_the_bound, .timeout = 180)
 {
-	run_test();
+	run_test(false);
+}
+
+Test(v2_threads, lower_lane_waiters_keep_the_bound, .timeout = 180)
+{
+	run_test(true);
 }
 #endif
