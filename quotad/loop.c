@@ -40,7 +40,7 @@ static void qd_learn(struct daemon *d)
 	for (uint32_t id = 0; learns && id < n; id++)
 		any |= learns[id] = d->pub[id].word && (d->pub[id].cfg.flags2 & QS_REC2_KNOWN) &&
 				    !(d->pub[id].cfg.flags & QS_REC_REMOVED);
-	uint64_t *scratch = any ? calloc((size_t)n * QS_HIST_BUCKETS, sizeof(uint64_t)) : NULL;
+	uint64_t *scratch = any ? calloc(QC_LEARN_SCRATCH(n), sizeof(uint64_t)) : NULL;
 	if (scratch)
 		qc_learn_publish(&d->g, learns, n, scratch);
 	free(scratch);

@@ -349,13 +349,22 @@ int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
 
 /* learn.c: estimates that learn. */
 #define QC_LEARN_MIN_SAMPLES 100u /* below this, nothing is learned */
-/* Add row @row's output histogram to @counts[QS_HIST_BUCKETS]. */
+/* A row's histograms, in this order in every merged array. */
+enum { QC_HIST_OUT, QC_HIST_IN, QC_HIST_RATIO, QC_HISTS };
+/* Count value @x (already shifted) in histogram @h[2] (its one writer). */
+void qc_hist_add(_Atomic uint64_t *h, uint64_t x);
+/* @actual / @estimate in 1/QS_RATIO_ONE, saturating. */
+uint64_t qc_hist_ratio(uint64_t actual, uint64_t estimate);
+/* Add row @row's histograms to @counts[QC_HISTS * QS_HIST_BUCKETS]. */
 void qc_learn_merge_row(uint64_t *counts, const struct qs_row *row);
-/* The upper edge of the bucket holding the 99th percentile of @counts, 0
- * with fewer than QC_LEARN_MIN_SAMPLES; *@ret_samples their weight. */
-uint64_t qc_learn_p99(const uint64_t *counts, uint64_t *ret_samples);
+/* The bucket holding the @permille-th quantile of histogram @counts
+ * [QS_HIST_BUCKETS], -1 with fewer than QC_LEARN_MIN_SAMPLES; *@ret_samples
+ * their weight. */
+int qc_hist_quantile(const uint64_t *counts, uint32_t permille, uint64_t *ret_samples);
 /* quotad: merge the live rows of the @n quotas with @learns[id] set and
- * publish learned_out and learned_samples. @scratch holds n * 16 words. */
+ * publish learned_out, learned_samples, learned_in and learned_ratio.
+ * @scratch holds QC_LEARN_SCRATCH(n) words. */
+#define QC_LEARN_SCRATCH(n) ((size_t)(n) * QC_HISTS * QS_HIST_BUCKETS)
 void qc_learn_publish(const struct qs_geom *g, const uint8_t *learns, uint32_t n, uint64_t *scratch);
 
 #endif /* QUOTA_INTERNAL_H */

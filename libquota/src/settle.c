@@ -108,15 +108,10 @@ static void observe(struct qc_thread *t, struct qs_quota *q, const struct qt_pri
 	if (!row || qc_cfg_get(t, tk->quota, q, &cf) < 0)
 		return;
 	if (actual && (cf->flags2 & QS_REC2_LEARN)) {
-		uint32_t b = qs_hist_bucket(actual->output_tokens);
-		uint64_t h[2] = { atomic_load_explicit(&row->out_hist[0], memory_order_relaxed),
-				  atomic_load_explicit(&row->out_hist[1], memory_order_relaxed) };
-		if (qs_hist_count(h, b) == 0xff) /* decay: halve every count */
-			for (int i = 0; i < 2; i++)
-				h[i] = (h[i] >> 1) & 0x7f7f7f7f7f7f7f7fULL;
-		h[b / 8] += 1ULL << (8 * (b % 8));
-		atomic_store_explicit(&row->out_hist[0], h[0], memory_order_relaxed);
-		atomic_store_explicit(&row->out_hist[1], h[1], memory_order_relaxed);
+		qc_hist_add(row->out_hist, actual->output_tokens);
+		qc_hist_add(row->in_hist, actual->input_tokens >> QS_HIST_IN_SHIFT);
+		if (tk->output_tokens) /* the estimate held at commit, extensions included */
+			qc_hist_add(row->ratio_hist, qc_hist_ratio(actual->output_tokens, tk->output_tokens));
 	}
 	if (actual && cf->alarm_over_pct &&
 	    (unsigned __int128)actual->output_tokens * 100 >

@@ -34,7 +34,7 @@ static uint64_t reserved_out(quota_client *c, uint64_t max_out, struct quota_tic
 static void publish(quota_client *c)
 {
 	uint8_t learns[1] = { 1 };
-	uint64_t scratch[QS_HIST_BUCKETS];
+	uint64_t scratch[QC_LEARN_SCRATCH(1)];
 	qc_learn_publish(&c->g, learns, 1, scratch);
 }
 
