@@ -197,6 +197,10 @@ struct qt_limit {
 #define QT_HELD(h) ((h) & 0xffffffu)
 #define QT_LANE(h) (((h) >> 24) & 7u)
 #define QT_LANE_BITS(lane) ((uint32_t)(lane) << 24)
+/* HELD OPEN (held.c): the ticket counted itself open in its row, in the
+ * alarm phase QT_OPEN_PHASE says; settling it subtracts it there. */
+#define QT_OPEN_COUNTED (1u << 27)
+#define QT_OPEN_PHASE (1u << 28)
 /* The ticket was extended or partly settled: its slot on a limit is the
  * last piece taken, not the whole estimate (settle.c, EXTEND). */
 #define QT_EXTENDED (1u << 30)
@@ -366,5 +370,36 @@ int qc_hist_quantile(const uint64_t *counts, uint32_t permille, uint64_t *ret_sa
  * @scratch holds QC_LEARN_SCRATCH(n) words. */
 #define QC_LEARN_SCRATCH(n) ((size_t)(n) * QC_HISTS * QS_HIST_BUCKETS)
 void qc_learn_publish(const struct qs_geom *g, const uint8_t *learns, uint32_t n, uint64_t *scratch);
+
+/* held.c: tickets still open (alarm held_s), quotad's phase flips. */
+/* Quota @id's open counts of one live process (all its slots). */
+struct qc_held_group {
+	int32_t pid;
+	uint64_t start;   /* /proc start time */
+	int64_t open[2];  /* by phase */
+};
+/* What quotad remembers per process and quota from the last flip. */
+struct qc_held_entry {
+	uint32_t quota;
+	int32_t pid;
+	uint64_t start;
+	uint64_t old;     /* tickets of the parity just flipped from, open since the flip before */
+	uint64_t open;    /* shown: tickets open longer than held_s */
+};
+#define QC_HELD_MAX_ENTRIES 65536u /* bounded: beyond, processes are not remembered */
+struct qc_held_state {
+	struct qc_held_entry *e;
+	uint32_t n, cap;
+};
+/* Sum quota @id's open counts per live process into @out (room for
+ * client_capacity): the number of processes. */
+uint32_t qc_held_sums(const struct qs_geom *g, uint32_t id, struct qc_held_group *out);
+/* quotad: flip quota @id's alarm phase, counting before it the tickets open
+ * longer than held_s per process (kept in @st) and in total (published in
+ * held_open and returned). @scratch has room for client_capacity groups. */
+uint64_t qc_held_flip(const struct qs_geom *g, uint32_t id, struct qc_held_state *st,
+		      struct qc_held_group *scratch);
+/* Forget quota @id's entries (its alarm was turned off). */
+void qc_held_forget(struct qc_held_state *st, uint32_t id);
 
 #endif /* QUOTA_INTERNAL_H */

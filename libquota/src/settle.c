@@ -147,6 +147,13 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 		/* else: no row free in this thread for that quota; the slots stay
 		 * counted until an audit finds no process holding them */
 	}
+	if ((tk->held & QT_OPEN_COUNTED) && row) {
+		/* HELD OPEN (reserve.c): no longer open; else (no row free) it
+		 * stays counted until the process leaves */
+		_Atomic int32_t *o = &row->open[(tk->held & QT_OPEN_PHASE) ? 1 : 0];
+		atomic_store_explicit(o, atomic_load_explicit(o, memory_order_relaxed) - 1,
+				      memory_order_relaxed);
+	}
 	/* A waiting extension's own ticket, given back: its tokens go, the
 	 * admission it extends stays counted. */
 	static const struct quota_cost none;
