@@ -440,7 +440,8 @@ static void metrics_quotas(struct buf *b, const struct quota_info *in, const boo
 
 /* metrics, part 3: per live client process with alarms. */
 
-/* A process's command name as a label value (escaped), "?" if gone. */
+/* A process's command name as a label value, "?" if gone: printable ASCII
+ * only (comm is any 15 bytes, and a label must be UTF-8), escaped. */
 static void comm_of(int pid, char *out, size_t len)
 {
 	char path[32], raw[32] = "?";
@@ -453,10 +454,10 @@ static void comm_of(int pid, char *out, size_t len)
 	}
 	raw[strcspn(raw, "\n")] = '\0';
 	size_t o = 0;
-	for (const char *p = raw; *p && o + 3 < len; p++) {
+	for (const unsigned char *p = (const unsigned char *)raw; *p && o + 3 < len; p++) {
 		if (*p == '\\' || *p == '"')
 			out[o++] = '\\';
-		out[o++] = *p;
+		out[o++] = *p >= 0x20 && *p < 0x7f ? (char)*p : '_';
 	}
 	out[o] = '\0';
 }

@@ -272,7 +272,9 @@ static inline struct qs_row *qc_row(struct qc_thread *t, uint32_t id)
 }
 
 /* Fold a row's statistics into its quota's totals and free the row
- * (quota_close(), row eviction, quotad's reclamation). */
+ * (quota_close(), row eviction, quotad's reclamation). Its open-ticket
+ * counts are dropped: tickets of a closed handle or a dead process can
+ * never be settled (an evicted row counts none). */
 void qc_row_fold(struct qs_quota *q, struct qs_row *row);
 
 /* One writer (the row's thread): a relaxed load and store, no lock prefix. */
