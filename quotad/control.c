@@ -183,10 +183,8 @@ static const char *status_name(uint64_t w)
 /* What the last phase flip of quota @id showed for process @pid, @start. */
 static uint64_t held_open_of(const struct daemon *d, int32_t pid, uint64_t start, uint32_t id)
 {
-	for (uint32_t i = 0; i < d->held.n; i++)
-		if (d->held.e[i].quota == id && d->held.e[i].pid == pid && d->held.e[i].start == start)
-			return d->held.e[i].open;
-	return 0;
+	const struct qc_held_entry *e = qc_held_find(&d->held, id, pid, start);
+	return e ? e->open : 0;
 }
 
 static char *cmd_clients(struct daemon *d)

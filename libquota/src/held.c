@@ -58,8 +58,7 @@ uint32_t qc_held_sums(const struct qs_geom *g, uint32_t id, struct qc_held_group
 	return n;
 }
 
-/* The entry of process @pid, @start for quota @id in @st, or NULL. */
-static struct qc_held_entry *entry_of(struct qc_held_state *st, uint32_t id, int32_t pid, uint64_t start)
+struct qc_held_entry *qc_held_find(const struct qc_held_state *st, uint32_t id, int32_t pid, uint64_t start)
 {
 	for (uint32_t i = 0; i < st->n; i++)
 		if (st->e[i].quota == id && st->e[i].pid == pid && st->e[i].start == start)
@@ -107,7 +106,7 @@ uint64_t qc_held_flip(const struct qs_geom *g, uint32_t id, struct qc_held_state
 	uint64_t total = 0;
 	for (uint32_t k = 0; k < n; k++) {
 		const struct qc_held_group *gr = &scratch[k];
-		struct qc_held_entry *prev = entry_of(st, id, gr->pid, gr->start);
+		const struct qc_held_entry *prev = qc_held_find(st, id, gr->pid, gr->start);
 		uint64_t old = pos(gr->open[p2]), cur = pos(gr->open[p]);
 		uint64_t before = prev ? prev->old : 0;
 		uint64_t shown = old + (before < cur ? before : cur);

@@ -401,6 +401,8 @@ uint32_t qc_held_sums(const struct qs_geom *g, uint32_t id, struct qc_held_group
  * held_open and returned). @scratch has room for client_capacity groups. */
 uint64_t qc_held_flip(const struct qs_geom *g, uint32_t id, struct qc_held_state *st,
 		      struct qc_held_group *scratch);
+/* The entry of process @pid, @start for quota @id in @st, or NULL. */
+struct qc_held_entry *qc_held_find(const struct qc_held_state *st, uint32_t id, int32_t pid, uint64_t start);
 /* Forget quota @id's entries (its alarm was turned off). */
 void qc_held_forget(struct qc_held_state *st, uint32_t id);
 
