@@ -416,7 +416,7 @@ static int cmd_clients(bool json)
 			printf(" %s:%.0f/%.0f/%.0f", cJSON_IsString(name) ? name->valuestring : "?",
 			       num(q, "inflight"), num(q, "admitted"), num(q, "rejected"));
 			if (num(q, "alarm_held") || num(q, "alarm_over_estimate") || num(q, "held_open"))
-				printf("[alarms: held %.0f, over estimate %.0f; open longer than held_s %.0f]",
+				printf(" [alarms: held %.0f, over estimate %.0f; open longer than held_s %.0f]",
 				       num(q, "alarm_held"), num(q, "alarm_over_estimate"), num(q, "held_open"));
 		}
 		putchar('\n');

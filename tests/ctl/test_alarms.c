@@ -120,6 +120,10 @@ Test(alarms, held_open_per_quota_and_per_client, .timeout = 120)
 	cr_assert(has(m, "^quota_learned_output_ratio\\{quota=\"q\",percentile=\"99\"\\} 0$"), "too few samples yet");
 	cr_assert_eq(cl_sh("'%s' --segment '%s' status | grep -q 'tickets open longer than 1 s: 2'",
 			getenv("QUOTACTL"), e.seg), 0);
+	/* shown in the test's log */
+	cl_sh("'%s' --segment '%s' status >&2; '%s' --socket '%s' clients >&2; "
+	      "grep -E '^quota_(client_|held_open|learned_(input|output_ratio))' '%s' >&2", getenv("QUOTACTL"), e.seg,
+	      getenv("QUOTACTL"), e.sock, m);
 
 	/* the child is killed: its open ticket goes with it */
 	cl_stop(child, SIGKILL);
