@@ -180,6 +180,13 @@ static const char *status_name(uint64_t w)
 	}
 }
 
+/* What the last phase flip of quota @id showed for process @pid, @start. */
+static uint64_t held_open_of(const struct daemon *d, int32_t pid, uint64_t start, uint32_t id)
+{
+	const struct qc_held_entry *e = qc_held_find(&d->held, id, pid, start);
+	return e ? e->open : 0;
+}
+
 static char *cmd_clients(struct daemon *d)
 {
 	cJSON *root = cJSON_CreateObject();
@@ -223,6 +230,11 @@ static char *cmd_clients(struct daemon *d)
 						atomic_load_explicit(&row->alarm_held, memory_order_relaxed));
 			cJSON_AddNumberToObject(rj, "alarm_over_estimate",
 						atomic_load_explicit(&row->alarm_over, memory_order_relaxed));
+			cJSON_AddNumberToObject(rj, "open",
+						atomic_load_explicit(&row->open[0], memory_order_relaxed) +
+						atomic_load_explicit(&row->open[1], memory_order_relaxed));
+			cJSON_AddNumberToObject(rj, "held_open", (double)held_open_of(d, QS_CLIENT_PID(w),
+				atomic_load_explicit(&cs->starttime, memory_order_relaxed), id1 - 1));
 		}
 		cJSON_AddNumberToObject(cj, "inflight", (double)held_total);
 	}
@@ -294,6 +306,32 @@ static void per_quota(struct buf *b, const struct quota_info *in, const bool *ok
 			memcpy(&v, (const char *)&in[id] + field, sizeof(v));
 			bprintf(b, "%s{quota=\"%s\"} %llu\n", name, in[id].name, (unsigned long long)v);
 		}
+}
+
+/* A learned p50 and p99 per quota (label percentile: "quantile" belongs to
+ * summaries): an edge in tokens or, @ratio, in 1/QS_RATIO_ONE (shown as the
+ * ratio below which the bucket lies). */
+static void per_quantile(struct buf *b, const struct quota_info *in, const bool *ok, int n,
+			 const char *name, const char *help, bool ratio)
+{
+	family(b, name, "gauge", help);
+	for (int id = 0; id < n; id++) {
+		if (!ok[id])
+			continue;
+		const uint64_t v[2] = { ratio ? in[id].learned_ratio_p50 : in[id].learned_input_p50,
+					ratio ? in[id].learned_ratio_p99 : in[id].learned_input_p99 };
+		for (int i = 0; i < 2; i++) {
+			if (v[i] == UINT64_MAX)
+				bprintf(b, "%s{quota=\"%s\",percentile=\"%s\"} +Inf\n", name, in[id].name,
+					i ? "99" : "50");
+			else if (ratio)
+				bprintf(b, "%s{quota=\"%s\",percentile=\"%s\"} %.6g\n", name, in[id].name,
+					i ? "99" : "50", v[i] ? (double)(v[i] + 1) / QS_RATIO_ONE : 0.0);
+			else
+				bprintf(b, "%s{quota=\"%s\",percentile=\"%s\"} %llu\n", name, in[id].name,
+					i ? "99" : "50", (unsigned long long)v[i]);
+		}
+	}
 }
 
 /* metrics, part 1: the daemon's own series. */
@@ -369,6 +407,14 @@ static void metrics_quotas(struct buf *b, const struct quota_info *in, const boo
 	per_quota(b, in, ok, n, "quota_alarm_over_estimate_total", "counter",
 		  "Commits whose output was above the alarm's multiple of the estimate.",
 		  offsetof(struct quota_info, alarm_over));
+	per_quantile(b, in, ok, n, "quota_learned_input_tokens",
+		     "Prompt tokens of commits, p50 and p99 (bucket upper edge; learn; 0: not yet).", false);
+	per_quantile(b, in, ok, n, "quota_learned_output_ratio",
+		     "Actual / estimated output tokens of commits, p50 and p99 (bucket upper edge; learn; 0: not yet).",
+		     true);
+	per_quota(b, in, ok, n, "quota_held_open", "gauge",
+		  "Tickets open longer than the alarm's held time, as of quotad's last phase flip.",
+		  offsetof(struct quota_info, held_open));
 	per_quota(b, in, ok, n, "quota_config_generation", "gauge",
 		  "Generation of the configuration record in force.", offsetof(struct quota_info, generation));
 	family(b, "quota_spend_usd", "gauge", "Spend in the current UTC day or month, in USD.");
@@ -390,6 +436,118 @@ static void metrics_quotas(struct buf *b, const struct quota_info *in, const boo
 				(double)in[id].paused_ns / 1e9);
 }
 
+/* metrics, part 3: per live client process with alarms. */
+
+/* A process's command name as a label value, "?" if gone: printable ASCII
+ * only (comm is any 15 bytes, and a label must be UTF-8), escaped. */
+static void comm_of(int pid, char *out, size_t len)
+{
+	char path[32], raw[32] = "?";
+	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+	FILE *f = fopen(path, "re");
+	if (f) {
+		if (!fgets(raw, sizeof(raw), f))
+			strcpy(raw, "?");
+		fclose(f);
+	}
+	raw[strcspn(raw, "\n")] = '\0';
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *)raw; *p && o + 3 < len; p++) {
+		if (*p == '\\' || *p == '"')
+			out[o++] = '\\';
+		out[o++] = *p >= 0x20 && *p < 0x7f ? (char)*p : '_';
+	}
+	out[o] = '\0';
+}
+
+/* One process's alarms on one quota (its slots' rows summed). */
+struct client_alarms {
+	int32_t pid;
+	uint64_t start;
+	uint32_t quota;
+	uint64_t held, over;
+};
+
+/* The live processes' alarm counts per quota, non-zero ones only: @*ret
+ * (malloc'ed), their number. */
+static uint32_t client_alarms(struct daemon *d, struct client_alarms **ret)
+{
+	uint32_t n = 0, cap = 0, count = qs_quota_count(&d->g);
+	struct client_alarms *a = NULL;
+	for (uint32_t s = 0; s < d->g.client_capacity; s++) {
+		struct qs_client *cs = qs_client_at(&d->g, s);
+		uint64_t w = atomic_load_explicit(&cs->state, memory_order_acquire);
+		if (QS_CLIENT_STATUS(w) != QS_CLIENT_LIVE)
+			continue;
+		uint64_t start = atomic_load_explicit(&cs->starttime, memory_order_relaxed);
+		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++) {
+			const struct qs_row *row = &cs->rows[r];
+			uint32_t id1 = atomic_load_explicit(&row->quota1, memory_order_acquire);
+			uint32_t held = atomic_load_explicit(&row->alarm_held, memory_order_relaxed);
+			uint32_t over = atomic_load_explicit(&row->alarm_over, memory_order_relaxed);
+			if (id1 == 0 || id1 > count || !(held | over))
+				continue;
+			uint32_t k = 0;
+			while (k < n && (a[k].pid != QS_CLIENT_PID(w) || a[k].start != start || a[k].quota != id1 - 1))
+				k++;
+			if (k == n) {
+				if (n == cap) {
+					struct client_alarms *m = realloc(a, (cap = cap * 2 + 16) * sizeof(*a));
+					if (!m)
+						break;
+					a = m;
+				}
+				a[n++] = (struct client_alarms){ QS_CLIENT_PID(w), start, id1 - 1, 0, 0 };
+			}
+			a[k].held += held;
+			a[k].over += over;
+		}
+	}
+	*ret = a;
+	return n;
+}
+
+/* Does a live slot belong to process @pid started at @start? */
+static bool process_live(struct daemon *d, int32_t pid, uint64_t start)
+{
+	for (uint32_t s = 0; s < d->g.client_capacity; s++) {
+		struct qs_client *cs = qs_client_at(&d->g, s);
+		uint64_t w = atomic_load_explicit(&cs->state, memory_order_acquire);
+		if (QS_CLIENT_STATUS(w) == QS_CLIENT_LIVE && QS_CLIENT_PID(w) == pid &&
+		    atomic_load_explicit(&cs->starttime, memory_order_relaxed) == start)
+			return true;
+	}
+	return false;
+}
+
+static void metrics_clients(struct daemon *d, struct buf *b)
+{
+	char comm[64];
+	struct client_alarms *a;
+	uint32_t n = client_alarms(d, &a);
+	family(b, "quota_client_alarms_total", "counter",
+	       "Alarms of a live client process on a quota (held: settled after the held time; over_estimate).");
+	for (uint32_t i = 0; i < n; i++) {
+		comm_of(a[i].pid, comm, sizeof(comm));
+		const char *q = d->pub[a[i].quota].cfg.name;
+		bprintf(b, "quota_client_alarms_total{quota=\"%s\",pid=\"%d\",comm=\"%s\",alarm=\"held\"} %llu\n"
+			"quota_client_alarms_total{quota=\"%s\",pid=\"%d\",comm=\"%s\",alarm=\"over_estimate\"} %llu\n",
+			q, a[i].pid, comm, (unsigned long long)a[i].held, q, a[i].pid, comm,
+			(unsigned long long)a[i].over);
+	}
+	free(a);
+	family(b, "quota_client_held_open", "gauge",
+	       "Tickets of a live client process open longer than the quota's held time, as of the last phase flip.");
+	for (uint32_t i = 0; i < d->held.n; i++) {
+		const struct qc_held_entry *e = &d->held.e[i];
+		if (!e->open || e->quota >= qs_quota_count(&d->g) || !process_live(d, e->pid, e->start))
+			continue;
+		comm_of(e->pid, comm, sizeof(comm));
+		bprintf(b, "quota_client_held_open{quota=\"%s\",pid=\"%d\",comm=\"%s\"} %llu\n",
+			d->pub[e->quota].cfg.name, e->pid, comm, (unsigned long long)e->open);
+	}
+}
+
 static char *cmd_metrics(struct daemon *d)
 {
 	struct buf b = { 0 };
@@ -405,6 +563,7 @@ static char *cmd_metrics(struct daemon *d)
 		ok[id] = quota_info(d->obs, id, &in[id], sizeof(in[id])) == 0 && !in[id].removed;
 	metrics_daemon(d, &b);
 	metrics_quotas(&b, in, ok, n);
+	metrics_clients(d, &b);
 	free(in);
 	free(ok);
 	char *gm = qd_global_metrics(d);

@@ -40,11 +40,57 @@ static void qd_learn(struct daemon *d)
 	for (uint32_t id = 0; learns && id < n; id++)
 		any |= learns[id] = d->pub[id].word && (d->pub[id].cfg.flags2 & QS_REC2_KNOWN) &&
 				    !(d->pub[id].cfg.flags & QS_REC_REMOVED);
-	uint64_t *scratch = any ? calloc((size_t)n * QS_HIST_BUCKETS, sizeof(uint64_t)) : NULL;
+	uint64_t *scratch = any ? calloc(QC_LEARN_SCRATCH(n), sizeof(uint64_t)) : NULL;
 	if (scratch)
 		qc_learn_publish(&d->g, learns, n, scratch);
 	free(scratch);
 	free(learns);
+}
+
+/* Tickets still open (libquota/src/held.c): flip the alarm phase of every
+ * quota with held_s whose time came, counting the tickets open longer. */
+static void qd_held(struct daemon *d)
+{
+	uint32_t n = qs_quota_count(&d->g);
+	int64_t now = qd_now(d);
+	if (!d->held_next)
+		d->held_next = calloc(d->g.quota_capacity, sizeof(*d->held_next));
+	if (!d->held_scratch)
+		d->held_scratch = calloc(d->g.client_capacity, sizeof(*d->held_scratch));
+	if (!d->held_next || !d->held_scratch)
+		return;
+	for (uint32_t id = 0; id < n; id++) {
+		const struct qs_config *cfg = &d->pub[id].cfg;
+		int64_t held = cfg->alarm_held_ns > (uint64_t)INT64_MAX / 2 ? INT64_MAX / 2 :
+			       (int64_t)cfg->alarm_held_ns;
+		if (!d->pub[id].word || (cfg->flags & QS_REC_REMOVED) || !held) {
+			if (d->held_next[id]) {
+				qc_held_forget(&d->held, id);
+				atomic_store_explicit(&qs_quota_at(&d->g, id)->held_open, 0, memory_order_relaxed);
+				d->held_next[id] = 0;
+			}
+			continue;
+		}
+		if (!d->held_next[id]) {
+			d->held_next[id] = now + held; /* a phase lasts held_s from now */
+			continue;
+		}
+		if (now < d->held_next[id])
+			continue;
+		qc_held_flip(&d->g, id, &d->held, d->held_scratch);
+		/* the flip's time, read after its store (held.c) */
+		d->held_next[id] = qd_now(d) + held;
+	}
+}
+
+void qd_held_free(struct daemon *d)
+{
+	free(d->held.e);
+	free(d->held_next);
+	free(d->held_scratch);
+	d->held = (struct qc_held_state){ 0 };
+	d->held_next = NULL;
+	d->held_scratch = NULL;
 }
 
 void qd_tick(struct daemon *d)
@@ -68,6 +114,7 @@ void qd_tick(struct daemon *d)
 		}
 		d->st.audits += counts.audits;
 		qd_learn(d);
+		qd_held(d);
 		d->next_check = now + QD_CHECK_NS;
 	}
 	if (d->state_dir && now >= d->next_ledger) {

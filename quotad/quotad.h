@@ -154,6 +154,11 @@ struct daemon {
 	bool stop;
 	struct qd_stats st;
 	struct qd_global *glob;     /* global quotas (global.c); NULL: none */
+
+	/* Tickets still open (loop.c, libquota/src/held.c). */
+	struct qc_held_state held;  /* per process and quota, from the last flips */
+	int64_t *held_next;         /* per quota id: its next phase flip; 0 = no alarm */
+	struct qc_held_group *held_scratch; /* client_capacity entries */
 };
 
 /* log.c */
@@ -174,6 +179,8 @@ void qd_loop_exit(struct daemon *d);
 /* A submission entry (submits what is queued if the ring is full). */
 struct io_uring_sqe *qd_sqe(struct daemon *d);
 int qd_loop_run(struct daemon *d);
+/* Free what the alarm phase flips keep. */
+void qd_held_free(struct daemon *d);
 
 /* clients.c */
 void qd_clients_scan(struct daemon *d);

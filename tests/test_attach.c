@@ -48,6 +48,8 @@ static void nothing(void *b, uint64_t s, int fd) { (void)b, (void)s, (void)fd; }
 static void bad_magic(void *b, uint64_t s, int fd) { (void)s, (void)fd; ((struct qs_header *)b)->magic ^= 1; }
 static void newer_major(void *b, uint64_t s, int fd) { (void)s, (void)fd; ((struct qs_header *)b)->major = QS_MAJOR + 1; }
 static void older_major(void *b, uint64_t s, int fd) { (void)s, (void)fd; ((struct qs_header *)b)->major = 0; }
+/* Layout major 2 had rows of 192 B: its client stride is not ours. */
+static void major_2(void *b, uint64_t s, int fd) { (void)s, (void)fd; ((struct qs_header *)b)->major = 2; }
 static void unknown_incompat(void *b, uint64_t s, int fd) { (void)s, (void)fd; ((struct qs_header *)b)->incompat_flags |= 1ULL << 40; }
 static void truncated(void *b, uint64_t s, int fd) { (void)b; cr_assert_eq(ftruncate(fd, (off_t)(s - 4096)), 0); }
 static void tiny(void *b, uint64_t s, int fd) { (void)b, (void)s; cr_assert_eq(ftruncate(fd, 100), 0); }
@@ -110,6 +112,7 @@ Test(attach, good_segment) { cr_assert_eq(open_after(nothing), 0); }
 Test(attach, wrong_magic) { cr_assert_eq(open_after(bad_magic), -EBADMSG); }
 Test(attach, newer_major) { cr_assert_eq(open_after(newer_major), -EPROTONOSUPPORT); }
 Test(attach, older_major) { cr_assert_eq(open_after(older_major), -EBADMSG); }
+Test(attach, layout_major_2) { cr_assert_eq(QS_MAJOR, 3); cr_assert_eq(open_after(major_2), -EBADMSG); }
 Test(attach, unknown_incompat_flag) { cr_assert_eq(open_after(unknown_incompat), -EPROTONOSUPPORT); }
 Test(attach, truncated_segment) { cr_assert_eq(open_after(truncated), -EBADMSG); }
 Test(attach, tiny_segment) { cr_assert_eq(open_after(tiny), -EBADMSG); }

@@ -127,6 +127,21 @@ static void proxies_line(const char *segment)
 		       "(quotactl proxies)\n", alive, alive > 1 ? "es" : "", inflight, waiting);
 }
 
+/* A learned quantile for humans: tokens ("<= 4095"), a ratio ("<= 1.50x",
+ * in 1/QS_RATIO_ONE), "not yet" (0) or beyond the last bucket. */
+static const char *learned_edge(uint64_t v, bool ratio, char *buf, size_t len)
+{
+	if (!v)
+		snprintf(buf, len, "not yet");
+	else if (v == UINT64_MAX)
+		snprintf(buf, len, ratio ? ">= 8x" : ">= 131072");
+	else if (ratio)
+		snprintf(buf, len, "< %.2fx", (double)(v + 1) / QS_RATIO_ONE);
+	else
+		snprintf(buf, len, "<= %llu", (unsigned long long)v);
+	return buf;
+}
+
 static int status_text(quota_client *c, const char *segment)
 {
 	struct daemon_state d = daemon_state(c);
@@ -188,11 +203,20 @@ static int status_text(quota_client *c, const char *segment)
 					printf(" %s:%llu", edge[b], (unsigned long long)in.output_hist[b]);
 			printf("\n%-24s suggested output reservation (p99): %s%s\n", "", sug,
 			       in.learn == 2 ? "; auto_estimate on" : "");
+			char p50[24], p99[24], r50[24], r99[24];
+			printf("%-24s prompt tokens p50 %s, p99 %s; actual/estimated output p50 %s, p99 %s\n", "",
+			       learned_edge(in.learned_input_p50, false, p50, sizeof(p50)),
+			       learned_edge(in.learned_input_p99, false, p99, sizeof(p99)),
+			       learned_edge(in.learned_ratio_p50, true, r50, sizeof(r50)),
+			       learned_edge(in.learned_ratio_p99, true, r99, sizeof(r99)));
 		}
 		if (in.alarm_held_ns || in.alarm_over_pct)
 			printf("%-24s alarms: held > %.0f s: %llu, commits > %llu %% of estimate: %llu\n", "",
 			       (double)in.alarm_held_ns / 1e9, (unsigned long long)in.alarm_held,
 			       (unsigned long long)in.alarm_over_pct, (unsigned long long)in.alarm_over);
+		if (in.alarm_held_ns)
+			printf("%-24s tickets open longer than %.0f s: %llu%s\n", "", (double)in.alarm_held_ns / 1e9,
+			       (unsigned long long)in.held_open, in.held_flips ? "" : " (quotad has not counted yet)");
 	}
 	return 0;
 }
@@ -254,13 +278,26 @@ static int status_json(quota_client *c, const char *segment)
 			cJSON_AddBoolToObject(lj, "auto_estimate", in.learn == 2);
 			cJSON_AddNumberToObject(lj, "suggested_output_tokens", (double)in.learned_output);
 			cJSON_AddNumberToObject(lj, "samples", (double)in.learned_samples);
-			cJSON *h = cJSON_AddArrayToObject(lj, "output_hist");
-			for (int b = 0; b < 16; b++)
-				cJSON_AddItemToArray(h, cJSON_CreateNumber((double)in.output_hist[b]));
+			const uint64_t *hists[3] = { in.output_hist, in.input_hist, in.ratio_hist };
+			static const char *const hist_names[3] = { "output_hist", "input_hist", "ratio_hist" };
+			for (int i = 0; i < 3; i++) {
+				cJSON *h = cJSON_AddArrayToObject(lj, hist_names[i]);
+				for (int b = 0; b < 16; b++)
+					cJSON_AddItemToArray(h, cJSON_CreateNumber((double)hists[i][b]));
+			}
+			/* edges as quota_info gives them: 0 not yet, -1 beyond the last bucket */
+			const uint64_t edges[4] = { in.learned_input_p50, in.learned_input_p99,
+						    in.learned_ratio_p50, in.learned_ratio_p99 };
+			static const char *const edge_names[4] = { "input_tokens_p50", "input_tokens_p99",
+								   "output_ratio_p50_x256", "output_ratio_p99_x256" };
+			for (int i = 0; i < 4; i++)
+				cJSON_AddNumberToObject(lj, edge_names[i], edges[i] == UINT64_MAX ? -1 : (double)edges[i]);
 		}
 		cJSON *aj = cJSON_AddObjectToObject(q, "alarms");
 		cJSON_AddNumberToObject(aj, "held", (double)in.alarm_held);
 		cJSON_AddNumberToObject(aj, "over_estimate", (double)in.alarm_over);
+		cJSON_AddNumberToObject(aj, "held_open", (double)in.held_open);
+		cJSON_AddNumberToObject(aj, "held_flips", (double)in.held_flips);
 	}
 	char *s = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);
@@ -378,6 +415,9 @@ static int cmd_clients(bool json)
 			const cJSON *name = cJSON_GetObjectItemCaseSensitive(q, "quota");
 			printf(" %s:%.0f/%.0f/%.0f", cJSON_IsString(name) ? name->valuestring : "?",
 			       num(q, "inflight"), num(q, "admitted"), num(q, "rejected"));
+			if (num(q, "alarm_held") || num(q, "alarm_over_estimate") || num(q, "held_open"))
+				printf(" [alarms: held %.0f, over estimate %.0f; open longer than held_s %.0f]",
+				       num(q, "alarm_held"), num(q, "alarm_over_estimate"), num(q, "held_open"));
 		}
 		putchar('\n');
 	}

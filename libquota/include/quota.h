@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 #define QUOTA_VERSION_MAJOR 2
-#define QUOTA_VERSION_MINOR 1
+#define QUOTA_VERSION_MINOR 2
 
 /* Longest quota name, without the terminating NUL. */
 #define QUOTA_NAME_MAX 63
@@ -332,6 +332,26 @@ struct quota_info {
 	uint64_t alarm_over;             /* commits above alarm_over_pct % of their estimate */
 	int64_t alarm_held_ns;           /* 0 = that alarm is off */
 	uint64_t alarm_over_pct;         /* 0 = that alarm is off */
+	/* 2.2 (layout major 3): prompts, the output's actual/estimated ratio,
+	 * tickets still open. A caller compiled against 2.1 passes the smaller
+	 * size and gets the fields above only. */
+	uint64_t learned_input_p50;      /* quotad's p50 / p99 of prompt (input) tokens of */
+	uint64_t learned_input_p99;      /* commits, bucket's upper edge; 0 = not yet;
+					  * UINT64_MAX = 131072 or more */
+	uint64_t learned_ratio_p50;      /* quotad's p50 / p99 of actual / estimated output */
+	uint64_t learned_ratio_p99;      /* tokens, in 1/256 (256 = as estimated), bucket's
+					  * upper edge; 0 = not yet; UINT64_MAX = 8 or more */
+	uint64_t input_hist[16];         /* live clients' prompt tokens: [0] < 1024, [1]
+					  * 1024-1535, [2] 1536-2047, [3] 2048-3071, ...
+					  * [14] 98304-131071, [15] 131072 and up (output_hist's
+					  * buckets times 64) */
+	uint64_t ratio_hist[16];         /* their actual / estimated output in 1/256, the
+					  * buckets of output_hist: [0] < 1/16, ... [8] 3/4-1,
+					  * [9] 1-1.5, [10] 1.5-2, ... [15] 8 and up */
+	uint64_t held_open;              /* tickets open longer than alarm_held_ns as of
+					  * quotad's last alarm phase flip */
+	uint64_t held_flips;             /* quotad's phase flips of this quota (every
+					  * alarm_held_ns) since it started serving it */
 };
 
 /**

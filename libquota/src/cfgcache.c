@@ -55,7 +55,7 @@ int qc_cfg_decode(const struct qs_config *src, uint64_t word, struct qs_quota *q
 	out->alarm_held_ns = src->alarm_held_ns > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)src->alarm_held_ns;
 	out->fast = out->n >= 1 && out->n <= 2 && !out->max_inflight && !out->budget_day_nusd &&
 		    !out->budget_month_nusd && !(out->flags & QS_REC_REMOVED) && out->nlanes == 0 &&
-		    !(out->flags2 & QS_REC2_AUTO_EST);
+		    !(out->flags2 & QS_REC2_AUTO_EST) && !out->alarm_held_ns;
 	out->fast_settle = out->fast && !out->price_in_pusd && !out->price_out_pusd && !out->flags2 &&
 			   !out->alarm_held_ns && !out->alarm_over_pct;
 	return 0;

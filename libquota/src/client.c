@@ -285,8 +285,9 @@ int qc_open_observer(const char *segment, quota_client **ret)
 	return attach(segment, true, ret);
 }
 
-/* Every row taken: give up one that holds no in-flight slot (its
- * statistics folded into its quota's totals), round robin. The index of
+/* Every row taken: give up one that holds no in-flight slot and counts no
+ * open ticket (its statistics folded into its quota's totals), round robin:
+ * a row that holds either is part of its process's exact sum. The index of
  * the row, or QS_CLIENT_ROWS if every row holds something. */
 static uint32_t evict_row(struct qc_thread *t)
 {
@@ -294,7 +295,9 @@ static uint32_t evict_row(struct qc_thread *t)
 		uint32_t r = (t->evict_next + i) % QS_CLIENT_ROWS;
 		struct qs_row *row = &t->cs->rows[r];
 		uint32_t old1 = atomic_load_explicit(&row->quota1, memory_order_relaxed);
-		if (atomic_load_explicit(&row->held, memory_order_relaxed) != 0 || old1 == 0 ||
+		if (atomic_load_explicit(&row->held, memory_order_relaxed) != 0 ||
+		    atomic_load_explicit(&row->open[0], memory_order_relaxed) != 0 ||
+		    atomic_load_explicit(&row->open[1], memory_order_relaxed) != 0 || old1 == 0 ||
 		    old1 > t->c->g.quota_capacity)
 			continue;
 		qc_row_fold(qs_quota_at(&t->c->g, old1 - 1), row);
@@ -395,6 +398,11 @@ void qc_row_fold(struct qs_quota *q, struct qs_row *row)
 		rej[k] = take(&row->rejected[k]);
 	uint32_t held = atomic_exchange_explicit(&row->alarm_held, 0, memory_order_relaxed);
 	uint32_t over = atomic_exchange_explicit(&row->alarm_over, 0, memory_order_relaxed);
+	/* Dropped, not folded: the histograms are a picture of live clients,
+	 * and the open tickets of a handle that closed or a process that died
+	 * can never be settled (an evicted row counts none). */
+	for (int p = 0; p < 2; p++)
+		atomic_store_explicit(&row->open[p], 0, memory_order_relaxed);
 	atomic_store_explicit(&row->quota1, 0, memory_order_release);
 	atomic_fetch_add_explicit(&q->st_alarm_held, held, memory_order_relaxed);
 	atomic_fetch_add_explicit(&q->st_alarm_over, over, memory_order_relaxed);

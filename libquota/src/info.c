@@ -12,7 +12,7 @@
 /* The size of version 2.0's struct quota_info: the least a caller passes. */
 #define QUOTA_INFO_SIZE_V2_0 (offsetof(struct quota_info, generation) + sizeof(uint64_t))
 
-static void add_row(struct quota_info *ret, const struct qs_row *row)
+static void add_row(struct quota_info *ret, const struct qs_row *row, uint64_t *hists)
 {
 	ret->admitted += atomic_load_explicit(&row->admitted, memory_order_relaxed);
 	ret->admitted_input_tokens += atomic_load_explicit(&row->in_tokens, memory_order_relaxed);
@@ -22,7 +22,13 @@ static void add_row(struct quota_info *ret, const struct qs_row *row)
 	ret->alarm_held += atomic_load_explicit(&row->alarm_held, memory_order_relaxed);
 	ret->alarm_over += atomic_load_explicit(&row->alarm_over, memory_order_relaxed);
 	if (ret->learn)
-		qc_learn_merge_row(ret->output_hist, row);
+		qc_learn_merge_row(hists, row);
+}
+
+/* A QS_PAIR edge as quota_info shows it. */
+static uint64_t edge_of(uint32_t e)
+{
+	return e == QS_PAIR_OPEN ? UINT64_MAX : e;
 }
 
 /* The configuration part. */
@@ -56,6 +62,16 @@ static void fill_config(struct quota_info *info, const struct qs_config *src, co
 	if (info->learn) {
 		info->learned_output = atomic_load_explicit(&q->learned_out, memory_order_relaxed);
 		info->learned_samples = atomic_load_explicit(&q->learned_samples, memory_order_relaxed);
+		uint64_t in = atomic_load_explicit(&q->learned_in, memory_order_relaxed);
+		uint64_t ratio = atomic_load_explicit(&q->learned_ratio, memory_order_relaxed);
+		info->learned_input_p50 = edge_of(QS_PAIR_P50(in));
+		info->learned_input_p99 = edge_of(QS_PAIR_P99(in));
+		info->learned_ratio_p50 = edge_of(QS_PAIR_P50(ratio));
+		info->learned_ratio_p99 = edge_of(QS_PAIR_P99(ratio));
+	}
+	if (info->alarm_held_ns) {
+		info->held_open = atomic_load_explicit(&q->held_open, memory_order_relaxed);
+		info->held_flips = atomic_load_explicit(&q->held_phase, memory_order_relaxed);
 	}
 }
 
@@ -80,6 +96,7 @@ static void fill_state(quota_client *c, uint32_t id, struct qs_quota *q, struct 
 	info->alarm_over = atomic_load_explicit(&q->st_alarm_over, memory_order_relaxed);
 	for (unsigned k = 0; k < QS_REASONS; k++)
 		info->rejected[k] = atomic_load_explicit(&q->st_rejected[k], memory_order_relaxed);
+	uint64_t hists[QC_HISTS * QS_HIST_BUCKETS] = { 0 };
 	for (uint32_t s = 0; s < c->g.client_capacity; s++) {
 		const struct qs_client *cs = qs_client_at(&c->g, s);
 		if (QS_CLIENT_STATUS(atomic_load_explicit(&cs->state, memory_order_acquire)) != QS_CLIENT_LIVE)
@@ -88,9 +105,14 @@ static void fill_state(quota_client *c, uint32_t id, struct qs_quota *q, struct 
 		 * the order they were taken. */
 		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
 			if (atomic_load_explicit(&cs->rows[r].quota1, memory_order_acquire) == id + 1) {
-				add_row(info, &cs->rows[r]);
+				add_row(info, &cs->rows[r], hists);
 				break;
 			}
+	}
+	for (uint32_t b = 0; b < QS_HIST_BUCKETS; b++) {
+		info->output_hist[b] = hists[QC_HIST_OUT * QS_HIST_BUCKETS + b];
+		info->input_hist[b] = hists[QC_HIST_IN * QS_HIST_BUCKETS + b];
+		info->ratio_hist[b] = hists[QC_HIST_RATIO * QS_HIST_BUCKETS + b];
 	}
 }
 

@@ -198,6 +198,10 @@ struct qt_limit {
 #define QT_HELD(h) ((h) & 0xffffffu)
 #define QT_LANE(h) (((h) >> 24) & 7u)
 #define QT_LANE_BITS(lane) ((uint32_t)(lane) << 24)
+/* HELD OPEN (held.c): the ticket counted itself open in its row, in the
+ * alarm phase QT_OPEN_PHASE says; settling it subtracts it there. */
+#define QT_OPEN_COUNTED (1u << 27)
+#define QT_OPEN_PHASE (1u << 28)
 /* The ticket was extended or partly settled: its slot on a limit is the
  * last piece taken, not the whole estimate (settle.c, EXTEND). */
 #define QT_EXTENDED (1u << 30)
@@ -269,7 +273,9 @@ static inline struct qs_row *qc_row(struct qc_thread *t, uint32_t id)
 }
 
 /* Fold a row's statistics into its quota's totals and free the row
- * (quota_close(), row eviction, quotad's reclamation). */
+ * (quota_close(), row eviction, quotad's reclamation). Its open-ticket
+ * counts are dropped: tickets of a closed handle or a dead process can
+ * never be settled (an evicted row counts none). */
 void qc_row_fold(struct qs_quota *q, struct qs_row *row);
 
 /* One writer (the row's thread): a relaxed load and store, no lock prefix. */
@@ -372,13 +378,55 @@ void qc_wait_behind(const struct quota_client *c, const struct qc_waiter *w, int
 
 /* learn.c: estimates that learn. */
 #define QC_LEARN_MIN_SAMPLES 100u /* below this, nothing is learned */
-/* Add row @row's output histogram to @counts[QS_HIST_BUCKETS]. */
+/* A row's histograms, in this order in every merged array. */
+enum { QC_HIST_OUT, QC_HIST_IN, QC_HIST_RATIO, QC_HISTS };
+/* Count value @x (already shifted) in histogram @h[2] (its one writer). */
+void qc_hist_add(_Atomic uint64_t *h, uint64_t x);
+/* @actual / @estimate in 1/QS_RATIO_ONE, saturating. */
+uint64_t qc_hist_ratio(uint64_t actual, uint64_t estimate);
+/* Add row @row's histograms to @counts[QC_HISTS * QS_HIST_BUCKETS]. */
 void qc_learn_merge_row(uint64_t *counts, const struct qs_row *row);
-/* The upper edge of the bucket holding the 99th percentile of @counts, 0
- * with fewer than QC_LEARN_MIN_SAMPLES; *@ret_samples their weight. */
-uint64_t qc_learn_p99(const uint64_t *counts, uint64_t *ret_samples);
+/* The bucket holding the @permille-th quantile of histogram @counts
+ * [QS_HIST_BUCKETS], -1 with fewer than QC_LEARN_MIN_SAMPLES; *@ret_samples
+ * their weight. */
+int qc_hist_quantile(const uint64_t *counts, uint32_t permille, uint64_t *ret_samples);
 /* quotad: merge the live rows of the @n quotas with @learns[id] set and
- * publish learned_out and learned_samples. @scratch holds n * 16 words. */
+ * publish learned_out, learned_samples, learned_in and learned_ratio.
+ * @scratch holds QC_LEARN_SCRATCH(n) words. */
+#define QC_LEARN_SCRATCH(n) ((size_t)(n) * QC_HISTS * QS_HIST_BUCKETS)
 void qc_learn_publish(const struct qs_geom *g, const uint8_t *learns, uint32_t n, uint64_t *scratch);
+
+/* held.c: tickets still open (alarm held_s), quotad's phase flips. */
+/* Quota @id's open counts of one live process (all its slots). */
+struct qc_held_group {
+	int32_t pid;
+	uint64_t start;   /* /proc start time */
+	int64_t open[2];  /* by phase */
+};
+/* What quotad remembers per process and quota from the last flip. */
+struct qc_held_entry {
+	uint32_t quota;
+	int32_t pid;
+	uint64_t start;
+	uint64_t old;     /* tickets of the parity just flipped from, open since the flip before */
+	uint64_t open;    /* shown: tickets open longer than held_s */
+};
+#define QC_HELD_MAX_ENTRIES 65536u /* bounded: beyond, processes are not remembered */
+struct qc_held_state {
+	struct qc_held_entry *e;
+	uint32_t n, cap;
+};
+/* Sum quota @id's open counts per live process into @out (room for
+ * client_capacity): the number of processes. */
+uint32_t qc_held_sums(const struct qs_geom *g, uint32_t id, struct qc_held_group *out);
+/* quotad: flip quota @id's alarm phase, counting before it the tickets open
+ * longer than held_s per process (kept in @st) and in total (published in
+ * held_open and returned). @scratch has room for client_capacity groups. */
+uint64_t qc_held_flip(const struct qs_geom *g, uint32_t id, struct qc_held_state *st,
+		      struct qc_held_group *scratch);
+/* The entry of process @pid, @start for quota @id in @st, or NULL. */
+struct qc_held_entry *qc_held_find(const struct qc_held_state *st, uint32_t id, int32_t pid, uint64_t start);
+/* Forget quota @id's entries (its alarm was turned off). */
+void qc_held_forget(struct qc_held_state *st, uint32_t id);
 
 #endif /* QUOTA_INTERNAL_H */

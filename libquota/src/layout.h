@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * layout.h - the shared segment's layout (major 2): the one definition that
+ * layout.h - the shared segment's layout (major 3): the one definition that
  * libquota, quotad and quotactl all use. Offsets and indices only, never
  * pointers; fixed-width types only; every struct's size and every hot
  * field's offset is pinned by a static_assert.
@@ -48,11 +48,14 @@
 
 #include "quota.h"
 
+/* The magic names the family and has read "QOTASEG2" since major 2; it is
+ * kept so that a library of major 2 refuses a segment of major 3 by its
+ * major (-EPROTONOSUPPORT, "a newer layout"), not as a foreign object. */
 #define QS_MAGIC 0x3247455341544f51ULL /* "QOTASEG2" little-endian */
-#define QS_MAJOR 2
-/* Minor 1 (libquota 2.1): records may carry priority lanes (old readers
- * ignore them and admit as the top lane: the bound holds either way). */
-#define QS_MINOR 1
+/* Major 3 (libquota 2.2): client rows of 256 B, not 192 (prompt and ratio
+ * histograms, tickets open per alarm phase): the client stride changed. */
+#define QS_MAJOR 3
+#define QS_MINOR 0
 #define QS_CACHELINE 64
 #define QS_HEADER_SIZE 4096
 
@@ -161,7 +164,7 @@ struct qs_lane_src {
 	uint32_t pad;
 };
 
-/* record.flags2 (minor 1) */
+/* record.flags2 (since layout 2.1) */
 #define QS_REC2_LEARN (1u << 0)    /* keep the histogram of actual output tokens */
 #define QS_REC2_AUTO_EST (1u << 1) /* reserve's output 0 = the learned estimate (implies LEARN) */
 #define QS_REC2_KNOWN (QS_REC2_LEARN | QS_REC2_AUTO_EST)
@@ -191,7 +194,7 @@ struct qs_record {
 	uint64_t budget_day_nusd;   /* 0 = none */
 	uint64_t budget_month_nusd; /* 0 = none */
 	struct qs_limit_src lim[QS_KINDS];
-	/* Minor 1: priority lanes (0 = none: one lane), learning, alarms. */
+	/* Since layout 2.1: priority lanes (0 = none: one lane), learning, alarms. */
 	uint32_t nlanes;
 	uint32_t flags2;         /* QS_REC2_* (not in flags: minor-0 readers refuse unknown flags) */
 	struct qs_lane_src lanes[QS_LANES];
@@ -256,19 +259,31 @@ struct qs_quota {
 	_Atomic uint64_t st_rejected[QS_REASONS];
 	uint64_t reserved6[3];
 
-	/* Line 7 (minor 1): learning and alarms. */
+	/* Line 7: learning and alarms. */
 	_Atomic uint64_t learned_out;     /* quotad: p99 of actual output tokens, as the
 					   * upper edge of its bucket; 0 = not known yet,
 					   * QS_LEARNED_OPEN = in the last bucket */
 	_Atomic uint64_t learned_samples; /* quotad: the weight it was computed from */
 	_Atomic uint64_t st_alarm_held;   /* alarms of clients that left */
 	_Atomic uint64_t st_alarm_over;
-	uint64_t reserved7[4];
+	/* Major 3, written by quotad only. Prompt tokens and the actual/estimated
+	 * output ratio: p50 in the low 32 bits, p99 in the high 32, each the
+	 * upper edge of its bucket in the histogram's units (QS_PAIR_*). */
+	_Atomic uint64_t learned_in;
+	_Atomic uint64_t learned_ratio;
+	/* Tickets still open (alarm held_s): the phase flips since quotad
+	 * started serving the quota (bit 0 is the phase reservations read,
+	 * reserve.c, HELD OPEN), and how many tickets were open longer than
+	 * held_s at the last flip. */
+	_Atomic uint64_t held_phase;
+	_Atomic uint64_t held_open;
 };
 static_assert(sizeof(struct qs_quota) == 512, "quota entry size");
 static_assert(offsetof(struct qs_quota, tat_day) == 64, "hot line B");
 static_assert(offsetof(struct qs_quota, refund_begun) == 128, "refund lines");
 static_assert(offsetof(struct qs_quota, st_admitted) == 256, "stats lines");
+static_assert(offsetof(struct qs_quota, learned_out) == 448, "learning line");
+static_assert(offsetof(struct qs_quota, held_open) == 504, "learning line, last word");
 static_assert(QUOTA_RATE_KINDS == QS_KINDS, "kinds");
 static_assert(QUOTA_REJECT_REASONS <= QS_REASONS, "reasons");
 
@@ -290,8 +305,9 @@ static_assert(sizeof(struct qs_index) == 8, "index entry size");
 
 /* Per-thread, per-quota row: written only by the owning thread (relaxed
  * atomics, so that readers see torn-free values), read by quotactl and by
- * quotad when it reclaims the slot. Three cache lines. */
+ * quotad when it reclaims the slot. Four cache lines. */
 struct qs_row {
+	/* Line 0: in flight and the counters every reservation moves. */
 	_Atomic uint32_t quota1;   /* quota id + 1; 0 = free row */
 	/* In-flight slots this thread took minus those it gave back (int32:
 	 * a ticket taken by one thread may be settled by another, whose row
@@ -302,20 +318,39 @@ struct qs_row {
 	_Atomic uint64_t admitted;
 	_Atomic uint64_t in_tokens;
 	_Atomic uint64_t out_tokens;
+	/* Lines 0-2: rejections by reason (offset 40). */
 	_Atomic uint64_t rejected[QS_REASONS];
-	/* Minor 1. Learning: actual output tokens of commits, 16 half-octave
-	 * buckets (qs_hist_bucket) of 8-bit counts, all halved when one would
-	 * overflow (a decaying histogram); alarms (see qs_record). */
+	/* Learning: actual output tokens of commits (a qs_hist, shift 0);
+	 * alarms (see qs_record). */
 	_Atomic uint64_t out_hist[2];
 	_Atomic uint32_t alarm_held;
 	_Atomic uint32_t alarm_over;
+	/* Line 3 (major 3): commits' prompt tokens (shift QS_HIST_IN_SHIFT) and
+	 * actual/estimated output in 1/QS_RATIO_ONE (shift 0); tickets of a quota
+	 * with held_s taken in alarm phase p minus those settled (int32 like
+	 * held: only a process's sum is exact; reserve.c, HELD OPEN). */
+	_Atomic uint64_t in_hist[2];
+	_Atomic uint64_t ratio_hist[2];
+	_Atomic int32_t open[2];
+	uint64_t reserved3[3];
 };
-static_assert(sizeof(struct qs_row) == 192, "row size");
+static_assert(sizeof(struct qs_row) == 256, "row size");
+static_assert(offsetof(struct qs_row, rejected) == 40, "row rejections");
+static_assert(offsetof(struct qs_row, out_hist) == 168, "row output histogram");
+static_assert(offsetof(struct qs_row, in_hist) == 192, "row line 3");
+static_assert(offsetof(struct qs_row, open) == 224, "row open tickets");
 
-/* Learning histogram, half octaves: bucket 0 holds [0, 16), then [16, 24),
- * [24, 32), [32, 48), [48, 64), ... up to bucket 14, [1536, 2048); bucket 15
- * everything from 2048 up. */
+/* A decaying log-histogram (learn.c): QS_HIST_BUCKETS 8-bit counts in two
+ * words, all halved when one would overflow, one writer. Half octaves of
+ * the value shifted right by the histogram's shift: bucket 0 holds [0, 16),
+ * then [16, 24), [24, 32), [32, 48), [48, 64), ... up to bucket 14, [1536,
+ * 2048); bucket 15 everything from 2048 up. Output tokens use shift 0,
+ * prompt tokens shift 6 (bucket 0 < 1024, bucket 14 up to 131071), the
+ * output ratio shift 0 in 1/256 (bucket 0 below 1/16, bucket 9 [1, 1.5),
+ * bucket 15 from 8 up). */
 #define QS_HIST_BUCKETS 16u
+#define QS_HIST_IN_SHIFT 6u
+#define QS_RATIO_ONE 256u
 #define QS_LEARNED_OPEN UINT64_MAX /* learned_out: at least 2048, no edge */
 static inline uint32_t qs_hist_bucket(uint64_t x)
 {
@@ -335,10 +370,24 @@ static inline uint64_t qs_hist_top(uint32_t b)
 	uint32_t lg = (b + 7) / 2; /* bucket b starts at 2^lg or 1.5 * 2^lg */
 	return (b & 1) ? (3ull << (lg - 1)) - 1 : (1ull << (lg + 1)) - 1;
 }
+/* The largest unshifted value bucket @b of a histogram of shift @shift
+ * holds; 0 for the last. */
+static inline uint64_t qs_hist_edge(uint32_t b, uint32_t shift)
+{
+	uint64_t top = qs_hist_top(b);
+	return top ? ((top + 1) << shift) - 1 : 0;
+}
 static inline uint32_t qs_hist_count(const uint64_t h[2], uint32_t b)
 {
 	return (uint32_t)((h[b / 8] >> (8 * (b % 8))) & 0xff);
 }
+
+/* learned_in, learned_ratio: two 32-bit edges in one word (a reader gets
+ * both from one load); QS_PAIR_OPEN = in the last bucket, 0 = not yet. */
+#define QS_PAIR_OPEN UINT32_MAX
+#define QS_PAIR(p50, p99) ((uint64_t)(p50) | (uint64_t)(p99) << 32)
+#define QS_PAIR_P50(w) ((uint32_t)(w))
+#define QS_PAIR_P99(w) ((uint32_t)((w) >> 32))
 
 /* qs_client.state: generation << 32 | pid << 8 | status. The pid is in the
  * word so that a slot whose process died inside quota_open() (CLAIMING)
@@ -378,7 +427,8 @@ struct qs_client {
 	uint64_t reserved0;
 	struct qs_row rows[QS_CLIENT_ROWS];
 };
-static_assert(sizeof(struct qs_client) == 64 + 192 * QS_CLIENT_ROWS, "client size");
+static_assert(sizeof(struct qs_client) == 64 + 256 * QS_CLIENT_ROWS, "client size");
+static_assert(offsetof(struct qs_client, rows) == 64, "rows after the slot's line");
 static_assert(offsetof(struct qs_client, wait_key) == 32, "wait words in line 0");
 
 /* qs_client.wait_key: the waiter's line - quota id + 1 and the lane - in the

@@ -663,6 +663,25 @@ static inline __attribute__((always_inline)) int fast(struct qc_thread *t, struc
 	return 0;
 }
 
+/* HELD OPEN (held.c; the proof is in ARCHITECTURE, Alarms): an admitted
+ * ticket of a quota with an alarm time counts itself open in its row, in the
+ * alarm phase it reads now. The phase is read after the admission: the
+ * clock read that admitted it (at or after its admission time) comes first,
+ * so a ticket that reads a phase older than quotad's last flip was admitted
+ * before that flip. Only such quotas pay for this (they leave fast()). */
+static void open_count(const struct qc_resv *r, struct qt_priv *tk)
+{
+	if (!r->cf->alarm_held_ns || !r->row)
+		return;
+	/* seq_cst: in one order with the clock read before it (the manual
+	 * clock's is a seq_cst load) and with quotad's store of the flip, made
+	 * after it summed the rows (held.c); a plain load on x86 */
+	uint32_t p = (uint32_t)atomic_load_explicit(&r->q->held_phase, memory_order_seq_cst) & 1;
+	_Atomic int32_t *o = &r->row->open[p];
+	atomic_store_explicit(o, atomic_load_explicit(o, memory_order_relaxed) + 1, memory_order_relaxed);
+	tk->held |= QT_OPEN_COUNTED | (p ? QT_OPEN_PHASE : 0);
+}
+
 /* quota_reserve() in lane @lane (UINT32_MAX: the quota's last). */
 static inline __attribute__((always_inline)) int reserve(quota_client *c, int id,
 							  const struct quota_cost *cost,
@@ -711,6 +730,7 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 	r.max_out = max_out;
 	err = run(&r, ret);
 	if (err == 0) {
+		open_count(&r, qt_priv(ret));
 		ret->waited_ns = r.now - r.start;
 		ret->retry_after_ns = 0;
 		return 0;

@@ -108,15 +108,10 @@ static void observe(struct qc_thread *t, struct qs_quota *q, const struct qt_pri
 	if (!row || qc_cfg_get(t, tk->quota, q, &cf) < 0)
 		return;
 	if (actual && (cf->flags2 & QS_REC2_LEARN)) {
-		uint32_t b = qs_hist_bucket(actual->output_tokens);
-		uint64_t h[2] = { atomic_load_explicit(&row->out_hist[0], memory_order_relaxed),
-				  atomic_load_explicit(&row->out_hist[1], memory_order_relaxed) };
-		if (qs_hist_count(h, b) == 0xff) /* decay: halve every count */
-			for (int i = 0; i < 2; i++)
-				h[i] = (h[i] >> 1) & 0x7f7f7f7f7f7f7f7fULL;
-		h[b / 8] += 1ULL << (8 * (b % 8));
-		atomic_store_explicit(&row->out_hist[0], h[0], memory_order_relaxed);
-		atomic_store_explicit(&row->out_hist[1], h[1], memory_order_relaxed);
+		qc_hist_add(row->out_hist, actual->output_tokens);
+		qc_hist_add(row->in_hist, actual->input_tokens >> QS_HIST_IN_SHIFT);
+		if (tk->output_tokens) /* the estimate held at commit, extensions included */
+			qc_hist_add(row->ratio_hist, qc_hist_ratio(actual->output_tokens, tk->output_tokens));
 	}
 	if (actual && cf->alarm_over_pct &&
 	    (unsigned __int128)actual->output_tokens * 100 >
@@ -151,6 +146,13 @@ void qc_settle(struct qc_thread *t, struct qs_quota *q, struct qt_priv *tk,
 			qc_inflight_release(t, q, row, tk->quota, QT_HELD(tk->held));
 		/* else: no row free in this thread for that quota; the slots stay
 		 * counted until an audit finds no process holding them */
+	}
+	if ((tk->held & QT_OPEN_COUNTED) && row) {
+		/* HELD OPEN (reserve.c): no longer open; else (no row free) it
+		 * stays counted until the process leaves */
+		_Atomic int32_t *o = &row->open[(tk->held & QT_OPEN_PHASE) ? 1 : 0];
+		atomic_store_explicit(o, atomic_load_explicit(o, memory_order_relaxed) - 1,
+				      memory_order_relaxed);
 	}
 	/* A waiting extension's own ticket, given back: its tokens go, the
 	 * admission it extends stays counted. */

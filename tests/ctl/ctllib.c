@@ -269,3 +269,14 @@ quota_client *cl_open(const char *seg)
 	cr_assert_eq(r, 0, "quota_open(%s): %s", seg, quota_strerror(r));
 	return c;
 }
+
+int cl_sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

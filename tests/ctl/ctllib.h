@@ -58,6 +58,10 @@ char *cl_request(const char *sock, const char *line);
 /* A number at a dotted path of a JSON reply ("daemon.reclaim.slots"). */
 double cl_json_num(const char *reply, const char *path);
 
+/* Run a shell command made like printf: its exit status (-1 if killed). */
+__attribute__((format(printf, 1, 2)))
+int cl_sh(const char *fmt, ...);
+
 /* Monotonic ns. */
 int64_t cl_now(void);
 

@@ -12,7 +12,6 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,18 +211,6 @@ Test(control, idle_flood_does_not_lock_out_status, .timeout = 30)
 	 * under ASan alone that is ~200 ms). */
 }
 
-__attribute__((format(printf, 1, 2)))
-static int sh(const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 Test(control, quotactl_commands_and_metrics, .timeout = 30)
 {
 	struct cl_env e;
@@ -240,50 +227,50 @@ Test(control, quotactl_commands_and_metrics, .timeout = 30)
 	const char *q = getenv("QUOTACTL");
 	char out[256];
 	snprintf(out, sizeof(out), "%s/metrics.txt", e.dir);
-	cr_assert_eq(sh("'%s' --socket '%s' metrics >'%s'", q, e.sock, out), 0);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' metrics >'%s'", q, e.sock, out), 0);
 	const char *promtool = getenv("PROMTOOL");
 	if (promtool)
-		cr_assert_eq(sh("'%s' check metrics <'%s'", promtool, out), 0, "promtool check metrics failed on %s", out);
+		cr_assert_eq(cl_sh("'%s' check metrics <'%s'", promtool, out), 0, "promtool check metrics failed on %s", out);
 	else
 		fprintf(stderr, "promtool not found: metrics checked for content only\n");
-	cr_assert_eq(sh("grep -q '^quota_limit_capacity{quota=\"llama-4-scout\",limit=\"rpm\"} 1188$' '%s'", out), 0);
-	cr_assert_eq(sh("grep -q '^quota_admitted_total{quota=\"llama-4-scout\"} 3$' '%s'", out), 0);
-	cr_assert_eq(sh("grep -q '^# TYPE quota_reclaimed_total counter$' '%s'", out), 0);
+	cr_assert_eq(cl_sh("grep -q '^quota_limit_capacity{quota=\"llama-4-scout\",limit=\"rpm\"} 1188$' '%s'", out), 0);
+	cr_assert_eq(cl_sh("grep -q '^quota_admitted_total{quota=\"llama-4-scout\"} 3$' '%s'", out), 0);
+	cr_assert_eq(cl_sh("grep -q '^# TYPE quota_reclaimed_total counter$' '%s'", out), 0);
 
-	cr_assert_eq(sh("'%s' --socket '%s' clients | grep -q -- ' %d '", q, e.sock, (int)getpid()), 0,
+	cr_assert_eq(cl_sh("'%s' --socket '%s' clients | grep -q -- ' %d '", q, e.sock, (int)getpid()), 0,
 		     "clients lists this process");
-	cr_assert_eq(sh("'%s' --socket '%s' backoff llama-4-scout 2.5 >/dev/null", q, e.sock), 0);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' backoff llama-4-scout 2.5 >/dev/null", q, e.sock), 0);
 	struct quota_info in;
 	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert(in.paused_ns > 2 * CL_S && in.paused_ns <= 2500 * CL_MS, "paused %lld", (long long)in.paused_ns);
-	cr_assert_eq(sh("'%s' --socket '%s' backoff llama-4-scout soon 2>/dev/null", q, e.sock), 2);
-	cr_assert_eq(sh("'%s' --socket '%s' backoff nosuch 1 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' backoff llama-4-scout soon 2>/dev/null", q, e.sock), 2);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' backoff nosuch 1 2>/dev/null", q, e.sock), 1);
 	/* set: one limit changed live, spent budget kept; bad input refused. */
 	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	uint64_t tpm_avail = in.rate[QUOTA_TPM].available;
-	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 600 >/dev/null", q, e.sock), 0);
-	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout max_inflight 7 >/dev/null", q, e.sock), 0);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set llama-4-scout rpm 600 >/dev/null", q, e.sock), 0);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set llama-4-scout max_inflight 7 >/dev/null", q, e.sock), 0);
 	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_eq(in.rate[QUOTA_RPM].limit, 600);
 	cr_assert_eq(in.max_inflight, 7);
 	cr_assert_leq(in.rate[QUOTA_TPM].available, tpm_avail + 1000, "tpm not refilled by a set");
-	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 1.5 2>/dev/null", q, e.sock), 1);
-	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout bogus 3 2>/dev/null", q, e.sock), 1);
-	cr_assert_eq(sh("'%s' --socket '%s' set nosuch rpm 3 2>/dev/null", q, e.sock), 1);
-	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm 2>/dev/null", q, e.sock), 2);
-	cr_assert_eq(sh("'%s' --socket '%s' set llama-4-scout rpm -4 2>/dev/null", q, e.sock), 2);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set llama-4-scout rpm 1.5 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set llama-4-scout bogus 3 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set nosuch rpm 3 2>/dev/null", q, e.sock), 1);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set llama-4-scout rpm 2>/dev/null", q, e.sock), 2);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' set llama-4-scout rpm -4 2>/dev/null", q, e.sock), 2);
 	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_eq(in.rate[QUOTA_RPM].limit, 600, "a refused set changes nothing");
 	/* reload returns to the configuration source. */
-	cr_assert_eq(sh("'%s' --socket '%s' reload >/dev/null", q, e.sock), 0);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' reload >/dev/null", q, e.sock), 0);
 	cr_assert_eq(quota_info(c, id, &in, sizeof(in)), 0);
 	cr_assert_eq(in.rate[QUOTA_RPM].limit, 1200);
 	cr_assert_eq(in.max_inflight, 0);
-	cr_assert_eq(sh("'%s' --segment '%s' status --watch --interval 0.05 --count 3 | grep -c 'quotad up' | "
+	cr_assert_eq(cl_sh("'%s' --segment '%s' status --watch --interval 0.05 --count 3 | grep -c 'quotad up' | "
 			"grep -qx 3", q, e.seg), 0);
-	cr_assert_eq(sh("'%s' --socket '%s' frobnicate 2>/dev/null", q, e.sock), 2);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' frobnicate 2>/dev/null", q, e.sock), 2);
 	cl_stop(qd, SIGTERM);
-	cr_assert_eq(sh("'%s' --socket '%s' reload 2>/dev/null", q, e.sock), 1, "daemon down: 1");
-	cr_assert_eq(sh("'%s' --segment '%s' status | grep -q 'quotad DOWN'", q, e.seg), 0);
+	cr_assert_eq(cl_sh("'%s' --socket '%s' reload 2>/dev/null", q, e.sock), 1, "daemon down: 1");
+	cr_assert_eq(cl_sh("'%s' --segment '%s' status | grep -q 'quotad DOWN'", q, e.seg), 0);
 	quota_close(c);
 }
