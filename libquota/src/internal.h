@@ -346,6 +346,10 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
  * reclamation is in progress. */
 int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
 		  struct qc_reclaim_counts *counts);
+/* Set the in-flight slots quotad holds back on @q to @hold (global.c): the
+ * workers' cap becomes max_inflight - @hold. Returns the slots the workers
+ * held at that instant (count - hold), read by the same RMW. */
+uint32_t qc_inflight_hold_set(struct qs_quota *q, uint64_t hold);
 
 /* learn.c: estimates that learn. */
 #define QC_LEARN_MIN_SAMPLES 100u /* below this, nothing is learned */
