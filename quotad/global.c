@@ -73,10 +73,35 @@ struct qg_pend {
 	int idx;      /* the limit, for CALL and WAIT */
 };
 #define QG_WAIT_MS 200 /* WAIT 1 QG_WAIT_MS after each call (Sentinel mode) */
+#define QG_REPLY_MAX 7 /* elements of a function's reply */
+
+/* A global max_inflight (kind QG_SLOTS): SLOTS granted by Redis with a
+ * lease (grant.lua, slots()), the workers held to them by quotad's hold on
+ * the in-flight count (qc_inflight_hold_set(): the local record carries the
+ * global max_inflight M, quotad holds M - cap of it).
+ *   granted  what Redis counts for this host (its o), as last confirmed;
+ *   cap      what the workers may hold: <= granted, raised only by a
+ *            confirmed answer (to granted), lowered at any time;
+ *   in_use   what the workers held at the last tick.
+ * A call reports held = max(cap, in_use): the workers can never hold more
+ * until the answer (they are admitted only below cap), and it never
+ * exceeds Redis' o. Lowering cap before a call returns idle slots; slots in
+ * use are never given back. Without an answer for half the lease, cap goes
+ * to 0: the host admits no new request, and what it admitted ends before
+ * Redis reaps it (the lease is at least twice the longest request). */
+#define QG_SLOTS QUOTA_RATE_KINDS
+struct qg_slots {
+	uint64_t max, lease_ns;
+	uint64_t granted, cap, in_use, peak;
+	uint64_t sent_held;                 /* held reported by the call in flight */
+	bool expired;                       /* half the lease without an answer */
+	int64_t grace_ms;                   /* Redis' grace after an empty start */
+	uint64_t free;                      /* free slots, as Redis last said */
+};
 
 struct qg_limit {
 	char quota[QUOTA_NAME_MAX + 1];
-	uint32_t id, kind, policy, expected_hosts; /* policy: enum qd_outage */
+	uint32_t id, kind, policy, expected_hosts; /* policy: enum qd_outage; kind QG_SLOTS: slots */
 	char key[QD_GLOBAL_KEY_MAX + 32];   /* Redis key */
 	uint64_t limit, burst;              /* the global limit L and capacity b */
 	struct qs_limit_cfg l;              /* the local record's (static share) */
@@ -88,7 +113,7 @@ struct qg_limit {
 	int64_t sent_debt_ns;               /* part of it in the call in flight */
 	uint64_t sent_overdraft;            /* overdraft units paid by that call */
 	bool stashed;                       /* a call's answer waiting for its WAIT */
-	long long stash[6];
+	long long stash[QG_REPLY_MAX];
 	int64_t tick_moved;                 /* consumption since the last rate update */
 	bool pending;
 	int64_t sent_at, last_call, last_ok;
@@ -99,6 +124,7 @@ struct qg_limit {
 	uint64_t granted_total, calls, errors, outages, reaped_seen;
 	int64_t live_hosts, stock, outstanding, cap;
 	uint64_t outage_units_total, debt_reported_total;
+	struct qg_slots sl;                 /* kind QG_SLOTS only */
 };
 
 struct qd_global {
@@ -123,8 +149,8 @@ struct qd_global {
 
 static const char *kind_name(uint32_t k)
 {
-	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd" };
-	return k < 8 ? n[k] : "?";
+	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd", "inflight" };
+	return k <= QG_SLOTS ? n[k] : "?";
 }
 
 /* Units in @ns of the local charge, rounded up. */
@@ -340,11 +366,45 @@ static void sentinel_answer(struct daemon *d, const redisReply *r)
 	G->load_sent = qd_mono();
 }
 
-static void call(struct daemon *d, uint32_t i, int64_t now)
+/* Queue FCALL @fn for limit @i with @argc arguments after the key and the
+ * host id (and WAIT in Sentinel mode); one call in flight per limit. */
+static void send_call(struct daemon *d, uint32_t i, int64_t now, const char *fn, int argc, char (*a)[48])
 {
 	struct qd_global *G = d->glob;
 	struct qg_limit *g = &G->lim[i];
-	if (G->npend + 2 > sizeof(G->pend) / sizeof(G->pend[0]) || G->to_sentinel)
+	const char *argv[16] = { "FCALL", fn, "1", g->key, G->redis.host_id };
+	size_t len[16];
+	for (int k = 0; k < argc && k < 11; k++)
+		argv[5 + k] = a[k];
+	for (int k = 0; k < 5 + argc; k++)
+		len[k] = strlen(argv[k]);
+	if (redisAppendCommandArgv(G->c, 5 + argc, argv, len) != REDIS_OK) {
+		drop_conn(d, "cannot queue a call");
+		return;
+	}
+	push(G, QG_REQ_CALL, (int)i);
+	if (G->redis.nsentinels) {
+		/* Credit only what a replica has: a failover then loses no grant. */
+		redisAppendCommand(G->c, "WAIT 1 %d", QG_WAIT_MS);
+		push(G, QG_REQ_WAIT, (int)i);
+	}
+	g->pending = true;
+	g->sent_at = now;
+	g->last_call = now;
+	g->calls++;
+}
+
+static bool can_call(const struct qd_global *G)
+{
+	return G->npend + 2 <= sizeof(G->pend) / sizeof(G->pend[0]) && !G->to_sentinel;
+}
+
+/* A rate limit's call: what it holds, wants, its demand and debt. */
+static void call_rate(struct daemon *d, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_limit *g = &G->lim[i];
+	if (!can_call(G))
 		return;
 	/* held: what the host can still take, rounded up (over-reporting what
 	 * is held is safe, under-reporting is not). */
@@ -369,7 +429,7 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	g->sent_debt_ns = g->outage ? 0 : g->outage_taken_ns;
 	g->sent_overdraft = g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0;
 	uint64_t debt = units_up(&g->l, g->sent_debt_ns) + g->sent_overdraft;
-	char a[10][48];
+	char a[9][48];
 	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)g->limit);
 	snprintf(a[1], sizeof(a[1]), "%lld", (long long)(g->l.period_ns / 1000));
 	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)g->burst);
@@ -379,30 +439,72 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	snprintf(a[6], sizeof(a[6]), "%.0f", demand);
 	snprintf(a[7], sizeof(a[7]), "%llu", (unsigned long long)debt);
 	snprintf(a[8], sizeof(a[8]), "%llu", (unsigned long long)least);
-	const char *argv[] = { "FCALL", "quotad_grant", "1", g->key, G->redis.host_id,
-			       a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8] };
-	size_t len[14];
-	for (int k = 0; k < 14; k++)
-		len[k] = strlen(argv[k]);
-	if (redisAppendCommandArgv(G->c, 14, argv, len) != REDIS_OK) {
-		drop_conn(d, "cannot queue a call");
-		return;
-	}
-	push(G, QG_REQ_CALL, (int)i);
-	if (G->redis.nsentinels) {
-		/* Credit only what a replica has: a failover then loses no grant. */
-		redisAppendCommand(G->c, "WAIT 1 %d", QG_WAIT_MS);
-		push(G, QG_REQ_WAIT, (int)i);
-	}
-	g->pending = true;
-	g->sent_at = now;
-	g->last_call = now;
-	g->calls++;
+	send_call(d, i, now, "quotad_grant", 9, a);
 }
 
-/* Credit a confirmed answer: v = {granted, live hosts, stock, outstanding,
- * cap, reaped}. */
-static void apply(struct qg_limit *g, const long long *v)
+/* The workers' cap on slot limit @g: quotad holds max - cap of the count. */
+static void slots_hold(struct daemon *d, struct qg_limit *g)
+{
+	struct qs_quota *q = qs_quota_at(&d->g, g->id);
+	uint64_t hold = g->sl.max - g->sl.cap;
+	if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) != hold) {
+		g->sl.in_use = qc_inflight_hold_set(q, hold);
+	} else {
+		uint32_t cnt = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
+		g->sl.in_use = cnt > hold ? cnt - hold : 0;
+	}
+	if (g->sl.in_use > g->sl.peak)
+		g->sl.peak = g->sl.in_use;
+}
+
+/* A slot limit's call: idle slots beyond the demand are returned first (cap
+ * lowered), then held = max(cap, in use) is reported with what it wants. */
+static void call_slots(struct daemon *d, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_limit *g = &G->lim[i];
+	struct qg_slots *sl = &g->sl;
+	if (!can_call(G))
+		return;
+	/* Demand: the peak since the last call, with a quarter and a slot of
+	 * room; a host whose workers fill its cap cannot show its demand and
+	 * claims all of M (water-filling splits it, as for rates); one with
+	 * none asks for one. */
+	struct qs_quota *q = qs_quota_at(&d->g, g->id);
+	bool starved = (sl->cap && sl->peak >= sl->cap) ||
+		       atomic_load_explicit(&q->inflight_waiters, memory_order_relaxed) > 0;
+	uint64_t demand = starved ? sl->max : sl->peak + sl->peak / 4 + 1;
+	if (demand > sl->max)
+		demand = sl->max;
+	if (G->stopping || sl->expired)
+		demand = 0;
+	if (sl->cap > demand && !starved) {
+		sl->cap = demand > sl->in_use ? demand : sl->in_use;
+		slots_hold(d, g);
+	}
+	uint64_t held = sl->cap > sl->in_use ? sl->cap : sl->in_use;
+	uint64_t want = demand > held ? demand - held : 0;
+	sl->sent_held = held;
+	sl->peak = sl->in_use;
+	char a[5][48];
+	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)sl->max);
+	snprintf(a[1], sizeof(a[1]), "%llu", (unsigned long long)(sl->lease_ns / 1000));
+	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)held);
+	snprintf(a[3], sizeof(a[3]), "%llu", (unsigned long long)want);
+	snprintf(a[4], sizeof(a[4]), "%llu", (unsigned long long)demand);
+	send_call(d, i, now, "quotad_slots", 5, a);
+}
+
+static void call(struct daemon *d, uint32_t i, int64_t now)
+{
+	if (d->glob->lim[i].kind == QG_SLOTS)
+		call_slots(d, i, now);
+	else
+		call_rate(d, i, now);
+}
+
+/* What every confirmed answer says: Redis is back, the lease renewed. */
+static void answered(struct qg_limit *g, const long long *v)
 {
 	if (g->outage) {
 		qd_log("info", "global %s %s: Redis answers again (outage over, %llu units taken in it "
@@ -411,6 +513,18 @@ static void apply(struct qg_limit *g, const long long *v)
 		g->outage = false;
 		g->self_ns = 0;
 	}
+	g->live_hosts = v[1];
+	g->outstanding = v[3];
+	g->cap = v[4];
+	g->reaped_seen += (uint64_t)(v[5] > 0 ? v[5] : 0);
+	g->last_ok = g->sent_at; /* the lease runs from when we asked */
+}
+
+/* Credit a confirmed answer of a rate limit: v = {granted, live hosts,
+ * stock, outstanding, cap, reaped}. */
+static void apply_rate(struct qg_limit *g, const long long *v)
+{
+	answered(g, v);
 	g->outage_taken_ns -= g->sent_debt_ns;
 	g->debt_reported_total += units_up(&g->l, g->sent_debt_ns);
 	g->sent_debt_ns = 0;
@@ -421,12 +535,33 @@ static void apply(struct qg_limit *g, const long long *v)
 	uint64_t granted = v[0] > 0 ? (uint64_t)v[0] : 0;
 	g->credit_ns += ns_down(&g->l, granted);
 	g->granted_total += granted;
-	g->live_hosts = v[1];
 	g->stock = v[2];
-	g->outstanding = v[3];
-	g->cap = v[4];
-	g->reaped_seen += (uint64_t)(v[5] > 0 ? v[5] : 0);
-	g->last_ok = g->sent_at; /* the lease runs from when we asked */
+}
+
+/* A confirmed answer of a slot limit: v = {granted, live hosts, free,
+ * held + granted (Redis' o), fair cap, reaped, grace ms}. The workers' cap
+ * rises to what Redis counts (at the next tick's hold). */
+static void apply_slots(struct qg_limit *g, const long long *v)
+{
+	answered(g, v);
+	struct qg_slots *sl = &g->sl;
+	uint64_t granted = v[0] > 0 ? (uint64_t)v[0] : 0;
+	if (sl->expired)
+		qd_log("info", "global %s inflight: slots granted again", g->quota);
+	sl->expired = false;
+	sl->granted = sl->sent_held + granted;
+	sl->cap = sl->granted;
+	sl->free = v[2] > 0 ? (uint64_t)v[2] : 0;
+	sl->grace_ms = v[6];
+	g->granted_total += granted;
+}
+
+static void apply(struct qg_limit *g, const long long *v)
+{
+	if (g->kind == QG_SLOTS)
+		apply_slots(g, v);
+	else
+		apply_rate(g, v);
 }
 
 /* A call's answer; with Sentinel it waits for its WAIT. Returns false if the
@@ -434,7 +569,8 @@ static void apply(struct qg_limit *g, const long long *v)
  * READONLY, a restarted one lacks the function). */
 static bool answer(struct daemon *d, struct qg_limit *g, const redisReply *r)
 {
-	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
+	size_t n = g->kind == QG_SLOTS ? 7 : 6;
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < n) {
 		g->errors++;
 		g->pending = false;
 		snprintf(d->glob->last_error, sizeof(d->glob->last_error), "grant: %.150s",
@@ -443,8 +579,8 @@ static bool answer(struct daemon *d, struct qg_limit *g, const redisReply *r)
 		g->sent_overdraft = 0;
 		return false;
 	}
-	long long v[6];
-	for (int k = 0; k < 6; k++)
+	long long v[QG_REPLY_MAX] = { 0 };
+	for (size_t k = 0; k < n; k++)
 		v[k] = r->element[k]->type == REDIS_REPLY_INTEGER ? r->element[k]->integer : 0;
 	if (d->glob->redis.nsentinels) {
 		memcpy(g->stash, v, sizeof(v));
@@ -553,21 +689,30 @@ static void pump(struct daemon *d, int64_t now)
 
 /* ------------------------------------------------------------------ the tick */
 
-static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+/* No answer for QG_OUTAGE_NS: the limit is in OUTAGE (true when it starts). */
+static bool outage_begins(struct qg_limit *g, int64_t now)
+{
+	if (g->outage || now - g->last_ok <= QG_OUTAGE_NS)
+		return false;
+	g->outage = true;
+	g->outages++;
+	qd_log("warning", "global %s %s: no answer from Redis for %lld ms: outage, %s", g->quota,
+	       kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
+	       g->kind == QG_SLOTS ? "slots kept for half the lease, none asked" :
+	       g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
+	return true;
+}
+
+static void tick_rate(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
 {
 	struct qd_global *G = d->glob;
 	int64_t dt = g->last_tick ? now - g->last_tick : 0;
 	g->last_tick = now;
-	if (!g->outage && now - g->last_ok > QG_OUTAGE_NS) {
-		g->outage = true;
-		g->outages++;
+	if (outage_begins(g, now)) {
 		/* Drop the grant before Redis can reap it (module comment). */
 		if (g->credit_ns > 0)
 			g->credit_ns = 0;
 		g->self_ns = 0;
-		qd_log("warning", "global %s %s: no answer from Redis for %lld ms: outage, %s", g->quota,
-		       kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
-		       g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
 	}
 	/* static_share: the time that passes, at the local record's rate (the
 	 * static share), at most tau held. */
@@ -590,6 +735,40 @@ static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t n
 		       (uint64_t)(g->rate * 0.25);
 	if (held <= low || now - g->last_call >= QG_REFRESH_NS || g->outage)
 		call(d, i, now);
+}
+
+/* A slot limit's tick: hold the workers to cap; without an answer for half
+ * the lease, cap 0; ask when the workers near the cap, at least every
+ * refresh. */
+static void tick_slots(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_slots *sl = &g->sl;
+	g->last_tick = now;
+	(void)outage_begins(g, now);
+	if (!sl->expired && now - g->last_ok > (int64_t)(sl->lease_ns / 2)) {
+		sl->expired = true;
+		sl->cap = 0;
+		qd_log("warning", "global %s inflight: no answer from Redis for half the lease (%.0f s): "
+		       "no new request admitted until it answers", g->quota, (double)sl->lease_ns / 2e9);
+	}
+	slots_hold(d, g);
+	if (!G->c || g->pending)
+		return;
+	/* Near the cap: ask early (no more often than every 50 ms) if Redis
+	 * last said there was more to have: free slots, or a fair cap above. */
+	bool more = sl->free > 0 || (g->cap > 0 && sl->cap < (uint64_t)g->cap) || !g->calls;
+	bool near = sl->in_use + sl->cap / 4 + 1 > sl->cap && more && now - g->last_call >= QG_REFRESH_NS / 10;
+	if (near || now - g->last_call >= QG_REFRESH_NS || g->outage)
+		call(d, i, now);
+}
+
+static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+{
+	if (g->kind == QG_SLOTS)
+		tick_slots(d, g, i, now);
+	else
+		tick_rate(d, g, i, now);
 }
 
 void qd_global_tick(struct daemon *d)
@@ -620,12 +799,78 @@ static void free_global(struct qd_global *G)
 	free(G);
 }
 
+/* The global limit of quota id @id and kind @kind in @G, or NULL. */
+static struct qg_limit *find_limit(struct qd_global *G, uint32_t id, uint32_t kind)
+{
+	for (uint32_t j = 0; G && j < G->nlim; j++)
+		if (G->lim[j].id == id && G->lim[j].kind == kind)
+			return &G->lim[j];
+	return NULL;
+}
+
+/* Holds on in-flight counts that no global max_inflight of @cfg keeps (a
+ * quota no longer global, or without max_inflight) are let go: its record,
+ * published before, says what the workers may hold now. */
+static void release_holds(struct daemon *d, const struct qd_config *cfg)
+{
+	uint32_t count = qs_quota_count(&d->g);
+	for (uint32_t id = 0; id < count; id++) {
+		struct qs_quota *q = qs_quota_at(&d->g, id);
+		if (!atomic_load_explicit(&q->inflight_hold, memory_order_relaxed))
+			continue;
+		bool keep = false;
+		for (uint32_t i = 0; i < cfg->nquotas && !keep; i++)
+			keep = cfg->quotas[i].global && cfg->quotas[i].max_inflight && d->pub[id].word &&
+			       !(d->pub[id].cfg.flags & QS_REC_REMOVED) &&
+			       strncmp(d->pub[id].cfg.name, cfg->quotas[i].name, sizeof(d->pub[id].cfg.name)) == 0;
+		if (!keep)
+			(void)qc_inflight_hold_set(q, 0);
+	}
+}
+
+void qd_global_inflight_guard(struct daemon *d, uint32_t id, uint64_t old_max, uint64_t new_max)
+{
+	struct qg_limit *g = find_limit(d->glob, id, QG_SLOTS);
+	uint64_t cap = g ? g->sl.cap : 0, top = old_max > new_max ? old_max : new_max;
+	struct qs_quota *q = qs_quota_at(&d->g, id);
+	uint64_t hold = top > cap ? top - cap : 0;
+	if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) < hold)
+		(void)qc_inflight_hold_set(q, hold);
+}
+
+/* The slot limit of global quota @qc (id @id) into @g; the same limit
+ * before a reload keeps its ledger, a new one starts with cap 0. */
+static void slots_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t id, struct qd_global *old,
+			int64_t now)
+{
+	snprintf(g->quota, sizeof(g->quota), "%s", qc->name);
+	g->id = id;
+	g->kind = QG_SLOTS;
+	g->policy = qc->outage;
+	g->expected_hosts = qc->expected_hosts;
+	snprintf(g->key, sizeof(g->key), "quotad:{%s}:inflight", qc->global_key);
+	g->limit = qc->max_inflight;
+	g->sl.max = qc->max_inflight;
+	g->sl.lease_ns = qc->inflight_lease_ns;
+	g->last_ok = now;
+	g->last_call = now - QG_REFRESH_NS;
+	struct qg_limit *o = find_limit(old, id, QG_SLOTS);
+	if (o && strcmp(o->key, g->key) == 0 && o->sl.max == g->sl.max && o->sl.lease_ns == g->sl.lease_ns) {
+		*g = *o;
+		g->policy = qc->outage;
+		g->pending = false;
+	}
+}
+
 int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 {
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < cfg->nquotas; i++)
 		for (uint32_t k = 0; cfg->quotas[i].global && k < QUOTA_RATE_KINDS; k++)
 			n += cfg->quotas[i].rate[k] != 0;
+	for (uint32_t i = 0; i < cfg->nquotas; i++)
+		n += cfg->quotas[i].global && cfg->quotas[i].max_inflight;
+	release_holds(d, cfg);
 	struct qd_global *old = d->glob;
 	if (n == 0) {
 		if (old)
@@ -660,6 +905,8 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 				id = (int)j;
 				break;
 			}
+		if (id >= 0 && qc->max_inflight)
+			slots_limit(&lim[m++], qc, (uint32_t)id, old, now);
 		for (uint32_t k = 0; id >= 0 && k < QUOTA_RATE_KINDS; k++) {
 			if (!qc->rate[k])
 				continue;
@@ -719,6 +966,13 @@ void qd_global_stop(struct daemon *d)
 	int64_t now = qd_mono();
 	for (uint32_t i = 0; i < G->nlim; i++) {
 		struct qg_limit *g = &G->lim[i];
+		if (g->kind == QG_SLOTS) {
+			/* No new request until a quotad holds slots again; the
+			 * idle ones are given back below, those in use stay. */
+			g->sl.cap = 0;
+			slots_hold(d, g);
+			continue;
+		}
 		hold(d, g, now);
 		g->credit_ns = 0; /* given back below */
 		g->self_ns = 0;
@@ -730,6 +984,10 @@ void qd_global_stop(struct daemon *d)
 	for (int round = 0; round < 2 && G->c; round++) {
 		G->stopping = round == 1;
 		for (uint32_t i = 0; round == 1 && i < G->nlim; i++) {
+			if (G->lim[i].kind == QG_SLOTS) {
+				G->lim[i].sl.cap = 0; /* an answer of round 0 may have raised it */
+				slots_hold(d, &G->lim[i]);
+			}
 			G->lim[i].credit_ns = 0;
 			G->lim[i].self_ns = 0;
 			G->lim[i].rate = 0;
@@ -749,9 +1007,28 @@ void qd_global_stop(struct daemon *d)
 
 static const char *mode_of(const struct qg_limit *g)
 {
+	if (g->kind == QG_SLOTS && g->sl.expired)
+		return "outage-lease_expired";
+	if (g->kind == QG_SLOTS && g->outage)
+		return "outage-slots_kept";
 	if (!g->outage)
 		return "granted";
 	return g->policy == QD_OUTAGE_FAIL_CLOSED ? "outage-fail_closed" : "outage-static_share";
+}
+
+/* A slot limit's fields in the status reply. */
+static void slots_status(const struct qg_limit *g, cJSON *o)
+{
+	const struct qg_slots *sl = &g->sl;
+	cJSON_AddNumberToObject(o, "slots_held", (double)sl->granted);
+	cJSON_AddNumberToObject(o, "slots_cap", (double)sl->cap);
+	cJSON_AddNumberToObject(o, "slots_in_use", (double)sl->in_use);
+	cJSON_AddNumberToObject(o, "slots_free", (double)sl->free);
+	cJSON_AddNumberToObject(o, "fair_cap", (double)g->cap);
+	cJSON_AddNumberToObject(o, "outstanding", (double)g->outstanding);
+	cJSON_AddNumberToObject(o, "granted_total", (double)g->granted_total);
+	cJSON_AddNumberToObject(o, "lease_s", (double)sl->lease_ns / 1e9);
+	cJSON_AddNumberToObject(o, "grace_ms", (double)sl->grace_ms);
 }
 
 void qd_global_status(struct daemon *d, cJSON *root)
@@ -786,6 +1063,16 @@ void qd_global_status(struct daemon *d, cJSON *root)
 		cJSON_AddStringToObject(o, "outage_policy",
 					g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
 		cJSON_AddNumberToObject(o, "global_limit", (double)g->limit);
+		cJSON_AddNumberToObject(o, "last_refresh_ms", (double)(now - g->last_ok) / 1e6);
+		cJSON_AddNumberToObject(o, "live_hosts", (double)g->live_hosts);
+		cJSON_AddNumberToObject(o, "calls", (double)g->calls);
+		cJSON_AddNumberToObject(o, "errors", (double)g->errors);
+		cJSON_AddNumberToObject(o, "outages", (double)g->outages);
+		cJSON_AddNumberToObject(o, "hosts_reaped_seen", (double)g->reaped_seen);
+		if (g->kind == QG_SLOTS) {
+			slots_status(g, o);
+			continue;
+		}
 		cJSON_AddNumberToObject(o, "static_share", (double)g->l.limit);
 		cJSON_AddNumberToObject(o, "held", (double)units_up(&g->l, g->credit_ns));
 		cJSON_AddNumberToObject(o, "debt", (double)(units_up(&g->l, g->outage_taken_ns) +
@@ -793,16 +1080,28 @@ void qd_global_status(struct daemon *d, cJSON *root)
 		cJSON_AddNumberToObject(o, "granted_total", (double)g->granted_total);
 		cJSON_AddNumberToObject(o, "outage_units_total", (double)g->outage_units_total);
 		cJSON_AddNumberToObject(o, "debt_reported_total", (double)g->debt_reported_total);
-		cJSON_AddNumberToObject(o, "last_refresh_ms", (double)(now - g->last_ok) / 1e6);
-		cJSON_AddNumberToObject(o, "live_hosts", (double)g->live_hosts);
 		cJSON_AddNumberToObject(o, "outstanding", (double)g->outstanding);
 		cJSON_AddNumberToObject(o, "fair_cap", (double)g->cap);
 		cJSON_AddNumberToObject(o, "stock", (double)g->stock);
 		cJSON_AddNumberToObject(o, "demand_per_s", g->rate);
-		cJSON_AddNumberToObject(o, "calls", (double)g->calls);
-		cJSON_AddNumberToObject(o, "errors", (double)g->errors);
-		cJSON_AddNumberToObject(o, "outages", (double)g->outages);
-		cJSON_AddNumberToObject(o, "hosts_reaped_seen", (double)g->reaped_seen);
+	}
+}
+
+/* The value of metric family @f (qd_global_metrics()) for limit @g; false
+ * if the family does not apply to its kind (rate limits, slots). */
+static bool metric_value(const struct qg_limit *g, size_t f, double *v)
+{
+	bool slots = g->kind == QG_SLOTS;
+	switch (f) {
+	case 0: *v = slots ? (double)g->sl.granted : (double)units_up(&g->l, g->credit_ns); return true;
+	case 1: *v = (double)g->granted_total; return true;
+	case 2: *v = g->outage; return true;
+	case 3: *v = (double)g->outage_units_total; return !slots;
+	case 4: *v = (double)(units_up(&g->l, g->outage_taken_ns) +
+			      (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)); return !slots;
+	case 5: *v = (double)g->live_hosts; return true;
+	case 6: *v = (double)g->calls; return true;
+	default: *v = (double)g->sl.cap; return slots;
 	}
 }
 
@@ -824,29 +1123,22 @@ char *qd_global_metrics(struct daemon *d)
 	static const struct {
 		const char *name, *type, *help;
 	} fam[] = {
-		{ "quota_global_held", "gauge", "Grant held by this host, in units." },
+		{ "quota_global_held", "gauge", "Grant held by this host, in units (slots for inflight)." },
 		{ "quota_global_granted_total", "counter", "Units granted to this host by Redis." },
 		{ "quota_global_outage", "gauge", "1 while the limit is in outage (its policy applies)." },
 		{ "quota_global_outage_units_total", "counter", "Units taken in outages (static share)." },
 		{ "quota_global_debt", "gauge", "Units taken beyond the grant, not yet reported." },
 		{ "quota_global_live_hosts", "gauge", "Hosts sharing the limit, as Redis last said." },
 		{ "quota_global_calls_total", "counter", "Grant calls to Redis." },
+		{ "quota_global_inflight_cap", "gauge", "Slots the workers may hold on a global max_inflight." },
 	};
 	for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
 		P("# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name, fam[f].type);
 		for (uint32_t i = 0; i < G->nlim; i++) {
 			const struct qg_limit *g = &G->lim[i];
-			double v = 0;
-			switch (f) {
-			case 0: v = (double)units_up(&g->l, g->credit_ns); break;
-			case 1: v = (double)g->granted_total; break;
-			case 2: v = g->outage; break;
-			case 3: v = (double)g->outage_units_total; break;
-			case 4: v = (double)(units_up(&g->l, g->outage_taken_ns) +
-					     (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)); break;
-			case 5: v = (double)g->live_hosts; break;
-			default: v = (double)g->calls; break;
-			}
+			double v;
+			if (!metric_value(g, f, &v))
+				continue;
 			P("%s{quota=\"%s\",limit=\"%s\"} %.0f\n", fam[f].name, g->quota, kind_name(g->kind), v);
 		}
 	}

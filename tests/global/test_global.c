@@ -119,6 +119,23 @@ static void hosts_start(struct host *h, int n, const char *rsock, const char *qu
 	}
 }
 
+/* Host @h's status once it holds @a (and @b unless NULL), within 5 s;
+ * malloc'ed. */
+static char *status_until(const struct host *h, const char *a, const char *b)
+{
+	int64_t lim = cl_now() + 5 * CL_S;
+	for (;;) {
+		char *st = cl_request(h->e.sock, "{\"cmd\": \"status\"}");
+		if (st && strstr(st, a) && (!b || strstr(st, b)))
+			return st;
+		free(st);
+		cr_assert(cl_now() < lim, "host %s: no '%s'%s%s in its status", h->e.seg, a, b ? " and " : "",
+			  b ? b : "");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
 /* ------------------------------------------------------------------ workers */
 
 /* A greedy worker: reserves 1 request on @quota until @until, logging the
@@ -449,19 +466,8 @@ Test(global, redis_outage_policies, .timeout = 120)
 	int64_t killed = cl_now();
 	cl_stop(rpid, SIGKILL);
 	/* Wait until both hosts report the outage (status), bounded. */
-	for (int i = 0; i < 2; i++) {
-		int64_t lim = cl_now() + 5 * CL_S;
-		for (;;) {
-			char *st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
-			bool out = st && strstr(st, "outage-fail_closed") && strstr(st, "outage-static_share");
-			free(st);
-			if (out)
-				break;
-			cr_assert(cl_now() < lim, "host %d did not enter the outage", i);
-			struct timespec s = { 0, 20 * CL_MS };
-			nanosleep(&s, NULL);
-		}
-	}
+	for (int i = 0; i < 2; i++)
+		free(status_until(&h[i], "outage-fail_closed", "outage-static_share"));
 	int64_t outage_seen = cl_now();
 	struct timespec d = { down / CL_S, 0 };
 	nanosleep(&d, NULL);
@@ -961,4 +967,215 @@ Test(global, waiting_workers_overdraft, .timeout = 120)
 	fprintf(stderr, "waiting 1 s: %zu admitted in %.1f s = %.1f %% of the limit\n", used, secs,
 		100.0 * (double)used / (G_R * secs));
 	free(l.t);
+}
+
+/* ------------------------------------------------------------------ in-flight slots */
+
+/* An in-flight event in a worker's log: +1 logged after an admission, -1
+ * before its commit, so every logged interval lies inside the real one and
+ * the logs never show more overlap than there was. Written at once: a
+ * SIGKILLed worker's log keeps all but its last release. */
+struct slot_ev {
+	int64_t t;
+	int64_t d;
+};
+
+static void ev_write(int fd, int64_t t, int64_t d)
+{
+	struct slot_ev e = { t, d };
+	if (write(fd, &e, sizeof(e)) != (ssize_t)sizeof(e))
+		_exit(6);
+}
+
+/* A worker holding a slot of quota "g" for @hold_ns per request (waiting up
+ * to 20 ms for one) until @until. */
+static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64_t hold_ns)
+{
+	pid_t pid = cl_fork();
+	if (pid)
+		return pid;
+	quota_client *c = NULL;
+	if (quota_open(seg, &c) < 0)
+		_exit(2);
+	int id = quota_find(c, "g");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+	if (id < 0 || fd < 0)
+		_exit(3);
+	struct quota_cost one = { .requests = 1 };
+	while (cl_now() < until) {
+		struct quota_ticket t;
+		int r = quota_reserve(c, id, &one, 20 * CL_MS, &t);
+		if (r == -EAGAIN)
+			continue;
+		if (r < 0)
+			_exit(4);
+		ev_write(fd, cl_now(), 1);
+		struct timespec s = { 0, (long)hold_ns };
+		nanosleep(&s, NULL); /* the request's duration */
+		ev_write(fd, cl_now(), -1);
+		quota_commit(c, &t, &one);
+	}
+	close(fd);
+	_exit(0);
+}
+
+struct slot_log {
+	struct slot_ev *e;
+	size_t n, cap;
+	size_t admitted;
+};
+
+/* Add a worker's log; an admission it never released (the worker was
+ * killed) ends at @end. */
+static void slot_log_add(struct slot_log *l, const char *path, int64_t end)
+{
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "slot log %s missing", path);
+	struct slot_ev e;
+	int64_t open_n = 0;
+	for (;;) {
+		bool more = fread(&e, sizeof(e), 1, f) == 1;
+		if (!more && open_n > 0)
+			e = (struct slot_ev){ end, -1 };
+		else if (!more)
+			break;
+		if (l->n == l->cap) {
+			l->cap = l->cap ? 2 * l->cap : 4096;
+			l->e = realloc(l->e, l->cap * sizeof(*l->e));
+		}
+		l->e[l->n++] = e;
+		open_n += e.d;
+		l->admitted += e.d > 0;
+	}
+	fclose(f);
+}
+
+static int cmp_ev(const void *a, const void *b)
+{
+	const struct slot_ev *x = a, *y = b;
+	if (x->t != y->t)
+		return (x->t > y->t) - (x->t < y->t);
+	return (x->d < y->d) - (x->d > y->d); /* +1 first at a tie: counts high */
+}
+
+/* The most requests in flight at once across the logs. */
+static int64_t slot_peak(struct slot_log *l)
+{
+	qsort(l->e, l->n, sizeof(*l->e), cmp_ev);
+	int64_t cur = 0, peak = 0;
+	for (size_t i = 0; i < l->n; i++) {
+		cur += l->e[i].d;
+		peak = cur > peak ? cur : peak;
+	}
+	return peak;
+}
+
+/* A number after "@key": in a status reply (the first one). */
+static double status_num(const char *st, const char *key)
+{
+	char k[64];
+	snprintf(k, sizeof(k), "\"%s\":", key);
+	const char *p = st ? strstr(st, k) : NULL;
+	return p ? atof(p + strlen(k)) : -1;
+}
+
+static double slots_held(const struct host *h)
+{
+	char *st = cl_request(h->e.sock, "{\"cmd\": \"status\"}");
+	double v = status_num(st, "slots_held");
+	free(st);
+	return v;
+}
+
+/* Global max_inflight 6 over 3 hosts, each with 3 workers that would hold
+ * far more: never more than 6 in flight fleet-wide (audited from the logs);
+ * then host 0 (quotad and workers) SIGKILLed: Redis reaps its slots after
+ * the lease and the two others get all 6, still never more than 6. */
+#define S_MAX 6
+#define S_LEASE_S 3
+
+Test(global, inflight_slots, .timeout = 120)
+{
+	struct cl_env re;
+	cl_env(&re, "redis");
+	char rsock[160];
+	redis_start(re.dir, rsock, sizeof(rsock));
+	struct host h[3];
+	char q[256];
+	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 3, "
+		 "\"inflight_lease_s\": %d}", S_MAX, S_LEASE_S);
+	hosts_start(h, 3, rsock, q);
+	int64_t t0 = cl_now(), until = t0 + soak_s(4) * CL_S + 2 * S_LEASE_S * CL_S + 6 * CL_S;
+	pid_t w[9];
+	char path[9][200];
+	for (int i = 0; i < 9; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/s%d.log", h[i / 3].e.dir, i);
+		w[i] = slot_worker(h[i / 3].e.seg, path[i], until, 2 * CL_MS);
+	}
+	/* A fresh Redis grants slots only after the lease since its start
+	 * (it cannot tell a first start from an empty restart): wait until
+	 * host 0 holds some, bounded. */
+	int64_t lim = cl_now() + (S_LEASE_S + 10) * CL_S;
+	while (slots_held(&h[0]) < 1) {
+		cr_assert(cl_now() < lim, "host 0 never got a slot");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	struct timespec run = { soak_s(2), 0 };
+	nanosleep(&run, NULL); /* running on slots for a while: a schedule */
+	for (int i = 0; i < 3; i++) {
+		char *st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
+		const char *g = st ? strstr(st, "\"global\"") : NULL;
+		fprintf(stderr, "host %d: %s\n", i, g ? g : "(no status)");
+		cr_assert(g && strstr(g, "\"limit\":\"inflight\"") && strstr(g, "\"mode\":\"granted\""));
+		free(st);
+	}
+	/* Host 0 dies: its quotad and its workers. */
+	cl_stop(h[0].quotad, SIGKILL);
+	for (int i = 0; i < 3; i++)
+		cl_stop(w[i], SIGKILL);
+	int64_t killed = cl_now();
+	redisContext *c = redis_ctx(rsock);
+	lim = killed + (S_LEASE_S + 10) * CL_S;
+	for (;;) {
+		redisReply *r = redisCommand(c, "HEXISTS quotad:{g}:inflight o:h0");
+		bool there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+		freeReplyObject(r);
+		if (!there)
+			break;
+		cr_assert(cl_now() < lim, "the dead host's slots were never reaped");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL);
+	}
+	int64_t reaped = cl_now();
+	redisFree(c);
+	fprintf(stderr, "dead host's slots reaped %.2f s after the kill (lease %d s)\n",
+		(double)(reaped - killed) / 1e9, S_LEASE_S);
+	/* Not before the lease: its last call was at most a refresh (0.5 s)
+	 * before the kill. */
+	cr_assert(reaped - killed >= S_LEASE_S * CL_S - 500 * CL_MS, "reaped %.2f s after the kill, "
+		  "before the lease", (double)(reaped - killed) / 1e9);
+	/* Its slots come back to the two others: all 6 held between them. */
+	lim = cl_now() + 10 * CL_S;
+	double both;
+	while ((both = slots_held(&h[1]) + slots_held(&h[2])) < S_MAX) {
+		cr_assert(cl_now() < lim, "the survivors hold %.0f slots, not %d", both, S_MAX);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL);
+	}
+	wait_workers(w + 3, 6);
+	struct slot_log l = { 0 };
+	size_t per[3] = { 0 };
+	for (int i = 0; i < 9; i++) {
+		size_t before = l.admitted;
+		slot_log_add(&l, path[i], killed);
+		per[i / 3] += l.admitted - before;
+	}
+	int64_t peak = slot_peak(&l);
+	fprintf(stderr, "in flight: at most %lld at once fleet-wide (max_inflight %d); admitted %zu, "
+		"by host %zu %zu %zu\n", (long long)peak, S_MAX, l.admitted, per[0], per[1], per[2]);
+	cr_assert(peak <= S_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, S_MAX);
+	for (int i = 0; i < 3; i++)
+		cr_assert(per[i] > 0, "host %d admitted nothing", i);
+	free(l.e);
 }
