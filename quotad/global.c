@@ -123,6 +123,7 @@ struct qg_limit {
 	/* Figures for status and metrics. */
 	uint64_t granted_total, calls, errors, outages, reaped_seen;
 	int64_t live_hosts, stock, outstanding, cap;
+	uint64_t share_hosts;               /* the live-host count static_share last used */
 	uint64_t outage_units_total, debt_reported_total;
 	struct qg_slots sl;                 /* kind QG_SLOTS only */
 };
@@ -703,6 +704,26 @@ static bool outage_begins(struct qg_limit *g, int64_t now)
 	return true;
 }
 
+/* static_share in an outage: the time that passes credits the host at its
+ * share of the limit among the live hosts Redis last reported (the
+ * expected hosts before any answer), at most that share's burst held. The
+ * credit is in ns of the local charge T' (the static share L/N's): a live
+ * share L_v = max(1, floor(L / n)) is worth L_v / L_s ns per ns of clock. */
+static void share_credit(struct qg_limit *g, int64_t dt)
+{
+	uint64_t n = g->live_hosts > 0 ? (uint64_t)g->live_hosts : g->expected_hosts;
+	uint64_t lv = g->limit / (n ? n : 1);
+	if (!lv)
+		lv = 1;
+	struct qs_limit_cfg live;
+	int64_t cap = g->l.tau_ns;
+	if (qg_limit_init(&live, g->kind, lv, g->l.period_ns, g->l.burst_ppm) == 0)
+		cap = ns_down(&g->l, live.capacity);
+	unsigned __int128 add = (unsigned __int128)(uint64_t)dt * lv / g->l.limit;
+	g->self_ns = add >= (unsigned __int128)cap ? cap : imin(g->self_ns + (int64_t)add, cap);
+	g->share_hosts = n;
+}
+
 static void tick_rate(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
 {
 	struct qd_global *G = d->glob;
@@ -714,10 +735,8 @@ static void tick_rate(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t 
 			g->credit_ns = 0;
 		g->self_ns = 0;
 	}
-	/* static_share: the time that passes, at the local record's rate (the
-	 * static share), at most tau held. */
 	if (g->outage && g->policy == QD_OUTAGE_STATIC_SHARE && dt > 0)
-		g->self_ns = imin(g->self_ns + dt, g->l.tau_ns);
+		share_credit(g, dt);
 	hold(d, g, now);
 	if (dt > 0) {
 		/* Consumption rate, units per second, averaged over about 250 ms. */
@@ -1074,6 +1093,8 @@ void qd_global_status(struct daemon *d, cJSON *root)
 			continue;
 		}
 		cJSON_AddNumberToObject(o, "static_share", (double)g->l.limit);
+		cJSON_AddNumberToObject(o, "outage_share_hosts", (double)(g->share_hosts ? g->share_hosts :
+									    g->expected_hosts));
 		cJSON_AddNumberToObject(o, "held", (double)units_up(&g->l, g->credit_ns));
 		cJSON_AddNumberToObject(o, "debt", (double)(units_up(&g->l, g->outage_taken_ns) +
 							    (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)));

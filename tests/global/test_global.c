@@ -1179,3 +1179,53 @@ Test(global, inflight_slots, .timeout = 120)
 		cr_assert(per[i] > 0, "host %d admitted nothing", i);
 	free(l.e);
 }
+
+/* static_share takes the live hosts Redis last reported: 2 hosts of 4
+ * expected share the limit by halves in an outage, not by quarters. */
+Test(global, static_share_live_hosts, .timeout = 120)
+{
+	struct cl_env re;
+	cl_env(&re, "redis");
+	char rsock[160];
+	pid_t rpid = redis_start(re.dir, rsock, sizeof(rsock));
+	struct host h[2];
+	char q[256];
+	snprintf(q, sizeof(q), "\"s\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", \"expected_hosts\": 4, "
+		 "\"outage\": \"static_share\"}", G_RPM, G_BURST);
+	hosts_start(h, 2, rsock, q);
+	int64_t t0 = cl_now(), until = t0 + 2 * CL_S + soak_s(3) * CL_S + 2 * CL_S;
+	pid_t w[4];
+	char path[4][200];
+	for (int i = 0; i < 4; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/s%d.log", h[i / 2].e.dir, i);
+		w[i] = worker(h[i / 2].e.seg, "s", path[i], until);
+	}
+	struct timespec two = { 2, 0 };
+	nanosleep(&two, NULL); /* running on grants: a schedule */
+	cl_stop(rpid, SIGKILL);
+	for (int i = 0; i < 2; i++) {
+		char *st = status_until(&h[i], "outage-static_share", NULL);
+		cr_assert_eq(status_num(st, "outage_share_hosts"), 2, "%s", st);
+		free(st);
+	}
+	int64_t outage_seen = cl_now();
+	wait_workers(w, 4);
+	struct log l = { 0 };
+	for (int i = 0; i < 4; i++)
+		log_add_file(&l, path[i]);
+	qsort(l.t, l.n, sizeof(*l.t), cmp64);
+	int64_t a = outage_seen + 50 * CL_MS;
+	double secs = (double)(until - a) / 1e9;
+	size_t n = count_in(&l, a, until);
+	/* Each host's term: r/2 W + b/2 (its share of 2 live hosts), +1 for
+	 * the rounding of b/2. */
+	double term = 2 * (G_R / 2 * secs + G_B / 2 + 1);
+	fprintf(stderr, "outage %.2f s: static_share admitted %zu (%.1f %% of the limit), its term %.1f; "
+		"a quarter share each could give at most %.1f\n", secs, n, 100.0 * (double)n / (G_R * secs), term,
+		2 * (G_R / 4 * secs + G_B / 4 + 1));
+	cr_assert(n <= term, "admitted %zu in the outage, term %.1f", n, term);
+	/* More than quarters could ever admit: the halves were used. */
+	cr_assert(n > 2 * (G_R / 4 * secs + G_B / 4 + 1), "only %zu admitted: not the live hosts' halves", n);
+	audit(&l, G_R, G_B, G_R, G_B, "static_share live hosts");
+	free(l.t);
+}
