@@ -400,18 +400,24 @@ static int print_global(const cJSON *r)
 	       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "connected")) ? "connected" : "NOT connected",
 	       cJSON_IsString(err) && *err->valuestring ? ", last error: " : "",
 	       cJSON_IsString(err) ? err->valuestring : "");
-	printf("%-20s %-5s %-20s %10s %8s %10s %8s %6s %8s %10s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
-	       "HELD", "REFRESH_MS", "HOSTS", "DEBT", "STOCK", "GRANTED");
+	/* A global max_inflight (limit "inflight"): HELD is its slots held,
+	 * STOCK the free slots, IN_USE what its workers hold. */
+	printf("%-20s %-8s %-20s %10s %8s %10s %8s %6s %8s %10s %6s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
+	       "HELD", "REFRESH_MS", "HOSTS", "DEBT", "STOCK", "GRANTED", "IN_USE");
 	const cJSON *l;
 	cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(g, "limits")) {
 		const cJSON *q = cJSON_GetObjectItemCaseSensitive(l, "quota");
 		const cJSON *k = cJSON_GetObjectItemCaseSensitive(l, "limit");
 		const cJSON *m = cJSON_GetObjectItemCaseSensitive(l, "mode");
-		printf("%-20s %-5s %-20s %10.0f %8.0f %10.0f %8.0f %6.0f %8.0f %10.0f\n",
+		bool slots = cJSON_GetObjectItemCaseSensitive(l, "slots_held") != NULL;
+		char in_use[24] = "-";
+		if (slots)
+			snprintf(in_use, sizeof(in_use), "%.0f", num(l, "slots_in_use"));
+		printf("%-20s %-8s %-20s %10.0f %8.0f %10.0f %8.0f %6.0f %8.0f %10.0f %6s\n",
 		       cJSON_IsString(q) ? q->valuestring : "?", cJSON_IsString(k) ? k->valuestring : "?",
-		       cJSON_IsString(m) ? m->valuestring : "?", num(l, "global_limit"), num(l, "held"),
-		       num(l, "last_refresh_ms"), num(l, "live_hosts"), num(l, "debt"), num(l, "stock"),
-		       num(l, "granted_total"));
+		       cJSON_IsString(m) ? m->valuestring : "?", num(l, "global_limit"),
+		       num(l, slots ? "slots_held" : "held"), num(l, "last_refresh_ms"), num(l, "live_hosts"),
+		       num(l, "debt"), num(l, slots ? "slots_free" : "stock"), num(l, "granted_total"), in_use);
 	}
 	return 0;
 }

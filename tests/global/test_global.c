@@ -1087,6 +1087,25 @@ static double slots_held(const struct host *h)
 	return v;
 }
 
+/* quotactl global shows the slot limit; its metrics pass promtool (when
+ * installed) and carry the workers' cap. */
+static void check_slot_metrics(const struct host *h)
+{
+	const char *q = getenv("QUOTACTL"), *prom = getenv("PROMTOOL");
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' global | grep -q '^g  *inflight  *granted '", q, h->e.sock);
+	cr_assert_eq(system(cmd), 0, "quotactl global: no inflight row");
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' metrics >'%s/m.txt'", q, h->e.sock, h->e.dir);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "grep -q '^quota_global_inflight_cap{quota=\"g\",limit=\"inflight\"} [0-9]' "
+		 "'%s/m.txt'", h->e.dir);
+	cr_assert_eq(system(cmd), 0, "no quota_global_inflight_cap in %s/m.txt", h->e.dir);
+	if (prom) {
+		snprintf(cmd, sizeof(cmd), "'%s' check metrics <'%s/m.txt'", prom, h->e.dir);
+		cr_assert_eq(system(cmd), 0, "promtool check metrics failed on %s/m.txt", h->e.dir);
+	}
+}
+
 /* Global max_inflight 6 over 3 hosts, each with 3 workers that would hold
  * far more: never more than 6 in flight fleet-wide (audited from the logs);
  * then host 0 (quotad and workers) SIGKILLed: Redis reaps its slots after
@@ -1130,6 +1149,7 @@ Test(global, inflight_slots, .timeout = 120)
 		cr_assert(g && strstr(g, "\"limit\":\"inflight\"") && strstr(g, "\"mode\":\"granted\""));
 		free(st);
 	}
+	check_slot_metrics(&h[1]);
 	/* Host 0 dies: its quotad and its workers. */
 	cl_stop(h[0].quotad, SIGKILL);
 	for (int i = 0; i < 3; i++)
