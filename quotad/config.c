@@ -474,13 +474,11 @@ static int check_global(struct ctx *x, const char *path, struct qd_quota *q, con
 			any |= q->rate[k] != 0;
 		}
 		snprintf(p, sizeof(p), "%s.scope", path);
-		if (!any && !q->max_inflight)
-			return fail(x, p, "a global quota needs at least one rate limit or max_inflight");
+		if (!any && !q->max_inflight && !daily)
+			return fail(x, p, "a global quota needs at least one rate limit, max_inflight or "
+				    "budget_usd");
 		if (!set->lease)
 			q->inflight_lease_ns = QD_INFLIGHT_LEASE_DEFAULT_S * 1000000000ULL;
-		if (q->budget_day_nusd || q->budget_month_nusd)
-			return fail(x, p, "budget_usd of a global quota is not supported (it would stay "
-				    "per host): use a host-scope quota for it");
 		if (!set->hosts) {
 			snprintf(p, sizeof(p), "%s.expected_hosts", path);
 			return fail(x, p, "missing: a global quota needs the number of hosts sharing it "
@@ -745,6 +743,17 @@ uint64_t qd_local_rate(const struct qd_quota *qc, uint32_t kind)
 	return rate ? rate : 1;
 }
 
+uint64_t qd_local_budget(const struct qd_quota *qc, uint64_t budget_nusd)
+{
+	if (!qc->global || !budget_nusd)
+		return budget_nusd;
+	/* The local cap: a quarter of the static share, what a host whose
+	 * quotad is down spends at most per period and the most a request may
+	 * cost (global.c). */
+	budget_nusd /= 4ULL * (qc->expected_hosts ? qc->expected_hosts : 1);
+	return budget_nusd ? budget_nusd : 1;
+}
+
 int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -755,8 +764,8 @@ int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *ou
 	out->max_inflight = qc->max_inflight;
 	out->price_in_pusd = qc->price_in_pusd;
 	out->price_out_pusd = qc->price_out_pusd;
-	out->budget_day_nusd = qc->budget_day_nusd;
-	out->budget_month_nusd = qc->budget_month_nusd;
+	out->budget_day_nusd = qd_local_budget(qc, qc->budget_day_nusd);
+	out->budget_month_nusd = qd_local_budget(qc, qc->budget_month_nusd);
 	for (uint32_t k = 0; k < QUOTA_RATE_KINDS; k++) {
 		if (!qc->rate[k])
 			continue;
@@ -797,6 +806,17 @@ static int populate(const struct qs_geom *g, const struct qd_config *cfg, char *
 		 * them all until Redis grants some (global.c). */
 		if (cfg->quotas[i].global && qc.max_inflight)
 			(void)qc_inflight_hold_set(qs_quota_at(g, i), qc.max_inflight);
+		/* A global budget likewise starts with nothing spendable. */
+		if (cfg->quotas[i].global) {
+			struct timespec rt;
+			clock_gettime(CLOCK_REALTIME, &rt);
+			uint32_t day, month;
+			qc_periods_of((int64_t)rt.tv_sec * QC_NS_PER_S + rt.tv_nsec, &day, &month);
+			if (qc.budget_day_nusd)
+				qc_spend_raise(&qs_quota_at(g, i)->spend_day, day, qc.budget_day_nusd);
+			if (qc.budget_month_nusd)
+				qc_spend_raise(&qs_quota_at(g, i)->spend_month, month, qc.budget_month_nusd);
+		}
 		qs_record_publish(g, i, qs_next_generation(g), &qc);
 		memcpy(names[i], qc.name, sizeof(names[i]));
 		ids[i] = i;

@@ -95,6 +95,10 @@ void qd_config_free(struct qd_config *cfg);
  * global quota its static share limit / expected_hosts (at least 1). */
 uint64_t qd_local_rate(const struct qd_quota *qc, uint32_t kind);
 
+/* A budget's amount in quota @qc's local record: the budget, or for a
+ * global quota its local cap budget / (4 expected_hosts) (at least 1). */
+uint64_t qd_local_budget(const struct qd_quota *qc, uint64_t budget_nusd);
+
 struct qs_config;
 /* The record content of quota @qc as id @id: 0, or -EINVAL / -ERANGE for
  * limits out of the arithmetic's range. */

@@ -90,6 +90,8 @@ struct qg_pend {
  * to 0: the host admits no new request, and what it admitted ends before
  * Redis reaps it (the lease is at least twice the longest request). */
 #define QG_SLOTS QUOTA_RATE_KINDS
+#define QG_USD_DAY (QG_SLOTS + 1)
+#define QG_USD_MONTH (QG_SLOTS + 2)
 struct qg_slots {
 	uint64_t max, lease_ns;
 	uint64_t granted, cap, in_use, peak;
@@ -97,6 +99,29 @@ struct qg_slots {
 	bool expired;                       /* half the lease without an answer */
 	int64_t grace_ms;                   /* Redis' grace after an empty start */
 	uint64_t free;                      /* free slots, as Redis last said */
+};
+
+/* A global budget_usd (kinds QG_USD_DAY, QG_USD_MONTH): nano-USD GRANTED by
+ * Redis out of the period's budget B (grant.lua, spend(): the period is
+ * Redis' TIME's UTC day or month), final: a grant is never taken back, so
+ * it needs no lease. The local record carries the local cap B_l =
+ * B / (4 expected_hosts); the spend word is a METER, as the TAT of a rate
+ * limit: at every tick quotad sets its amount to B_l - X, X = min(credit, B_l), so
+ * the workers can spend X before the next tick, and charges what moved it
+ * since to the credit. Spent beyond the credit (usage above an estimate, a
+ * new period's first tick) is DEBT, reported into the period it was spent
+ * in. A host whose quotad is down spends at most B_l per period. */
+struct qg_spend {
+	uint64_t budget, share;             /* B, B_l */
+	uint32_t period;                    /* this host's period the credit is for */
+	bool primed;
+	uint64_t left_amount;               /* the word's amount as quotad left it */
+	int64_t credit;                     /* granted, not spent (< 0: debt) */
+	uint64_t spent;                     /* metered in the period */
+	int64_t sent_debt, sent_back;       /* in the call in flight */
+	uint32_t sent_period;
+	int64_t given, left, redis_period;  /* Redis: given in its period, left, that period */
+	int64_t tick_moved;
 };
 
 struct qg_limit {
@@ -126,6 +151,7 @@ struct qg_limit {
 	uint64_t share_hosts;               /* the live-host count static_share last used */
 	uint64_t outage_units_total, debt_reported_total;
 	struct qg_slots sl;                 /* kind QG_SLOTS only */
+	struct qg_spend sp;                 /* kinds QG_USD_* only */
 };
 
 struct qd_global {
@@ -150,8 +176,9 @@ struct qd_global {
 
 static const char *kind_name(uint32_t k)
 {
-	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd", "inflight" };
-	return k <= QG_SLOTS ? n[k] : "?";
+	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd", "inflight",
+					 "usd_day", "usd_month" };
+	return k <= QG_USD_MONTH ? n[k] : "?";
 }
 
 /* Units in @ns of the local charge, rounded up. */
@@ -496,10 +523,110 @@ static void call_slots(struct daemon *d, uint32_t i, int64_t now)
 	send_call(d, i, now, "quotad_slots", 5, a);
 }
 
+/* The host's current period of spend limit @g (what its workers use). */
+static uint32_t spend_period(struct daemon *d, const struct qg_limit *g)
+{
+	uint32_t day, month;
+	int64_t off = atomic_load_explicit(&d->h->realtime_offset_ns, memory_order_relaxed);
+	qc_periods_of(qd_now(d) + off, &day, &month);
+	return g->kind == QG_USD_MONTH ? month : day;
+}
+
+/* What the host may spend beyond what it spent: its credit, or in a
+ * static_share outage at least its live share of the period's budget less
+ * what it spent in the period. */
+static int64_t spend_allowance(const struct qg_limit *g)
+{
+	const struct qg_spend *sp = &g->sp;
+	int64_t a = sp->credit;
+	if (g->outage && g->policy == QD_OUTAGE_STATIC_SHARE) {
+		uint64_t n = g->live_hosts > 0 ? (uint64_t)g->live_hosts : g->expected_hosts;
+		int64_t share = (int64_t)(sp->budget / (n ? n : 1)) - (int64_t)sp->spent;
+		a = share > a ? share : a;
+	}
+	return a;
+}
+
+/* Meter the spend word, then leave X = min(allowance, B_s) spendable. */
+static void spend_hold(struct daemon *d, struct qg_limit *g)
+{
+	struct qg_spend *sp = &g->sp;
+	struct qs_quota *q = qs_quota_at(&d->g, g->id);
+	_Atomic uint64_t *w = g->kind == QG_USD_MONTH ? &q->spend_month : &q->spend_day;
+	uint32_t p = spend_period(d, g);
+	uint64_t cur = atomic_load_explicit(w, memory_order_relaxed);
+	if (!sp->primed || p != sp->period) {
+		/* A new period: the old one's credit is over (Redis counted it
+		 * given); what the word holds of the new one was spent in it. */
+		sp->left_amount = sp->primed ? 0 : qs_spend_in(cur, p);
+		sp->period = p;
+		sp->credit = 0;
+		sp->spent = 0;
+		sp->primed = true;
+	}
+	for (;;) {
+		uint64_t amt = qs_spend_in(cur, p);
+		int64_t moved = (int64_t)amt - (int64_t)sp->left_amount;
+		sp->credit -= moved;
+		sp->spent += moved > 0 ? (uint64_t)moved : 0;
+		sp->tick_moved += moved;
+		sp->left_amount = amt;
+		int64_t a = spend_allowance(g);
+		uint64_t x = a <= 0 ? 0 : (uint64_t)a > sp->share ? sp->share : (uint64_t)a;
+		uint64_t next = qs_spend_pack(p, sp->share - x);
+		if (next == cur || atomic_compare_exchange_strong_explicit(w, &cur, next, memory_order_relaxed,
+									     memory_order_relaxed)) {
+			sp->left_amount = sp->share - x;
+			return;
+		}
+	}
+}
+
+/* The credit a spend limit asks to hold: about a minute of its spending,
+ * at least the local cap B_l (so that any request the record admits can
+ * fit), at most the static share B/N = 4 B_l (a dead host strands no more). */
+static double spend_target(const struct qg_limit *g)
+{
+	double lo = (double)g->sp.share, hi = 4.0 * (double)g->sp.share;
+	return fmin(hi, fmax(lo, g->rate * 60.0));
+}
+
+/* A spend limit's call: its period, what it wants (spend_target() less its
+ * credit), its debt, and at stop what it gives back. */
+static void call_spend(struct daemon *d, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_limit *g = &G->lim[i];
+	struct qg_spend *sp = &g->sp;
+	if (!can_call(G))
+		return;
+	double target = spend_target(g);
+	int64_t want = (int64_t)target > sp->credit ? (int64_t)target - sp->credit : 0;
+	sp->sent_debt = sp->credit < 0 ? -sp->credit : 0;
+	sp->sent_back = 0;
+	if (G->stopping) {
+		want = 0;
+		sp->sent_back = sp->credit > 0 ? sp->credit : 0;
+	}
+	sp->sent_period = sp->period;
+	char a[7][48];
+	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)sp->budget);
+	snprintf(a[1], sizeof(a[1]), "%d", g->kind == QG_USD_MONTH);
+	snprintf(a[2], sizeof(a[2]), "%u", sp->period);
+	snprintf(a[3], sizeof(a[3]), "%lld", (long long)want);
+	snprintf(a[4], sizeof(a[4]), "%lld", (long long)sp->sent_debt);
+	snprintf(a[5], sizeof(a[5]), "%lld", (long long)sp->sent_back);
+	snprintf(a[6], sizeof(a[6]), "%lld", (long long)(QG_LEASE_NS / 1000));
+	send_call(d, i, now, "quotad_spend", 7, a);
+}
+
 static void call(struct daemon *d, uint32_t i, int64_t now)
 {
-	if (d->glob->lim[i].kind == QG_SLOTS)
+	uint32_t k = d->glob->lim[i].kind;
+	if (k == QG_SLOTS)
 		call_slots(d, i, now);
+	else if (k == QG_USD_DAY || k == QG_USD_MONTH)
+		call_spend(d, i, now);
 	else
 		call_rate(d, i, now);
 }
@@ -557,10 +684,33 @@ static void apply_slots(struct qg_limit *g, const long long *v)
 	g->granted_total += granted;
 }
 
+/* A confirmed answer of a spend limit: v = {granted, live hosts, left,
+ * given, Redis' period, reaped}. A grant or debt for a period that is no
+ * longer the host's is not credited (Redis counted it: conservative). */
+static void apply_spend(struct qg_limit *g, const long long *v)
+{
+	answered(g, v);
+	struct qg_spend *sp = &g->sp;
+	sp->given = v[3];
+	sp->left = v[2];
+	sp->redis_period = v[4];
+	if (sp->sent_period != sp->period)
+		return;
+	/* Debt now counted in Redis, what was given back no longer ours. */
+	sp->credit += sp->sent_debt - sp->sent_back;
+	if (v[4] == (long long)sp->period && v[0] > 0) {
+		sp->credit += v[0];
+		g->granted_total += (uint64_t)v[0];
+	}
+	sp->sent_debt = sp->sent_back = 0;
+}
+
 static void apply(struct qg_limit *g, const long long *v)
 {
 	if (g->kind == QG_SLOTS)
 		apply_slots(g, v);
+	else if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH)
+		apply_spend(g, v);
 	else
 		apply_rate(g, v);
 }
@@ -782,10 +932,37 @@ static void tick_slots(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t
 		call(d, i, now);
 }
 
+/* A spend limit's tick: meter and hold the word; ask when the credit runs
+ * below half of what it would ask for, at least every refresh. Grants are
+ * final, so an outage drops nothing: fail_closed spends what it holds. */
+static void tick_spend(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_spend *sp = &g->sp;
+	int64_t dt = g->last_tick ? now - g->last_tick : 0;
+	g->last_tick = now;
+	(void)outage_begins(g, now);
+	spend_hold(d, g);
+	if (dt > 0) {
+		double inst = (double)(sp->tick_moved > 0 ? sp->tick_moved : 0) * 1e9 / (double)dt;
+		double a = (double)dt / 0.25e9 > 1.0 ? 1.0 : (double)dt / 0.25e9;
+		g->rate += a * (inst - g->rate);
+		sp->tick_moved = 0;
+	}
+	if (!G->c || g->pending)
+		return;
+	double target = spend_target(g);
+	bool low = (double)sp->credit < target / 2 && sp->left != 0 && now - g->last_call >= QG_REFRESH_NS / 10;
+	if (low || now - g->last_call >= QG_REFRESH_NS || g->outage)
+		call(d, i, now);
+}
+
 static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
 {
 	if (g->kind == QG_SLOTS)
 		tick_slots(d, g, i, now);
+	else if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH)
+		tick_spend(d, g, i, now);
 	else
 		tick_rate(d, g, i, now);
 }
@@ -847,14 +1024,42 @@ static void release_holds(struct daemon *d, const struct qd_config *cfg)
 	}
 }
 
-void qd_global_inflight_guard(struct daemon *d, uint32_t id, uint64_t old_max, uint64_t new_max)
+void qd_global_guard(struct daemon *d, uint32_t id, const struct qs_config *old, const struct qs_config *next)
 {
-	struct qg_limit *g = find_limit(d->glob, id, QG_SLOTS);
-	uint64_t cap = g ? g->sl.cap : 0, top = old_max > new_max ? old_max : new_max;
 	struct qs_quota *q = qs_quota_at(&d->g, id);
-	uint64_t hold = top > cap ? top - cap : 0;
-	if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) < hold)
-		(void)qc_inflight_hold_set(q, hold);
+	if (next->max_inflight) {
+		struct qg_limit *g = find_limit(d->glob, id, QG_SLOTS);
+		uint64_t cap = g ? g->sl.cap : 0, top = old && old->max_inflight > next->max_inflight ?
+							  old->max_inflight : next->max_inflight;
+		uint64_t hold = top > cap ? top - cap : 0;
+		if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) < hold)
+			(void)qc_inflight_hold_set(q, hold);
+	}
+	/* Budgets: nothing spendable under either record until the next tick
+	 * meters the word (a ledger kept across the reload re-exposes its
+	 * credit then). */
+	uint32_t day, month;
+	int64_t off = atomic_load_explicit(&d->h->realtime_offset_ns, memory_order_relaxed);
+	qc_periods_of(qd_now(d) + off, &day, &month);
+	uint64_t bd = old && old->budget_day_nusd > next->budget_day_nusd ? old->budget_day_nusd :
+		      next->budget_day_nusd;
+	uint64_t bm = old && old->budget_month_nusd > next->budget_month_nusd ? old->budget_month_nusd :
+		      next->budget_month_nusd;
+	for (uint32_t k = QG_USD_DAY; k <= QG_USD_MONTH; k++) {
+		uint64_t full = k == QG_USD_DAY ? bd : bm;
+		if (!(k == QG_USD_DAY ? next->budget_day_nusd : next->budget_month_nusd))
+			continue;
+		_Atomic uint64_t *w = k == QG_USD_DAY ? &q->spend_day : &q->spend_month;
+		uint32_t p = k == QG_USD_DAY ? day : month;
+		/* A ledger that may be kept is metered first and does not count
+		 * the block as spending. */
+		struct qg_limit *g = find_limit(d->glob, id, k);
+		if (g)
+			spend_hold(d, g);
+		qc_spend_raise(w, p, full);
+		if (g && g->sp.period == p)
+			g->sp.left_amount = qs_spend_in(atomic_load_explicit(w, memory_order_relaxed), p);
+	}
 }
 
 /* The slot limit of global quota @qc (id @id) into @g; the same limit
@@ -881,6 +1086,30 @@ static void slots_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t 
 	}
 }
 
+/* The spend limit @kind of global quota @qc (id @id) into @g; the same
+ * limit before a reload keeps its ledger. */
+static void spend_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t id, uint32_t kind,
+			struct qd_global *old, int64_t now)
+{
+	snprintf(g->quota, sizeof(g->quota), "%s", qc->name);
+	g->id = id;
+	g->kind = kind;
+	g->policy = qc->outage;
+	g->expected_hosts = qc->expected_hosts;
+	snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, kind_name(kind));
+	g->sp.budget = kind == QG_USD_DAY ? qc->budget_day_nusd : qc->budget_month_nusd;
+	g->sp.share = qd_local_budget(qc, g->sp.budget);
+	g->limit = g->sp.budget;
+	g->last_ok = now;
+	g->last_call = now - QG_REFRESH_NS;
+	struct qg_limit *o = find_limit(old, id, kind);
+	if (o && strcmp(o->key, g->key) == 0 && o->sp.budget == g->sp.budget && o->sp.share == g->sp.share) {
+		*g = *o;
+		g->policy = qc->outage;
+		g->pending = false;
+	}
+}
+
 int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 {
 	uint32_t n = 0;
@@ -888,7 +1117,8 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 		for (uint32_t k = 0; cfg->quotas[i].global && k < QUOTA_RATE_KINDS; k++)
 			n += cfg->quotas[i].rate[k] != 0;
 	for (uint32_t i = 0; i < cfg->nquotas; i++)
-		n += cfg->quotas[i].global && cfg->quotas[i].max_inflight;
+		n += cfg->quotas[i].global * (!!cfg->quotas[i].max_inflight + !!cfg->quotas[i].budget_day_nusd +
+					      !!cfg->quotas[i].budget_month_nusd);
 	release_holds(d, cfg);
 	struct qd_global *old = d->glob;
 	if (n == 0) {
@@ -926,6 +1156,9 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 			}
 		if (id >= 0 && qc->max_inflight)
 			slots_limit(&lim[m++], qc, (uint32_t)id, old, now);
+		for (uint32_t k = QG_USD_DAY; id >= 0 && k <= QG_USD_MONTH; k++)
+			if (k == QG_USD_DAY ? qc->budget_day_nusd : qc->budget_month_nusd)
+				spend_limit(&lim[m++], qc, (uint32_t)id, k, old, now);
 		for (uint32_t k = 0; id >= 0 && k < QUOTA_RATE_KINDS; k++) {
 			if (!qc->rate[k])
 				continue;
@@ -992,6 +1225,15 @@ void qd_global_stop(struct daemon *d)
 			slots_hold(d, g);
 			continue;
 		}
+		if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH) {
+			/* Nothing left spendable; the credit is given back below. */
+			g->outage = false;
+			int64_t keep = g->sp.credit;
+			g->sp.credit = 0;
+			spend_hold(d, g);
+			g->sp.credit += keep;
+			continue;
+		}
 		hold(d, g, now);
 		g->credit_ns = 0; /* given back below */
 		g->self_ns = 0;
@@ -1050,6 +1292,21 @@ static void slots_status(const struct qg_limit *g, cJSON *o)
 	cJSON_AddNumberToObject(o, "grace_ms", (double)sl->grace_ms);
 }
 
+/* A spend limit's fields in the status reply (USD). */
+static void spend_status(const struct qg_limit *g, cJSON *o)
+{
+	const struct qg_spend *sp = &g->sp;
+	cJSON_AddNumberToObject(o, "local_cap_usd", (double)sp->share / 1e9);
+	cJSON_AddNumberToObject(o, "period", (double)sp->period);
+	cJSON_AddNumberToObject(o, "redis_period", (double)sp->redis_period);
+	cJSON_AddNumberToObject(o, "held_usd", (double)(sp->credit > 0 ? sp->credit : 0) / 1e9);
+	cJSON_AddNumberToObject(o, "debt_usd", (double)(sp->credit < 0 ? -sp->credit : 0) / 1e9);
+	cJSON_AddNumberToObject(o, "spent_usd", (double)sp->spent / 1e9);
+	cJSON_AddNumberToObject(o, "granted_total_usd", (double)g->granted_total / 1e9);
+	cJSON_AddNumberToObject(o, "given_usd", (double)sp->given / 1e9);
+	cJSON_AddNumberToObject(o, "left_usd", (double)sp->left / 1e9);
+}
+
 void qd_global_status(struct daemon *d, cJSON *root)
 {
 	struct qd_global *G = d->glob;
@@ -1092,6 +1349,10 @@ void qd_global_status(struct daemon *d, cJSON *root)
 			slots_status(g, o);
 			continue;
 		}
+		if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH) {
+			spend_status(g, o);
+			continue;
+		}
 		cJSON_AddNumberToObject(o, "static_share", (double)g->l.limit);
 		cJSON_AddNumberToObject(o, "outage_share_hosts", (double)(g->share_hosts ? g->share_hosts :
 									    g->expected_hosts));
@@ -1112,7 +1373,14 @@ void qd_global_status(struct daemon *d, cJSON *root)
  * if the family does not apply to its kind (rate limits, slots). */
 static bool metric_value(const struct qg_limit *g, size_t f, double *v)
 {
-	bool slots = g->kind == QG_SLOTS;
+	bool slots = g->kind == QG_SLOTS, usd = g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH;
+	if (usd) /* nano-USD */
+		switch (f) {
+		case 0: *v = (double)(g->sp.credit > 0 ? g->sp.credit : 0); return true;
+		case 4: *v = (double)(g->sp.credit < 0 ? -g->sp.credit : 0); return true;
+		case 3: case 7: return false;
+		default: break;
+		}
 	switch (f) {
 	case 0: *v = slots ? (double)g->sl.granted : (double)units_up(&g->l, g->credit_ns); return true;
 	case 1: *v = (double)g->granted_total; return true;
@@ -1144,11 +1412,12 @@ char *qd_global_metrics(struct daemon *d)
 	static const struct {
 		const char *name, *type, *help;
 	} fam[] = {
-		{ "quota_global_held", "gauge", "Grant held by this host, in units (slots for inflight)." },
-		{ "quota_global_granted_total", "counter", "Units granted to this host by Redis." },
+		{ "quota_global_held", "gauge", "Grant held by this host, in units (slots for inflight, "
+		  "nano-USD for usd_day and usd_month)." },
+		{ "quota_global_granted_total", "counter", "Units granted to this host by Redis (as held)." },
 		{ "quota_global_outage", "gauge", "1 while the limit is in outage (its policy applies)." },
 		{ "quota_global_outage_units_total", "counter", "Units taken in outages (static share)." },
-		{ "quota_global_debt", "gauge", "Units taken beyond the grant, not yet reported." },
+		{ "quota_global_debt", "gauge", "Units taken beyond the grant, not yet reported (as held)." },
 		{ "quota_global_live_hosts", "gauge", "Hosts sharing the limit, as Redis last said." },
 		{ "quota_global_calls_total", "counter", "Grant calls to Redis." },
 		{ "quota_global_inflight_cap", "gauge", "Slots the workers may hold on a global max_inflight." },

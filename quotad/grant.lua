@@ -177,5 +177,66 @@ local function slots(keys, args)
   return { g, live, M - out - held - g, held + g, cap, reaped, left }
 end
 
+-- Days since 1970-01-01 -> months since 1970-01 (proleptic Gregorian): the
+-- twin of libquota/src/clock.c's month_of_day(), so that Redis and the hosts
+-- count the same months (tests/global checks them against each other).
+local function month_of_day(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return (y - 1970) * 12 + (m - 1)
+end
+
+-- A SPEND budget B (nano-USD) per UTC day or month (global.c): p (Redis'
+-- period, by TIME), given (nano-USD granted or reported spent in it), and
+-- for a host whose clock is already in the next period, ahead (its debt)
+-- and ap (that period); s:HOST for the live count. Grants are final (no
+-- lease): a host spends what it was given, even in an outage.
+-- INVARIANT: given <= B after a grant (a grant takes at most B - given);
+-- debt (spent beyond grants, reported into its period) may pass it.
+local function spend(keys, args)
+  local k = keys[1]
+  local host = args[1]
+  local B, month, ph = tonumber(args[2]), args[3] == '1', tonumber(args[4])
+  local want, debt, back, lease = tonumber(args[5]), tonumber(args[6]), tonumber(args[7]), tonumber(args[8])
+  local now = now_us()
+  local pr = math.floor(now / 86400000000)
+  if month then pr = month_of_day(pr) end
+  local h = redis.call('HGETALL', k)
+  local st = {}
+  for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
+  local given, ahead, ap = tonumber(st['given'] or '0'), tonumber(st['ahead'] or '0'), tonumber(st['ap'] or '-1')
+  if tonumber(st['p']) ~= pr then
+    given = 0
+    if ap == pr then given = ahead end
+    ahead, ap = 0, -1
+  end
+  if ph == pr then
+    given = given + debt - back
+    if given < 0 then given = 0 end
+  elseif ph > pr then
+    if ap ~= ph then ahead, ap = 0, ph end
+    ahead = ahead + debt
+  end
+  local _, live, reaped = others(k, st, host, lease, now, 0)
+  local g = 0
+  if ph == pr then
+    g = want
+    if g > B - given then g = B - given end
+    if g < 0 then g = 0 end
+  end
+  given = given + g
+  local function s(x) return string.format('%.0f', x) end
+  redis.call('HSET', k, 'p', s(pr), 'given', s(given), 'ahead', s(ahead), 'ap', s(ap), 's:' .. host, s(now))
+  return { g, live, B - given, given, pr, reaped }
+end
+
 redis.register_function('quotad_grant', grant)
+redis.register_function('quotad_spend', spend)
 redis.register_function('quotad_slots', slots)

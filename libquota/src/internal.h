@@ -288,6 +288,12 @@ void qc_inflight_wake(struct qs_quota *q);
 /* Nano-USD for a token count at a config's prices, rounded up; saturates. */
 uint64_t qc_spend_nusd(const struct qc_cfg *cf, uint64_t in, uint64_t out);
 
+/* Raise the amount that spend word @w holds for @period to at least
+ * @amount (quotad: the spend ledger restored at start; a global budget
+ * blocked, nothing left to spend under a budget of @amount, until quotad
+ * meters the word). */
+void qc_spend_raise(_Atomic uint64_t *w, uint32_t period, uint64_t amount);
+
 /* Adjust the spend that word @w holds for period @period by @delta nano-USD.
  * If that period is over, a charge (delta > 0) goes to period @current and a
  * refund is dropped. */

@@ -148,9 +148,20 @@ static pid_t worker(const char *seg, const char *quota, const char *path, int64_
 	return worker_wait(seg, quota, path, until, 0);
 }
 
+/* The same for requests of @cost; a refusal for a budget (-EDQUOT: the
+ * host's grant of a global budget is spent) is retried like a wait. */
+static pid_t worker_cost(const char *seg, const char *quota, const char *path, int64_t until,
+			 int64_t wait_ns, struct quota_cost one);
+
 /* The same, allowing quota_reserve to wait up to @wait_ns. */
 static pid_t worker_wait(const char *seg, const char *quota, const char *path, int64_t until,
 			 int64_t wait_ns)
+{
+	return worker_cost(seg, quota, path, until, wait_ns, (struct quota_cost){ .requests = 1 });
+}
+
+static pid_t worker_cost(const char *seg, const char *quota, const char *path, int64_t until,
+			 int64_t wait_ns, struct quota_cost one)
 {
 	pid_t pid = cl_fork();
 	if (pid)
@@ -163,7 +174,6 @@ static pid_t worker_wait(const char *seg, const char *quota, const char *path, i
 		_exit(3);
 	size_t cap = 1 << 16, n = 0;
 	int64_t *ts = malloc(cap * sizeof(*ts));
-	struct quota_cost one = { .requests = 1 };
 	int64_t maxlag = 0;
 	for (;;) {
 		int64_t t0 = cl_now();
@@ -179,8 +189,8 @@ static pid_t worker_wait(const char *seg, const char *quota, const char *path, i
 			if (t1 - t0 - t.waited_ns > maxlag)
 				maxlag = t1 - t0 - t.waited_ns;
 			quota_commit(c, &t, &one);
-		} else if (r == -EAGAIN) {
-			int64_t w = t.retry_after_ns;
+		} else if (r == -EAGAIN || r == -EDQUOT) {
+			int64_t w = r == -EAGAIN ? t.retry_after_ns : 500000;
 			if (w > 2 * CL_MS)
 				w = 2 * CL_MS;
 			if (w < 100000)
@@ -1248,4 +1258,90 @@ Test(global, static_share_live_hosts, .timeout = 120)
 	cr_assert(n > 2 * (G_R / 4 * secs + G_B / 4 + 1), "only %zu admitted: not the live hosts' halves", n);
 	audit(&l, G_R, G_B, G_R, G_B, "static_share live hosts");
 	free(l.t);
+}
+
+/* ------------------------------------------------------------------ spend */
+
+/* A fleet-wide budget of $2 a day ($0.001 a request: 2,000 requests) over 3
+ * hosts with greedy workers, host 0's quotad SIGKILLed mid-run (its workers
+ * go on with what its segment exposes, never more than its grant): never
+ * more than $2 spent; at most host 0's credit (B/N) and less than a request
+ * per host left unspent. The host's and Redis' months agree. */
+#define USD_DAY 2
+#define USD_REQ_NUSD 1000000
+
+Test(global, spend_budget, .timeout = 120)
+{
+	struct cl_env re;
+	cl_env(&re, "redis");
+	char rsock[160];
+	redis_start(re.dir, rsock, sizeof(rsock));
+	struct host h[3];
+	char q[400];
+	snprintf(q, sizeof(q), "\"g\": {\"rpm\": 600000, \"budget_usd\": {\"day\": %d, \"month\": 1000}, "
+		 "\"price_per_mtok\": {\"input\": 1.0, \"output\": 0}, \"scope\": \"global\", \"expected_hosts\": 3}",
+		 USD_DAY);
+	hosts_start(h, 3, rsock, q);
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	long day0 = (long)(rt.tv_sec / 86400);
+	int64_t until = cl_now() + soak_s(6) * CL_S;
+	/* $0.001 a request: 1000 input tokens at $1 per million. */
+	struct quota_cost cost = { .requests = 1, .input_tokens = 1000 };
+	pid_t w[6];
+	char path[6][200];
+	for (int i = 0; i < 6; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/u%d.log", h[i / 2].e.dir, i);
+		w[i] = worker_cost(h[i / 2].e.seg, "g", path[i], until, 0, cost);
+	}
+	char *st = status_until(&h[0], "\"limit\":\"usd_day\"", "\"mode\":\"granted\"");
+	const char *mo = strstr(st, "\"limit\":\"usd_month\"");
+	cr_assert(mo, "%s", st);
+	cr_assert_eq(status_num(mo, "period"), status_num(mo, "redis_period"), "months differ: %s", mo);
+	free(st);
+	/* Host 0's quotad dies once it has spent something. */
+	int64_t lim = cl_now() + 10 * CL_S;
+	for (;;) {
+		st = cl_request(h[0].e.sock, "{\"cmd\": \"status\"}");
+		bool spent = status_num(st, "spent_usd") > 0;
+		free(st);
+		if (spent)
+			break;
+		cr_assert(cl_now() < lim, "host 0 spent nothing");
+		struct timespec s = { 0, 5 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	cl_stop(h[0].quotad, SIGKILL);
+	wait_workers(w, 6);
+	for (int i = 1; i < 3; i++) {
+		st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
+		const char *g = st ? strstr(st, "\"global\"") : NULL;
+		fprintf(stderr, "host %d: %s\n", i, g ? g : "(no status)");
+		free(st);
+	}
+	size_t n = 0, per[3] = { 0 };
+	for (int i = 0; i < 6; i++) {
+		struct log l = { 0 };
+		log_add_file(&l, path[i]);
+		per[i / 2] += l.n;
+		n += l.n;
+		free(l.t);
+	}
+	clock_gettime(CLOCK_REALTIME, &rt);
+	bool same_day = (long)(rt.tv_sec / 86400) == day0;
+	double cap = (double)USD_DAY * 1e9 / USD_REQ_NUSD;
+	fprintf(stderr, "spend: %zu requests = $%.3f of a $%d budget (by host %zu %zu %zu)%s\n", n,
+		(double)n * USD_REQ_NUSD / 1e9, USD_DAY, per[0], per[1], per[2],
+		same_day ? "" : " - a UTC day ended during the run");
+	if (same_day) {
+		cr_assert(n <= cap, "%zu requests spent $%.3f, over the $%d budget", n, (double)n / 1000, USD_DAY);
+		/* Unspent: host 0's credit when it died (at most B/N), and less
+		 * than a request per host. */
+		cr_assert(n >= cap - cap / 3 - 3, "only %zu of %.0f requests' budget used", n, cap);
+	} else {
+		/* The day rolled over: each host may spend its local cap B/(4N)
+		 * at the new day's start before its first grant, as debt
+		 * (docs/ARCHITECTURE.md). */
+		cr_assert(n <= 2 * cap + 3 * cap / 12, "%zu requests across a day boundary", n);
+	}
 }
