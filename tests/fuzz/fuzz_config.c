@@ -19,6 +19,8 @@ const char *const fuzz_seeds[] = {
 	"{\"redis\": {\"url\": \"unix:///r.sock\", \"host_id\": \"h1\"}, \"quotas\": {\"g\": {\"rpm\": 600, "
 	"\"max_inflight\": 6, \"scope\": \"global\", \"expected_hosts\": 3, \"inflight_lease_s\": 600, "
 	"\"outage\": \"static_share\", \"global_key\": \"k\"}}}",
+	"{\"redis\": {\"url\": \"redis://h:6379\"}, \"quotas\": {\"g\": {\"budget_usd\": {\"day\": 2, \"month\": 40}, "
+	"\"price_per_mtok\": {\"input\": 1, \"output\": 2}, \"scope\": \"global\", \"expected_hosts\": 2}}}",
 	NULL,
 };
 
