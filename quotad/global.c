@@ -918,6 +918,7 @@ static void tick_slots(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t
 	if (!sl->expired && now - g->last_ok > (int64_t)(sl->lease_ns / 2)) {
 		sl->expired = true;
 		sl->cap = 0;
+		sl->granted = 0; /* no longer ours to use: Redis may reap them */
 		qd_log("warning", "global %s inflight: no answer from Redis for half the lease (%.0f s): "
 		       "no new request admitted until it answers", g->quota, (double)sl->lease_ns / 2e9);
 	}

@@ -119,6 +119,16 @@ static void hosts_start(struct host *h, int n, const char *rsock, const char *qu
 	}
 }
 
+/* A test's Redis (its socket in @rsock) and @n hosts serving @quotas;
+ * returns the redis-server's pid. */
+static pid_t fleet_start(struct cl_env *re, char *rsock, size_t len, struct host *h, int n, const char *quotas)
+{
+	cl_env(re, "redis");
+	pid_t pid = redis_start(re->dir, rsock, len);
+	hosts_start(h, n, rsock, quotas);
+	return pid;
+}
+
 /* Host @h's status once it holds @a (and @b unless NULL), within 5 s;
  * malloc'ed. */
 static char *status_until(const struct host *h, const char *a, const char *b)
@@ -988,11 +998,12 @@ Test(global, waiting_workers_overdraft, .timeout = 120)
 struct slot_ev {
 	int64_t t;
 	int64_t d;
+	int64_t asked; /* +1: when the reserve call began (it admitted after) */
 };
 
-static void ev_write(int fd, int64_t t, int64_t d)
+static void ev_write(int fd, int64_t t, int64_t d, int64_t asked)
 {
-	struct slot_ev e = { t, d };
+	struct slot_ev e = { t, d, asked };
 	if (write(fd, &e, sizeof(e)) != (ssize_t)sizeof(e))
 		_exit(6);
 }
@@ -1014,15 +1025,16 @@ static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64
 	struct quota_cost one = { .requests = 1 };
 	while (cl_now() < until) {
 		struct quota_ticket t;
+		int64_t asked = cl_now();
 		int r = quota_reserve(c, id, &one, 20 * CL_MS, &t);
 		if (r == -EAGAIN)
 			continue;
 		if (r < 0)
 			_exit(4);
-		ev_write(fd, cl_now(), 1);
+		ev_write(fd, cl_now(), 1, asked);
 		struct timespec s = { 0, (long)hold_ns };
 		nanosleep(&s, NULL); /* the request's duration */
-		ev_write(fd, cl_now(), -1);
+		ev_write(fd, cl_now(), -1, 0);
 		quota_commit(c, &t, &one);
 	}
 	close(fd);
@@ -1046,7 +1058,7 @@ static void slot_log_add(struct slot_log *l, const char *path, int64_t end)
 	for (;;) {
 		bool more = fread(&e, sizeof(e), 1, f) == 1;
 		if (!more && open_n > 0)
-			e = (struct slot_ev){ end, -1 };
+			e = (struct slot_ev){ end, -1, 0 };
 		else if (!more)
 			break;
 		if (l->n == l->cap) {
@@ -1126,14 +1138,12 @@ static void check_slot_metrics(const struct host *h)
 Test(global, inflight_slots, .timeout = 120)
 {
 	struct cl_env re;
-	cl_env(&re, "redis");
 	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[3];
 	char q[256];
 	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 3, "
 		 "\"inflight_lease_s\": %d}", S_MAX, S_LEASE_S);
-	hosts_start(h, 3, rsock, q);
+	fleet_start(&re, rsock, sizeof(rsock), h, 3, q);
 	int64_t t0 = cl_now(), until = t0 + soak_s(4) * CL_S + 2 * S_LEASE_S * CL_S + 6 * CL_S;
 	pid_t w[9];
 	char path[9][200];
@@ -1215,14 +1225,12 @@ Test(global, inflight_slots, .timeout = 120)
 Test(global, static_share_live_hosts, .timeout = 120)
 {
 	struct cl_env re;
-	cl_env(&re, "redis");
 	char rsock[160];
-	pid_t rpid = redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[2];
 	char q[256];
 	snprintf(q, sizeof(q), "\"s\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", \"expected_hosts\": 4, "
 		 "\"outage\": \"static_share\"}", G_RPM, G_BURST);
-	hosts_start(h, 2, rsock, q);
+	pid_t rpid = fleet_start(&re, rsock, sizeof(rsock), h, 2, q);
 	int64_t t0 = cl_now(), until = t0 + 2 * CL_S + soak_s(3) * CL_S + 2 * CL_S;
 	pid_t w[4];
 	char path[4][200];
@@ -1273,15 +1281,13 @@ Test(global, static_share_live_hosts, .timeout = 120)
 Test(global, spend_budget, .timeout = 120)
 {
 	struct cl_env re;
-	cl_env(&re, "redis");
 	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[3];
 	char q[400];
 	snprintf(q, sizeof(q), "\"g\": {\"rpm\": 600000, \"budget_usd\": {\"day\": %d, \"month\": 1000}, "
 		 "\"price_per_mtok\": {\"input\": 1.0, \"output\": 0}, \"scope\": \"global\", \"expected_hosts\": 3}",
 		 USD_DAY);
-	hosts_start(h, 3, rsock, q);
+	fleet_start(&re, rsock, sizeof(rsock), h, 3, q);
 	struct timespec rt;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	long day0 = (long)(rt.tv_sec / 86400);
@@ -1356,4 +1362,87 @@ Test(global, spend_budget, .timeout = 120)
 		 * (docs/ARCHITECTURE.md). */
 		cr_assert(n <= 2 * cap + 3 * cap / 12, "%zu requests across a day boundary", n);
 	}
+}
+
+/* Slots through a Redis outage: a host keeps the slots it holds for half
+ * the lease (it still admits), then admits no new request; Redis restarted
+ * empty grants nothing for a lease after its start (the hosts' reports
+ * rebuild what they hold), then slots are granted again; never more than M
+ * in flight, before, during or after. */
+#define SO_MAX 4
+#define SO_LEASE_S 4
+
+static void until_slots(const struct host *h, double at_least, const char *what)
+{
+	int64_t lim = cl_now() + (SO_LEASE_S + 10) * CL_S;
+	while (slots_held(h) < at_least) {
+		cr_assert(cl_now() < lim, "%s: host %s holds no slot", what, h->e.seg);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
+Test(global, inflight_slots_outage, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[2];
+	char q[256];
+	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 2, "
+		 "\"inflight_lease_s\": %d}", SO_MAX, SO_LEASE_S);
+	pid_t rpid = fleet_start(&re, rsock, sizeof(rsock), h, 2, q);
+	pid_t w[4];
+	char path[4][200];
+	for (int i = 0; i < 4; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/o%d.log", h[i / 2].e.dir, i);
+		w[i] = slot_worker(h[i / 2].e.seg, path[i], cl_now() + 100 * CL_S, 2 * CL_MS);
+	}
+	until_slots(&h[0], 1, "start");
+	until_slots(&h[1], 1, "start");
+	struct timespec one = { 1, 0 };
+	nanosleep(&one, NULL); /* running on slots: a schedule */
+	cl_stop(rpid, SIGKILL);
+	int64_t killed = cl_now();
+	int64_t expired[2];
+	for (int i = 0; i < 2; i++) {
+		free(status_until(&h[i], "outage-lease_expired", NULL));
+		expired[i] = cl_now(); /* the host stopped admitting before this */
+	}
+	nanosleep(&one, NULL); /* the outage goes on: a schedule */
+	int64_t restarted = cl_now();
+	redis_start(re.dir, rsock, sizeof(rsock));
+	until_slots(&h[0], 1, "after the restart");
+	until_slots(&h[1], 1, "after the restart");
+	int64_t back = cl_now();
+	nanosleep(&one, NULL);
+	for (int i = 0; i < 4; i++)
+		cl_stop(w[i], SIGKILL);
+	int64_t end = cl_now();
+	struct slot_log l = { 0 };
+	for (int i = 0; i < 4; i++)
+		slot_log_add(&l, path[i], end);
+	int64_t peak = slot_peak(&l);
+	size_t kept = 0, after_expiry = 0, resumed = 0;
+	for (size_t i = 0; i < l.n; i++) {
+		const struct slot_ev *e = &l.e[i];
+		if (e->d < 0)
+			continue;
+		kept += e->asked > killed && e->t < expired[0] && e->t < expired[1];
+		/* Asked after its host had stopped admitting, before Redis was back. */
+		after_expiry += e->asked > (expired[0] > expired[1] ? expired[0] : expired[1]) && e->t < restarted;
+		resumed += e->asked > back;
+	}
+	fprintf(stderr, "slots outage: peak %lld in flight (max %d); admitted in the outage on kept slots %zu, "
+		"after the half lease %zu, after the restart's grace %zu; expired %.2f s and %.2f s after the "
+		"kill, slots again %.2f s after the restart (lease %d s)\n", (long long)peak, SO_MAX, kept,
+		after_expiry, resumed, (double)(expired[0] - killed) / 1e9, (double)(expired[1] - killed) / 1e9,
+		(double)(back - restarted) / 1e9, SO_LEASE_S);
+	cr_assert(peak <= SO_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, SO_MAX);
+	cr_assert(kept > 0, "no admission on the slots kept in the outage");
+	cr_assert_eq(after_expiry, 0, "%zu admitted after half the lease without Redis", after_expiry);
+	cr_assert(resumed > 0, "no admission after the restart");
+	/* An empty Redis grants nothing before a lease after its start. */
+	cr_assert(back - restarted >= SO_LEASE_S * CL_S - CL_S, "slots granted %.2f s after an empty restart",
+		  (double)(back - restarted) / 1e9);
+	free(l.e);
 }
