@@ -41,6 +41,11 @@
  * in flight per limit, a call older than QG_CALL_TIMEOUT_NS drops the
  * connection, which is made again after QG_RECONNECT_NS. The function is
  * loaded with FUNCTION LOAD REPLACE on every connect.
+ *
+ * Besides the rate limits, a global quota's max_inflight is shared in SLOTS
+ * (struct qg_slots: quotad holds the workers to them on the in-flight
+ * count) and its budget_usd in final grants of nano-USD (struct qg_spend:
+ * the spend word metered like a TAT); each is described where declared.
  */
 #include <errno.h>
 #include <math.h>
@@ -54,127 +59,10 @@
 
 #include "gcra.h"
 #include "global.h"
+#include "global_int.h"
 #include "quotad.h"
 
-#define QG_HOLD_NS (60 * 1000000LL)         /* H: how far the TAT is held ahead (3 ticks) */
-#define QG_REFRESH_NS (500 * 1000000LL)     /* a call at least this often (lease, demand) */
-#define QG_OUTAGE_NS (1000 * 1000000LL)     /* no answer for this long: OUTAGE */
-#define QG_LEASE_NS (5000 * 1000000LL)      /* Redis reaps a host silent this long */
-#define QG_CALL_TIMEOUT_NS (1000 * 1000000LL)
-#define QG_RECONNECT_NS (200 * 1000000LL)
-#define QG_TARGET_HOLD_NS (500 * 1000000LL) /* ask for about this much of the demand */
-
-extern const char qd_grant_lua[];
-
-/* What a reply in the pipeline answers. */
-enum qg_req { QG_REQ_SENTINEL, QG_REQ_ROLE, QG_REQ_LOAD, QG_REQ_CALL, QG_REQ_WAIT };
-struct qg_pend {
-	uint8_t req;  /* enum qg_req */
-	int idx;      /* the limit, for CALL and WAIT */
-};
-#define QG_WAIT_MS 200 /* WAIT 1 QG_WAIT_MS after each call (Sentinel mode) */
-#define QG_REPLY_MAX 7 /* elements of a function's reply */
-
-/* A global max_inflight (kind QG_SLOTS): SLOTS granted by Redis with a
- * lease (grant.lua, slots()), the workers held to them by quotad's hold on
- * the in-flight count (qc_inflight_hold_set(): the local record carries the
- * global max_inflight M, quotad holds M - cap of it).
- *   granted  what Redis counts for this host (its o), as last confirmed;
- *   cap      what the workers may hold: <= granted, raised only by a
- *            confirmed answer (to granted), lowered at any time;
- *   in_use   what the workers held at the last tick.
- * A call reports held = max(cap, in_use): the workers can never hold more
- * until the answer (they are admitted only below cap), and it never
- * exceeds Redis' o. Lowering cap before a call returns idle slots; slots in
- * use are never given back. Without an answer for half the lease, cap goes
- * to 0: the host admits no new request, and what it admitted ends before
- * Redis reaps it (the lease is at least twice the longest request). */
-#define QG_SLOTS QUOTA_RATE_KINDS
-#define QG_USD_DAY (QG_SLOTS + 1)
-#define QG_USD_MONTH (QG_SLOTS + 2)
-struct qg_slots {
-	uint64_t max, lease_ns;
-	uint64_t granted, cap, in_use, peak;
-	uint64_t sent_held;                 /* held reported by the call in flight */
-	bool expired;                       /* half the lease without an answer */
-	int64_t grace_ms;                   /* Redis' grace after an empty start */
-	uint64_t free;                      /* free slots, as Redis last said */
-};
-
-/* A global budget_usd (kinds QG_USD_DAY, QG_USD_MONTH): nano-USD GRANTED by
- * Redis out of the period's budget B (grant.lua, spend(): the period is
- * Redis' TIME's UTC day or month), final: a grant is never taken back, so
- * it needs no lease. The local record carries the local cap B_l =
- * B / (4 expected_hosts); the spend word is a METER, as the TAT of a rate
- * limit: at every tick quotad sets its amount to B_l - X, X = min(credit, B_l), so
- * the workers can spend X before the next tick, and charges what moved it
- * since to the credit. Spent beyond the credit (usage above an estimate, a
- * new period's first tick) is DEBT, reported into the period it was spent
- * in. A host whose quotad is down spends at most B_l per period. */
-struct qg_spend {
-	uint64_t budget, share;             /* B, B_l */
-	uint32_t period;                    /* this host's period the credit is for */
-	bool primed;
-	uint64_t left_amount;               /* the word's amount as quotad left it */
-	int64_t credit;                     /* granted, not spent (< 0: debt) */
-	uint64_t spent;                     /* metered in the period */
-	int64_t sent_debt, sent_back;       /* in the call in flight */
-	uint32_t sent_period;
-	int64_t given, left, redis_period;  /* Redis: given in its period, left, that period */
-	int64_t tick_moved;
-};
-
-struct qg_limit {
-	char quota[QUOTA_NAME_MAX + 1];
-	uint32_t id, kind, policy, expected_hosts; /* policy: enum qd_outage; kind QG_SLOTS: slots */
-	char key[QD_GLOBAL_KEY_MAX + 32];   /* Redis key */
-	uint64_t limit, burst;              /* the global limit L and capacity b */
-	struct qs_limit_cfg l;              /* the local record's (static share) */
-	bool primed;                        /* last_tat is valid */
-	int64_t last_tat;                   /* the TAT as quotad last left or saw it */
-	int64_t credit_ns;                  /* grant not yet consumed (< 0: overdraft) */
-	int64_t self_ns;                    /* static_share credit in an outage */
-	int64_t outage_taken_ns;            /* consumed in outages, not yet reported */
-	int64_t sent_debt_ns;               /* part of it in the call in flight */
-	uint64_t sent_overdraft;            /* overdraft units paid by that call */
-	bool stashed;                       /* a call's answer waiting for its WAIT */
-	long long stash[QG_REPLY_MAX];
-	int64_t tick_moved;                 /* consumption since the last rate update */
-	bool pending;
-	int64_t sent_at, last_call, last_ok;
-	bool outage, starved;
-	double rate;                        /* consumption, units per second (EWMA) */
-	int64_t last_tick;
-	/* Figures for status and metrics. */
-	uint64_t granted_total, calls, errors, outages, reaped_seen;
-	int64_t live_hosts, stock, outstanding, cap;
-	uint64_t share_hosts;               /* the live-host count static_share last used */
-	uint64_t outage_units_total, debt_reported_total;
-	struct qg_slots sl;                 /* kind QG_SLOTS only */
-	struct qg_spend sp;                 /* kinds QG_USD_* only */
-};
-
-struct qd_global {
-	struct qd_redis redis;
-	redisContext *c;
-	int64_t reconnect_at;
-	struct qg_pend pend[512];
-	uint32_t npend;
-	bool to_sentinel;                   /* c is a sentinel being asked for the master */
-	uint32_t sentinel;                  /* which one is asked next */
-	char master_host[QD_REDIS_STR_MAX + 1];
-	uint32_t master_port;
-	uint64_t failovers_seen;            /* master address changed */
-	uint64_t unconfirmed;               /* calls WAIT did not confirm: not credited */
-	int64_t load_sent;
-	uint64_t connects, conn_errors;
-	bool stopping;                      /* the last calls: give back, ask nothing */
-	char last_error[200];
-	struct qg_limit *lim;
-	uint32_t nlim;
-};
-
-static const char *kind_name(uint32_t k)
+const char *qg_kind_name(uint32_t k)
 {
 	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd", "inflight",
 					 "usd_day", "usd_month" };
@@ -396,7 +284,7 @@ static void sentinel_answer(struct daemon *d, const redisReply *r)
 
 /* Queue FCALL @fn for limit @i with @argc arguments after the key and the
  * host id (and WAIT in Sentinel mode); one call in flight per limit. */
-static void send_call(struct daemon *d, uint32_t i, int64_t now, const char *fn, int argc, char (*a)[48])
+void qg_send_call(struct daemon *d, uint32_t i, int64_t now, const char *fn, int argc, char (*a)[48])
 {
 	struct qd_global *G = d->glob;
 	struct qg_limit *g = &G->lim[i];
@@ -422,7 +310,7 @@ static void send_call(struct daemon *d, uint32_t i, int64_t now, const char *fn,
 	g->calls++;
 }
 
-static bool can_call(const struct qd_global *G)
+bool qg_can_call(const struct qd_global *G)
 {
 	return G->npend + 2 <= sizeof(G->pend) / sizeof(G->pend[0]) && !G->to_sentinel;
 }
@@ -432,7 +320,7 @@ static void call_rate(struct daemon *d, uint32_t i, int64_t now)
 {
 	struct qd_global *G = d->glob;
 	struct qg_limit *g = &G->lim[i];
-	if (!can_call(G))
+	if (!qg_can_call(G))
 		return;
 	/* held: what the host can still take, rounded up (over-reporting what
 	 * is held is safe, under-reporting is not). */
@@ -467,176 +355,26 @@ static void call_rate(struct daemon *d, uint32_t i, int64_t now)
 	snprintf(a[6], sizeof(a[6]), "%.0f", demand);
 	snprintf(a[7], sizeof(a[7]), "%llu", (unsigned long long)debt);
 	snprintf(a[8], sizeof(a[8]), "%llu", (unsigned long long)least);
-	send_call(d, i, now, "quotad_grant", 9, a);
-}
-
-/* The workers' cap on slot limit @g: quotad holds max - cap of the count. */
-static void slots_hold(struct daemon *d, struct qg_limit *g)
-{
-	struct qs_quota *q = qs_quota_at(&d->g, g->id);
-	uint64_t hold = g->sl.max - g->sl.cap;
-	if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) != hold) {
-		g->sl.in_use = qc_inflight_hold_set(q, hold);
-	} else {
-		uint32_t cnt = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
-		g->sl.in_use = cnt > hold ? cnt - hold : 0;
-	}
-	if (g->sl.in_use > g->sl.peak)
-		g->sl.peak = g->sl.in_use;
-}
-
-/* A slot limit's call: idle slots beyond the demand are returned first (cap
- * lowered), then held = max(cap, in use) is reported with what it wants. */
-static void call_slots(struct daemon *d, uint32_t i, int64_t now)
-{
-	struct qd_global *G = d->glob;
-	struct qg_limit *g = &G->lim[i];
-	struct qg_slots *sl = &g->sl;
-	if (!can_call(G))
-		return;
-	/* Demand: the peak since the last call, with a quarter and a slot of
-	 * room; a host whose workers fill its cap cannot show its demand and
-	 * claims all of M (water-filling splits it, as for rates); one with
-	 * none asks for one. */
-	struct qs_quota *q = qs_quota_at(&d->g, g->id);
-	bool starved = (sl->cap && sl->peak >= sl->cap) ||
-		       atomic_load_explicit(&q->inflight_waiters, memory_order_relaxed) > 0;
-	uint64_t demand = starved ? sl->max : sl->peak + sl->peak / 4 + 1;
-	if (demand > sl->max)
-		demand = sl->max;
-	if (G->stopping || sl->expired)
-		demand = 0;
-	if (sl->cap > demand && !starved) {
-		sl->cap = demand > sl->in_use ? demand : sl->in_use;
-		slots_hold(d, g);
-	}
-	uint64_t held = sl->cap > sl->in_use ? sl->cap : sl->in_use;
-	uint64_t want = demand > held ? demand - held : 0;
-	sl->sent_held = held;
-	sl->peak = sl->in_use;
-	char a[5][48];
-	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)sl->max);
-	snprintf(a[1], sizeof(a[1]), "%llu", (unsigned long long)(sl->lease_ns / 1000));
-	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)held);
-	snprintf(a[3], sizeof(a[3]), "%llu", (unsigned long long)want);
-	snprintf(a[4], sizeof(a[4]), "%llu", (unsigned long long)demand);
-	send_call(d, i, now, "quotad_slots", 5, a);
-}
-
-/* The host's current period of spend limit @g (what its workers use). */
-static uint32_t spend_period(struct daemon *d, const struct qg_limit *g)
-{
-	uint32_t day, month;
-	int64_t off = atomic_load_explicit(&d->h->realtime_offset_ns, memory_order_relaxed);
-	qc_periods_of(qd_now(d) + off, &day, &month);
-	return g->kind == QG_USD_MONTH ? month : day;
-}
-
-/* What the host may spend beyond what it spent: its credit, or in a
- * static_share outage at least its live share of the period's budget less
- * what it spent in the period. */
-static int64_t spend_allowance(const struct qg_limit *g)
-{
-	const struct qg_spend *sp = &g->sp;
-	int64_t a = sp->credit;
-	if (g->outage && g->policy == QD_OUTAGE_STATIC_SHARE) {
-		uint64_t n = g->live_hosts > 0 ? (uint64_t)g->live_hosts : g->expected_hosts;
-		int64_t share = (int64_t)(sp->budget / (n ? n : 1)) - (int64_t)sp->spent;
-		a = share > a ? share : a;
-	}
-	return a;
-}
-
-/* Meter the spend word, then leave X = min(allowance, B_s) spendable. */
-static void spend_hold(struct daemon *d, struct qg_limit *g)
-{
-	struct qg_spend *sp = &g->sp;
-	struct qs_quota *q = qs_quota_at(&d->g, g->id);
-	_Atomic uint64_t *w = g->kind == QG_USD_MONTH ? &q->spend_month : &q->spend_day;
-	uint32_t p = spend_period(d, g);
-	uint64_t cur = atomic_load_explicit(w, memory_order_relaxed);
-	if (!sp->primed || p != sp->period) {
-		/* A new period: the old one's credit is over (Redis counted it
-		 * given); what the word holds of the new one was spent in it. */
-		sp->left_amount = sp->primed ? 0 : qs_spend_in(cur, p);
-		sp->period = p;
-		sp->credit = 0;
-		sp->spent = 0;
-		sp->primed = true;
-	}
-	for (;;) {
-		uint64_t amt = qs_spend_in(cur, p);
-		int64_t moved = (int64_t)amt - (int64_t)sp->left_amount;
-		sp->credit -= moved;
-		sp->spent += moved > 0 ? (uint64_t)moved : 0;
-		sp->tick_moved += moved;
-		sp->left_amount = amt;
-		int64_t a = spend_allowance(g);
-		uint64_t x = a <= 0 ? 0 : (uint64_t)a > sp->share ? sp->share : (uint64_t)a;
-		uint64_t next = qs_spend_pack(p, sp->share - x);
-		if (next == cur || atomic_compare_exchange_strong_explicit(w, &cur, next, memory_order_relaxed,
-									     memory_order_relaxed)) {
-			sp->left_amount = sp->share - x;
-			return;
-		}
-	}
-}
-
-/* The credit a spend limit asks to hold: about a minute of its spending,
- * at least the local cap B_l (so that any request the record admits can
- * fit), at most the static share B/N = 4 B_l (a dead host strands no more). */
-static double spend_target(const struct qg_limit *g)
-{
-	double lo = (double)g->sp.share, hi = 4.0 * (double)g->sp.share;
-	return fmin(hi, fmax(lo, g->rate * 60.0));
-}
-
-/* A spend limit's call: its period, what it wants (spend_target() less its
- * credit), its debt, and at stop what it gives back. */
-static void call_spend(struct daemon *d, uint32_t i, int64_t now)
-{
-	struct qd_global *G = d->glob;
-	struct qg_limit *g = &G->lim[i];
-	struct qg_spend *sp = &g->sp;
-	if (!can_call(G))
-		return;
-	double target = spend_target(g);
-	int64_t want = (int64_t)target > sp->credit ? (int64_t)target - sp->credit : 0;
-	sp->sent_debt = sp->credit < 0 ? -sp->credit : 0;
-	sp->sent_back = 0;
-	if (G->stopping) {
-		want = 0;
-		sp->sent_back = sp->credit > 0 ? sp->credit : 0;
-	}
-	sp->sent_period = sp->period;
-	char a[7][48];
-	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)sp->budget);
-	snprintf(a[1], sizeof(a[1]), "%d", g->kind == QG_USD_MONTH);
-	snprintf(a[2], sizeof(a[2]), "%u", sp->period);
-	snprintf(a[3], sizeof(a[3]), "%lld", (long long)want);
-	snprintf(a[4], sizeof(a[4]), "%lld", (long long)sp->sent_debt);
-	snprintf(a[5], sizeof(a[5]), "%lld", (long long)sp->sent_back);
-	snprintf(a[6], sizeof(a[6]), "%lld", (long long)(QG_LEASE_NS / 1000));
-	send_call(d, i, now, "quotad_spend", 7, a);
+	qg_send_call(d, i, now, "quotad_grant", 9, a);
 }
 
 static void call(struct daemon *d, uint32_t i, int64_t now)
 {
 	uint32_t k = d->glob->lim[i].kind;
 	if (k == QG_SLOTS)
-		call_slots(d, i, now);
+		qg_call_slots(d, i, now);
 	else if (k == QG_USD_DAY || k == QG_USD_MONTH)
-		call_spend(d, i, now);
+		qg_call_spend(d, i, now);
 	else
 		call_rate(d, i, now);
 }
 
 /* What every confirmed answer says: Redis is back, the lease renewed. */
-static void answered(struct qg_limit *g, const long long *v)
+void qg_answered(struct qg_limit *g, const long long *v)
 {
 	if (g->outage) {
 		qd_log("info", "global %s %s: Redis answers again (outage over, %llu units taken in it "
-		       "reported as debt)", g->quota, kind_name(g->kind),
+		       "reported as debt)", g->quota, qg_kind_name(g->kind),
 		       (unsigned long long)g->outage_units_total);
 		g->outage = false;
 		g->self_ns = 0;
@@ -652,7 +390,7 @@ static void answered(struct qg_limit *g, const long long *v)
  * stock, outstanding, cap, reaped}. */
 static void apply_rate(struct qg_limit *g, const long long *v)
 {
-	answered(g, v);
+	qg_answered(g, v);
 	g->outage_taken_ns -= g->sent_debt_ns;
 	g->debt_reported_total += units_up(&g->l, g->sent_debt_ns);
 	g->sent_debt_ns = 0;
@@ -666,51 +404,12 @@ static void apply_rate(struct qg_limit *g, const long long *v)
 	g->stock = v[2];
 }
 
-/* A confirmed answer of a slot limit: v = {granted, live hosts, free,
- * held + granted (Redis' o), fair cap, reaped, grace ms}. The workers' cap
- * rises to what Redis counts (at the next tick's hold). */
-static void apply_slots(struct qg_limit *g, const long long *v)
-{
-	answered(g, v);
-	struct qg_slots *sl = &g->sl;
-	uint64_t granted = v[0] > 0 ? (uint64_t)v[0] : 0;
-	if (sl->expired)
-		qd_log("info", "global %s inflight: slots granted again", g->quota);
-	sl->expired = false;
-	sl->granted = sl->sent_held + granted;
-	sl->cap = sl->granted;
-	sl->free = v[2] > 0 ? (uint64_t)v[2] : 0;
-	sl->grace_ms = v[6];
-	g->granted_total += granted;
-}
-
-/* A confirmed answer of a spend limit: v = {granted, live hosts, left,
- * given, Redis' period, reaped}. A grant or debt for a period that is no
- * longer the host's is not credited (Redis counted it: conservative). */
-static void apply_spend(struct qg_limit *g, const long long *v)
-{
-	answered(g, v);
-	struct qg_spend *sp = &g->sp;
-	sp->given = v[3];
-	sp->left = v[2];
-	sp->redis_period = v[4];
-	if (sp->sent_period != sp->period)
-		return;
-	/* Debt now counted in Redis, what was given back no longer ours. */
-	sp->credit += sp->sent_debt - sp->sent_back;
-	if (v[4] == (long long)sp->period && v[0] > 0) {
-		sp->credit += v[0];
-		g->granted_total += (uint64_t)v[0];
-	}
-	sp->sent_debt = sp->sent_back = 0;
-}
-
 static void apply(struct qg_limit *g, const long long *v)
 {
 	if (g->kind == QG_SLOTS)
-		apply_slots(g, v);
+		qg_apply_slots(g, v);
 	else if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH)
-		apply_spend(g, v);
+		qg_apply_spend(g, v);
 	else
 		apply_rate(g, v);
 }
@@ -841,14 +540,14 @@ static void pump(struct daemon *d, int64_t now)
 /* ------------------------------------------------------------------ the tick */
 
 /* No answer for QG_OUTAGE_NS: the limit is in OUTAGE (true when it starts). */
-static bool outage_begins(struct qg_limit *g, int64_t now)
+bool qg_outage_begins(struct qg_limit *g, int64_t now)
 {
 	if (g->outage || now - g->last_ok <= QG_OUTAGE_NS)
 		return false;
 	g->outage = true;
 	g->outages++;
 	qd_log("warning", "global %s %s: no answer from Redis for %lld ms: outage, %s", g->quota,
-	       kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
+	       qg_kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
 	       g->kind == QG_SLOTS ? "slots kept for half the lease, none asked" :
 	       g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
 	return true;
@@ -879,7 +578,7 @@ static void tick_rate(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t 
 	struct qd_global *G = d->glob;
 	int64_t dt = g->last_tick ? now - g->last_tick : 0;
 	g->last_tick = now;
-	if (outage_begins(g, now)) {
+	if (qg_outage_begins(g, now)) {
 		/* Drop the grant before Redis can reap it (module comment). */
 		if (g->credit_ns > 0)
 			g->credit_ns = 0;
@@ -906,64 +605,12 @@ static void tick_rate(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t 
 		call(d, i, now);
 }
 
-/* A slot limit's tick: hold the workers to cap; without an answer for half
- * the lease, cap 0; ask when the workers near the cap, at least every
- * refresh. */
-static void tick_slots(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
-{
-	struct qd_global *G = d->glob;
-	struct qg_slots *sl = &g->sl;
-	g->last_tick = now;
-	(void)outage_begins(g, now);
-	if (!sl->expired && now - g->last_ok > (int64_t)(sl->lease_ns / 2)) {
-		sl->expired = true;
-		sl->cap = 0;
-		sl->granted = 0; /* no longer ours to use: Redis may reap them */
-		qd_log("warning", "global %s inflight: no answer from Redis for half the lease (%.0f s): "
-		       "no new request admitted until it answers", g->quota, (double)sl->lease_ns / 2e9);
-	}
-	slots_hold(d, g);
-	if (!G->c || g->pending)
-		return;
-	/* Near the cap: ask early (no more often than every 50 ms) if Redis
-	 * last said there was more to have: free slots, or a fair cap above. */
-	bool more = sl->free > 0 || (g->cap > 0 && sl->cap < (uint64_t)g->cap) || !g->calls;
-	bool near = sl->in_use + sl->cap / 4 + 1 > sl->cap && more && now - g->last_call >= QG_REFRESH_NS / 10;
-	if (near || now - g->last_call >= QG_REFRESH_NS || g->outage)
-		call(d, i, now);
-}
-
-/* A spend limit's tick: meter and hold the word; ask when the credit runs
- * below half of what it would ask for, at least every refresh. Grants are
- * final, so an outage drops nothing: fail_closed spends what it holds. */
-static void tick_spend(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
-{
-	struct qd_global *G = d->glob;
-	struct qg_spend *sp = &g->sp;
-	int64_t dt = g->last_tick ? now - g->last_tick : 0;
-	g->last_tick = now;
-	(void)outage_begins(g, now);
-	spend_hold(d, g);
-	if (dt > 0) {
-		double inst = (double)(sp->tick_moved > 0 ? sp->tick_moved : 0) * 1e9 / (double)dt;
-		double a = (double)dt / 0.25e9 > 1.0 ? 1.0 : (double)dt / 0.25e9;
-		g->rate += a * (inst - g->rate);
-		sp->tick_moved = 0;
-	}
-	if (!G->c || g->pending)
-		return;
-	double target = spend_target(g);
-	bool low = (double)sp->credit < target / 2 && sp->left != 0 && now - g->last_call >= QG_REFRESH_NS / 10;
-	if (low || now - g->last_call >= QG_REFRESH_NS || g->outage)
-		call(d, i, now);
-}
-
 static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
 {
 	if (g->kind == QG_SLOTS)
-		tick_slots(d, g, i, now);
+		qg_tick_slots(d, g, i, now);
 	else if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH)
-		tick_spend(d, g, i, now);
+		qg_tick_spend(d, g, i, now);
 	else
 		tick_rate(d, g, i, now);
 }
@@ -997,7 +644,7 @@ static void free_global(struct qd_global *G)
 }
 
 /* The global limit of quota id @id and kind @kind in @G, or NULL. */
-static struct qg_limit *find_limit(struct qd_global *G, uint32_t id, uint32_t kind)
+struct qg_limit *qg_find_limit(struct qd_global *G, uint32_t id, uint32_t kind)
 {
 	for (uint32_t j = 0; G && j < G->nlim; j++)
 		if (G->lim[j].id == id && G->lim[j].kind == kind)
@@ -1029,7 +676,7 @@ void qd_global_guard(struct daemon *d, uint32_t id, const struct qs_config *old,
 {
 	struct qs_quota *q = qs_quota_at(&d->g, id);
 	if (next->max_inflight) {
-		struct qg_limit *g = find_limit(d->glob, id, QG_SLOTS);
+		struct qg_limit *g = qg_find_limit(d->glob, id, QG_SLOTS);
 		uint64_t cap = g ? g->sl.cap : 0, top = old && old->max_inflight > next->max_inflight ?
 							  old->max_inflight : next->max_inflight;
 		uint64_t hold = top > cap ? top - cap : 0;
@@ -1054,60 +701,12 @@ void qd_global_guard(struct daemon *d, uint32_t id, const struct qs_config *old,
 		uint32_t p = k == QG_USD_DAY ? day : month;
 		/* A ledger that may be kept is metered first and does not count
 		 * the block as spending. */
-		struct qg_limit *g = find_limit(d->glob, id, k);
+		struct qg_limit *g = qg_find_limit(d->glob, id, k);
 		if (g)
-			spend_hold(d, g);
+			qg_spend_hold(d, g);
 		qc_spend_raise(w, p, full);
 		if (g && g->sp.period == p)
 			g->sp.left_amount = qs_spend_in(atomic_load_explicit(w, memory_order_relaxed), p);
-	}
-}
-
-/* The slot limit of global quota @qc (id @id) into @g; the same limit
- * before a reload keeps its ledger, a new one starts with cap 0. */
-static void slots_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t id, struct qd_global *old,
-			int64_t now)
-{
-	snprintf(g->quota, sizeof(g->quota), "%s", qc->name);
-	g->id = id;
-	g->kind = QG_SLOTS;
-	g->policy = qc->outage;
-	g->expected_hosts = qc->expected_hosts;
-	snprintf(g->key, sizeof(g->key), "quotad:{%s}:inflight", qc->global_key);
-	g->limit = qc->max_inflight;
-	g->sl.max = qc->max_inflight;
-	g->sl.lease_ns = qc->inflight_lease_ns;
-	g->last_ok = now;
-	g->last_call = now - QG_REFRESH_NS;
-	struct qg_limit *o = find_limit(old, id, QG_SLOTS);
-	if (o && strcmp(o->key, g->key) == 0 && o->sl.max == g->sl.max && o->sl.lease_ns == g->sl.lease_ns) {
-		*g = *o;
-		g->policy = qc->outage;
-		g->pending = false;
-	}
-}
-
-/* The spend limit @kind of global quota @qc (id @id) into @g; the same
- * limit before a reload keeps its ledger. */
-static void spend_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t id, uint32_t kind,
-			struct qd_global *old, int64_t now)
-{
-	snprintf(g->quota, sizeof(g->quota), "%s", qc->name);
-	g->id = id;
-	g->kind = kind;
-	g->policy = qc->outage;
-	g->expected_hosts = qc->expected_hosts;
-	snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, kind_name(kind));
-	g->sp.budget = kind == QG_USD_DAY ? qc->budget_day_nusd : qc->budget_month_nusd;
-	g->sp.share = qd_local_budget(qc, g->sp.budget);
-	g->limit = g->sp.budget;
-	g->last_ok = now;
-	g->last_call = now - QG_REFRESH_NS;
-	struct qg_limit *o = find_limit(old, id, kind);
-	if (o && strcmp(o->key, g->key) == 0 && o->sp.budget == g->sp.budget && o->sp.share == g->sp.share) {
-		*g = *o;
-		g->policy = qc->outage;
-		g->pending = false;
 	}
 }
 
@@ -1156,10 +755,10 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 				break;
 			}
 		if (id >= 0 && qc->max_inflight)
-			slots_limit(&lim[m++], qc, (uint32_t)id, old, now);
+			qg_slots_limit(&lim[m++], qc, (uint32_t)id, old, now);
 		for (uint32_t k = QG_USD_DAY; id >= 0 && k <= QG_USD_MONTH; k++)
 			if (k == QG_USD_DAY ? qc->budget_day_nusd : qc->budget_month_nusd)
-				spend_limit(&lim[m++], qc, (uint32_t)id, k, old, now);
+				qg_spend_limit(&lim[m++], qc, (uint32_t)id, k, old, now);
 		for (uint32_t k = 0; id >= 0 && k < QUOTA_RATE_KINDS; k++) {
 			if (!qc->rate[k])
 				continue;
@@ -1169,7 +768,7 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 			g->kind = k;
 			g->policy = qc->outage;
 			g->expected_hosts = qc->expected_hosts;
-			snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, kind_name(k));
+			snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, qg_kind_name(k));
 			g->limit = qc->rate[k];
 			struct qs_limit_cfg gl;
 			if (qg_limit_init(&gl, k, qc->rate[k], qg_period_of(k), qc->burst_ppm) < 0 ||
@@ -1223,7 +822,7 @@ void qd_global_stop(struct daemon *d)
 			/* No new request until a quotad holds slots again; the
 			 * idle ones are given back below, those in use stay. */
 			g->sl.cap = 0;
-			slots_hold(d, g);
+			qg_slots_hold(d, g);
 			continue;
 		}
 		if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH) {
@@ -1231,7 +830,7 @@ void qd_global_stop(struct daemon *d)
 			g->outage = false;
 			int64_t keep = g->sp.credit;
 			g->sp.credit = 0;
-			spend_hold(d, g);
+			qg_spend_hold(d, g);
 			g->sp.credit += keep;
 			continue;
 		}
@@ -1248,7 +847,7 @@ void qd_global_stop(struct daemon *d)
 		for (uint32_t i = 0; round == 1 && i < G->nlim; i++) {
 			if (G->lim[i].kind == QG_SLOTS) {
 				G->lim[i].sl.cap = 0; /* an answer of round 0 may have raised it */
-				slots_hold(d, &G->lim[i]);
+				qg_slots_hold(d, &G->lim[i]);
 			}
 			G->lim[i].credit_ns = 0;
 			G->lim[i].self_ns = 0;
@@ -1278,36 +877,6 @@ static const char *mode_of(const struct qg_limit *g)
 	return g->policy == QD_OUTAGE_FAIL_CLOSED ? "outage-fail_closed" : "outage-static_share";
 }
 
-/* A slot limit's fields in the status reply. */
-static void slots_status(const struct qg_limit *g, cJSON *o)
-{
-	const struct qg_slots *sl = &g->sl;
-	cJSON_AddNumberToObject(o, "slots_held", (double)sl->granted);
-	cJSON_AddNumberToObject(o, "slots_cap", (double)sl->cap);
-	cJSON_AddNumberToObject(o, "slots_in_use", (double)sl->in_use);
-	cJSON_AddNumberToObject(o, "slots_free", (double)sl->free);
-	cJSON_AddNumberToObject(o, "fair_cap", (double)g->cap);
-	cJSON_AddNumberToObject(o, "outstanding", (double)g->outstanding);
-	cJSON_AddNumberToObject(o, "granted_total", (double)g->granted_total);
-	cJSON_AddNumberToObject(o, "lease_s", (double)sl->lease_ns / 1e9);
-	cJSON_AddNumberToObject(o, "grace_ms", (double)sl->grace_ms);
-}
-
-/* A spend limit's fields in the status reply (USD). */
-static void spend_status(const struct qg_limit *g, cJSON *o)
-{
-	const struct qg_spend *sp = &g->sp;
-	cJSON_AddNumberToObject(o, "local_cap_usd", (double)sp->share / 1e9);
-	cJSON_AddNumberToObject(o, "period", (double)sp->period);
-	cJSON_AddNumberToObject(o, "redis_period", (double)sp->redis_period);
-	cJSON_AddNumberToObject(o, "held_usd", (double)(sp->credit > 0 ? sp->credit : 0) / 1e9);
-	cJSON_AddNumberToObject(o, "debt_usd", (double)(sp->credit < 0 ? -sp->credit : 0) / 1e9);
-	cJSON_AddNumberToObject(o, "spent_usd", (double)sp->spent / 1e9);
-	cJSON_AddNumberToObject(o, "granted_total_usd", (double)g->granted_total / 1e9);
-	cJSON_AddNumberToObject(o, "given_usd", (double)sp->given / 1e9);
-	cJSON_AddNumberToObject(o, "left_usd", (double)sp->left / 1e9);
-}
-
 void qd_global_status(struct daemon *d, cJSON *root)
 {
 	struct qd_global *G = d->glob;
@@ -1334,7 +903,7 @@ void qd_global_status(struct daemon *d, cJSON *root)
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddItemToArray(arr, o);
 		cJSON_AddStringToObject(o, "quota", g->quota);
-		cJSON_AddStringToObject(o, "limit", kind_name(g->kind));
+		cJSON_AddStringToObject(o, "limit", qg_kind_name(g->kind));
 		cJSON_AddStringToObject(o, "key", g->key);
 		cJSON_AddStringToObject(o, "mode", mode_of(g));
 		cJSON_AddStringToObject(o, "outage_policy",
@@ -1347,11 +916,11 @@ void qd_global_status(struct daemon *d, cJSON *root)
 		cJSON_AddNumberToObject(o, "outages", (double)g->outages);
 		cJSON_AddNumberToObject(o, "hosts_reaped_seen", (double)g->reaped_seen);
 		if (g->kind == QG_SLOTS) {
-			slots_status(g, o);
+			qg_slots_status(g, o);
 			continue;
 		}
 		if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH) {
-			spend_status(g, o);
+			qg_spend_status(g, o);
 			continue;
 		}
 		cJSON_AddNumberToObject(o, "static_share", (double)g->l.limit);
@@ -1430,7 +999,7 @@ char *qd_global_metrics(struct daemon *d)
 			double v;
 			if (!metric_value(g, f, &v))
 				continue;
-			P("%s{quota=\"%s\",limit=\"%s\"} %.0f\n", fam[f].name, g->quota, kind_name(g->kind), v);
+			P("%s{quota=\"%s\",limit=\"%s\"} %.0f\n", fam[f].name, g->quota, qg_kind_name(g->kind), v);
 		}
 	}
 #undef P
