@@ -403,7 +403,7 @@ static int print_global(const cJSON *r)
 	/* A global max_inflight (limit "inflight"): HELD is its slots held,
 	 * STOCK the free slots, IN_USE what its workers hold. A budget
 	 * (usd_day, usd_month): USD, STOCK what the fleet has left. */
-	printf("%-20s %-8s %-20s %10s %8s %10s %8s %6s %8s %10s %6s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
+	printf("%-20s %-9s %-20s %10s %8s %10s %8s %6s %8s %10s %6s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
 	       "HELD", "REFRESH_MS", "HOSTS", "DEBT", "STOCK", "GRANTED", "IN_USE");
 	const cJSON *l;
 	cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(g, "limits")) {
@@ -417,7 +417,7 @@ static int print_global(const cJSON *r)
 			snprintf(in_use, sizeof(in_use), "%.0f", num(l, "slots_in_use"));
 		/* Spend limits in USD, with cents; the others in units. */
 		int dp = usd ? 2 : 0;
-		printf("%-20s %-8s %-20s %10.*f %8.*f %10.0f %8.0f %6.*f %8.*f %10.*f %6s\n",
+		printf("%-20s %-9s %-20s %10.*f %8.*f %10.0f %8.0f %6.*f %8.*f %10.*f %6s\n",
 		       cJSON_IsString(q) ? q->valuestring : "?", cJSON_IsString(k) ? k->valuestring : "?",
 		       cJSON_IsString(m) ? m->valuestring : "?", dp, num(l, "global_limit") / (usd ? 1e9 : 1),
 		       dp, num(l, slots ? "slots_held" : usd ? "held_usd" : "held"), num(l, "last_refresh_ms"),
