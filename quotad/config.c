@@ -338,7 +338,7 @@ static int parse_lanes(struct ctx *x, const cJSON *obj, const char *path, struct
 
 /* The global keys a quota set (parse_quota_key() notes them). */
 struct quota_keys {
-	bool gkey, outage, hosts;
+	bool gkey, outage, hosts, lease;
 };
 
 /* parse_quota(), step 1: one key @f of a quota (path @p) into @q. */
@@ -438,6 +438,13 @@ static int parse_quota_key(struct ctx *x, const cJSON *f, const char *p, struct 
 			r = fail(x, p, "must be at least 1");
 		q->expected_hosts = (uint32_t)v;
 		k->hosts = true;
+	} else if (strcmp(f->string, "inflight_lease_s") == 0) {
+		double v = 0;
+		if ((r = get_real(x, f, p, QD_INFLIGHT_LEASE_MAX_S, &v)) == 0 && v < QD_INFLIGHT_LEASE_MIN_S)
+			r = fail(x, p, "must be at least %d s (hosts admit in its first half, and notice an "
+				 "outage after 1 s), got %g", QD_INFLIGHT_LEASE_MIN_S, v);
+		q->inflight_lease_ns = (uint64_t)llround(v * 1e9);
+		k->lease = true;
 	} else {
 		r = fail(x, p, "unknown key");
 	}
@@ -449,10 +456,15 @@ static int parse_quota_key(struct ctx *x, const cJSON *f, const char *p, struct 
 static int check_global(struct ctx *x, const char *path, struct qd_quota *q, const struct quota_keys *set)
 {
 	char p[320];
-	if (!q->global && (set->gkey || set->outage || set->hosts)) {
+	if (!q->global && (set->gkey || set->outage || set->hosts || set->lease)) {
 		snprintf(p, sizeof(p), "%s.%s", path,
-			 set->gkey ? "global_key" : set->outage ? "outage" : "expected_hosts");
+			 set->gkey ? "global_key" : set->outage ? "outage" : set->hosts ? "expected_hosts" :
+			 "inflight_lease_s");
 		return fail(x, p, "only for a quota with \"scope\": \"global\"");
+	}
+	if (set->lease && !q->max_inflight) {
+		snprintf(p, sizeof(p), "%s.inflight_lease_s", path);
+		return fail(x, p, "only for a global quota with max_inflight (it is the lease of its slots)");
 	}
 	if (q->global) {
 		bool daily = q->budget_day_nusd || q->budget_month_nusd;
@@ -462,14 +474,11 @@ static int check_global(struct ctx *x, const char *path, struct qd_quota *q, con
 			any |= q->rate[k] != 0;
 		}
 		snprintf(p, sizeof(p), "%s.scope", path);
-		if (!any)
-			return fail(x, p, "a global quota needs at least one rate limit");
-		if (q->max_inflight)
-			return fail(x, p, "max_inflight of a global quota is not supported (it would "
-				    "stay per host): use a host-scope quota for it");
-		if (q->budget_day_nusd || q->budget_month_nusd)
-			return fail(x, p, "budget_usd of a global quota is not supported (it would stay "
-				    "per host): use a host-scope quota for it");
+		if (!any && !q->max_inflight && !daily)
+			return fail(x, p, "a global quota needs at least one rate limit, max_inflight or "
+				    "budget_usd");
+		if (!set->lease)
+			q->inflight_lease_ns = QD_INFLIGHT_LEASE_DEFAULT_S * 1000000000ULL;
 		if (!set->hosts) {
 			snprintf(p, sizeof(p), "%s.expected_hosts", path);
 			return fail(x, p, "missing: a global quota needs the number of hosts sharing it "
@@ -529,7 +538,7 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 		return r;
 	memset(q, 0, sizeof(*q));
 	strcpy(q->name, obj->string);
-	struct quota_keys k = { false, false, false };
+	struct quota_keys k = { false, false, false, false };
 	q->burst_ppm = 1000000;
 	q->refund_actual = true;
 	for (const cJSON *f = obj->child; f; f = f->next) {
@@ -734,6 +743,17 @@ uint64_t qd_local_rate(const struct qd_quota *qc, uint32_t kind)
 	return rate ? rate : 1;
 }
 
+uint64_t qd_local_budget(const struct qd_quota *qc, uint64_t budget_nusd)
+{
+	if (!qc->global || !budget_nusd)
+		return budget_nusd;
+	/* The local cap: a quarter of the static share, what a host whose
+	 * quotad is down spends at most per period and the most a request may
+	 * cost (global.c). */
+	budget_nusd /= 4ULL * (qc->expected_hosts ? qc->expected_hosts : 1);
+	return budget_nusd ? budget_nusd : 1;
+}
+
 int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -744,8 +764,8 @@ int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *ou
 	out->max_inflight = qc->max_inflight;
 	out->price_in_pusd = qc->price_in_pusd;
 	out->price_out_pusd = qc->price_out_pusd;
-	out->budget_day_nusd = qc->budget_day_nusd;
-	out->budget_month_nusd = qc->budget_month_nusd;
+	out->budget_day_nusd = qd_local_budget(qc, qc->budget_day_nusd);
+	out->budget_month_nusd = qd_local_budget(qc, qc->budget_month_nusd);
 	for (uint32_t k = 0; k < QUOTA_RATE_KINDS; k++) {
 		if (!qc->rate[k])
 			continue;
@@ -781,6 +801,21 @@ static int populate(const struct qs_geom *g, const struct qd_config *cfg, char *
 		if (r < 0) {
 			snprintf(err, errlen, "quota %s: %s", cfg->quotas[i].name, strerror(-r));
 			break;
+		}
+		/* A global max_inflight starts with no slot granted: quotad holds
+		 * them all until Redis grants some (global.c). */
+		if (cfg->quotas[i].global && qc.max_inflight)
+			(void)qc_inflight_hold_set(qs_quota_at(g, i), qc.max_inflight);
+		/* A global budget likewise starts with nothing spendable. */
+		if (cfg->quotas[i].global) {
+			struct timespec rt;
+			clock_gettime(CLOCK_REALTIME, &rt);
+			uint32_t day, month;
+			qc_periods_of((int64_t)rt.tv_sec * QC_NS_PER_S + rt.tv_nsec, &day, &month);
+			if (qc.budget_day_nusd)
+				qc_spend_raise(&qs_quota_at(g, i)->spend_day, day, qc.budget_day_nusd);
+			if (qc.budget_month_nusd)
+				qc_spend_raise(&qs_quota_at(g, i)->spend_month, month, qc.budget_month_nusd);
 		}
 		qs_record_publish(g, i, qs_next_generation(g), &qc);
 		memcpy(names[i], qc.name, sizeof(names[i]));

@@ -19,6 +19,9 @@
 #define QD_REDIS_STR_MAX 127
 #define QD_SENTINELS_MAX 8
 #define QD_EXPECTED_HOSTS_MAX 4096
+#define QD_INFLIGHT_LEASE_DEFAULT_S 600 /* longer than twice the longest request */
+#define QD_INFLIGHT_LEASE_MIN_S 2       /* its first half outlasts the 1 s outage timer */
+#define QD_INFLIGHT_LEASE_MAX_S 604800
 
 /* What a global quota's host admits while Redis cannot be reached (global.c). */
 enum qd_outage {
@@ -40,6 +43,7 @@ struct qd_quota {
 	char global_key[QD_GLOBAL_KEY_MAX + 1]; /* default: the quota's name */
 	uint32_t outage;                         /* enum qd_outage */
 	uint32_t expected_hosts;                 /* required when global */
+	uint64_t inflight_lease_ns;              /* global max_inflight: slot lease (global.c) */
 	bool learn, auto_estimate;       /* learning (auto_estimate implies learn) */
 	uint64_t alarm_held_ns;          /* 0 = off */
 	uint32_t alarm_over_pct;         /* 0 = off */
@@ -90,6 +94,10 @@ void qd_config_free(struct qd_config *cfg);
 /* The rate of kind @kind in quota @qc's local record: the limit, or for a
  * global quota its static share limit / expected_hosts (at least 1). */
 uint64_t qd_local_rate(const struct qd_quota *qc, uint32_t kind);
+
+/* A budget's amount in quota @qc's local record: the budget, or for a
+ * global quota its local cap budget / (4 expected_hosts) (at least 1). */
+uint64_t qd_local_budget(const struct qd_quota *qc, uint64_t budget_nusd);
 
 struct qs_config;
 /* The record content of quota @qc as id @id: 0, or -EINVAL / -ERANGE for

@@ -41,6 +41,11 @@
  * in flight per limit, a call older than QG_CALL_TIMEOUT_NS drops the
  * connection, which is made again after QG_RECONNECT_NS. The function is
  * loaded with FUNCTION LOAD REPLACE on every connect.
+ *
+ * Besides the rate limits, a global quota's max_inflight is shared in SLOTS
+ * (struct qg_slots: quotad holds the workers to them on the in-flight
+ * count) and its budget_usd in final grants of nano-USD (struct qg_spend:
+ * the spend word metered like a TAT); each is described where declared.
  */
 #include <errno.h>
 #include <math.h>
@@ -54,77 +59,14 @@
 
 #include "gcra.h"
 #include "global.h"
+#include "global_int.h"
 #include "quotad.h"
 
-#define QG_HOLD_NS (60 * 1000000LL)         /* H: how far the TAT is held ahead (3 ticks) */
-#define QG_REFRESH_NS (500 * 1000000LL)     /* a call at least this often (lease, demand) */
-#define QG_OUTAGE_NS (1000 * 1000000LL)     /* no answer for this long: OUTAGE */
-#define QG_LEASE_NS (5000 * 1000000LL)      /* Redis reaps a host silent this long */
-#define QG_CALL_TIMEOUT_NS (1000 * 1000000LL)
-#define QG_RECONNECT_NS (200 * 1000000LL)
-#define QG_TARGET_HOLD_NS (500 * 1000000LL) /* ask for about this much of the demand */
-
-extern const char qd_grant_lua[];
-
-/* What a reply in the pipeline answers. */
-enum qg_req { QG_REQ_SENTINEL, QG_REQ_ROLE, QG_REQ_LOAD, QG_REQ_CALL, QG_REQ_WAIT };
-struct qg_pend {
-	uint8_t req;  /* enum qg_req */
-	int idx;      /* the limit, for CALL and WAIT */
-};
-#define QG_WAIT_MS 200 /* WAIT 1 QG_WAIT_MS after each call (Sentinel mode) */
-
-struct qg_limit {
-	char quota[QUOTA_NAME_MAX + 1];
-	uint32_t id, kind, policy, expected_hosts; /* policy: enum qd_outage */
-	char key[QD_GLOBAL_KEY_MAX + 32];   /* Redis key */
-	uint64_t limit, burst;              /* the global limit L and capacity b */
-	struct qs_limit_cfg l;              /* the local record's (static share) */
-	bool primed;                        /* last_tat is valid */
-	int64_t last_tat;                   /* the TAT as quotad last left or saw it */
-	int64_t credit_ns;                  /* grant not yet consumed (< 0: overdraft) */
-	int64_t self_ns;                    /* static_share credit in an outage */
-	int64_t outage_taken_ns;            /* consumed in outages, not yet reported */
-	int64_t sent_debt_ns;               /* part of it in the call in flight */
-	uint64_t sent_overdraft;            /* overdraft units paid by that call */
-	bool stashed;                       /* a call's answer waiting for its WAIT */
-	long long stash[6];
-	int64_t tick_moved;                 /* consumption since the last rate update */
-	bool pending;
-	int64_t sent_at, last_call, last_ok;
-	bool outage, starved;
-	double rate;                        /* consumption, units per second (EWMA) */
-	int64_t last_tick;
-	/* Figures for status and metrics. */
-	uint64_t granted_total, calls, errors, outages, reaped_seen;
-	int64_t live_hosts, stock, outstanding, cap;
-	uint64_t outage_units_total, debt_reported_total;
-};
-
-struct qd_global {
-	struct qd_redis redis;
-	redisContext *c;
-	int64_t reconnect_at;
-	struct qg_pend pend[512];
-	uint32_t npend;
-	bool to_sentinel;                   /* c is a sentinel being asked for the master */
-	uint32_t sentinel;                  /* which one is asked next */
-	char master_host[QD_REDIS_STR_MAX + 1];
-	uint32_t master_port;
-	uint64_t failovers_seen;            /* master address changed */
-	uint64_t unconfirmed;               /* calls WAIT did not confirm: not credited */
-	int64_t load_sent;
-	uint64_t connects, conn_errors;
-	bool stopping;                      /* the last calls: give back, ask nothing */
-	char last_error[200];
-	struct qg_limit *lim;
-	uint32_t nlim;
-};
-
-static const char *kind_name(uint32_t k)
+const char *qg_kind_name(uint32_t k)
 {
-	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd" };
-	return k < 8 ? n[k] : "?";
+	static const char *const n[] = { "rpm", "rpd", "tpm", "tpd", "itpm", "itpd", "otpm", "otpd", "inflight",
+					 "usd_day", "usd_month" };
+	return k <= QG_USD_MONTH ? n[k] : "?";
 }
 
 /* Units in @ns of the local charge, rounded up. */
@@ -340,11 +282,45 @@ static void sentinel_answer(struct daemon *d, const redisReply *r)
 	G->load_sent = qd_mono();
 }
 
-static void call(struct daemon *d, uint32_t i, int64_t now)
+/* Queue FCALL @fn for limit @i with @argc arguments after the key and the
+ * host id (and WAIT in Sentinel mode); one call in flight per limit. */
+void qg_send_call(struct daemon *d, uint32_t i, int64_t now, const char *fn, int argc, char (*a)[48])
 {
 	struct qd_global *G = d->glob;
 	struct qg_limit *g = &G->lim[i];
-	if (G->npend + 2 > sizeof(G->pend) / sizeof(G->pend[0]) || G->to_sentinel)
+	const char *argv[16] = { "FCALL", fn, "1", g->key, G->redis.host_id };
+	size_t len[16];
+	for (int k = 0; k < argc && k < 11; k++)
+		argv[5 + k] = a[k];
+	for (int k = 0; k < 5 + argc; k++)
+		len[k] = strlen(argv[k]);
+	if (redisAppendCommandArgv(G->c, 5 + argc, argv, len) != REDIS_OK) {
+		drop_conn(d, "cannot queue a call");
+		return;
+	}
+	push(G, QG_REQ_CALL, (int)i);
+	if (G->redis.nsentinels) {
+		/* Credit only what a replica has: a failover then loses no grant. */
+		redisAppendCommand(G->c, "WAIT 1 %d", QG_WAIT_MS);
+		push(G, QG_REQ_WAIT, (int)i);
+	}
+	g->pending = true;
+	g->sent_at = now;
+	g->last_call = now;
+	g->calls++;
+}
+
+bool qg_can_call(const struct qd_global *G)
+{
+	return G->npend + 2 <= sizeof(G->pend) / sizeof(G->pend[0]) && !G->to_sentinel;
+}
+
+/* A rate limit's call: what it holds, wants, its demand and debt. */
+static void call_rate(struct daemon *d, uint32_t i, int64_t now)
+{
+	struct qd_global *G = d->glob;
+	struct qg_limit *g = &G->lim[i];
+	if (!qg_can_call(G))
 		return;
 	/* held: what the host can still take, rounded up (over-reporting what
 	 * is held is safe, under-reporting is not). */
@@ -369,7 +345,7 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	g->sent_debt_ns = g->outage ? 0 : g->outage_taken_ns;
 	g->sent_overdraft = g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0;
 	uint64_t debt = units_up(&g->l, g->sent_debt_ns) + g->sent_overdraft;
-	char a[10][48];
+	char a[9][48];
 	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)g->limit);
 	snprintf(a[1], sizeof(a[1]), "%lld", (long long)(g->l.period_ns / 1000));
 	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)g->burst);
@@ -379,38 +355,42 @@ static void call(struct daemon *d, uint32_t i, int64_t now)
 	snprintf(a[6], sizeof(a[6]), "%.0f", demand);
 	snprintf(a[7], sizeof(a[7]), "%llu", (unsigned long long)debt);
 	snprintf(a[8], sizeof(a[8]), "%llu", (unsigned long long)least);
-	const char *argv[] = { "FCALL", "quotad_grant", "1", g->key, G->redis.host_id,
-			       a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8] };
-	size_t len[14];
-	for (int k = 0; k < 14; k++)
-		len[k] = strlen(argv[k]);
-	if (redisAppendCommandArgv(G->c, 14, argv, len) != REDIS_OK) {
-		drop_conn(d, "cannot queue a call");
-		return;
-	}
-	push(G, QG_REQ_CALL, (int)i);
-	if (G->redis.nsentinels) {
-		/* Credit only what a replica has: a failover then loses no grant. */
-		redisAppendCommand(G->c, "WAIT 1 %d", QG_WAIT_MS);
-		push(G, QG_REQ_WAIT, (int)i);
-	}
-	g->pending = true;
-	g->sent_at = now;
-	g->last_call = now;
-	g->calls++;
+	qg_send_call(d, i, now, "quotad_grant", 9, a);
 }
 
-/* Credit a confirmed answer: v = {granted, live hosts, stock, outstanding,
- * cap, reaped}. */
-static void apply(struct qg_limit *g, const long long *v)
+static void call(struct daemon *d, uint32_t i, int64_t now)
+{
+	uint32_t k = d->glob->lim[i].kind;
+	if (k == QG_SLOTS)
+		qg_call_slots(d, i, now);
+	else if (k == QG_USD_DAY || k == QG_USD_MONTH)
+		qg_call_spend(d, i, now);
+	else
+		call_rate(d, i, now);
+}
+
+/* What every confirmed answer says: Redis is back, the lease renewed. */
+void qg_answered(struct qg_limit *g, const long long *v)
 {
 	if (g->outage) {
 		qd_log("info", "global %s %s: Redis answers again (outage over, %llu units taken in it "
-		       "reported as debt)", g->quota, kind_name(g->kind),
+		       "reported as debt)", g->quota, qg_kind_name(g->kind),
 		       (unsigned long long)g->outage_units_total);
 		g->outage = false;
 		g->self_ns = 0;
 	}
+	g->live_hosts = v[1];
+	g->outstanding = v[3];
+	g->cap = v[4];
+	g->reaped_seen += (uint64_t)(v[5] > 0 ? v[5] : 0);
+	g->last_ok = g->sent_at; /* the lease runs from when we asked */
+}
+
+/* Credit a confirmed answer of a rate limit: v = {granted, live hosts,
+ * stock, outstanding, cap, reaped}. */
+static void apply_rate(struct qg_limit *g, const long long *v)
+{
+	qg_answered(g, v);
 	g->outage_taken_ns -= g->sent_debt_ns;
 	g->debt_reported_total += units_up(&g->l, g->sent_debt_ns);
 	g->sent_debt_ns = 0;
@@ -421,12 +401,17 @@ static void apply(struct qg_limit *g, const long long *v)
 	uint64_t granted = v[0] > 0 ? (uint64_t)v[0] : 0;
 	g->credit_ns += ns_down(&g->l, granted);
 	g->granted_total += granted;
-	g->live_hosts = v[1];
 	g->stock = v[2];
-	g->outstanding = v[3];
-	g->cap = v[4];
-	g->reaped_seen += (uint64_t)(v[5] > 0 ? v[5] : 0);
-	g->last_ok = g->sent_at; /* the lease runs from when we asked */
+}
+
+static void apply(struct qg_limit *g, const long long *v)
+{
+	if (g->kind == QG_SLOTS)
+		qg_apply_slots(g, v);
+	else if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH)
+		qg_apply_spend(g, v);
+	else
+		apply_rate(g, v);
 }
 
 /* A call's answer; with Sentinel it waits for its WAIT. Returns false if the
@@ -434,7 +419,8 @@ static void apply(struct qg_limit *g, const long long *v)
  * READONLY, a restarted one lacks the function). */
 static bool answer(struct daemon *d, struct qg_limit *g, const redisReply *r)
 {
-	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
+	size_t n = g->kind == QG_SLOTS ? 7 : 6;
+	if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < n) {
 		g->errors++;
 		g->pending = false;
 		snprintf(d->glob->last_error, sizeof(d->glob->last_error), "grant: %.150s",
@@ -443,8 +429,8 @@ static bool answer(struct daemon *d, struct qg_limit *g, const redisReply *r)
 		g->sent_overdraft = 0;
 		return false;
 	}
-	long long v[6];
-	for (int k = 0; k < 6; k++)
+	long long v[QG_REPLY_MAX] = { 0 };
+	for (size_t k = 0; k < n; k++)
 		v[k] = r->element[k]->type == REDIS_REPLY_INTEGER ? r->element[k]->integer : 0;
 	if (d->glob->redis.nsentinels) {
 		memcpy(g->stash, v, sizeof(v));
@@ -553,26 +539,53 @@ static void pump(struct daemon *d, int64_t now)
 
 /* ------------------------------------------------------------------ the tick */
 
-static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+/* No answer for QG_OUTAGE_NS: the limit is in OUTAGE (true when it starts). */
+bool qg_outage_begins(struct qg_limit *g, int64_t now)
+{
+	if (g->outage || now - g->last_ok <= QG_OUTAGE_NS)
+		return false;
+	g->outage = true;
+	g->outages++;
+	qd_log("warning", "global %s %s: no answer from Redis for %lld ms: outage, %s", g->quota,
+	       qg_kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
+	       g->kind == QG_SLOTS ? "slots kept for half the lease, none asked" :
+	       g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
+	return true;
+}
+
+/* static_share in an outage: the time that passes credits the host at its
+ * share of the limit among the live hosts Redis last reported (the
+ * expected hosts before any answer), at most that share's burst held. The
+ * credit is in ns of the local charge T' (the static share L/N's): a live
+ * share L_v = max(1, floor(L / n)) is worth L_v / L_s ns per ns of clock. */
+static void share_credit(struct qg_limit *g, int64_t dt)
+{
+	uint64_t n = g->live_hosts > 0 ? (uint64_t)g->live_hosts : g->expected_hosts;
+	uint64_t lv = g->limit / (n ? n : 1);
+	if (!lv)
+		lv = 1;
+	struct qs_limit_cfg live;
+	int64_t cap = g->l.tau_ns;
+	if (qg_limit_init(&live, g->kind, lv, g->l.period_ns, g->l.burst_ppm) == 0)
+		cap = ns_down(&g->l, live.capacity);
+	unsigned __int128 add = (unsigned __int128)(uint64_t)dt * lv / g->l.limit;
+	g->self_ns = add >= (unsigned __int128)cap ? cap : imin(g->self_ns + (int64_t)add, cap);
+	g->share_hosts = n;
+}
+
+static void tick_rate(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
 {
 	struct qd_global *G = d->glob;
 	int64_t dt = g->last_tick ? now - g->last_tick : 0;
 	g->last_tick = now;
-	if (!g->outage && now - g->last_ok > QG_OUTAGE_NS) {
-		g->outage = true;
-		g->outages++;
+	if (qg_outage_begins(g, now)) {
 		/* Drop the grant before Redis can reap it (module comment). */
 		if (g->credit_ns > 0)
 			g->credit_ns = 0;
 		g->self_ns = 0;
-		qd_log("warning", "global %s %s: no answer from Redis for %lld ms: outage, %s", g->quota,
-		       kind_name(g->kind), (long long)(QG_OUTAGE_NS / 1000000),
-		       g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
 	}
-	/* static_share: the time that passes, at the local record's rate (the
-	 * static share), at most tau held. */
 	if (g->outage && g->policy == QD_OUTAGE_STATIC_SHARE && dt > 0)
-		g->self_ns = imin(g->self_ns + dt, g->l.tau_ns);
+		share_credit(g, dt);
 	hold(d, g, now);
 	if (dt > 0) {
 		/* Consumption rate, units per second, averaged over about 250 ms. */
@@ -590,6 +603,16 @@ static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t n
 		       (uint64_t)(g->rate * 0.25);
 	if (held <= low || now - g->last_call >= QG_REFRESH_NS || g->outage)
 		call(d, i, now);
+}
+
+static void tick_one(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
+{
+	if (g->kind == QG_SLOTS)
+		qg_tick_slots(d, g, i, now);
+	else if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH)
+		qg_tick_spend(d, g, i, now);
+	else
+		tick_rate(d, g, i, now);
 }
 
 void qd_global_tick(struct daemon *d)
@@ -620,12 +643,83 @@ static void free_global(struct qd_global *G)
 	free(G);
 }
 
+/* The global limit of quota id @id and kind @kind in @G, or NULL. */
+struct qg_limit *qg_find_limit(struct qd_global *G, uint32_t id, uint32_t kind)
+{
+	for (uint32_t j = 0; G && j < G->nlim; j++)
+		if (G->lim[j].id == id && G->lim[j].kind == kind)
+			return &G->lim[j];
+	return NULL;
+}
+
+/* Holds on in-flight counts that no global max_inflight of @cfg keeps (a
+ * quota no longer global, or without max_inflight) are let go: its record,
+ * published before, says what the workers may hold now. */
+static void release_holds(struct daemon *d, const struct qd_config *cfg)
+{
+	uint32_t count = qs_quota_count(&d->g);
+	for (uint32_t id = 0; id < count; id++) {
+		struct qs_quota *q = qs_quota_at(&d->g, id);
+		if (!atomic_load_explicit(&q->inflight_hold, memory_order_relaxed))
+			continue;
+		bool keep = false;
+		for (uint32_t i = 0; i < cfg->nquotas && !keep; i++)
+			keep = cfg->quotas[i].global && cfg->quotas[i].max_inflight && d->pub[id].word &&
+			       !(d->pub[id].cfg.flags & QS_REC_REMOVED) &&
+			       strncmp(d->pub[id].cfg.name, cfg->quotas[i].name, sizeof(d->pub[id].cfg.name)) == 0;
+		if (!keep)
+			(void)qc_inflight_hold_set(q, 0);
+	}
+}
+
+void qd_global_guard(struct daemon *d, uint32_t id, const struct qs_config *old, const struct qs_config *next)
+{
+	struct qs_quota *q = qs_quota_at(&d->g, id);
+	if (next->max_inflight) {
+		struct qg_limit *g = qg_find_limit(d->glob, id, QG_SLOTS);
+		uint64_t cap = g ? g->sl.cap : 0, top = old && old->max_inflight > next->max_inflight ?
+							  old->max_inflight : next->max_inflight;
+		uint64_t hold = top > cap ? top - cap : 0;
+		if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) < hold)
+			(void)qc_inflight_hold_set(q, hold);
+	}
+	/* Budgets: nothing spendable under either record until the next tick
+	 * meters the word (a ledger kept across the reload re-exposes its
+	 * credit then). */
+	uint32_t day, month;
+	int64_t off = atomic_load_explicit(&d->h->realtime_offset_ns, memory_order_relaxed);
+	qc_periods_of(qd_now(d) + off, &day, &month);
+	uint64_t bd = old && old->budget_day_nusd > next->budget_day_nusd ? old->budget_day_nusd :
+		      next->budget_day_nusd;
+	uint64_t bm = old && old->budget_month_nusd > next->budget_month_nusd ? old->budget_month_nusd :
+		      next->budget_month_nusd;
+	for (uint32_t k = QG_USD_DAY; k <= QG_USD_MONTH; k++) {
+		uint64_t full = k == QG_USD_DAY ? bd : bm;
+		if (!(k == QG_USD_DAY ? next->budget_day_nusd : next->budget_month_nusd))
+			continue;
+		_Atomic uint64_t *w = k == QG_USD_DAY ? &q->spend_day : &q->spend_month;
+		uint32_t p = k == QG_USD_DAY ? day : month;
+		/* A ledger that may be kept is metered first and does not count
+		 * the block as spending. */
+		struct qg_limit *g = qg_find_limit(d->glob, id, k);
+		if (g)
+			qg_spend_hold(d, g);
+		qc_spend_raise(w, p, full);
+		if (g && g->sp.period == p)
+			g->sp.left_amount = qs_spend_in(atomic_load_explicit(w, memory_order_relaxed), p);
+	}
+}
+
 int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 {
 	uint32_t n = 0;
 	for (uint32_t i = 0; i < cfg->nquotas; i++)
 		for (uint32_t k = 0; cfg->quotas[i].global && k < QUOTA_RATE_KINDS; k++)
 			n += cfg->quotas[i].rate[k] != 0;
+	for (uint32_t i = 0; i < cfg->nquotas; i++)
+		n += cfg->quotas[i].global * (!!cfg->quotas[i].max_inflight + !!cfg->quotas[i].budget_day_nusd +
+					      !!cfg->quotas[i].budget_month_nusd);
+	release_holds(d, cfg);
 	struct qd_global *old = d->glob;
 	if (n == 0) {
 		if (old)
@@ -660,6 +754,11 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 				id = (int)j;
 				break;
 			}
+		if (id >= 0 && qc->max_inflight)
+			qg_slots_limit(&lim[m++], qc, (uint32_t)id, old, now);
+		for (uint32_t k = QG_USD_DAY; id >= 0 && k <= QG_USD_MONTH; k++)
+			if (k == QG_USD_DAY ? qc->budget_day_nusd : qc->budget_month_nusd)
+				qg_spend_limit(&lim[m++], qc, (uint32_t)id, k, old, now);
 		for (uint32_t k = 0; id >= 0 && k < QUOTA_RATE_KINDS; k++) {
 			if (!qc->rate[k])
 				continue;
@@ -669,7 +768,7 @@ int qd_global_apply(struct daemon *d, const struct qd_config *cfg)
 			g->kind = k;
 			g->policy = qc->outage;
 			g->expected_hosts = qc->expected_hosts;
-			snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, kind_name(k));
+			snprintf(g->key, sizeof(g->key), "quotad:{%s}:%s", qc->global_key, qg_kind_name(k));
 			g->limit = qc->rate[k];
 			struct qs_limit_cfg gl;
 			if (qg_limit_init(&gl, k, qc->rate[k], qg_period_of(k), qc->burst_ppm) < 0 ||
@@ -719,6 +818,22 @@ void qd_global_stop(struct daemon *d)
 	int64_t now = qd_mono();
 	for (uint32_t i = 0; i < G->nlim; i++) {
 		struct qg_limit *g = &G->lim[i];
+		if (g->kind == QG_SLOTS) {
+			/* No new request until a quotad holds slots again; the
+			 * idle ones are given back below, those in use stay. */
+			g->sl.cap = 0;
+			qg_slots_hold(d, g);
+			continue;
+		}
+		if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH) {
+			/* Nothing left spendable; the credit is given back below. */
+			g->outage = false;
+			int64_t keep = g->sp.credit;
+			g->sp.credit = 0;
+			qg_spend_hold(d, g);
+			g->sp.credit += keep;
+			continue;
+		}
 		hold(d, g, now);
 		g->credit_ns = 0; /* given back below */
 		g->self_ns = 0;
@@ -730,6 +845,10 @@ void qd_global_stop(struct daemon *d)
 	for (int round = 0; round < 2 && G->c; round++) {
 		G->stopping = round == 1;
 		for (uint32_t i = 0; round == 1 && i < G->nlim; i++) {
+			if (G->lim[i].kind == QG_SLOTS) {
+				G->lim[i].sl.cap = 0; /* an answer of round 0 may have raised it */
+				qg_slots_hold(d, &G->lim[i]);
+			}
 			G->lim[i].credit_ns = 0;
 			G->lim[i].self_ns = 0;
 			G->lim[i].rate = 0;
@@ -749,6 +868,10 @@ void qd_global_stop(struct daemon *d)
 
 static const char *mode_of(const struct qg_limit *g)
 {
+	if (g->kind == QG_SLOTS && g->sl.expired)
+		return "outage-lease_expired";
+	if (g->kind == QG_SLOTS && g->outage)
+		return "outage-slots_kept";
 	if (!g->outage)
 		return "granted";
 	return g->policy == QD_OUTAGE_FAIL_CLOSED ? "outage-fail_closed" : "outage-static_share";
@@ -780,29 +903,64 @@ void qd_global_status(struct daemon *d, cJSON *root)
 		cJSON *o = cJSON_CreateObject();
 		cJSON_AddItemToArray(arr, o);
 		cJSON_AddStringToObject(o, "quota", g->quota);
-		cJSON_AddStringToObject(o, "limit", kind_name(g->kind));
+		cJSON_AddStringToObject(o, "limit", qg_kind_name(g->kind));
 		cJSON_AddStringToObject(o, "key", g->key);
 		cJSON_AddStringToObject(o, "mode", mode_of(g));
 		cJSON_AddStringToObject(o, "outage_policy",
 					g->policy == QD_OUTAGE_FAIL_CLOSED ? "fail_closed" : "static_share");
 		cJSON_AddNumberToObject(o, "global_limit", (double)g->limit);
+		cJSON_AddNumberToObject(o, "last_refresh_ms", (double)(now - g->last_ok) / 1e6);
+		cJSON_AddNumberToObject(o, "live_hosts", (double)g->live_hosts);
+		cJSON_AddNumberToObject(o, "calls", (double)g->calls);
+		cJSON_AddNumberToObject(o, "errors", (double)g->errors);
+		cJSON_AddNumberToObject(o, "outages", (double)g->outages);
+		cJSON_AddNumberToObject(o, "hosts_reaped_seen", (double)g->reaped_seen);
+		if (g->kind == QG_SLOTS) {
+			qg_slots_status(g, o);
+			continue;
+		}
+		if (g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH) {
+			qg_spend_status(g, o);
+			continue;
+		}
 		cJSON_AddNumberToObject(o, "static_share", (double)g->l.limit);
+		cJSON_AddNumberToObject(o, "outage_share_hosts", (double)(g->share_hosts ? g->share_hosts :
+									    g->expected_hosts));
 		cJSON_AddNumberToObject(o, "held", (double)units_up(&g->l, g->credit_ns));
 		cJSON_AddNumberToObject(o, "debt", (double)(units_up(&g->l, g->outage_taken_ns) +
 							    (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)));
 		cJSON_AddNumberToObject(o, "granted_total", (double)g->granted_total);
 		cJSON_AddNumberToObject(o, "outage_units_total", (double)g->outage_units_total);
 		cJSON_AddNumberToObject(o, "debt_reported_total", (double)g->debt_reported_total);
-		cJSON_AddNumberToObject(o, "last_refresh_ms", (double)(now - g->last_ok) / 1e6);
-		cJSON_AddNumberToObject(o, "live_hosts", (double)g->live_hosts);
 		cJSON_AddNumberToObject(o, "outstanding", (double)g->outstanding);
 		cJSON_AddNumberToObject(o, "fair_cap", (double)g->cap);
 		cJSON_AddNumberToObject(o, "stock", (double)g->stock);
 		cJSON_AddNumberToObject(o, "demand_per_s", g->rate);
-		cJSON_AddNumberToObject(o, "calls", (double)g->calls);
-		cJSON_AddNumberToObject(o, "errors", (double)g->errors);
-		cJSON_AddNumberToObject(o, "outages", (double)g->outages);
-		cJSON_AddNumberToObject(o, "hosts_reaped_seen", (double)g->reaped_seen);
+	}
+}
+
+/* The value of metric family @f (qd_global_metrics()) for limit @g; false
+ * if the family does not apply to its kind (rate limits, slots). */
+static bool metric_value(const struct qg_limit *g, size_t f, double *v)
+{
+	bool slots = g->kind == QG_SLOTS, usd = g->kind == QG_USD_DAY || g->kind == QG_USD_MONTH;
+	if (usd) /* nano-USD */
+		switch (f) {
+		case 0: *v = (double)(g->sp.credit > 0 ? g->sp.credit : 0); return true;
+		case 4: *v = (double)(g->sp.credit < 0 ? -g->sp.credit : 0); return true;
+		case 3: case 7: return false;
+		default: break;
+		}
+	switch (f) {
+	case 0: *v = slots ? (double)g->sl.granted : (double)units_up(&g->l, g->credit_ns); return true;
+	case 1: *v = (double)g->granted_total; return true;
+	case 2: *v = g->outage; return true;
+	case 3: *v = (double)g->outage_units_total; return !slots;
+	case 4: *v = (double)(units_up(&g->l, g->outage_taken_ns) +
+			      (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)); return !slots;
+	case 5: *v = (double)g->live_hosts; return true;
+	case 6: *v = (double)g->calls; return true;
+	default: *v = (double)g->sl.cap; return slots;
 	}
 }
 
@@ -824,30 +982,24 @@ char *qd_global_metrics(struct daemon *d)
 	static const struct {
 		const char *name, *type, *help;
 	} fam[] = {
-		{ "quota_global_held", "gauge", "Grant held by this host, in units." },
-		{ "quota_global_granted_total", "counter", "Units granted to this host by Redis." },
+		{ "quota_global_held", "gauge", "Grant held by this host, in units (slots for inflight, "
+		  "nano-USD for usd_day and usd_month)." },
+		{ "quota_global_granted_total", "counter", "Units granted to this host by Redis (as held)." },
 		{ "quota_global_outage", "gauge", "1 while the limit is in outage (its policy applies)." },
 		{ "quota_global_outage_units_total", "counter", "Units taken in outages (static share)." },
-		{ "quota_global_debt", "gauge", "Units taken beyond the grant, not yet reported." },
+		{ "quota_global_debt", "gauge", "Units taken beyond the grant, not yet reported (as held)." },
 		{ "quota_global_live_hosts", "gauge", "Hosts sharing the limit, as Redis last said." },
 		{ "quota_global_calls_total", "counter", "Grant calls to Redis." },
+		{ "quota_global_inflight_cap", "gauge", "Slots the workers may hold on a global max_inflight." },
 	};
 	for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
 		P("# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name, fam[f].type);
 		for (uint32_t i = 0; i < G->nlim; i++) {
 			const struct qg_limit *g = &G->lim[i];
-			double v = 0;
-			switch (f) {
-			case 0: v = (double)units_up(&g->l, g->credit_ns); break;
-			case 1: v = (double)g->granted_total; break;
-			case 2: v = g->outage; break;
-			case 3: v = (double)g->outage_units_total; break;
-			case 4: v = (double)(units_up(&g->l, g->outage_taken_ns) +
-					     (g->credit_ns < 0 ? units_up(&g->l, -g->credit_ns) : 0)); break;
-			case 5: v = (double)g->live_hosts; break;
-			default: v = (double)g->calls; break;
-			}
-			P("%s{quota=\"%s\",limit=\"%s\"} %.0f\n", fam[f].name, g->quota, kind_name(g->kind), v);
+			double v;
+			if (!metric_value(g, f, &v))
+				continue;
+			P("%s{quota=\"%s\",limit=\"%s\"} %.0f\n", fam[f].name, g->quota, qg_kind_name(g->kind), v);
 		}
 	}
 #undef P

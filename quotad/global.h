@@ -14,6 +14,12 @@ struct qd_config;
 /* Serve the global quotas of @cfg (at start and after every reload that
  * applied); a limit that stays keeps its ledger. */
 int qd_global_apply(struct daemon *d, const struct qd_config *cfg);
+struct qs_config;
+/* Before global quota id @id's record @next is published (replacing @old,
+ * NULL if new): hold its in-flight count so that the workers can hold no
+ * more than the slots granted under either record, and block its budgets
+ * until quotad meters them. */
+void qd_global_guard(struct daemon *d, uint32_t id, const struct qs_config *old, const struct qs_config *next);
 /* Every tick: meter and hold, talk to Redis without waiting. */
 void qd_global_tick(struct daemon *d);
 /* At stop: hold back, give the grants back (bounded wait). */

@@ -8,33 +8,41 @@
 -- last seen, up to its cap).
 -- INVARIANT: stock + sum(o) <= b after every call (the refill is capped by
 -- it, grants move units from stock to o, reports only lower o).
-local function grant(keys, args)
-  local k = keys[1]
-  local host = args[1]
-  local L, P, b = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
-  local lease, held, want = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
-  local demand, debt = tonumber(args[8]), tonumber(args[9])
-  -- the least a host can use (its hold plus a unit): the fair cap never
-  -- goes below it, or a host could hold too little to admit anything
-  local least = tonumber(args[10]) or 1
+-- This host's share of @total by water-filling over the demands @dem (its
+-- own, @demand, among them): hosts below the level get their demand, the
+-- others split the rest equally; if all fit, the leftover is split equally.
+local function fair_share(total, dem, demand)
+  table.sort(dem)
+  local left, n, level = total, #dem, nil
+  for i = 1, n do
+    local fair = left / (n - i + 1)
+    if dem[i] > fair then
+      level = fair
+      break
+    end
+    left = left - dem[i]
+  end
+  if level == nil then return demand + left / n end
+  if demand <= level then return demand end
+  return level
+end
+
+local function now_us()
   local tm = redis.call('TIME')
-  local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
-  local h = redis.call('HGETALL', k)
-  local st = {}
-  for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
-  -- A missing hash (first use, or a master that restarted empty) starts
-  -- EMPTY: whatever the hosts still hold is then within b.
-  local stock = tonumber(st['stock'] or '0')
-  local rem = tonumber(st['rem'] or '0')
-  local last = tonumber(st['t']) or now
+  return tonumber(tm[1]) * 1000000 + tonumber(tm[2])
+end
+
+-- The other hosts of hash @k (fields @st) as seen by @host at @now: reap
+-- those silent for @lease (their fields deleted); the rest are live: the
+-- sum of their o, the live count (with @host), the reaped count, and the
+-- demands (@demand, @host's own, first).
+local function others(k, st, host, lease, now, demand)
   local out, live, reaped = 0, 1, 0
   local dem = { demand }
   for f, v in pairs(st) do
     local name = string.match(f, '^s:(.*)$')
     if name and name ~= host then
       if tonumber(v) + lease < now then
-        -- lease expired: the host stopped using what it held (it drops its
-        -- grant before the lease runs out, global.c), so it is free again
         redis.call('HDEL', k, 's:' .. name, 'o:' .. name, 'd:' .. name, 'a:' .. name)
         reaped = reaped + 1
       else
@@ -44,6 +52,30 @@ local function grant(keys, args)
       end
     end
   end
+  return out, live, reaped, dem
+end
+
+local function grant(keys, args)
+  local k = keys[1]
+  local host = args[1]
+  local L, P, b = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local lease, held, want = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+  local demand, debt = tonumber(args[8]), tonumber(args[9])
+  -- the least a host can use (its hold plus a unit): the fair cap never
+  -- goes below it, or a host could hold too little to admit anything
+  local least = tonumber(args[10]) or 1
+  local now = now_us()
+  local h = redis.call('HGETALL', k)
+  local st = {}
+  for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
+  -- A missing hash (first use, or a master that restarted empty) starts
+  -- EMPTY: whatever the hosts still hold is then within b.
+  local stock = tonumber(st['stock'] or '0')
+  local rem = tonumber(st['rem'] or '0')
+  local last = tonumber(st['t']) or now
+  -- a host whose lease expired stopped using what it held (it drops its
+  -- grant before the lease runs out, global.c), so it is free again
+  local out, live, reaped, dem = others(k, st, host, lease, now, demand)
   stock = stock - debt
   if now > last then
     local el = now - last
@@ -67,22 +99,9 @@ local function grant(keys, args)
     stock = room
     rem = 0
   end
-  -- Demand-weighted fair share of the rate L (water-filling), as a share of
-  -- the burst this host may hold.
-  table.sort(dem)
-  local left, n, level = L, #dem, nil
-  for i = 1, n do
-    local fair = left / (n - i + 1)
-    if dem[i] > fair then
-      level = fair
-      break
-    end
-    left = left - dem[i]
-  end
-  local share
-  if level == nil then share = demand + left / n
-  elseif demand <= level then share = demand
-  else share = level end
+  -- Demand-weighted fair share of the rate L, as a share of the burst this
+  -- host may hold.
+  local share = fair_share(L, dem, demand)
   local cap = math.ceil(b * share / L)
   if cap < least then cap = least end
   -- The rate itself is shared, not only what a host may hold: a host's
@@ -113,4 +132,111 @@ local function grant(keys, args)
   return { g, live, math.floor(stock), held + g, cap, reaped }
 end
 
+-- In-flight SLOTS of a global max_inflight M (global.c): one hash per
+-- limit with per host o:HOST (slots it holds: what it reports holding, in
+-- use or not, plus what it was just granted), d:HOST (its demand, slots) and
+-- s:HOST (last seen, us); and grace (us): no slot is granted before it.
+-- INVARIANT: sum(o) <= M after every call (a grant takes only free slots,
+-- a host reports no more than its o, a reap drops an o).
+-- A host silent for the lease is reaped: it stopped admitting after half of
+-- it (global.c), and what it admitted ended by then (lease >= twice the
+-- longest request). A missing hash on a server up for less than the lease
+-- may be a master that restarted empty while hosts still use slots it does
+-- not know: it grants nothing until the lease has passed since its start;
+-- the hosts' reports rebuild o meanwhile.
+local function slots(keys, args)
+  local k = keys[1]
+  local host = args[1]
+  local M, lease = tonumber(args[2]), tonumber(args[3])
+  local held, want, demand = tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
+  local now = now_us()
+  local h = redis.call('HGETALL', k)
+  local st = {}
+  for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
+  local grace = tonumber(st['grace'])
+  if grace == nil then
+    local up = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+    -- uptime is rounded down: the start it gives is late, the grace long
+    if up == nil then grace = now + lease
+    elseif up * 1000000 < lease then grace = now - up * 1000000 + lease
+    else grace = 0 end
+  end
+  local out, live, reaped, dem = others(k, st, host, lease, now, demand)
+  local cap = math.ceil(fair_share(M, dem, demand))
+  local g = want
+  if g > M - out - held then g = M - out - held end
+  if g > cap - held then g = cap - held end
+  if now < grace then g = 0 end
+  if g < 0 then g = 0 end
+  g = math.floor(g)
+  local function s(x) return string.format('%.0f', x) end
+  redis.call('HSET', k, 'grace', s(grace), 's:' .. host, s(now), 'o:' .. host, s(held + g),
+    'd:' .. host, s(demand))
+  local left = 0
+  if now < grace then left = math.ceil((grace - now) / 1000) end
+  return { g, live, M - out - held - g, held + g, cap, reaped, left }
+end
+
+-- Days since 1970-01-01 -> months since 1970-01 (proleptic Gregorian): the
+-- twin of libquota/src/clock.c's month_of_day(), so that Redis and the hosts
+-- count the same months (tests/global checks them against each other).
+local function month_of_day(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return (y - 1970) * 12 + (m - 1)
+end
+
+-- A SPEND budget B (nano-USD) per UTC day or month (global.c): p (Redis'
+-- period, by TIME), given (nano-USD granted or reported spent in it), and
+-- for a host whose clock is already in the next period, ahead (its debt)
+-- and ap (that period); s:HOST for the live count. Grants are final (no
+-- lease): a host spends what it was given, even in an outage.
+-- INVARIANT: given <= B after a grant (a grant takes at most B - given);
+-- debt (spent beyond grants, reported into its period) may pass it.
+local function spend(keys, args)
+  local k = keys[1]
+  local host = args[1]
+  local B, month, ph = tonumber(args[2]), args[3] == '1', tonumber(args[4])
+  local want, debt, back, lease = tonumber(args[5]), tonumber(args[6]), tonumber(args[7]), tonumber(args[8])
+  local now = now_us()
+  local pr = math.floor(now / 86400000000)
+  if month then pr = month_of_day(pr) end
+  local h = redis.call('HGETALL', k)
+  local st = {}
+  for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
+  local given, ahead, ap = tonumber(st['given'] or '0'), tonumber(st['ahead'] or '0'), tonumber(st['ap'] or '-1')
+  if tonumber(st['p']) ~= pr then
+    given = 0
+    if ap == pr then given = ahead end
+    ahead, ap = 0, -1
+  end
+  if ph == pr then
+    given = given + debt - back
+    if given < 0 then given = 0 end
+  elseif ph > pr then
+    if ap ~= ph then ahead, ap = 0, ph end
+    ahead = ahead + debt
+  end
+  local _, live, reaped = others(k, st, host, lease, now, 0)
+  local g = 0
+  if ph == pr then
+    g = want
+    if g > B - given then g = B - given end
+    if g < 0 then g = 0 end
+  end
+  given = given + g
+  local function s(x) return string.format('%.0f', x) end
+  redis.call('HSET', k, 'p', s(pr), 'given', s(given), 'ahead', s(ahead), 'ap', s(ap), 's:' .. host, s(now))
+  return { g, live, B - given, given, pr, reaped }
+end
+
 redis.register_function('quotad_grant', grant)
+redis.register_function('quotad_spend', spend)
+redis.register_function('quotad_slots', slots)

@@ -222,19 +222,6 @@ void qd_ledger_event(struct daemon *d, uint64_t ud, int res)
 	aw.text = NULL;
 }
 
-/* Raise the spend word @w to @amount for @period. */
-static void raise_spend(_Atomic uint64_t *w, uint32_t period, uint64_t amount)
-{
-	uint64_t cur = atomic_load_explicit(w, memory_order_relaxed), next;
-	do {
-		uint64_t have = qs_spend_in(cur, period);
-		if (have >= amount)
-			return;
-		next = qs_spend_pack(period, amount);
-	} while (!atomic_compare_exchange_weak_explicit(w, &cur, next, memory_order_relaxed,
-							memory_order_relaxed));
-}
-
 static uint64_t get_u64(const cJSON *o, const char *key)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -283,9 +270,9 @@ int qd_ledger_restore(struct daemon *d)
 		if (!cJSON_IsObject(e))
 			continue;
 		if (same_day)
-			raise_spend(&q->spend_day, day, get_u64(e, "day_nusd"));
+			qc_spend_raise(&q->spend_day, day, get_u64(e, "day_nusd"));
 		if (same_month)
-			raise_spend(&q->spend_month, month, get_u64(e, "month_nusd"));
+			qc_spend_raise(&q->spend_month, month, get_u64(e, "month_nusd"));
 		restored++;
 	}
 	cJSON_Delete(root);

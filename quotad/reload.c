@@ -82,6 +82,8 @@ static int apply_one(struct daemon *d, const struct qd_quota *qc, uint32_t id, b
 	if (!is_new && memcmp(&next, &d->pub[id].cfg, sizeof(next)) == 0)
 		return 0; /* unchanged: clients keep their cached copy */
 	bool revived = !is_new && (d->pub[id].cfg.flags & QS_REC_REMOVED);
+	if (qc->global)
+		qd_global_guard(d, id, is_new ? NULL : &d->pub[id].cfg, &next);
 	r = qd_publish(d, &next);
 	if (r < 0)
 		return r;

@@ -149,6 +149,21 @@ Test(config, global_quotas_accepted)
 	cr_assert_eq(qd_local_rate(&cfg.quotas[0], QUOTA_TPM), 22500);
 	cr_assert_eq(qd_local_rate(&cfg.quotas[2], QUOTA_RPM), 10);
 	qd_config_free(&cfg);
+	j = R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 6");
+	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.quotas[0].max_inflight, 6);
+	cr_assert_eq(cfg.quotas[0].inflight_lease_ns, 600 * 1000000000ULL);
+	qd_config_free(&cfg);
+	j = R("{\"url\": \"redis://h:1\"}", "\"budget_usd\": {\"day\": 3}, \"scope\": \"global\", \"expected_hosts\": 2");
+	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.quotas[0].outage, QD_OUTAGE_FAIL_CLOSED, "money fails closed by default");
+	cr_assert_eq(qd_local_budget(&cfg.quotas[0], cfg.quotas[0].budget_day_nusd), 375000000ULL);
+	qd_config_free(&cfg);
+	j = R("{\"url\": \"redis://h:1\"}", "\"max_inflight\": 6, \"scope\": \"global\", \"expected_hosts\": 2, "
+	      "\"inflight_lease_s\": 2.5");
+	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg.quotas[0].inflight_lease_ns, 2500000000ULL);
+	qd_config_free(&cfg);
 	j = R("{\"url\": \"unix:///run/redis.sock\", \"host_id\": \"web-1\"}", GQ);
 	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
 	cr_assert_str_eq(cfg.redis.unix_path, "/run/redis.sock");
@@ -177,12 +192,18 @@ Test(config, global_quotas_refused)
 		"global keys");
 	refused(R("{\"url\": \"redis://h:1\"}", "\"rpm\": 6, \"outage\": \"fail_closed\""),
 		"quotas.m.outage", "only for a quota with \"scope\": \"global\"");
-	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 4"), "quotas.m.scope",
-		"max_inflight of a global quota");
-	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"budget_usd\": {\"day\": 5}"), "quotas.m.scope",
-		"budget_usd of a global quota");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"inflight_lease_s\": 60"), "quotas.m.inflight_lease_s",
+		"only for a global quota with max_inflight");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 4, \"inflight_lease_s\": 1"),
+		"quotas.m.inflight_lease_s", "at least 2 s");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 4, \"inflight_lease_s\": \"1h\""),
+		"quotas.m.inflight_lease_s", "must be a number");
+	refused(R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 4, \"inflight_lease_s\": 1e7"),
+		"quotas.m.inflight_lease_s", "too large");
+	refused(R("{\"url\": \"redis://h:1\"}", "\"max_inflight\": 4, \"inflight_lease_s\": 60"),
+		"quotas.m.inflight_lease_s", "only for a quota with \"scope\": \"global\"");
 	refused(R("{\"url\": \"redis://h:1\"}", "\"scope\": \"global\", \"expected_hosts\": 2"),
-		"quotas.m.scope", "at least one rate limit");
+		"quotas.m.scope", "at least one rate limit, max_inflight or budget_usd");
 	refused("{\"redis\": {\"url\": \"redis://h:1\"}, \"quotas\": {\"a\": {" GQ "}, \"b\": {" GQ
 		", \"global_key\": \"a\"}}}", "quotas.b.global_key", "also the global key of quota a");
 	refused(R("{\"url\": \"http://h:1\"}", GQ), "redis.url", "\"redis://HOST:PORT\" or");

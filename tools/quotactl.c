@@ -440,18 +440,30 @@ static int print_global(const cJSON *r)
 	       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(g, "connected")) ? "connected" : "NOT connected",
 	       cJSON_IsString(err) && *err->valuestring ? ", last error: " : "",
 	       cJSON_IsString(err) ? err->valuestring : "");
-	printf("%-20s %-5s %-20s %10s %8s %10s %8s %6s %8s %10s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
-	       "HELD", "REFRESH_MS", "HOSTS", "DEBT", "STOCK", "GRANTED");
+	/* A global max_inflight (limit "inflight"): HELD is its slots held,
+	 * STOCK the free slots, IN_USE what its workers hold. A budget
+	 * (usd_day, usd_month): USD, STOCK what the fleet has left. */
+	printf("%-20s %-9s %-20s %10s %8s %10s %8s %6s %8s %10s %6s\n", "QUOTA", "LIMIT", "MODE", "GLOBAL",
+	       "HELD", "REFRESH_MS", "HOSTS", "DEBT", "STOCK", "GRANTED", "IN_USE");
 	const cJSON *l;
 	cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(g, "limits")) {
 		const cJSON *q = cJSON_GetObjectItemCaseSensitive(l, "quota");
 		const cJSON *k = cJSON_GetObjectItemCaseSensitive(l, "limit");
 		const cJSON *m = cJSON_GetObjectItemCaseSensitive(l, "mode");
-		printf("%-20s %-5s %-20s %10.0f %8.0f %10.0f %8.0f %6.0f %8.0f %10.0f\n",
+		bool slots = cJSON_GetObjectItemCaseSensitive(l, "slots_held") != NULL;
+		bool usd = cJSON_GetObjectItemCaseSensitive(l, "held_usd") != NULL;
+		char in_use[24] = "-";
+		if (slots)
+			snprintf(in_use, sizeof(in_use), "%.0f", num(l, "slots_in_use"));
+		/* Spend limits in USD, with cents; the others in units. */
+		int dp = usd ? 2 : 0;
+		printf("%-20s %-9s %-20s %10.*f %8.*f %10.0f %8.0f %6.*f %8.*f %10.*f %6s\n",
 		       cJSON_IsString(q) ? q->valuestring : "?", cJSON_IsString(k) ? k->valuestring : "?",
-		       cJSON_IsString(m) ? m->valuestring : "?", num(l, "global_limit"), num(l, "held"),
-		       num(l, "last_refresh_ms"), num(l, "live_hosts"), num(l, "debt"), num(l, "stock"),
-		       num(l, "granted_total"));
+		       cJSON_IsString(m) ? m->valuestring : "?", dp, num(l, "global_limit") / (usd ? 1e9 : 1),
+		       dp, num(l, slots ? "slots_held" : usd ? "held_usd" : "held"), num(l, "last_refresh_ms"),
+		       num(l, "live_hosts"), dp, num(l, usd ? "debt_usd" : "debt"),
+		       dp, num(l, slots ? "slots_free" : usd ? "left_usd" : "stock"),
+		       dp, num(l, usd ? "granted_total_usd" : "granted_total"), in_use);
 	}
 	return 0;
 }

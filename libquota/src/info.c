@@ -79,7 +79,10 @@ static void fill_config(struct quota_info *info, const struct qs_config *src, co
 static void fill_state(quota_client *c, uint32_t id, struct qs_quota *q, struct quota_info *info,
 		       int64_t now)
 {
-	info->inflight = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
+	/* What workers hold: the count less quotad's hold (global max_inflight). */
+	uint32_t cnt = QS_INFLIGHT_COUNT(atomic_load_explicit(&q->inflight, memory_order_relaxed));
+	uint64_t hold = atomic_load_explicit(&q->inflight_hold, memory_order_relaxed);
+	info->inflight = cnt > hold ? cnt - hold : 0;
 	uint32_t day, month;
 	qc_periods(c, now, &day, &month);
 	info->spent_day_nusd = qs_spend_in(atomic_load_explicit(&q->spend_day, memory_order_relaxed), day);

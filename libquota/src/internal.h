@@ -295,6 +295,12 @@ void qc_inflight_wake(struct qs_quota *q);
 /* Nano-USD for a token count at a config's prices, rounded up; saturates. */
 uint64_t qc_spend_nusd(const struct qc_cfg *cf, uint64_t in, uint64_t out);
 
+/* Raise the amount that spend word @w holds for @period to at least
+ * @amount (quotad: the spend ledger restored at start; a global budget
+ * blocked, nothing left to spend under a budget of @amount, until quotad
+ * meters the word). */
+void qc_spend_raise(_Atomic uint64_t *w, uint32_t period, uint64_t amount);
+
 /* Adjust the spend that word @w holds for period @period by @delta nano-USD.
  * If that period is over, a charge (delta > 0) goes to period @current and a
  * refund is dropped. */
@@ -353,6 +359,10 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
  * reclamation is in progress. */
 int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,
 		  struct qc_reclaim_counts *counts);
+/* Set the in-flight slots quotad holds back on @q to @hold (global.c): the
+ * workers' cap becomes max_inflight - @hold. Returns the slots the workers
+ * held at that instant (count - hold), read by the same RMW. */
+uint32_t qc_inflight_hold_set(struct qs_quota *q, uint64_t hold);
 
 /* waitline.c: the order of lower-lane waiters (reserve.c, LANES). */
 struct qc_waiter {

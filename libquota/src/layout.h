@@ -242,7 +242,12 @@ struct qs_quota {
 	_Atomic uint64_t spend_month;
 	_Atomic uint32_t inflight_waiters; /* processes sleeping for a slot */
 	_Atomic uint32_t inflight_futex;   /* bumped on every in-flight release */
-	uint64_t reserved1[2];
+	/* Slots of the in-flight count that quotad holds back on a global
+	 * max_inflight (global.c): count = slots workers hold + this, so the
+	 * workers' cap is max_inflight - this. Written by quotad only (before
+	 * raising the count, after lowering it); the audit counts it. */
+	_Atomic uint64_t inflight_hold;
+	uint64_t reserved1[1];
 
 	/* Lines 2-3: refund accounting per kind (see gcra.c): ns of refunds
 	 * begun and finished. Written by commit/cancel, read by reserve. */

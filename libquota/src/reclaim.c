@@ -43,6 +43,14 @@
  * held are given back (re-added) before the positive ones, so that the count
  * only ever errs high (conservative) while a group is half done.
  *
+ * QUOTAD'S HOLD. On a global max_inflight quotad holds slots of the count
+ * itself (inflight_hold, qc_inflight_hold_set()): the audit adds them to
+ * the sum. Only quotad writes the hold and only quotad audits, so the two
+ * never race. While the count moves the field holds the smaller of the old
+ * and new hold (stored after the count is raised, before it is lowered), so
+ * a quotad killed in between leaves count - hold overstating what workers
+ * hold and the workers' cap at the lower of the two: both err safe.
+ *
  * DRIFT. A count can also drift with every process alive (a ticket settled
  * by a thread that had no row free, a scribbled word): qc_audit_all() runs
  * the audit on every quota, counts what it corrects and records it per
@@ -149,6 +157,7 @@ static int audit(const struct qs_geom *g, uint32_t id1, struct qc_reclaim_counts
 		}
 		if (busy)
 			continue;
+		sum += (int64_t)atomic_load_explicit(&q->inflight_hold, memory_order_relaxed);
 		/* acquire fence: the row loads above complete before w2 is read */
 		atomic_thread_fence(memory_order_acquire);
 		if (atomic_load_explicit(&q->inflight, memory_order_relaxed) != w1)
@@ -364,6 +373,31 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
 				      memory_order_release);
 	}
 	return 0;
+}
+
+uint32_t qc_inflight_hold_set(struct qs_quota *q, uint64_t hold)
+{
+	uint64_t was = atomic_load_explicit(&q->inflight_hold, memory_order_relaxed);
+	if (hold > UINT32_MAX / 2)
+		hold = UINT32_MAX / 2;
+	/* The field is the smaller of the old and new hold while the count
+	 * moves, so count - field never understates what the workers hold. */
+	if (hold < was)
+		atomic_store_explicit(&q->inflight_hold, hold, memory_order_relaxed);
+	uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed), next;
+	uint32_t workers;
+	do {
+		uint32_t cnt = QS_INFLIGHT_COUNT(w);
+		workers = cnt > was ? cnt - (uint32_t)was : 0;
+		next = (w & ~0xffffffffULL) + QS_INFLIGHT_SEQ1 + workers + hold;
+		/* acq_rel: like qc_inflight_release() (a lowering releases slots) */
+	} while (!atomic_compare_exchange_weak_explicit(&q->inflight, &w, next, memory_order_acq_rel,
+							memory_order_relaxed));
+	if (hold > was)
+		atomic_store_explicit(&q->inflight_hold, hold, memory_order_relaxed);
+	else if (hold < was)
+		qc_inflight_wake(q);
+	return workers;
 }
 
 int qc_audit_some(const struct qs_geom *g, uint32_t *cursor, uint32_t max,

@@ -88,6 +88,18 @@ void qc_spend_adjust(_Atomic uint64_t *w, uint32_t period, uint32_t current, int
 							memory_order_relaxed));
 }
 
+void qc_spend_raise(_Atomic uint64_t *w, uint32_t period, uint64_t amount)
+{
+	uint64_t cur = atomic_load_explicit(w, memory_order_relaxed), next;
+	do {
+		if (qs_spend_in(cur, period) >= amount)
+			return;
+		next = qs_spend_pack(period, amount);
+	} while (!atomic_compare_exchange_weak_explicit(w, &cur, next, memory_order_relaxed,
+							memory_order_relaxed));
+}
+
+
 /* Take @spend in the period @period of @w if the budget allows. */
 static bool spend_take(_Atomic uint64_t *w, uint32_t period, uint64_t budget, uint64_t spend)
 {

@@ -16,6 +16,11 @@ const char *const fuzz_seeds[] = {
 	"\"output\": 0.25}, \"budget_usd\": {\"day\": 1, \"month\": 10}}, \"b\": {}}}",
 	"{\"quotas\": {\"m\": {\"rpm\": 1e3, \"tpm\": 1099511627776}}}",
 	"{\"quotas\": {\"m\": {\"rpm\": -1}}, \"quotas\": 5}",
+	"{\"redis\": {\"url\": \"unix:///r.sock\", \"host_id\": \"h1\"}, \"quotas\": {\"g\": {\"rpm\": 600, "
+	"\"max_inflight\": 6, \"scope\": \"global\", \"expected_hosts\": 3, \"inflight_lease_s\": 600, "
+	"\"outage\": \"static_share\", \"global_key\": \"k\"}}}",
+	"{\"redis\": {\"url\": \"redis://h:6379\"}, \"quotas\": {\"g\": {\"budget_usd\": {\"day\": 2, \"month\": 40}, "
+	"\"price_per_mtok\": {\"input\": 1, \"output\": 2}, \"scope\": \"global\", \"expected_hosts\": 2}}}",
 	NULL,
 };
 

@@ -119,6 +119,33 @@ static void hosts_start(struct host *h, int n, const char *rsock, const char *qu
 	}
 }
 
+/* A test's Redis (its socket in @rsock) and @n hosts serving @quotas;
+ * returns the redis-server's pid. */
+static pid_t fleet_start(struct cl_env *re, char *rsock, size_t len, struct host *h, int n, const char *quotas)
+{
+	cl_env(re, "redis");
+	pid_t pid = redis_start(re->dir, rsock, len);
+	hosts_start(h, n, rsock, quotas);
+	return pid;
+}
+
+/* Host @h's status once it holds @a (and @b unless NULL), within 5 s;
+ * malloc'ed. */
+static char *status_until(const struct host *h, const char *a, const char *b)
+{
+	int64_t lim = cl_now() + 5 * CL_S;
+	for (;;) {
+		char *st = cl_request(h->e.sock, "{\"cmd\": \"status\"}");
+		if (st && strstr(st, a) && (!b || strstr(st, b)))
+			return st;
+		free(st);
+		cr_assert(cl_now() < lim, "host %s: no '%s'%s%s in its status", h->e.seg, a, b ? " and " : "",
+			  b ? b : "");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
 /* ------------------------------------------------------------------ workers */
 
 /* A greedy worker: reserves 1 request on @quota until @until, logging the
@@ -131,9 +158,20 @@ static pid_t worker(const char *seg, const char *quota, const char *path, int64_
 	return worker_wait(seg, quota, path, until, 0);
 }
 
+/* The same for requests of @cost; a refusal for a budget (-EDQUOT: the
+ * host's grant of a global budget is spent) is retried like a wait. */
+static pid_t worker_cost(const char *seg, const char *quota, const char *path, int64_t until,
+			 int64_t wait_ns, struct quota_cost one);
+
 /* The same, allowing quota_reserve to wait up to @wait_ns. */
 static pid_t worker_wait(const char *seg, const char *quota, const char *path, int64_t until,
 			 int64_t wait_ns)
+{
+	return worker_cost(seg, quota, path, until, wait_ns, (struct quota_cost){ .requests = 1 });
+}
+
+static pid_t worker_cost(const char *seg, const char *quota, const char *path, int64_t until,
+			 int64_t wait_ns, struct quota_cost one)
 {
 	pid_t pid = cl_fork();
 	if (pid)
@@ -146,7 +184,6 @@ static pid_t worker_wait(const char *seg, const char *quota, const char *path, i
 		_exit(3);
 	size_t cap = 1 << 16, n = 0;
 	int64_t *ts = malloc(cap * sizeof(*ts));
-	struct quota_cost one = { .requests = 1 };
 	int64_t maxlag = 0;
 	for (;;) {
 		int64_t t0 = cl_now();
@@ -162,8 +199,8 @@ static pid_t worker_wait(const char *seg, const char *quota, const char *path, i
 			if (t1 - t0 - t.waited_ns > maxlag)
 				maxlag = t1 - t0 - t.waited_ns;
 			quota_commit(c, &t, &one);
-		} else if (r == -EAGAIN) {
-			int64_t w = t.retry_after_ns;
+		} else if (r == -EAGAIN || r == -EDQUOT) {
+			int64_t w = r == -EAGAIN ? t.retry_after_ns : 500000;
 			if (w > 2 * CL_MS)
 				w = 2 * CL_MS;
 			if (w < 100000)
@@ -449,19 +486,8 @@ Test(global, redis_outage_policies, .timeout = 120)
 	int64_t killed = cl_now();
 	cl_stop(rpid, SIGKILL);
 	/* Wait until both hosts report the outage (status), bounded. */
-	for (int i = 0; i < 2; i++) {
-		int64_t lim = cl_now() + 5 * CL_S;
-		for (;;) {
-			char *st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
-			bool out = st && strstr(st, "outage-fail_closed") && strstr(st, "outage-static_share");
-			free(st);
-			if (out)
-				break;
-			cr_assert(cl_now() < lim, "host %d did not enter the outage", i);
-			struct timespec s = { 0, 20 * CL_MS };
-			nanosleep(&s, NULL);
-		}
-	}
+	for (int i = 0; i < 2; i++)
+		free(status_until(&h[i], "outage-fail_closed", "outage-static_share"));
 	int64_t outage_seen = cl_now();
 	struct timespec d = { down / CL_S, 0 };
 	nanosleep(&d, NULL);
@@ -961,4 +987,462 @@ Test(global, waiting_workers_overdraft, .timeout = 120)
 	fprintf(stderr, "waiting 1 s: %zu admitted in %.1f s = %.1f %% of the limit\n", used, secs,
 		100.0 * (double)used / (G_R * secs));
 	free(l.t);
+}
+
+/* ------------------------------------------------------------------ in-flight slots */
+
+/* An in-flight event in a worker's log: +1 logged after an admission, -1
+ * before its commit, so every logged interval lies inside the real one and
+ * the logs never show more overlap than there was. Written at once: a
+ * SIGKILLed worker's log keeps all but its last release. */
+struct slot_ev {
+	int64_t t;
+	int64_t d;
+	int64_t asked; /* +1: when the reserve call began (it admitted after) */
+};
+
+static void ev_write(int fd, int64_t t, int64_t d, int64_t asked)
+{
+	struct slot_ev e = { t, d, asked };
+	if (write(fd, &e, sizeof(e)) != (ssize_t)sizeof(e))
+		_exit(6);
+}
+
+/* A worker holding a slot of quota "g" for @hold_ns per request (waiting up
+ * to 20 ms for one) until @until. */
+static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64_t hold_ns)
+{
+	pid_t pid = cl_fork();
+	if (pid)
+		return pid;
+	quota_client *c = NULL;
+	if (quota_open(seg, &c) < 0)
+		_exit(2);
+	int id = quota_find(c, "g");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+	if (id < 0 || fd < 0)
+		_exit(3);
+	struct quota_cost one = { .requests = 1 };
+	while (cl_now() < until) {
+		struct quota_ticket t;
+		int64_t asked = cl_now();
+		int r = quota_reserve(c, id, &one, 20 * CL_MS, &t);
+		if (r == -EAGAIN)
+			continue;
+		if (r < 0)
+			_exit(4);
+		ev_write(fd, cl_now(), 1, asked);
+		struct timespec s = { 0, (long)hold_ns };
+		nanosleep(&s, NULL); /* the request's duration */
+		ev_write(fd, cl_now(), -1, 0);
+		quota_commit(c, &t, &one);
+	}
+	close(fd);
+	_exit(0);
+}
+
+struct slot_log {
+	struct slot_ev *e;
+	size_t n, cap;
+	size_t admitted;
+};
+
+/* Add a worker's log; an admission it never released (the worker was
+ * killed) ends at @end. */
+static void slot_log_add(struct slot_log *l, const char *path, int64_t end)
+{
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "slot log %s missing", path);
+	struct slot_ev e;
+	int64_t open_n = 0;
+	for (;;) {
+		bool more = fread(&e, sizeof(e), 1, f) == 1;
+		if (!more && open_n > 0)
+			e = (struct slot_ev){ end, -1, 0 };
+		else if (!more)
+			break;
+		if (l->n == l->cap) {
+			l->cap = l->cap ? 2 * l->cap : 4096;
+			l->e = realloc(l->e, l->cap * sizeof(*l->e));
+		}
+		l->e[l->n++] = e;
+		open_n += e.d;
+		l->admitted += e.d > 0;
+	}
+	fclose(f);
+}
+
+static int cmp_ev(const void *a, const void *b)
+{
+	const struct slot_ev *x = a, *y = b;
+	if (x->t != y->t)
+		return (x->t > y->t) - (x->t < y->t);
+	return (x->d < y->d) - (x->d > y->d); /* +1 first at a tie: counts high */
+}
+
+/* The most requests in flight at once across the logs. */
+static int64_t slot_peak(struct slot_log *l)
+{
+	qsort(l->e, l->n, sizeof(*l->e), cmp_ev);
+	int64_t cur = 0, peak = 0;
+	for (size_t i = 0; i < l->n; i++) {
+		cur += l->e[i].d;
+		peak = cur > peak ? cur : peak;
+	}
+	return peak;
+}
+
+/* A number after "@key": in a status reply (the first one). */
+static double status_num(const char *st, const char *key)
+{
+	char k[64];
+	snprintf(k, sizeof(k), "\"%s\":", key);
+	const char *p = st ? strstr(st, k) : NULL;
+	return p ? atof(p + strlen(k)) : -1;
+}
+
+static double slots_held(const struct host *h)
+{
+	char *st = cl_request(h->e.sock, "{\"cmd\": \"status\"}");
+	double v = status_num(st, "slots_held");
+	free(st);
+	return v;
+}
+
+/* quotactl global shows the slot limit; its metrics pass promtool (when
+ * installed) and carry the workers' cap. */
+static void check_slot_metrics(const struct host *h)
+{
+	const char *q = getenv("QUOTACTL"), *prom = getenv("PROMTOOL");
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' global | grep -q '^g  *inflight  *granted '", q, h->e.sock);
+	cr_assert_eq(system(cmd), 0, "quotactl global: no inflight row");
+	snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' metrics >'%s/m.txt'", q, h->e.sock, h->e.dir);
+	cr_assert_eq(system(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "grep -q '^quota_global_inflight_cap{quota=\"g\",limit=\"inflight\"} [0-9]' "
+		 "'%s/m.txt'", h->e.dir);
+	cr_assert_eq(system(cmd), 0, "no quota_global_inflight_cap in %s/m.txt", h->e.dir);
+	if (prom) {
+		snprintf(cmd, sizeof(cmd), "'%s' check metrics <'%s/m.txt'", prom, h->e.dir);
+		cr_assert_eq(system(cmd), 0, "promtool check metrics failed on %s/m.txt", h->e.dir);
+	}
+}
+
+/* Global max_inflight 6 over 3 hosts, each with 3 workers that would hold
+ * far more: never more than 6 in flight fleet-wide (audited from the logs);
+ * then host 0 (quotad and workers) SIGKILLed: Redis reaps its slots after
+ * the lease and the two others get all 6, still never more than 6. */
+#define S_MAX 6
+#define S_LEASE_S 3
+
+Test(global, inflight_slots, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[3];
+	char q[256];
+	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 3, "
+		 "\"inflight_lease_s\": %d}", S_MAX, S_LEASE_S);
+	fleet_start(&re, rsock, sizeof(rsock), h, 3, q);
+	int64_t t0 = cl_now(), until = t0 + soak_s(4) * CL_S + 2 * S_LEASE_S * CL_S + 6 * CL_S;
+	pid_t w[9];
+	char path[9][200];
+	for (int i = 0; i < 9; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/s%d.log", h[i / 3].e.dir, i);
+		w[i] = slot_worker(h[i / 3].e.seg, path[i], until, 2 * CL_MS);
+	}
+	/* A fresh Redis grants slots only after the lease since its start
+	 * (it cannot tell a first start from an empty restart): wait until
+	 * host 0 holds some, bounded. */
+	int64_t lim = cl_now() + (S_LEASE_S + 10) * CL_S;
+	while (slots_held(&h[0]) < 1) {
+		cr_assert(cl_now() < lim, "host 0 never got a slot");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	struct timespec run = { soak_s(2), 0 };
+	nanosleep(&run, NULL); /* running on slots for a while: a schedule */
+	for (int i = 0; i < 3; i++) {
+		char *st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
+		const char *g = st ? strstr(st, "\"global\"") : NULL;
+		fprintf(stderr, "host %d: %s\n", i, g ? g : "(no status)");
+		cr_assert(g && strstr(g, "\"limit\":\"inflight\"") && strstr(g, "\"mode\":\"granted\""));
+		free(st);
+	}
+	check_slot_metrics(&h[1]);
+	/* Host 0 dies: its quotad and its workers. */
+	cl_stop(h[0].quotad, SIGKILL);
+	for (int i = 0; i < 3; i++)
+		cl_stop(w[i], SIGKILL);
+	int64_t killed = cl_now();
+	redisContext *c = redis_ctx(rsock);
+	lim = killed + (S_LEASE_S + 10) * CL_S;
+	for (;;) {
+		redisReply *r = redisCommand(c, "HEXISTS quotad:{g}:inflight o:h0");
+		bool there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+		freeReplyObject(r);
+		if (!there)
+			break;
+		cr_assert(cl_now() < lim, "the dead host's slots were never reaped");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL);
+	}
+	int64_t reaped = cl_now();
+	redisFree(c);
+	fprintf(stderr, "dead host's slots reaped %.2f s after the kill (lease %d s)\n",
+		(double)(reaped - killed) / 1e9, S_LEASE_S);
+	/* Not before the lease: its last call was at most a refresh (0.5 s)
+	 * before the kill. */
+	cr_assert(reaped - killed >= S_LEASE_S * CL_S - 500 * CL_MS, "reaped %.2f s after the kill, "
+		  "before the lease", (double)(reaped - killed) / 1e9);
+	/* Its slots come back to the two others: all 6 held between them. */
+	lim = cl_now() + 10 * CL_S;
+	double both;
+	while ((both = slots_held(&h[1]) + slots_held(&h[2])) < S_MAX) {
+		cr_assert(cl_now() < lim, "the survivors hold %.0f slots, not %d", both, S_MAX);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL);
+	}
+	wait_workers(w + 3, 6);
+	struct slot_log l = { 0 };
+	size_t per[3] = { 0 };
+	for (int i = 0; i < 9; i++) {
+		size_t before = l.admitted;
+		slot_log_add(&l, path[i], killed);
+		per[i / 3] += l.admitted - before;
+	}
+	int64_t peak = slot_peak(&l);
+	fprintf(stderr, "in flight: at most %lld at once fleet-wide (max_inflight %d); admitted %zu, "
+		"by host %zu %zu %zu\n", (long long)peak, S_MAX, l.admitted, per[0], per[1], per[2]);
+	cr_assert(peak <= S_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, S_MAX);
+	for (int i = 0; i < 3; i++)
+		cr_assert(per[i] > 0, "host %d admitted nothing", i);
+	free(l.e);
+}
+
+/* static_share takes the live hosts Redis last reported: 2 hosts of 4
+ * expected share the limit by halves in an outage, not by quarters. */
+Test(global, static_share_live_hosts, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[2];
+	char q[256];
+	snprintf(q, sizeof(q), "\"s\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", \"expected_hosts\": 4, "
+		 "\"outage\": \"static_share\"}", G_RPM, G_BURST);
+	pid_t rpid = fleet_start(&re, rsock, sizeof(rsock), h, 2, q);
+	int64_t t0 = cl_now(), until = t0 + 2 * CL_S + soak_s(3) * CL_S + 2 * CL_S;
+	pid_t w[4];
+	char path[4][200];
+	for (int i = 0; i < 4; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/s%d.log", h[i / 2].e.dir, i);
+		w[i] = worker(h[i / 2].e.seg, "s", path[i], until);
+	}
+	struct timespec two = { 2, 0 };
+	nanosleep(&two, NULL); /* running on grants: a schedule */
+	cl_stop(rpid, SIGKILL);
+	for (int i = 0; i < 2; i++) {
+		char *st = status_until(&h[i], "outage-static_share", NULL);
+		cr_assert_eq(status_num(st, "outage_share_hosts"), 2, "%s", st);
+		free(st);
+	}
+	int64_t outage_seen = cl_now();
+	wait_workers(w, 4);
+	struct log l = { 0 };
+	for (int i = 0; i < 4; i++)
+		log_add_file(&l, path[i]);
+	qsort(l.t, l.n, sizeof(*l.t), cmp64);
+	int64_t a = outage_seen + 50 * CL_MS;
+	double secs = (double)(until - a) / 1e9;
+	size_t n = count_in(&l, a, until);
+	/* Each host's term: r/2 W + b/2 (its share of 2 live hosts), +1 for
+	 * the rounding of b/2. */
+	double term = 2 * (G_R / 2 * secs + G_B / 2 + 1);
+	fprintf(stderr, "outage %.2f s: static_share admitted %zu (%.1f %% of the limit), its term %.1f; "
+		"a quarter share each could give at most %.1f\n", secs, n, 100.0 * (double)n / (G_R * secs), term,
+		2 * (G_R / 4 * secs + G_B / 4 + 1));
+	cr_assert(n <= term, "admitted %zu in the outage, term %.1f", n, term);
+	/* More than quarters could ever admit: the halves were used. */
+	cr_assert(n > 2 * (G_R / 4 * secs + G_B / 4 + 1), "only %zu admitted: not the live hosts' halves", n);
+	audit(&l, G_R, G_B, G_R, G_B, "static_share live hosts");
+	free(l.t);
+}
+
+/* ------------------------------------------------------------------ spend */
+
+/* A fleet-wide budget of $2 a day ($0.001 a request: 2,000 requests) over 3
+ * hosts with greedy workers, host 0's quotad SIGKILLed mid-run (its workers
+ * go on with what its segment exposes, never more than its grant): never
+ * more than $2 spent; at most host 0's credit (B/N) and less than a request
+ * per host left unspent. The host's and Redis' months agree. */
+#define USD_DAY 2
+#define USD_REQ_NUSD 1000000
+
+Test(global, spend_budget, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[3];
+	char q[400];
+	snprintf(q, sizeof(q), "\"g\": {\"rpm\": 600000, \"budget_usd\": {\"day\": %d, \"month\": 1000}, "
+		 "\"price_per_mtok\": {\"input\": 1.0, \"output\": 0}, \"scope\": \"global\", \"expected_hosts\": 3}",
+		 USD_DAY);
+	fleet_start(&re, rsock, sizeof(rsock), h, 3, q);
+	struct timespec rt;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	long day0 = (long)(rt.tv_sec / 86400);
+	int64_t until = cl_now() + soak_s(6) * CL_S;
+	/* $0.001 a request: 1000 input tokens at $1 per million. */
+	struct quota_cost cost = { .requests = 1, .input_tokens = 1000 };
+	pid_t w[6];
+	char path[6][200];
+	for (int i = 0; i < 6; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/u%d.log", h[i / 2].e.dir, i);
+		w[i] = worker_cost(h[i / 2].e.seg, "g", path[i], until, 0, cost);
+	}
+	/* Once Redis has answered the month's limit, its month is the host's. */
+	int64_t lim = cl_now() + 10 * CL_S;
+	char *st;
+	const char *mo;
+	for (;;) {
+		st = cl_request(h[0].e.sock, "{\"cmd\": \"status\"}");
+		mo = st ? strstr(st, "\"limit\":\"usd_month\"") : NULL;
+		if (mo && status_num(mo, "redis_period") > 0)
+			break;
+		free(st);
+		cr_assert(cl_now() < lim, "Redis never answered the month's limit");
+		struct timespec s = { 0, 5 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	double hp = status_num(mo, "period"), rp = status_num(mo, "redis_period");
+	free(st);
+	cr_assert_eq(hp, rp, "months differ: host %.0f, Redis %.0f", hp, rp);
+	/* Host 0's quotad dies once it has spent something. */
+	lim = cl_now() + 10 * CL_S;
+	for (;;) {
+		st = cl_request(h[0].e.sock, "{\"cmd\": \"status\"}");
+		bool spent = status_num(st, "spent_usd") > 0;
+		free(st);
+		if (spent)
+			break;
+		cr_assert(cl_now() < lim, "host 0 spent nothing");
+		struct timespec s = { 0, 5 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	cl_stop(h[0].quotad, SIGKILL);
+	wait_workers(w, 6);
+	for (int i = 1; i < 3; i++) {
+		st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
+		const char *g = st ? strstr(st, "\"global\"") : NULL;
+		fprintf(stderr, "host %d: %s\n", i, g ? g : "(no status)");
+		free(st);
+	}
+	size_t n = 0, per[3] = { 0 };
+	for (int i = 0; i < 6; i++) {
+		struct log l = { 0 };
+		log_add_file(&l, path[i]);
+		per[i / 2] += l.n;
+		n += l.n;
+		free(l.t);
+	}
+	clock_gettime(CLOCK_REALTIME, &rt);
+	bool same_day = (long)(rt.tv_sec / 86400) == day0;
+	double cap = (double)USD_DAY * 1e9 / USD_REQ_NUSD;
+	fprintf(stderr, "spend: %zu requests = $%.3f of a $%d budget (by host %zu %zu %zu)%s\n", n,
+		(double)n * USD_REQ_NUSD / 1e9, USD_DAY, per[0], per[1], per[2],
+		same_day ? "" : " - a UTC day ended during the run");
+	if (same_day) {
+		cr_assert(n <= cap, "%zu requests spent $%.3f, over the $%d budget", n, (double)n / 1000, USD_DAY);
+		/* Unspent: host 0's credit when it died (at most B/N), and less
+		 * than a request per host. */
+		cr_assert(n >= cap - cap / 3 - 3, "only %zu of %.0f requests' budget used", n, cap);
+	} else {
+		/* The day rolled over: each host may spend its local cap B/(4N)
+		 * at the new day's start before its first grant, as debt
+		 * (docs/ARCHITECTURE.md). */
+		cr_assert(n <= 2 * cap + 3 * cap / 12, "%zu requests across a day boundary", n);
+	}
+}
+
+/* Slots through a Redis outage: a host keeps the slots it holds for half
+ * the lease (it still admits), then admits no new request; Redis restarted
+ * empty grants nothing for a lease after its start (the hosts' reports
+ * rebuild what they hold), then slots are granted again; never more than M
+ * in flight, before, during or after. */
+#define SO_MAX 4
+#define SO_LEASE_S 4
+
+static void until_slots(const struct host *h, double at_least, const char *what)
+{
+	int64_t lim = cl_now() + (SO_LEASE_S + 10) * CL_S;
+	while (slots_held(h) < at_least) {
+		cr_assert(cl_now() < lim, "%s: host %s holds no slot", what, h->e.seg);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
+Test(global, inflight_slots_outage, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[2];
+	char q[256];
+	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 2, "
+		 "\"inflight_lease_s\": %d}", SO_MAX, SO_LEASE_S);
+	pid_t rpid = fleet_start(&re, rsock, sizeof(rsock), h, 2, q);
+	pid_t w[4];
+	char path[4][200];
+	for (int i = 0; i < 4; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/o%d.log", h[i / 2].e.dir, i);
+		w[i] = slot_worker(h[i / 2].e.seg, path[i], cl_now() + 100 * CL_S, 2 * CL_MS);
+	}
+	until_slots(&h[0], 1, "start");
+	until_slots(&h[1], 1, "start");
+	struct timespec one = { 1, 0 };
+	nanosleep(&one, NULL); /* running on slots: a schedule */
+	cl_stop(rpid, SIGKILL);
+	int64_t killed = cl_now();
+	int64_t expired[2];
+	for (int i = 0; i < 2; i++) {
+		free(status_until(&h[i], "outage-lease_expired", NULL));
+		expired[i] = cl_now(); /* the host stopped admitting before this */
+	}
+	nanosleep(&one, NULL); /* the outage goes on: a schedule */
+	int64_t restarted = cl_now();
+	redis_start(re.dir, rsock, sizeof(rsock));
+	until_slots(&h[0], 1, "after the restart");
+	until_slots(&h[1], 1, "after the restart");
+	int64_t back = cl_now();
+	nanosleep(&one, NULL);
+	for (int i = 0; i < 4; i++)
+		cl_stop(w[i], SIGKILL);
+	int64_t end = cl_now();
+	struct slot_log l = { 0 };
+	for (int i = 0; i < 4; i++)
+		slot_log_add(&l, path[i], end);
+	int64_t peak = slot_peak(&l);
+	size_t kept = 0, after_expiry = 0, resumed = 0;
+	for (size_t i = 0; i < l.n; i++) {
+		const struct slot_ev *e = &l.e[i];
+		if (e->d < 0)
+			continue;
+		kept += e->asked > killed && e->t < expired[0] && e->t < expired[1];
+		/* Asked after its host had stopped admitting, before Redis was back. */
+		after_expiry += e->asked > (expired[0] > expired[1] ? expired[0] : expired[1]) && e->t < restarted;
+		resumed += e->asked > back;
+	}
+	fprintf(stderr, "slots outage: peak %lld in flight (max %d); admitted in the outage on kept slots %zu, "
+		"after the half lease %zu, after the restart's grace %zu; expired %.2f s and %.2f s after the "
+		"kill, slots again %.2f s after the restart (lease %d s)\n", (long long)peak, SO_MAX, kept,
+		after_expiry, resumed, (double)(expired[0] - killed) / 1e9, (double)(expired[1] - killed) / 1e9,
+		(double)(back - restarted) / 1e9, SO_LEASE_S);
+	cr_assert(peak <= SO_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, SO_MAX);
+	cr_assert(kept > 0, "no admission on the slots kept in the outage");
+	cr_assert_eq(after_expiry, 0, "%zu admitted after half the lease without Redis", after_expiry);
+	cr_assert(resumed > 0, "no admission after the restart");
+	/* An empty Redis grants nothing before a lease after its start. */
+	cr_assert(back - restarted >= SO_LEASE_S * CL_S - CL_S, "slots granted %.2f s after an empty restart",
+		  (double)(back - restarted) / 1e9);
+	free(l.e);
 }
