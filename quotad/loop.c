@@ -83,7 +83,25 @@ static void qd_held(struct daemon *d)
 	}
 }
 
-void qd_held_free(struct daemon *d)
+/* The lower-lane waiter counts (libquota/src/waitline.c): repaired where a
+ * process died between counting a wait and publishing it, or between
+ * clearing it and uncounting it. */
+static void qd_wait_audit(struct daemon *d)
+{
+	size_t n = (size_t)d->g.quota_capacity * QS_LANES;
+	if (!d->wait_prev)
+		d->wait_prev = calloc(2 * n, sizeof(*d->wait_prev));
+	if (!d->wait_seen)
+		d->wait_seen = calloc(n, sizeof(*d->wait_seen));
+	if (!d->wait_prev || !d->wait_seen)
+		return;
+	uint32_t fixed = qc_wait_audit(&d->g, d->wait_prev, d->wait_seen);
+	if (fixed)
+		qd_log("warning", "lane waiter audit: %u count%s repaired (a process died while it entered or "
+		       "left a lower lane's line)", fixed, fixed == 1 ? "" : "s");
+}
+
+void qd_check_state_free(struct daemon *d)
 {
 	free(d->held.e);
 	free(d->held_next);
@@ -91,6 +109,9 @@ void qd_held_free(struct daemon *d)
 	d->held = (struct qc_held_state){ 0 };
 	d->held_next = NULL;
 	d->held_scratch = NULL;
+	free(d->wait_prev);
+	free(d->wait_seen);
+	d->wait_prev = d->wait_seen = NULL;
 }
 
 void qd_tick(struct daemon *d)
@@ -115,6 +136,7 @@ void qd_tick(struct daemon *d)
 		d->st.audits += counts.audits;
 		qd_learn(d);
 		qd_held(d);
+		qd_wait_audit(d);
 		d->next_check = now + QD_CHECK_NS;
 	}
 	if (d->state_dir && now >= d->next_ledger) {

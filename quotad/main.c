@@ -158,7 +158,7 @@ static void stop(struct daemon *d)
 	quota_close(d->obs);
 	atomic_store_explicit(&d->h->daemon_pid, 0, memory_order_relaxed);
 	qd_pub_free(d);
-	qd_held_free(d);
+	qd_check_state_free(d);
 	munmap(d->g.base, d->g.size);
 	if (d->remove_on_exit) {
 		if (shm_unlink(d->segment) < 0)

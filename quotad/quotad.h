@@ -159,6 +159,9 @@ struct daemon {
 	struct qc_held_state held;  /* per process and quota, from the last flips */
 	int64_t *held_next;         /* per quota id: its next phase flip; 0 = no alarm */
 	struct qc_held_group *held_scratch; /* client_capacity entries */
+
+	/* The lower-lane waiter counts' audit (loop.c, libquota/src/waitline.c). */
+	uint32_t *wait_prev, *wait_seen;
 };
 
 /* log.c */
@@ -179,8 +182,8 @@ void qd_loop_exit(struct daemon *d);
 /* A submission entry (submits what is queued if the ring is full). */
 struct io_uring_sqe *qd_sqe(struct daemon *d);
 int qd_loop_run(struct daemon *d);
-/* Free what the alarm phase flips keep. */
-void qd_held_free(struct daemon *d);
+/* Free what the periodic checks keep (alarm phase flips, waiter counts). */
+void qd_check_state_free(struct daemon *d);
 
 /* clients.c */
 void qd_clients_scan(struct daemon *d);

@@ -172,8 +172,10 @@ QUOTA_PUBLIC int quota_lane(quota_client *c, int quota, const char *name);
  * admit it, so a higher lane's reservation never queues behind it. Its
  * lane's waiters still take their turns in the order their calls began: a
  * waiter decides only once no earlier waiter of the quota's lane is left
- * (admitted, refused, or past its deadline); a reservation admitted at once
- * takes no turn. The top lane's waiters keep first come, first served.
+ * (admitted, refused, or past its deadline), and a reservation that would
+ * fit at once does not pass them either: it waits behind them, or with no
+ * time left (@timeout_ns 0) is refused with -EAGAIN. The top lane's waiters
+ * keep first come, first served.
  * -E2BIG also for a cost above what the lane may hold at once.
  * @opts NULL is the default lane. -EINVAL for a @opts->size below 2.1's or
  * unknown flags; otherwise as quota_reserve().

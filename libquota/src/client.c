@@ -143,7 +143,7 @@ static int claim_slot(struct quota_client *c, struct qc_thread *t)
 		atomic_store_explicit(&cs->starttime, start, memory_order_relaxed);
 		atomic_store_explicit(&cs->intent, 0, memory_order_relaxed);
 		atomic_store_explicit(&cs->refund_intent, 0, memory_order_relaxed);
-		qc_wait_end(cs);
+		qc_wait_end(&c->g, cs);
 		static const struct qs_row zero;
 		for (uint32_t r = 0; r < QS_CLIENT_ROWS; r++)
 			qs_store_words(&cs->rows[r], &zero, sizeof(zero));
@@ -166,7 +166,7 @@ static void thread_exit(void *p)
 	struct qc_thread *t = p;
 	qc_tls.c = NULL;
 	/* a thread cancelled in a lower-lane wait leaves its line */
-	qc_wait_end(t->cs);
+	qc_wait_end(&t->c->g, t->cs);
 	/* release: the thread's last writes to its slot happen before another
 	 * thread takes the context over (pairs with the acquire below) */
 	atomic_store_explicit(&t->in_use, 0, memory_order_release);
@@ -425,7 +425,7 @@ static void close_slots(struct quota_client *c)
 		for (uint32_t id = 0; id < c->g.quota_capacity && t->rows_used; id++)
 			if (t->row_of[id])
 				qc_row_fold(qs_quota_at(&c->g, id), &t->cs->rows[t->row_of[id] - 1]);
-		qc_wait_end(t->cs);
+		qc_wait_end(&c->g, t->cs);
 		uint64_t w = t->slot_word;
 		uint64_t free_word = QS_CLIENT_WORD(QS_CLIENT_GEN(w), 0, QS_CLIENT_FREE);
 		/* release: our last writes to the slot happen before it is reused */

@@ -375,7 +375,18 @@ struct qc_waiter {
 uint64_t qc_wait_begin(struct qc_thread *t, uint64_t line, int64_t since, int64_t until);
 /* The wait of slot @cs is over (its owner's end, or the slot's claim,
  * close or reclamation): cleared, and the waiter behind it woken. */
-void qc_wait_end(struct qs_client *cs);
+void qc_wait_end(const struct qs_geom *g, struct qs_client *cs);
+/* Whether lane @lane of quota @q may have waiters (its count is nonzero):
+ * one load, so that a reservation that fits now looks for them only then. */
+bool qc_wait_any(const struct qs_quota *q, uint32_t lane);
+/* quotad's audit of the waiter counts: the counts a scan of the client
+ * slots finds, per quota and lane, in @seen; a count that disagrees with
+ * them at two checks in a row, with the same values, is set to what the
+ * scan found (a process died between counting and publishing, or between
+ * clearing and uncounting). @prev: 2 * QS_LANES * quota_capacity words of
+ * the caller's, zeroed at first; @seen: QS_LANES * quota_capacity words.
+ * Returns the number of counts repaired. */
+uint32_t qc_wait_audit(const struct qs_geom *g, uint32_t *prev, uint32_t *seen);
 /* Is a waiter of line QS_WAIT_LINE(@key) ahead of the one in slot @self
  * that began at @since, at time @now? If so, *@ret is the last of them. */
 bool qc_wait_ahead(const struct qs_geom *g, uint32_t self, uint64_t key, int64_t since, int64_t now,

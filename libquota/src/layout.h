@@ -262,7 +262,13 @@ struct qs_quota {
 	_Atomic uint64_t st_reclaimed;  /* in-flight slots given back for dead clients */
 	_Atomic uint64_t st_repaired;   /* in-flight drift repaired by audits (quotad) */
 	_Atomic uint64_t st_rejected[QS_REASONS];
-	uint64_t reserved6[3];
+	/* Lower-lane waiters published per lane (waitline.c): incremented
+	 * before a wait is published, decremented after it is cleared, so at
+	 * least the number published; a process dying in between leaves one
+	 * too many, which quotad's audit repairs (qc_wait_audit). Zero: a
+	 * reservation of that lane that fits now need not look for waiters. */
+	_Atomic uint32_t lane_waiters[QS_LANES];
+	uint64_t reserved6[1];
 
 	/* Line 7: learning and alarms. */
 	_Atomic uint64_t learned_out;     /* quotad: p99 of actual output tokens, as the

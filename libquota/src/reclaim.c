@@ -347,7 +347,7 @@ int qc_reclaim_group(const struct qs_geom *g, const uint32_t *slots, uint32_t n,
 								     memory_order_relaxed))
 				continue; /* closed meanwhile: not ours */
 			/* a lower-lane wait it left: the waiter behind goes on */
-			qc_wait_end(cs);
+			qc_wait_end(g, cs);
 			if (st == QS_CLIENT_LIVE)
 				live[nlive++] = slots[i];
 		} else if (st == QS_CLIENT_RECLAIMING) {

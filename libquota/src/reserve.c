@@ -495,30 +495,52 @@ static inline __attribute__((always_inline)) void admit(struct qc_resv *r, struc
 static void lower_done(struct qc_resv *r)
 {
 	if (r->wait_key) {
-		qc_wait_end(r->t->cs);
+		qc_wait_end(&r->c->g, r->t->cs);
 		r->wait_key = 0;
 	}
+}
+
+/* The limit a lower lane's reservation refused for older waiters names as
+ * its reason: the one closest to binding. */
+static uint32_t closest_limit(const struct qc_resv *r)
+{
+	uint32_t best = 0;
+	for (uint32_t k = 1; k < r->cf->n; k++)
+		if (qg_tat_clamp(r->tat[k]) + (int64_t)r->inc[k] - r->tau[k] >
+		    qg_tat_clamp(r->tat[best]) + (int64_t)r->inc[best] - r->tau[best])
+			best = k;
+	return r->cf->n ? r->cf->lim[best].kind : QUOTA_REJECT_PAUSED;
 }
 
 /* A lower lane holds no place in line (LANES): it waits without a slot, so
  * that a higher lane's reservation never queues behind it, and decides only
  * when no older waiter of its lane is left (waitline.c): then it sleeps
- * until its lane would admit it, or takes now. True if it slept (decide
- * again), false if it may take now. */
-static bool lower_wait(struct qc_resv *r)
+ * until its lane would admit it, or takes now. Also a reservation that
+ * would fit at once comes here while its lane has waiters, so that it does
+ * not pass them. 1 if it slept (decide again), 0 if it may take now,
+ * -EAGAIN (r->retry_at set) if older waiters are ahead and its time is up. */
+static int lower_wait(struct qc_resv *r)
 {
 	uint64_t line = QS_WAIT_LINE_OF(r->id, r->in_lane);
 	if (QS_WAIT_LINE(r->wait_key) != line) /* not yet, or a reload moved its lane */
 		r->wait_key = qc_wait_begin(r->t, line, r->start, r->deadline);
 	struct qc_waiter w;
-	if (qc_wait_ahead(&r->c->g, r->t->slot, r->wait_key, r->start, r->now, &w))
+	if (qc_wait_ahead(&r->c->g, r->t->slot, r->wait_key, r->start, r->now, &w)) {
+		if (r->now >= r->deadline) {
+			/* its turn comes after theirs, which is not known */
+			r->retry_at = r->a > r->now ? r->a : r->now + QC_WAIT_POLL_NS;
+			if (r->a <= r->now)
+				r->reason = closest_limit(r);
+			return -EAGAIN;
+		}
 		qc_wait_behind(r->c, &w, r->deadline);
-	else if (r->a > r->now)
+	} else if (r->a > r->now) {
 		sleep_until(r->c, r->a);
-	else
-		return false;
+	} else {
+		return 0;
+	}
 	r->now = qc_clock(r->c);
-	return true;
+	return 1;
 }
 
 /* Plan, decide, take and wait until admitted (the ticket written into
@@ -541,8 +563,13 @@ replan:
 		}
 		if (s < 0)
 			return s;
-		if (r->lower && (r->a > r->now || r->wait_key) && lower_wait(r))
-			continue;
+		if (r->lower && (r->a > r->now || r->wait_key || qc_wait_any(r->q, r->in_lane))) {
+			s = lower_wait(r);
+			if (s < 0)
+				return s;
+			if (s)
+				continue;
+		}
 		s = take(r);
 		if (s == STEP_RELOADED) {
 			r->now = qc_clock(r->c);

@@ -30,6 +30,7 @@
  * is admitted at once.
  */
 #include <linux/futex.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,9 +48,42 @@ static uint32_t *futex_word(struct qs_client *cs)
 	return (uint32_t *)((uintptr_t)&cs->wait_key + 4 * (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__));
 }
 
+/* The count of waiters published in @line's quota and lane, or NULL. */
+static _Atomic uint32_t *line_count(const struct qs_geom *g, uint64_t line)
+{
+	uint32_t id1 = (uint32_t)(line >> 32) & 0xffffff, lane = (uint32_t)(line >> 56);
+	struct qs_quota *q = id1 ? qs_quota_at(g, id1 - 1) : NULL;
+	return q && lane < QS_LANES ? &q->lane_waiters[lane] : NULL;
+}
+
+/* One waiter fewer in @line's count, never below zero (a count that quotad's
+ * audit lowered may meet a late decrement). */
+static void line_count_down(const struct qs_geom *g, uint64_t line)
+{
+	_Atomic uint32_t *n = line_count(g, line);
+	if (!n)
+		return;
+	uint32_t v = atomic_load_explicit(n, memory_order_relaxed);
+	while (v && !atomic_compare_exchange_weak_explicit(n, &v, v - 1, memory_order_release,
+							   memory_order_relaxed))
+		;
+}
+
+bool qc_wait_any(const struct qs_quota *q, uint32_t lane)
+{
+	/* acquire: pairs with the increment before a wait is published, so a
+	 * scan after a nonzero count sees the wait (or its end) */
+	return lane < QS_LANES && atomic_load_explicit(&q->lane_waiters[lane], memory_order_acquire);
+}
+
 uint64_t qc_wait_begin(struct qc_thread *t, uint64_t line, int64_t since, int64_t until)
 {
 	struct qs_client *cs = t->cs;
+	_Atomic uint32_t *n = line_count(&t->c->g, line);
+	/* counted before published: the count is never below the waiters a
+	 * scan can find (seq_cst: ordered before the key's store below) */
+	if (n)
+		atomic_fetch_add(n, 1);
 	if (++t->wait_no == 0)
 		t->wait_no = 1;
 	uint64_t key = line | t->wait_no;
@@ -64,11 +98,14 @@ uint64_t qc_wait_begin(struct qc_thread *t, uint64_t line, int64_t since, int64_
 	return key;
 }
 
-void qc_wait_end(struct qs_client *cs)
+void qc_wait_end(const struct qs_geom *g, struct qs_client *cs)
 {
 	/* release: pairs with the acquire of a reader that sees the wait over */
-	if (atomic_exchange_explicit(&cs->wait_key, 0, memory_order_release))
-		syscall(SYS_futex, futex_word(cs), FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	uint64_t key = atomic_exchange_explicit(&cs->wait_key, 0, memory_order_release);
+	if (!key)
+		return;
+	syscall(SYS_futex, futex_word(cs), FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	line_count_down(g, QS_WAIT_LINE(key)); /* uncounted after it is cleared */
 }
 
 /* The wait published in slot @cs if it is LIVE and waits in line
@@ -139,4 +176,53 @@ void qc_wait_behind(const struct quota_client *c, const struct qc_waiter *w, int
 	struct timespec ts = { until / QC_NS_PER_S, until % QC_NS_PER_S };
 	syscall(SYS_futex, futex_word(cs), FUTEX_WAIT_BITSET, (uint32_t)w->key, &ts, NULL,
 		FUTEX_BITSET_MATCH_ANY);
+}
+
+/*
+ * THE COUNTS' AUDIT (quotad, every check). A count is at least the waits
+ * published in its line, except in two windows of a process that dies: after
+ * counting, before publishing, and after clearing, before uncounting; both
+ * leave one too many, so that reservations of that lane that fit at once keep
+ * looking for waiters (a scan) where there are none. What a scan finds
+ * compared at two checks in a row, with both values unchanged, is a count
+ * that is wrong for good, not a wait starting or ending: it is set to what
+ * was found. A repair that meets a wait in a window after all (a thread
+ * stopped there for a whole check period) leaves the count one too low for
+ * that wait's life: the order of that lane is then as without counts, never
+ * the bound (the admission decision does not read them).
+ */
+static void audit_scan(const struct qs_geom *g, uint32_t n, uint32_t *seen)
+{
+	memset(seen, 0, sizeof(*seen) * QS_LANES * n);
+	for (uint32_t s = 0; s < g->client_capacity; s++) {
+		const struct qs_client *cs = qs_client_at(g, s);
+		uint64_t st = atomic_load_explicit(&cs->state, memory_order_acquire);
+		uint64_t k = atomic_load_explicit(&cs->wait_key, memory_order_acquire);
+		uint32_t id1 = (uint32_t)(k >> 32) & 0xffffff, lane = (uint32_t)(k >> 56);
+		if (QS_CLIENT_STATUS(st) == QS_CLIENT_LIVE && k && id1 && id1 <= n && lane < QS_LANES)
+			seen[(id1 - 1) * QS_LANES + lane]++;
+	}
+}
+
+uint32_t qc_wait_audit(const struct qs_geom *g, uint32_t *prev, uint32_t *seen)
+{
+	uint32_t n = qs_quota_count(g), repaired = 0;
+	if (n > g->quota_capacity)
+		n = g->quota_capacity;
+	audit_scan(g, n, seen);
+	for (uint32_t i = 0; i < n * QS_LANES; i++) {
+		struct qs_quota *q = qs_quota_at(g, i / QS_LANES);
+		_Atomic uint32_t *w = &q->lane_waiters[i % QS_LANES];
+		uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
+		uint32_t *was = &prev[2 * i]; /* [0]: the count, [1]: what the scan found */
+		if (v != seen[i] && was[0] == v && was[1] == seen[i] &&
+		    atomic_compare_exchange_strong_explicit(w, &v, seen[i], memory_order_relaxed,
+							    memory_order_relaxed)) {
+			repaired++;
+			v = seen[i];
+		}
+		was[0] = v;
+		was[1] = seen[i];
+	}
+	return repaired;
 }

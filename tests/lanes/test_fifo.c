@@ -453,6 +453,83 @@ Test(fifo, threads_handles_and_lines, .timeout = 60)
 	quota_close(h[0]);
 }
 
+/* A reservation that would fit at once does not pass the lane's waiters:
+ * the batch lane has 10 tokens of room, a waiter wants 300. A newcomer of 5
+ * tokens is refused without a timeout (it was admitted before the lanes
+ * counted their waiters) and, with one, waits behind the first and is
+ * admitted right after it at its own turn. */
+Test(fifo, newcomer_does_not_pass, .timeout = 60, .fini = kill_kids)
+{
+	char name[128];
+	quota_client *c = tl_manual("fn", LANES, name, sizeof(name));
+	struct qs_quota *q = tl_quota(c, 0);
+	struct quota_reserve_opts batch = lane_opts(1);
+	struct quota_ticket t;
+	int64_t t0 = quota_now(c), tat = t0 + 470 * T_NS;
+	cr_assert_eq(quota_reserve_ex(c, 0, &(struct quota_cost){ 1, 470, 0 }, 0, &batch, &t), 0);
+	static const struct job jobs[2] = { { 1, 300, 1000 * TL_S }, { 1, 5, 1000 * TL_S } };
+	int go[2], out;
+	fork_kids(name, jobs, 2, go, &out);
+	cr_assert_eq(write(go[0], "g", 1), 1);
+	cr_assert(until_waiting(c, QS_WAIT_LINE_OF(0, 1), 1), "the first waiter is not waiting");
+	cr_assert_eq(atomic_load(&q->lane_waiters[1]), 1, "the lane counts its waiter");
+	cr_assert_eq(atomic_load(&q->lane_waiters[0]), 0);
+	cr_assert_eq(quota_clock_set(c, t0 + 1), 0); /* after it, not at the same instant */
+	int r = quota_reserve_ex(c, 0, &(struct quota_cost){ 1, 5, 0 }, 0, &batch, &t);
+	cr_assert_eq(r, -EAGAIN, "a newcomer that fits passed the waiter (%s)", quota_strerror(r));
+	cr_assert_gt(t.retry_after_ns, 0);
+	cr_assert_eq(atomic_load(qs_tat(q, QUOTA_TPM)), tat, "the refused newcomer took a slot");
+	cr_assert_eq(waiting(c, QS_WAIT_LINE_OF(0, 1)), 1, "the refused newcomer left its wait published");
+
+	cr_assert_eq(write(go[1], "g", 1), 1);
+	cr_assert(until_waiting(c, QS_WAIT_LINE_OF(0, 1), 2), "the second waiter is not waiting");
+	cr_assert(nothing_reported(out), "the small waiter was admitted past the first");
+	static const uint64_t cost[2] = { 300, 5 };
+	for (int i = 0; i < 2; i++)
+		admitted_at_turn(c, out, i, cost[i], &tat);
+	reap_kids(2);
+	cr_assert_eq(atomic_load(&q->lane_waiters[1]), 0, "the count went back to zero");
+	close(go[0]);
+	close(go[1]);
+	close(out);
+	printf("fifo: a newcomer that fit at once was refused (timeout 0) or waited its turn behind the "
+	       "lane's waiter\n");
+	quota_close(c);
+}
+
+struct count_is {
+	_Atomic uint32_t *w;
+	uint32_t want;
+};
+
+static bool count_is(void *arg)
+{
+	struct count_is *x = arg;
+	return atomic_load(x->w) == x->want;
+}
+
+/* A count left one too high (a process died between counting its wait and
+ * publishing it) costs scans, never admissions, and quotad's audit sets it
+ * back to what the client slots say (two checks, 250 ms apart). */
+Test(fifo, quotad_repairs_a_leaked_count, .timeout = 60)
+{
+	struct cl_env e;
+	cl_env(&e, "fc");
+	cl_quotad(&e, cl_file(&e, "q.json", "{\"quotas\": {\"q\": {" LANES "}}}"), NULL);
+	quota_client *c = cl_open(e.seg);
+	struct qs_quota *q = tl_quota(c, 0);
+	atomic_fetch_add(&q->lane_waiters[1], 1);
+	struct quota_reserve_opts batch = lane_opts(1);
+	struct quota_ticket t;
+	cr_assert_eq(quota_reserve_ex(c, 0, &(struct quota_cost){ 1, 10, 0 }, 0, &batch, &t), 0,
+		     "a leaked count refused a reservation that fits with nobody waiting");
+	cr_assert_eq(quota_cancel(c, &t), 0);
+	cr_assert(tl_until(count_is, &(struct count_is){ &q->lane_waiters[1], 0 }),
+		  "quotad did not repair the count");
+	printf("fifo: quotad repaired a waiter count left one too high\n");
+	quota_close(c);
+}
+
 /* On the real clock, with a real quotad: a waiter killed while it waits
  * (its deadline far) is reclaimed by quotad, which wakes the waiter behind
  * it; that one, whose own turn comes 1 s after the start, is admitted -
