@@ -67,6 +67,12 @@ export interface QuotaStatus {
     samples: number;
     /** Live clients' output tokens in 16 half-octave buckets: <16, 16-23, 24-31, 32-47, ..., 1536-2047, 2048+. */
     outputHistogram: number[];
+    /** (2.2) quotad's p50 and p99 of the prompt tokens commits report (the bucket's largest token count, e.g.
+     * 1023); 0 = not yet (under 100 samples, or a 2.1 library); Infinity = 131072 or more. */
+    promptTokens: { p50: number; p99: number };
+    /** (2.2) quotad's p50 and p99 of actual / estimated output tokens of commits (the ratio below which the
+     * bucket lies, e.g. 0.125 or 1.5); 0 = not yet (under 100 samples, or a 2.1 library); Infinity = 8 or more. */
+    outputRatio: { p50: number; p99: number };
   };
   alarms: {
     /** Tickets settled more than heldAfterMs after their admission. */
@@ -75,6 +81,10 @@ export interface QuotaStatus {
     overEstimate: number;
     heldAfterMs: number; // 0 = off
     overEstimateRatio: number; // 0 = off
+    /** (2.2) Tickets open longer than heldAfterMs as of quotad's last alarm phase flip (one every heldAfterMs: a
+     * ticket shows at the second flip after its admission, leaves at the first after it is settled); 0 before
+     * the first flip, when the alarm is off, or with a 2.1 library. */
+    heldOpen: number;
   };
 }
 

@@ -824,6 +824,28 @@ static const char *const reason_names[QUOTA_REJECT_REASONS] = {
 	[QUOTA_REJECT_TOO_BIG] = "tooBig",    [QUOTA_REJECT_PAUSED] = "paused",
 };
 
+/* A learned bucket edge of struct quota_info as a number: 0 = not yet,
+ * UINT64_MAX (the open last bucket) = Infinity; tokens as they are (the
+ * bucket's largest value), a ratio (in 1/256) as the one below which its
+ * bucket lies, as quotactl and the metrics show it. */
+static napi_value learned_edge(napi_env env, uint64_t v, bool ratio)
+{
+	if (v == UINT64_MAX)
+		return num(env, INFINITY);
+	return ratio && v ? num(env, (double)(v + 1) / 256) : u64(env, v);
+}
+
+/* { p50, p99 } of two learned edges. */
+static napi_value learned_pair(napi_env env, uint64_t p50, uint64_t p99, bool ratio)
+{
+	napi_value o;
+	if (napi_create_object(env, &o) != napi_ok)
+		return NULL;
+	set(env, o, "p50", learned_edge(env, p50, ratio));
+	set(env, o, "p99", learned_edge(env, p99, ratio));
+	return o;
+}
+
 /* info(handle, id) -> a plain object (USD as numbers), or a negative errno. */
 static napi_value js_info(napi_env env, napi_callback_info info)
 {
@@ -888,19 +910,24 @@ static napi_value js_info(napi_env env, napi_callback_info info)
 	CHECK(napi_create_object(env, &learn));
 	set(env, learn, "mode", s);
 	/* UINT64_MAX: "2048 or more" (the caller's max_tokens): Infinity */
-	set(env, learn, "outputTokens", qi.learned_output == UINT64_MAX ? num(env, INFINITY) :
-					u64(env, qi.learned_output));
+	set(env, learn, "outputTokens", learned_edge(env, qi.learned_output, false));
 	set(env, learn, "samples", u64(env, qi.learned_samples));
 	CHECK(napi_create_array_with_length(env, 16, &hist));
 	for (uint32_t i = 0; i < 16; i++)
 		CHECK(napi_set_element(env, hist, i, u64(env, qi.output_hist[i])));
 	set(env, learn, "outputHistogram", hist);
+	/* 2.2 (zero from a 2.1 library: not yet) */
+	set(env, learn, "promptTokens", learned_pair(env, qi.learned_input_p50, qi.learned_input_p99, false));
+	set(env, learn, "outputRatio", learned_pair(env, qi.learned_ratio_p50, qi.learned_ratio_p99, true));
 	set(env, obj, "learned", learn);
 	CHECK(napi_create_object(env, &alarms));
 	set(env, alarms, "held", u64(env, qi.alarm_held));
 	set(env, alarms, "overEstimate", u64(env, qi.alarm_over));
 	set(env, alarms, "heldAfterMs", num(env, (double)qi.alarm_held_ns / 1e6));
 	set(env, alarms, "overEstimateRatio", num(env, (double)qi.alarm_over_pct / 100));
+	/* 2.2: as of quotad's last phase flip (0 before the first, and from a
+	 * 2.1 library) */
+	set(env, alarms, "heldOpen", u64(env, qi.held_open));
 	set(env, obj, "alarms", alarms);
 	return obj;
 }

@@ -8,7 +8,9 @@
 // batch reserve (in the process's queues and in the library's line), and a
 // wait is decided in its own lane; extend: charged as it grows, refused all
 // or nothing with retryAfterMs, waits like a reserve; settlePartial gives
-// back; status' 2.1 fields; createQuotaFetch's lane.
+// back; status' 2.1 fields; status' 2.2 fields (the prompt and actual /
+// estimated output p50/p99 quotad publishes, tickets still open past held_s
+// as of quotad's last alarm phase flip); createQuotaFetch's lane.
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -221,7 +223,7 @@ test('status: learning and alarms (quota_info 2.1)', () => {
   assert.equal(s.learned.outputTokens, 0, 'nothing learned before 100 samples');
   assert.equal(s.learned.samples, 0);
   assert.deepEqual(s.learned.outputHistogram, new Array(16).fill(0));
-  assert.deepEqual(s.alarms, { held: 0, overEstimate: 0, heldAfterMs: 5000, overEstimateRatio: 2 });
+  assert.deepEqual(s.alarms, { held: 0, overEstimate: 0, heldAfterMs: 5000, overEstimateRatio: 2, heldOpen: 0 });
   assert.equal(client.quota('plain').status().learned.mode, 'off');
   // No output named: the estimate is the caller's bound while nothing is learned.
   const free = tpm(q);
@@ -239,11 +241,70 @@ test('status: learning and alarms (quota_info 2.1)', () => {
   client.setClock(t0 + 5001);
   c.cancel(); // held more than 5 s
   const s2 = q.status();
-  assert.deepEqual(s2.alarms, { held: 1, overEstimate: 1, heldAfterMs: 5000, overEstimateRatio: 2 });
+  // (heldOpen depends on when quotad flipped the phase: the 2.2 test checks it)
+  assert.equal(s2.alarms.held, 1);
+  assert.equal(s2.alarms.overEstimate, 1);
   // Two commits of 201 output tokens: the half octave [192, 256) is bucket 8.
   const hist = s2.learned.outputHistogram;
   assert.equal(hist[8], 2);
   assert.equal(hist.reduce((x, y) => x + y, 0), 2);
+});
+
+// Poll q.status() until pick(status) is what `want` accepts: quotad's 250 ms
+// check publishes learned quantiles and flips alarm phases. `step()` runs
+// before each round (a clock move). Fails (rather than hangs) after 20 s.
+async function statusUntil(q, pick, want, what, step = () => {}) {
+  for (const deadline = Date.now() + 20000; Date.now() < deadline;) {
+    step();
+    for (const end = Date.now() + 1000; Date.now() < end;) { // a second of quotad's checks
+      const v = pick(q.status());
+      if (want(v)) return v;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+  throw new Error(`${what}: not seen within 20 s (last ${JSON.stringify(pick(q.status()))})`);
+}
+
+test('status: prompt tokens and output ratio learned (quota_info 2.2)', async () => {
+  clockStart();
+  const q = client.quota('learn-dist'); // "learn"
+  const s = q.status();
+  assert.deepEqual(s.learned.promptTokens, { p50: 0, p99: 0 }, 'nothing learned before 100 samples');
+  assert.deepEqual(s.learned.outputRatio, { p50: 0, p99: 0 });
+  // 100 commits: prompts of 500 tokens (60), 3000 (39), 200000 (1); 1000 output tokens estimated, 100 used
+  // (60: ratio 0.1), 1200 (39: 1.2), 9000 (1: 9).
+  for (let i = 0; i < 100; i++) {
+    const t = q.tryReserve({ inputTokens: i < 60 ? 500 : i < 99 ? 3000 : 200000, outputTokens: 1000 });
+    t.commit({ outputTokens: i < 60 ? 100 : i < 99 ? 1200 : 9000 });
+  }
+  // p50 in the bucket below 1024 tokens, p99 in 2048-3071; the ratio's p50 below 0.125, p99 below 1.5.
+  const learned = (what, want) => statusUntil(q, (st) => st.learned[what], want, `learned ${what}`);
+  assert.deepEqual(await learned('promptTokens', (v) => v.p50 !== 0), { p50: 1023, p99: 3071 });
+  assert.deepEqual(await learned('outputRatio', (v) => v.p50 !== 0), { p50: 0.125, p99: 1.5 });
+  // 10 more: prompts of 150000 tokens and 10 times the estimate, in the open last buckets (131072 tokens
+  // and up, 8 and up): the p99s are.
+  for (let i = 0; i < 10; i++) q.tryReserve({ inputTokens: 150000, outputTokens: 10 }).commit({ outputTokens: 100 });
+  assert.deepEqual(await learned('promptTokens', (v) => v.p99 === Infinity), { p50: 1023, p99: Infinity });
+  assert.deepEqual(await learned('outputRatio', (v) => v.p99 === Infinity), { p50: 0.125, p99: Infinity });
+});
+
+test('status: tickets held open past held_s (quota_info 2.2)', async () => {
+  clockStart();
+  const q = client.quota('held'); // alarms held_s 1
+  assert.equal(q.status().alarms.heldOpen, 0);
+  // Each round moves the clock by held_s: quotad flips the quota's alarm phase at its next check. A ticket
+  // shows at the second flip after its admission and leaves at the first after it is settled.
+  const tick = () => client.setClock(client.now() + 1000);
+  const heldOpen = (n, what) => statusUntil(q, (st) => st.alarms.heldOpen, (v) => v === n, what, tick);
+  const a = q.tryReserve({});
+  const b = q.tryReserve({});
+  assert.equal(await heldOpen(2, 'both tickets open'), 2);
+  a.commit();
+  assert.equal(await heldOpen(1, 'a settled'), 1);
+  b.cancel();
+  assert.equal(await heldOpen(0, 'both settled'), 0);
+  assert.equal(q.status().alarms.held, 2, 'both settled after more than held_s');
+  assert.equal(client.quota('plain').status().alarms.heldOpen, 0, 'no held_s: 0');
 });
 
 test('createQuotaFetch: lane', async () => {

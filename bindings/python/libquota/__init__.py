@@ -528,7 +528,9 @@ class Quota:
         capacity, available and period in seconds), in flight, spend and
         budgets in USD, admissions and refusals; and (2.1) its number of
         priority lanes, what it learned about output lengths ("learning":
-        None unless the quota learns) and its alarms. See python-libquota(3)."""
+        None unless the quota learns) and its alarms; (2.2) the prompt and
+        actual/estimated output p50/p99 in "learning" and the tickets still
+        open in alarms["held_open"]. See python-libquota(3)."""
         info = _lib.Info()
         rc = self.client._call(_lib.load().quota_info, self.id, ctypes.byref(info),
                                ctypes.sizeof(info))
@@ -567,6 +569,7 @@ class Quota:
                 "over_estimate": info.alarm_over,
                 "held_s": info.alarm_held_ns / _NS if info.alarm_held_ns else None,
                 "over_estimate_pct": info.alarm_over_pct or None,
+                "held_open": _held_open(info),
             },
         }
 
@@ -578,15 +581,38 @@ def _learning(info):
     """status()'s "learning": None for a quota that does not learn."""
     if not info.learn:
         return None
-    out = info.learned_output
     return {
         "auto_estimate": info.learn == 2,
         # None: not learned yet (fewer than 100 samples); inf: 2048 or more,
         # i.e. the caller's max_tokens (min(suggested, max_tokens) works).
-        "suggested_output_tokens": None if out == 0 else math.inf if out == _lib.LEARNED_OPEN else out,
+        "suggested_output_tokens": _learned(info.learned_output),
         "samples": info.learned_samples,
         "output_hist": list(info.output_hist),
+        # 2.2 (a 2.1 library zeroes them: None, not known)
+        "prompt_tokens": {"p50": _learned(info.learned_input_p50),
+                          "p99": _learned(info.learned_input_p99)},
+        "output_ratio": {"p50": _learned(info.learned_ratio_p50, ratio=True),
+                         "p99": _learned(info.learned_ratio_p99, ratio=True)},
     }
+
+
+def _learned(edge, ratio=False):
+    """A learned bucket edge of quota_info: None for 0 (not yet), math.inf
+    for the open last bucket; tokens as the library gives them (the
+    bucket's largest value); a ratio (in 1/256) as the float below which
+    its bucket lies, as quotactl and the metrics show it."""
+    if edge == 0:
+        return None
+    if edge == _lib.LEARNED_OPEN:
+        return math.inf
+    return (edge + 1) / _lib.RATIO_ONE if ratio else edge
+
+
+def _held_open(info):
+    """status()'s alarms["held_open"]: None while the quota has no held_s
+    alarm or quotad has not counted yet (no phase flip: a 2.1 library,
+    which zeroes the count, never shows one)."""
+    return info.held_open if info.alarm_held_ns and info.held_flips else None
 
 
 # ---- Ticket -----------------------------------------------------------------

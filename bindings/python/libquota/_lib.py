@@ -4,9 +4,10 @@ prototypes of the functions this package calls. Nothing else lives here.
 
 The library is loaded by its SONAME through the dynamic loader (so
 LD_LIBRARY_PATH and the system's library directories apply); the struct
-layouts are those of quota.h version 2.1 (the package needs a library of
+layouts are those of quota.h version 2.2 (the package needs a library of
 2.1 or later: load() says so otherwise); the package's tests compare their
-sizes with the C compiler's."""
+sizes with the C compiler's. A 2.1 library zeroes the fields 2.2 appended
+to struct quota_info (libquota(3)), which read as "not known yet"."""
 
 import ctypes
 
@@ -18,8 +19,11 @@ QUOTA_INFO_REASONS = 32
 QUOTA_LANES_MAX = 4
 QUOTA_LANE_DEFAULT = 2**32 - 1  # the quota's last (lowest) lane
 QUOTA_LEARN_HIST = 16
-# quota_info.learned_output: "2048 or more" (the caller's max_tokens).
+# quota_info.learned_*: in the open-ended last bucket (learned_output: "2048
+# or more", the caller's max_tokens; prompts: 131072 or more; ratio: 8 or more).
 LEARNED_OPEN = 2**64 - 1
+# quota_info.learned_ratio_*: in 1/256 of the estimate.
+RATIO_ONE = 256
 # The upper edges of quota_info.output_hist's half-octave buckets (the last
 # is open: 2048 and up).
 OUTPUT_HIST_EDGES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, None)
@@ -88,6 +92,15 @@ class Info(ctypes.Structure):
         ("alarm_over", ctypes.c_uint64),
         ("alarm_held_ns", ctypes.c_int64),
         ("alarm_over_pct", ctypes.c_uint64),
+        # 2.2: prompts, the output's actual/estimated ratio, tickets still open.
+        ("learned_input_p50", ctypes.c_uint64),
+        ("learned_input_p99", ctypes.c_uint64),
+        ("learned_ratio_p50", ctypes.c_uint64),
+        ("learned_ratio_p99", ctypes.c_uint64),
+        ("input_hist", ctypes.c_uint64 * QUOTA_LEARN_HIST),
+        ("ratio_hist", ctypes.c_uint64 * QUOTA_LEARN_HIST),
+        ("held_open", ctypes.c_uint64),
+        ("held_flips", ctypes.c_uint64),
     ]
 
 

@@ -14,15 +14,19 @@ from libquota import _lib
 
 
 def test_struct_sizes_match_c():
-    # sizeof() of quota.h 2.1's structs as the C compiler lays them out
+    # sizeof() of quota.h 2.2's structs as the C compiler lays them out
     # (LP64): a drift here would make quota_info/reserve write past them.
     assert ctypes.sizeof(_lib.Cost) == 24
     assert ctypes.sizeof(_lib.Ticket) == 400
-    assert ctypes.sizeof(_lib.Info) == 1152
+    assert ctypes.sizeof(_lib.Info) == 1456
     assert _lib.Info.generation.offset == 960
     assert _lib.Info.lanes.offset == 968  # 2.1's fields follow 2.0's struct
     assert _lib.Info.output_hist.offset == 992
     assert _lib.Info.alarm_over_pct.offset == 1144
+    assert _lib.Info.learned_input_p50.offset == 1152  # 2.2's follow 2.1's
+    assert _lib.Info.input_hist.offset == 1184
+    assert _lib.Info.ratio_hist.offset == 1312
+    assert _lib.Info.held_flips.offset == 1448
     assert ctypes.sizeof(_lib.ReserveOpts) == 64
     assert _lib.ReserveOpts.max_output_tokens.offset == 16
     assert ctypes.sizeof(_lib.Feedback) == 136

@@ -3,7 +3,10 @@
 waiting): priority lanes by name (the lower lane stops where the headroom
 starts, the top lane takes the headroom), NoSuchLane, the learned output
 estimate (reserved for 0 output tokens, bounded by max_output_tokens) and
-status()'s 2.1 fields: lanes, learning, alarms."""
+status()'s 2.1 fields: lanes, learning, alarms; and its 2.2 fields: the
+prompt and actual/estimated output p50/p99 quotad publishes, tickets still
+open past held_s as of quotad's last alarm phase flip (waited for by the
+flip count, the clock moved by the test)."""
 
 import asyncio
 import ctypes
@@ -139,11 +142,15 @@ def test_learned_estimate_and_alarms(daemons):
         q = c.quota("a")
         st = q.status()
         assert st["learning"] == {"auto_estimate": True, "suggested_output_tokens": None,
-                                  "samples": 0, "output_hist": [0] * 16}
-        assert st["alarms"] == {"held": 0, "over_estimate": 0, "held_s": 5.0, "over_estimate_pct": 200}
+                                  "samples": 0, "output_hist": [0] * 16,
+                                  "prompt_tokens": {"p50": None, "p99": None},
+                                  "output_ratio": {"p50": None, "p99": None}}
+        # quotad has made no alarm phase flip yet (the clock has not moved)
+        assert st["alarms"] == {"held": 0, "over_estimate": 0, "held_s": 5.0, "over_estimate_pct": 200,
+                                "held_open": None}
         assert c.quota("plain").status()["learning"] is None
         assert c.quota("plain").status()["alarms"] == {"held": 0, "over_estimate": 0, "held_s": None,
-                                                       "over_estimate_pct": None}
+                                                       "over_estimate_pct": None, "held_open": None}
 
         def reserved_out(**kw):
             """Output tokens the library reserved for an open reservation
@@ -196,6 +203,96 @@ def test_learned_open_bucket_is_infinite():
     info.learned_output = _lib.LEARNED_OPEN
     assert libquota._learning(info)["suggested_output_tokens"] == math.inf
     assert libquota._learning(info)["auto_estimate"] is False
+    # 2.2: zero (as a 2.1 library leaves them) is not known; open is inf
+    assert libquota._learning(info)["prompt_tokens"] == {"p50": None, "p99": None}
+    info.learned_input_p50, info.learned_input_p99 = 4095, _lib.LEARNED_OPEN
+    info.learned_ratio_p50, info.learned_ratio_p99 = 255, _lib.LEARNED_OPEN
+    assert libquota._learning(info)["prompt_tokens"] == {"p50": 4095, "p99": math.inf}
+    assert libquota._learning(info)["output_ratio"] == {"p50": 1.0, "p99": math.inf}
+
+
+def test_learned_prompts_and_output_ratio(daemons):
+    seg = daemons.quotad({"l": {"tpm": 100000000, "learn": True}}, clock="manual")
+    with libquota.Client(seg) as c:
+        q = c.quota("l")
+
+        def learned(what, until):
+            """status()'s learning[what] once until() holds for it: quotad
+            publishes at its next check (250 ms)."""
+            deadline = time.monotonic() + 10
+            while not until(q.status()["learning"][what]):
+                assert time.monotonic() < deadline, "quotad published no %s in 10 s" % what
+                time.sleep(0.05)
+            return q.status()["learning"][what]
+
+        # 100 commits: prompts of 500 tokens (60), 3000 (39), 200000 (1);
+        # 1000 output tokens estimated, 100 used (60: ratio 0.1), 1200 (39:
+        # 1.2), 9000 (1: 9).
+        for i in range(100):
+            prompt = 500 if i < 60 else 3000 if i < 99 else 200000
+            q.reserve(input_tokens=prompt, output_tokens=1000, timeout=0).commit(
+                output_tokens=100 if i < 60 else 1200 if i < 99 else 9000)
+        # p50 in the bucket < 1024 tokens, p99 in 2048-3071; ratio p50 in
+        # [24, 32)/256, p99 in [256, 384)/256: the ratio below which it lies.
+        assert learned("prompt_tokens", lambda v: v["p50"] is not None) == {"p50": 1023, "p99": 3071}
+        assert learned("output_ratio", lambda v: v["p50"] is not None) == {"p50": 0.125, "p99": 1.5}
+        # 10 more: prompts of 150000 tokens and 10 times the estimate, in
+        # the open last buckets (131072 and up, 8 and up): the p99s are.
+        for i in range(10):
+            q.reserve(input_tokens=150000, output_tokens=10, timeout=0).commit(output_tokens=100)
+        assert learned("prompt_tokens", lambda v: v["p99"] == math.inf) == {"p50": 1023, "p99": math.inf}
+        assert learned("output_ratio", lambda v: v["p99"] == math.inf) == {"p50": 0.125, "p99": math.inf}
+
+
+def _held_flips(q):
+    """quotad's alarm phase flips of @q so far (quota_info's held_flips,
+    which status() does not show)."""
+    info = _lib.Info()
+    assert q.client._call(_lib.load().quota_info, q.id, ctypes.byref(info), ctypes.sizeof(info)) == 0
+    return info.held_flips
+
+
+def _next_flip(c, q):
+    """Move the manual clock by held_s (1 s) until quotad made one more
+    phase flip of @q (it flips at its 250 ms check once held_s passed)."""
+    f0 = _held_flips(q)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        c.set_clock(c.now_ns() + 1000 * MS)
+        for _ in range(200):  # a second of quotad's checks
+            if _held_flips(q) > f0:
+                return
+            time.sleep(0.005)
+    pytest.fail("quotad made no phase flip of %r within 20 s" % q.name)
+
+
+def test_held_open(daemons):
+    seg = daemons.quotad({"h": {"rpm": 100000, "alarms": {"held_s": 1}}, "plain": {"rpm": 100000}},
+                         clock="manual")
+    with libquota.Client(seg) as c:
+        q = c.quota("h")
+        held_open = lambda: q.status()["alarms"]["held_open"]  # noqa: E731
+        assert held_open() is None  # quotad has not counted yet
+        a = q.reserve(timeout=0)
+        _next_flip(c, q)
+        assert held_open() == 0  # a: admitted in the phase that just ended
+        b = q.reserve(timeout=0)
+        _next_flip(c, q)
+        assert held_open() == 1  # a: open since before the previous flip
+        _next_flip(c, q)
+        assert held_open() == 2  # and b
+        a.commit()
+        _next_flip(c, q)
+        assert held_open() == 1  # a leaves at the next flip
+        b.cancel()
+        _next_flip(c, q)
+        assert held_open() == 0
+        assert q.status()["alarms"]["held"] == 2  # both settled after more than held_s
+        p = c.quota("plain")
+        t = p.reserve(timeout=0)
+        c.set_clock(c.now_ns() + 1000 * MS)
+        assert p.status()["alarms"]["held_open"] is None  # no held_s: not counted
+        t.cancel()
 
 
 def test_bad_counts(daemons):
