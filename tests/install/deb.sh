@@ -43,11 +43,11 @@ has python3-libquota 'man3/python-libquota.3'
 soname=$(dpkg-deb --fsys-tarfile "$out"/libquota2_*.deb | tar -xO --wildcards '*libquota.so.2.*' | \
 	{ f=$(mktemp); cat >"$f"; objdump -p "$f" | awk '/SONAME/ {print $2}'; rm -f "$f"; })
 [ "$soname" = libquota.so.2 ] && echo "ok - SONAME libquota.so.2" || { echo "not ok - SONAME '$soname'"; fails=$((fails + 1)); }
-# What other packages link against needs the library's newest symbol
-# version (2.1): the shlibs file says so.
+# What other packages link against needs this version of the library
+# (2.2): the shlibs file says so.
 shlibs=$(dpkg-deb --ctrl-tarfile "$(ls "$out"/libquota2_*.deb | head -n 1)" | tar -xO ./shlibs 2>/dev/null)
 case "$shlibs" in
-*"libquota 2 libquota2 (>= 2.1.0)"*) echo "ok - shlibs: $shlibs" ;;
+*"libquota 2 libquota2 (>= 2.2.0)"*) echo "ok - shlibs: $shlibs" ;;
 *) echo "not ok - shlibs: '$shlibs'"; fails=$((fails + 1)) ;;
 esac
 [ $fails -eq 0 ] && echo "deb: all passed" || echo "deb: $fails failed"

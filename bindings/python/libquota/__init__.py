@@ -38,7 +38,7 @@ __all__ = [
     "Client", "Quota", "Ticket",
     "QuotaError", "RetryLater", "TooBig", "BudgetExhausted", "NoSuchQuota", "NoSuchLane",
 ]
-__version__ = "2.1.0"
+__version__ = "2.2.0"
 
 # A blocking reserve sleeps in the C library at most this long at a time, so
 # that a signal (Ctrl-C) is handled within about this delay.
