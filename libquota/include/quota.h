@@ -150,7 +150,12 @@ struct quota_reserve_opts {
 	/* With "auto_estimate": the most output tokens the call may produce
 	 * (its max_tokens), bounding the learned estimate; 0 = none. */
 	uint64_t max_output_tokens;
-	uint64_t reserved_[5];
+	/* 2.2: for a caller that waits in several calls (slices), the segment
+	 * clock's time (quota_now()) its first call began: a lower lane's
+	 * waiter then keeps its place in line from there (later than this
+	 * call's start counts as it). 0 = this call's start; negative: -EINVAL. */
+	int64_t queued_since_ns;
+	uint64_t reserved_[4];
 };
 
 /** Zero *@o, set its size to @size (pass sizeof(*@o)) and its lane to

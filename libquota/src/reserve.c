@@ -203,6 +203,7 @@ struct qc_resv {
 	uint32_t in_lane;          /* the quota's lane it is: plan */
 	bool lower;                /* a lane below the top: waits without a slot */
 	uint64_t wait_key;         /* lower lane: its wait published (waitline.c), 0 none */
+	int64_t since;             /* its place in a lower lane's line: when it began waiting */
 	bool ext;                  /* an extension of an open ticket */
 	uint64_t base_tokens;      /* extension: the ticket's tokens so far */
 	bool auto_out;             /* output 0 asked: the learned estimate, if the quota has it */
@@ -523,9 +524,9 @@ static int lower_wait(struct qc_resv *r)
 {
 	uint64_t line = QS_WAIT_LINE_OF(r->id, r->in_lane);
 	if (QS_WAIT_LINE(r->wait_key) != line) /* not yet, or a reload moved its lane */
-		r->wait_key = qc_wait_begin(r->t, line, r->start, r->deadline);
+		r->wait_key = qc_wait_begin(r->t, line, r->since, r->deadline);
 	struct qc_waiter w;
-	if (qc_wait_ahead(&r->c->g, r->t->slot, r->wait_key, r->start, r->now, &w)) {
+	if (qc_wait_ahead(&r->c->g, r->t->slot, r->wait_key, r->since, r->now, &w)) {
 		if (r->now >= r->deadline) {
 			/* its turn comes after theirs, which is not known */
 			r->retry_at = r->a > r->now ? r->a : r->now + QC_WAIT_POLL_NS;
@@ -721,11 +722,13 @@ static void open_count(const struct qc_resv *r, struct qt_priv *tk)
 	tk->held |= QT_OPEN_COUNTED | (p ? QT_OPEN_PHASE : 0);
 }
 
-/* quota_reserve() in lane @lane (UINT32_MAX: the quota's last). */
+/* quota_reserve() in lane @lane (UINT32_MAX: the quota's last), its place
+ * in a lower lane's line that of a wait begun at @since (0: now). */
 static inline __attribute__((always_inline)) int reserve(quota_client *c, int id,
 							  const struct quota_cost *cost,
 							  int64_t timeout_ns, uint32_t lane,
-							  uint64_t max_out, struct quota_ticket *ret)
+							  uint64_t max_out, int64_t since,
+							  struct quota_ticket *ret)
 {
 	if (!c || !cost || !ret || timeout_ns < 0)
 		return -EINVAL;
@@ -761,6 +764,7 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 		return 0;
 	}
 	r.deadline = add_sat(r.start, timeout_ns);
+	r.since = since > 0 && since < r.start ? since : r.start;
 	r.day = r.month = 0;
 	r.lane = lane;
 	r.ext = false;
@@ -785,12 +789,12 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
 		  struct quota_ticket *ret)
 {
-	return reserve(c, id, cost, timeout_ns, UINT32_MAX, 0, ret);
+	return reserve(c, id, cost, timeout_ns, UINT32_MAX, 0, 0, ret);
 }
 
 void quota_reserve_opts_init(struct quota_reserve_opts *o, size_t size)
 {
-	if (!o || size < offsetof(struct quota_reserve_opts, reserved_))
+	if (!o || size < offsetof(struct quota_reserve_opts, queued_since_ns))
 		return;
 	memset(o, 0, size);
 	o->size = (uint32_t)size;
@@ -802,14 +806,21 @@ int quota_reserve_ex(quota_client *c, int id, const struct quota_cost *cost, int
 {
 	uint32_t lane = QUOTA_LANE_DEFAULT;
 	uint64_t max_out = 0;
+	int64_t since = 0;
 	if (opts) {
-		if (opts->size < offsetof(struct quota_reserve_opts, reserved_) || opts->flags ||
+		if (opts->size < offsetof(struct quota_reserve_opts, queued_since_ns) || opts->flags ||
 		    opts->max_output_tokens > QC_COST_MAX)
 			return -EINVAL;
 		lane = opts->lane;
 		max_out = opts->max_output_tokens;
+		/* 2.2: a 2.1 caller's struct is as large, its word zeroed by init */
+		if (opts->size >= offsetof(struct quota_reserve_opts, reserved_)) {
+			if (opts->queued_since_ns < 0)
+				return -EINVAL;
+			since = opts->queued_since_ns;
+		}
 	}
-	return reserve(c, id, cost, timeout_ns, lane, max_out, ret);
+	return reserve(c, id, cost, timeout_ns, lane, max_out, since, ret);
 }
 
 int quota_lane(quota_client *c, int id, const char *name)
@@ -883,6 +894,7 @@ int quota_extend(quota_client *c, struct quota_ticket *ticket, const struct quot
 	r.row = qc_row(r.t, r.id);
 	r.start = r.now = qc_clock(c);
 	r.deadline = add_sat(r.start, timeout_ns);
+	r.since = r.start;
 	r.day = r.month = 0;
 	r.lane = QT_LANE(tk->held);
 	r.ext = true;

@@ -50,6 +50,7 @@ struct job {
 	uint32_t lane;
 	uint64_t cost;
 	int64_t timeout;
+	int64_t since; /* queued_since_ns; 0: the call's start */
 };
 
 struct report {
@@ -80,6 +81,7 @@ static void child(const char *name, int i, const struct job *j, int go, int out)
 	rep.err = tl_child_open(name, go, &c);
 	if (rep.err == 0) {
 		struct quota_reserve_opts o = lane_opts(j->lane);
+		o.queued_since_ns = j->since;
 		struct quota_ticket t;
 		rep.err = quota_reserve_ex(c, 0, &(struct quota_cost){ 1, j->cost, 0 }, j->timeout, &o, &t);
 		rep.now = quota_now(c);
@@ -494,6 +496,36 @@ Test(fifo, newcomer_does_not_pass, .timeout = 60, .fini = kill_kids)
 	close(out);
 	printf("fifo: a newcomer that fit at once was refused (timeout 0) or waited its turn behind the "
 	       "lane's waiter\n");
+	quota_close(c);
+}
+
+/* A caller that waits in slices (the Python binding) passes when its first
+ * slice began: a waiter arriving second but queued since earlier is ahead. */
+Test(fifo, queued_since_keeps_the_place, .timeout = 60, .fini = kill_kids)
+{
+	char name[128];
+	int64_t t0, tat;
+	quota_client *c = filled("fs", name, sizeof(name), &t0, &tat);
+	struct quota_reserve_opts bad = lane_opts(1);
+	struct quota_ticket t;
+	bad.queued_since_ns = -1;
+	cr_assert_eq(quota_reserve_ex(c, 0, &(struct quota_cost){ 1, 1, 0 }, 0, &bad, &t), -EINVAL);
+	const struct job jobs[2] = { { 1, 10, 1000 * TL_S, 0 }, { 1, 20, 1000 * TL_S, t0 + 1 } };
+	int go[2], out;
+	fork_kids(name, jobs, 2, go, &out);
+	cr_assert_eq(quota_clock_set(c, t0 + 5), 0);
+	cr_assert_eq(write(go[0], "g", 1), 1);
+	cr_assert(until_waiting(c, QS_WAIT_LINE_OF(0, 1), 1), "the first waiter is not waiting");
+	cr_assert_eq(quota_clock_set(c, t0 + 6), 0);
+	cr_assert_eq(write(go[1], "g", 1), 1);
+	cr_assert(until_waiting(c, QS_WAIT_LINE_OF(0, 1), 2), "the second waiter is not waiting");
+	admitted_at_turn(c, out, 1, 20, &tat); /* queued since t0 + 1: first */
+	admitted_at_turn(c, out, 0, 10, &tat);
+	reap_kids(2);
+	close(go[0]);
+	close(go[1]);
+	close(out);
+	printf("fifo: a waiter queued since before another kept its place (queued_since_ns)\n");
 	quota_close(c);
 }
 

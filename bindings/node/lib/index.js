@@ -244,9 +244,11 @@ class Quota {
     }
     const op = {
       what: 'reserve',
-      try: (w) => native.reserve(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, lane, maxOut),
+      // w.since: its place in a lower lane's line, kept by every try and wait
+      try: (w) => native.reserve(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens, lane, maxOut,
+        w.since),
       wait: (w, ns, cb) => native.wait(this.client._h, this.id, w.requests, w.inputTokens, w.outputTokens,
-        lane, maxOut, ns, cb),
+        lane, maxOut, w.since, ns, cb),
       made: (w, ext) => new Ticket(this, ext, w, lane, laneName),
       drop: (t) => { try { t.cancel(); } catch { /* closed */ } }, // aborted or refused meanwhile
       after: () => {},
@@ -300,11 +302,13 @@ class Line {
         timeoutMs: cost.timeoutMs ?? Infinity,
         signal: cost.signal, line: this, op,
         resolve, reject, done: false, start: performance.now(), retryAfterMs: 0, deadlineTimer: null, onAbort: null,
+        since: 0,
       };
       if (typeof w.timeoutMs !== 'number' || !(w.timeoutMs >= 0))
         throw new RangeError(`timeoutMs must be a number >= 0, not ${cost.timeoutMs}`);
       this.quota.client._check();
       if (w.signal?.aborted) throw abortReason(w.signal);
+      w.since = native.now(this.quota.client._h);
       w.deadline = performance.now() + w.timeoutMs;
       return w;
     } catch (e) {

@@ -323,19 +323,22 @@ static napi_value js_lane(napi_env env, napi_callback_info info)
 
 /*
  * reserve(handle, id, requests, inputTokens, outputTokens, lane,
- * maxOutputTokens) -> an external ticket when admitted, else a negative
+ * maxOutputTokens, queuedSinceNs) -> an external ticket when admitted, else a negative
  * errno; on -EAGAIN the earliest delay worth retrying after is left for
  * lastRetryAfterNs(). quota_reserve_ex() in that lane. Never waits.
  */
 /* Per thread: each worker_thread has its own JavaScript thread. */
 static _Thread_local int64_t tls_retry_after_ns;
 
-/* The arguments reserve() and wait() share: id, the cost, lane and
- * maxOutputTokens from argv[0..5]. */
+/* The arguments reserve() and wait() share: id, the cost, lane,
+ * maxOutputTokens and queuedSinceNs (quota_now() when the reserve began:
+ * its place in a lower lane's line, kept by every try and wait of it) from
+ * argv[0..6]. */
 static int get_reserve_args(napi_env env, const napi_value *argv, int *id,
 			    struct quota_cost *cost, struct quota_reserve_opts *o)
 {
 	double idd;
+	int64_t since;
 	quota_reserve_opts_init(o, sizeof(*o));
 	if (napi_get_value_double(env, argv[0], &idd) != napi_ok ||
 	    get_count(env, argv[1], &cost->requests) < 0 ||
@@ -344,18 +347,25 @@ static int get_reserve_args(napi_env env, const napi_value *argv, int *id,
 	    get_lane(env, argv[4], &o->lane) < 0 ||
 	    get_count(env, argv[5], &o->max_output_tokens) < 0)
 		return -1;
+	/* a time in ns: past 2^53 (104 days of uptime) a double rounds it,
+	 * which moves a place in line by a few ns at most */
+	if (napi_get_value_int64(env, argv[6], &since) != napi_ok) {
+		napi_throw_type_error(env, "EINVAL", "queuedSinceNs must be a number");
+		return -1;
+	}
+	o->queued_since_ns = since > 0 ? since : 0;
 	*id = (idd >= 0 && idd < 1e9 && idd == floor(idd)) ? (int)idd : -1;
 	return 0;
 }
 
 static napi_value js_reserve(napi_env env, napi_callback_info info)
 {
-	napi_value argv[7], ret;
+	napi_value argv[8], ret;
 	struct handle *h;
 	int id;
 	struct quota_cost cost;
 	struct quota_reserve_opts o;
-	CHECK(get_args(env, info, 7, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_args(env, info, 8, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_reserve_args(env, argv + 1, &id, &cost, &o) == 0 ? napi_ok : napi_generic_failure);
 	if (id < 0)
@@ -595,7 +605,7 @@ static napi_value wait_start(napi_env env, struct handle *h, const struct wait *
 
 /*
  * wait(handle, id, requests, inputTokens, outputTokens, lane,
- * maxOutputTokens, timeoutNs, callback): quota_reserve_ex() in that lane
+ * maxOutputTokens, queuedSinceNs, timeoutNs, callback): quota_reserve_ex() in that lane
  * with that timeout on a thread of its own (the top lane takes its place in
  * line at once; a lower lane sleeps until its lane would admit it, holding
  * nothing); callback(ticket | negative errno, retryAfterNs) later on this
@@ -603,16 +613,16 @@ static napi_value wait_start(napi_env env, struct handle *h, const struct wait *
  */
 static napi_value js_wait(napi_env env, napi_callback_info info)
 {
-	napi_value argv[9];
+	napi_value argv[10];
 	struct handle *h;
 	struct wait w = { 0 };
-	CHECK(get_args(env, info, 9, argv) == 0 ? napi_ok : napi_generic_failure);
+	CHECK(get_args(env, info, 10, argv) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_handle(env, argv[0], &h) == 0 ? napi_ok : napi_generic_failure);
 	CHECK(get_reserve_args(env, argv + 1, &w.id, &w.cost, &w.opts) == 0 ? napi_ok :
 									      napi_generic_failure);
 	if (w.id < 0)
 		return num(env, -ENOENT);
-	return wait_start(env, h, &w, argv[7], argv[8]);
+	return wait_start(env, h, &w, argv[8], argv[9]);
 }
 
 /* The two token counts of an extension or of a partial settle. */

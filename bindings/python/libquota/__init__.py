@@ -406,16 +406,16 @@ class Quota:
         return rc
 
     def _opts(self, lane, max_output_tokens):
-        """struct quota_reserve_opts for @lane and @max_output_tokens, or
-        None (the default lane, no bound)."""
-        if lane is None and not max_output_tokens:
-            return None
+        """struct quota_reserve_opts for @lane and @max_output_tokens, its
+        place in a lower lane's line that of the first slice: every slice
+        of one reserve() passes when it began (queued_since_ns)."""
         o = _lib.ReserveOpts()
         _lib.load().quota_reserve_opts_init(ctypes.byref(o), ctypes.sizeof(o))
         if lane is not None:
             o.lane = self.lane_index(lane)
         if max_output_tokens:
             o.max_output_tokens = max_output_tokens
+        o.queued_since_ns = max(0, self.client.now_ns())
         return o
 
     def _try(self, cost, opts, lane, timeout_ns):

@@ -105,13 +105,14 @@ class Info(ctypes.Structure):
 
 
 class ReserveOpts(ctypes.Structure):
-    """struct quota_reserve_opts (2.1); fill with quota_reserve_opts_init()."""
+    """struct quota_reserve_opts (2.1; queued_since_ns 2.2); fill with quota_reserve_opts_init()."""
     _fields_ = [
         ("size", ctypes.c_uint32),
         ("lane", ctypes.c_uint32),
         ("flags", ctypes.c_uint64),
         ("max_output_tokens", ctypes.c_uint64),
-        ("reserved_", ctypes.c_uint64 * 5),
+        ("queued_since_ns", ctypes.c_int64),  # 2.2
+        ("reserved_", ctypes.c_uint64 * 4),
     ]
 
 
