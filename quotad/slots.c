@@ -12,10 +12,13 @@
 
 #include "global_int.h"
 
-/* The workers' cap on slot limit @g: quotad holds max - cap of the count. */
+/* The workers' cap on slot limit @g: quotad holds max - cap of the count;
+ * and their lease: no admission from sl.until on (reserve.c). */
 void qg_slots_hold(struct daemon *d, struct qg_limit *g)
 {
 	struct qs_quota *q = qs_quota_at(&d->g, g->id);
+	if (atomic_load_explicit(&q->inflight_until, memory_order_relaxed) != g->sl.until)
+		atomic_store_explicit(&q->inflight_until, g->sl.until, memory_order_relaxed);
 	uint64_t hold = g->sl.max - g->sl.cap;
 	if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) != hold) {
 		g->sl.in_use = qc_inflight_hold_set(q, hold);
@@ -76,6 +79,8 @@ void qg_apply_slots(struct qg_limit *g, const long long *v)
 	if (sl->expired)
 		qd_log("info", "global %s inflight: slots granted again", g->quota);
 	sl->expired = false;
+	/* The lease runs from when the call was sent (qg_answered()). */
+	sl->until = g->last_ok + (int64_t)(sl->lease_ns / 2);
 	sl->granted = sl->sent_held + granted;
 	sl->cap = sl->granted;
 	sl->free = v[2] > 0 ? (uint64_t)v[2] : 0;
