@@ -59,13 +59,15 @@ void qg_call_slots(struct daemon *d, uint32_t i, int64_t now)
 	uint64_t want = demand > held ? demand - held : 0;
 	sl->sent_held = held;
 	sl->peak = sl->in_use;
-	char a[5][48];
+	char a[6][48];
 	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)sl->max);
 	snprintf(a[1], sizeof(a[1]), "%llu", (unsigned long long)(sl->lease_ns / 1000));
 	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)held);
 	snprintf(a[3], sizeof(a[3]), "%llu", (unsigned long long)want);
 	snprintf(a[4], sizeof(a[4]), "%llu", (unsigned long long)demand);
-	qg_send_call(d, i, now, "quotad_slots", 5, a);
+	/* Ends an empty Redis' grace once this many hosts have reported. */
+	snprintf(a[5], sizeof(a[5]), "%u", g->expected_hosts);
+	qg_send_call(d, i, now, "quotad_slots", 6, a);
 }
 
 /* A confirmed answer of a slot limit: v = {granted, live hosts, free,
@@ -135,6 +137,7 @@ void qg_slots_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t id, 
 	if (o && strcmp(o->key, g->key) == 0 && o->sl.max == g->sl.max && o->sl.lease_ns == g->sl.lease_ns) {
 		*g = *o;
 		g->policy = qc->outage;
+		g->expected_hosts = qc->expected_hosts;
 		g->pending = false;
 	}
 }

@@ -1200,9 +1200,8 @@ Test(global, inflight_slots, .timeout = 120)
 	pid_t w[9];
 	char path[9][200];
 	slot_fleet(&re, rsock, sizeof(rsock), h, 3, S_MAX, 3, S_LEASE_S, 3, until, w, path, "s");
-	/* A fresh Redis grants slots only after the lease since its start
-	 * (it cannot tell a first start from an empty restart): wait until
-	 * host 0 holds some, bounded. */
+	/* A fresh Redis grants slots once the 3 expected hosts have reported
+	 * (inflight_slots_grace): wait until host 0 holds some, bounded. */
 	until_held(&h[0], 1, 1, S_LEASE_S + 10, "start");
 	struct timespec run = { soak_s(2), 0 };
 	nanosleep(&run, NULL); /* running on slots for a while: a schedule */
@@ -1394,9 +1393,9 @@ Test(global, spend_budget, .timeout = 120)
 
 /* Slots through a Redis outage: a host keeps the slots it holds for half
  * the lease (it still admits), then admits no new request; Redis restarted
- * empty grants nothing for a lease after its start (the hosts' reports
- * rebuild what they hold), then slots are granted again; never more than M
- * in flight, before, during or after. */
+ * empty, with one of the 3 expected hosts silent, grants nothing for a lease
+ * after its start (the hosts' reports rebuild what they hold), then slots
+ * are granted again; never more than M in flight, before, during or after. */
 #define SO_MAX 4
 #define SO_LEASE_S 4
 
@@ -1407,7 +1406,7 @@ Test(global, inflight_slots_outage, .timeout = 120)
 	struct host h[2];
 	pid_t w[4];
 	char path[4][200];
-	pid_t rpid = slot_fleet(&re, rsock, sizeof(rsock), h, 2, SO_MAX, 2, SO_LEASE_S, 2, cl_now() + 100 * CL_S, w,
+	pid_t rpid = slot_fleet(&re, rsock, sizeof(rsock), h, 2, SO_MAX, 3, SO_LEASE_S, 2, cl_now() + 100 * CL_S, w,
 				path, "o");
 	until_held(&h[0], 1, 1, SO_LEASE_S + 10, "start");
 	until_held(&h[1], 1, 1, SO_LEASE_S + 10, "start");
@@ -1453,13 +1452,34 @@ Test(global, inflight_slots_outage, .timeout = 120)
 	cr_assert(kept > 0, "no admission on the slots kept in the outage");
 	cr_assert_eq(after_expiry, 0, "%zu admitted after half the lease without Redis", after_expiry);
 	cr_assert(resumed > 0, "no admission after the restart");
-	/* An empty Redis grants nothing before a lease after its start. */
+	/* An empty Redis with an expected host silent grants nothing before a
+	 * lease after its start. */
 	cr_assert(back - restarted >= SO_LEASE_S * CL_S - CL_S, "slots granted %.2f s after an empty restart",
 		  (double)(back - restarted) / 1e9);
 	free(l.e);
 }
 
 /* ------------------------------------------------- slots: dead quotad, grace */
+
+/* Redis' own uptime in seconds (INFO server), -1 if unknown. */
+static long redis_uptime(redisContext *c)
+{
+	redisReply *r = redisCommand(c, "INFO server");
+	bool text = r && r->type == REDIS_REPLY_STRING;
+	const char *p = text ? strstr(r->str, "uptime_in_seconds:") : NULL;
+	long up = p ? atol(p + strlen("uptime_in_seconds:")) : -1;
+	freeReplyObject(r);
+	return up;
+}
+
+/* Whether the slots hash of "g" has @field = @want. */
+static bool slots_field_is(redisContext *c, const char *field, const char *want)
+{
+	redisReply *r = redisCommand(c, "HGET quotad:{g}:inflight %s", field);
+	bool is = r && r->type == REDIS_REPLY_STRING && strcmp(r->str, want) == 0;
+	freeReplyObject(r);
+	return is;
+}
 
 /* The logs of slot workers @path[0 .. n-1] (SIGKILLed at @end) into @l. */
 static void slot_logs(struct slot_log *l, char (*path)[200], int n, int64_t end)
@@ -1528,5 +1548,81 @@ Test(global, inflight_slots_dead_quotad, .timeout = 120)
 	cr_assert(survivors > 0, "the survivors admitted nothing on all the slots");
 	cr_assert(peak <= S_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, S_MAX);
 	free(dead.e);
+	free(l.e);
+}
+
+/* An empty Redis' grace ends once expected_hosts hosts have reported what
+ * they hold (lease 20 s, M 4, 2 hosts expected 2, 3 workers each): a fresh
+ * Redis grants slots within a few refresh periods; one restarted empty
+ * while the hosts hold slots granted by the old one ends its grace as soon
+ * (its grace field is 0 while it has been up for less than the lease) and
+ * grants: the workers of the host holding more stop, its idle slots go
+ * back, and the other host gets more than it held. Never more than 4 in
+ * flight. The lease after the start is waited for when an expected host is
+ * silent (inflight_slots_outage). */
+#define GR_MAX 4
+#define GR_LEASE_S 20
+
+/* Redis (@c) ended its grace by the hosts' reports: its grace field reads 0
+ * while it has been up for less than the lease (the lease would end it at
+ * an uptime of the lease less a second of rounding). */
+static void grace_ended_early(redisContext *c, const char *what)
+{
+	int64_t lim = cl_now() + (GR_LEASE_S + 10) * CL_S;
+	while (!slots_field_is(c, "grace", "0")) {
+		cr_assert(cl_now() < lim, "%s: the grace never ended", what);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	long up = redis_uptime(c);
+	fprintf(stderr, "%s: grace over at an uptime of %ld s (lease %d s)\n", what, up, GR_LEASE_S);
+	cr_assert(up >= 0 && up < GR_LEASE_S - 1, "%s: grace over at an uptime of %ld s: by the lease", what, up);
+}
+
+Test(global, inflight_slots_grace, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[2];
+	pid_t w[6];
+	char path[6][200];
+	int64_t t0 = cl_now();
+	pid_t rpid = slot_fleet(&re, rsock, sizeof(rsock), h, 2, GR_MAX, 2, GR_LEASE_S, 3, cl_now() + 100 * CL_S, w,
+				path, "r");
+	until_held(&h[0], 1, 1, GR_LEASE_S + 10, "fresh Redis");
+	until_held(&h[1], 1, 1, GR_LEASE_S + 10, "fresh Redis");
+	fprintf(stderr, "fresh Redis: both hosts hold slots %.2f s after it was started\n",
+		(double)(cl_now() - t0) / 1e9);
+	redisContext *c = redis_ctx(rsock);
+	grace_ended_early(c, "fresh Redis");
+	redisFree(c);
+	/* Redis restarted empty while both hosts hold slots of the old one;
+	 * meanwhile the workers of the host holding more stop. */
+	double held[2] = { slots_held(&h[0]), slots_held(&h[1]) };
+	int rich = held[0] >= held[1] ? 0 : 1, poor = 1 - rich;
+	cl_stop(rpid, SIGKILL);
+	for (int i = 0; i < 2; i++)
+		free(status_until(&h[i], "outage-slots_kept", NULL));
+	for (int i = 0; i < 3; i++)
+		cl_stop(w[3 * rich + i], SIGKILL);
+	int64_t rich_end = cl_now(); /* their slots were reclaimed by then */
+	int64_t restarted = cl_now();
+	redis_start(re.dir, rsock, sizeof(rsock));
+	c = redis_ctx(rsock);
+	grace_ended_early(c, "Redis restarted empty");
+	until_held(&h[poor], 1, held[poor] + 1, GR_LEASE_S + 10, "after the restart");
+	long up = redis_uptime(c);
+	redisFree(c);
+	fprintf(stderr, "Redis restarted empty: host %d holds %.0f slots, not %.0f, %.2f s after the restart "
+		"(uptime %ld s)\n", poor, held[poor] + 1, held[poor], (double)(cl_now() - restarted) / 1e9, up);
+	cr_assert(up >= 0 && up < GR_LEASE_S - 1, "granted at an uptime of %ld s: after the lease", up);
+	for (int i = 0; i < 3; i++)
+		cl_stop(w[3 * poor + i], SIGKILL);
+	struct slot_log l = { 0 };
+	slot_logs(&l, path + 3 * rich, 3, rich_end);
+	slot_logs(&l, path + 3 * poor, 3, cl_now());
+	int64_t peak = slot_peak(&l);
+	fprintf(stderr, "grace: peak %lld in flight (max %d), %zu admitted\n", (long long)peak, GR_MAX, l.admitted);
+	cr_assert(peak <= GR_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, GR_MAX);
 	free(l.e);
 }
