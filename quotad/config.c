@@ -760,6 +760,9 @@ int qd_quota_config(const struct qd_quota *qc, uint32_t id, struct qs_config *ou
 	snprintf(out->name, sizeof(out->name), "%s", qc->name);
 	out->quota_id = id;
 	out->flags = qc->refund_actual ? QS_REC_REFUND_ACTUAL : 0;
+	/* Slots leased from Redis: the workers check the lease (slots.c). */
+	if (qc->global && qc->max_inflight)
+		out->flags |= QS_REC_GLOBAL_INFLIGHT;
 	out->context_window = qc->context_window;
 	out->max_inflight = qc->max_inflight;
 	out->price_in_pusd = qc->price_in_pusd;

@@ -19,7 +19,9 @@
 #define QD_REDIS_STR_MAX 127
 #define QD_SENTINELS_MAX 8
 #define QD_EXPECTED_HOSTS_MAX 4096
-#define QD_INFLIGHT_LEASE_DEFAULT_S 600 /* longer than twice the longest request */
+/* Half of it outlasts a 10-minute request (quota-proxy's and the OpenAI
+ * SDKs' default timeout) with 5 minutes to spare. */
+#define QD_INFLIGHT_LEASE_DEFAULT_S 1800
 #define QD_INFLIGHT_LEASE_MIN_S 2       /* its first half outlasts the 1 s outage timer */
 #define QD_INFLIGHT_LEASE_MAX_S 604800
 

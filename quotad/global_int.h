@@ -46,9 +46,11 @@ struct qg_pend {
  * A call reports held = max(cap, in_use): the workers can never hold more
  * until the answer (they are admitted only below cap), and it never
  * exceeds Redis' o. Lowering cap before a call returns idle slots; slots in
- * use are never given back. Without an answer for half the lease, cap goes
- * to 0: the host admits no new request, and what it admitted ends before
- * Redis reaps it (the lease is at least twice the longest request). */
+ * use are never given back. Half the lease after the last answered call was
+ * sent (until, published in the quota entry's inflight_until) the workers
+ * admit no new request by themselves, even if quotad is dead or stopped,
+ * and quotad sets cap to 0; what they admitted ends before Redis reaps the
+ * host (the lease is at least twice the longest request). */
 #define QG_SLOTS QUOTA_RATE_KINDS
 #define QG_USD_DAY (QG_SLOTS + 1)
 #define QG_USD_MONTH (QG_SLOTS + 2)
@@ -56,6 +58,8 @@ struct qg_slots {
 	uint64_t max, lease_ns;
 	uint64_t granted, cap, in_use, peak;
 	uint64_t sent_held;                 /* held reported by the call in flight */
+	int64_t until;                      /* the workers' last admission: the last answered
+					     * call's send time + lease / 2; 0 before one */
 	bool expired;                       /* half the lease without an answer */
 	int64_t grace_ms;                   /* Redis' grace after an empty start */
 	uint64_t free;                      /* free slots, as Redis last said */

@@ -132,23 +132,29 @@ local function grant(keys, args)
   return { g, live, math.floor(stock), held + g, cap, reaped }
 end
 
--- In-flight SLOTS of a global max_inflight M (global.c): one hash per
+-- In-flight SLOTS of a global max_inflight M (slots.c): one hash per
 -- limit with per host o:HOST (slots it holds: what it reports holding, in
 -- use or not, plus what it was just granted), d:HOST (its demand, slots) and
--- s:HOST (last seen, us); and grace (us): no slot is granted before it.
+-- s:HOST (last seen, us); grace (us): no slot is granted before it; and hn,
+-- the most hosts any caller expects to share the key.
 -- INVARIANT: sum(o) <= M after every call (a grant takes only free slots,
 -- a host reports no more than its o, a reap drops an o).
--- A host silent for the lease is reaped: it stopped admitting after half of
--- it (global.c), and what it admitted ended by then (lease >= twice the
--- longest request). A missing hash on a server up for less than the lease
--- may be a master that restarted empty while hosts still use slots it does
--- not know: it grants nothing until the lease has passed since its start;
--- the hosts' reports rebuild o meanwhile.
+-- A host silent for the lease is reaped: it stopped admitting half the
+-- lease after it sent its last answered call (its workers check, reserve.c),
+-- and what it admitted ended by then (lease >= twice the longest request).
+-- A missing hash on a server up for less than the lease may be a master
+-- that restarted empty while hosts still use slots it does not know: it
+-- grants nothing until the lease has passed since its start, or until hn
+-- distinct hosts have reported what they hold (every host in the hash has
+-- called since it was made): at most hn hosts share the key, so their o
+-- then covers every slot in use.
 local function slots(keys, args)
   local k = keys[1]
   local host = args[1]
   local M, lease = tonumber(args[2]), tonumber(args[3])
   local held, want, demand = tonumber(args[4]), tonumber(args[5]), tonumber(args[6])
+  -- a caller that does not say how many hosts it expects ends no grace early
+  local expect = tonumber(args[7]) or 1e15
   local now = now_us()
   local h = redis.call('HGETALL', k)
   local st = {}
@@ -161,7 +167,10 @@ local function slots(keys, args)
     elseif up * 1000000 < lease then grace = now - up * 1000000 + lease
     else grace = 0 end
   end
+  local hn = tonumber(st['hn'] or '0')
+  if expect > hn then hn = expect end
   local out, live, reaped, dem = others(k, st, host, lease, now, demand)
+  if now < grace and live >= hn then grace = 0 end
   local cap = math.ceil(fair_share(M, dem, demand))
   local g = want
   if g > M - out - held then g = M - out - held end
@@ -170,7 +179,7 @@ local function slots(keys, args)
   if g < 0 then g = 0 end
   g = math.floor(g)
   local function s(x) return string.format('%.0f', x) end
-  redis.call('HSET', k, 'grace', s(grace), 's:' .. host, s(now), 'o:' .. host, s(held + g),
+  redis.call('HSET', k, 'grace', s(grace), 'hn', s(hn), 's:' .. host, s(now), 'o:' .. host, s(held + g),
     'd:' .. host, s(demand))
   local left = 0
   if now < grace then left = math.ceil((grace - now) / 1000) end

@@ -12,10 +12,13 @@
 
 #include "global_int.h"
 
-/* The workers' cap on slot limit @g: quotad holds max - cap of the count. */
+/* The workers' cap on slot limit @g: quotad holds max - cap of the count;
+ * and their lease: no admission from sl.until on (reserve.c). */
 void qg_slots_hold(struct daemon *d, struct qg_limit *g)
 {
 	struct qs_quota *q = qs_quota_at(&d->g, g->id);
+	if (atomic_load_explicit(&q->inflight_until, memory_order_relaxed) != g->sl.until)
+		atomic_store_explicit(&q->inflight_until, g->sl.until, memory_order_relaxed);
 	uint64_t hold = g->sl.max - g->sl.cap;
 	if (atomic_load_explicit(&q->inflight_hold, memory_order_relaxed) != hold) {
 		g->sl.in_use = qc_inflight_hold_set(q, hold);
@@ -56,13 +59,15 @@ void qg_call_slots(struct daemon *d, uint32_t i, int64_t now)
 	uint64_t want = demand > held ? demand - held : 0;
 	sl->sent_held = held;
 	sl->peak = sl->in_use;
-	char a[5][48];
+	char a[6][48];
 	snprintf(a[0], sizeof(a[0]), "%llu", (unsigned long long)sl->max);
 	snprintf(a[1], sizeof(a[1]), "%llu", (unsigned long long)(sl->lease_ns / 1000));
 	snprintf(a[2], sizeof(a[2]), "%llu", (unsigned long long)held);
 	snprintf(a[3], sizeof(a[3]), "%llu", (unsigned long long)want);
 	snprintf(a[4], sizeof(a[4]), "%llu", (unsigned long long)demand);
-	qg_send_call(d, i, now, "quotad_slots", 5, a);
+	/* Ends an empty Redis' grace once this many hosts have reported. */
+	snprintf(a[5], sizeof(a[5]), "%u", g->expected_hosts);
+	qg_send_call(d, i, now, "quotad_slots", 6, a);
 }
 
 /* A confirmed answer of a slot limit: v = {granted, live hosts, free,
@@ -76,6 +81,8 @@ void qg_apply_slots(struct qg_limit *g, const long long *v)
 	if (sl->expired)
 		qd_log("info", "global %s inflight: slots granted again", g->quota);
 	sl->expired = false;
+	/* The lease runs from when the call was sent (qg_answered()). */
+	sl->until = g->last_ok + (int64_t)(sl->lease_ns / 2);
 	sl->granted = sl->sent_held + granted;
 	sl->cap = sl->granted;
 	sl->free = v[2] > 0 ? (uint64_t)v[2] : 0;
@@ -130,6 +137,7 @@ void qg_slots_limit(struct qg_limit *g, const struct qd_quota *qc, uint32_t id, 
 	if (o && strcmp(o->key, g->key) == 0 && o->sl.max == g->sl.max && o->sl.lease_ns == g->sl.lease_ns) {
 		*g = *o;
 		g->policy = qc->outage;
+		g->expected_hosts = qc->expected_hosts;
 		g->pending = false;
 	}
 }

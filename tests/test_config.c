@@ -152,7 +152,7 @@ Test(config, global_quotas_accepted)
 	j = R("{\"url\": \"redis://h:1\"}", GQ ", \"max_inflight\": 6");
 	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(cfg.quotas[0].max_inflight, 6);
-	cr_assert_eq(cfg.quotas[0].inflight_lease_ns, 600 * 1000000000ULL);
+	cr_assert_eq(cfg.quotas[0].inflight_lease_ns, 1800 * 1000000000ULL);
 	qd_config_free(&cfg);
 	j = R("{\"url\": \"redis://h:1\"}", "\"budget_usd\": {\"day\": 3}, \"scope\": \"global\", \"expected_hosts\": 2");
 	cr_assert_eq(qd_config_parse(j, strlen(j), "t", &cfg, err, sizeof(err)), 0, "%s", err);

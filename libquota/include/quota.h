@@ -115,7 +115,9 @@ QUOTA_PUBLIC int quota_find(quota_client *c, const char *quota_name);
  *
  * Errors: -EAGAIN not admissible within @timeout_ns (nothing was charged;
  * ret->retry_after_ns holds the earliest delay worth retrying after; only
- * that field of *@ret is written); -E2BIG can never be admitted (a cost above
+ * that field of *@ret is written; on a global max_inflight whose host has
+ * not heard from Redis for half the slots' lease, at once, reason
+ * QUOTA_REJECT_INFLIGHT, retry after 1 s); -E2BIG can never be admitted (a cost above
  * a limit's capacity, input + output above the context window, or a spend
  * above the budget); -EDQUOT the spend budget of the current day or month is
  * reached; -ENOENT unknown or removed quota; -EINVAL bad arguments (NULL, a

@@ -53,9 +53,11 @@
  * major (-EPROTONOSUPPORT, "a newer layout"), not as a foreign object. */
 #define QS_MAGIC 0x3247455341544f51ULL /* "QOTASEG2" little-endian */
 /* Major 3 (libquota 2.2): client rows of 256 B, not 192 (prompt and ratio
- * histograms, tickets open per alarm phase): the client stride changed. */
+ * histograms, tickets open per alarm phase): the client stride changed.
+ * Minor 1: QS_REC_GLOBAL_INFLIGHT and the quota entry's inflight_until, in
+ * what were reserved words. */
 #define QS_MAJOR 3
-#define QS_MINOR 0
+#define QS_MINOR 1
 #define QS_CACHELINE 64
 #define QS_HEADER_SIZE 4096
 
@@ -172,7 +174,12 @@ struct qs_lane_src {
 /* record.flags */
 #define QS_REC_REFUND_ACTUAL (1u << 0)
 #define QS_REC_REMOVED (1u << 1) /* the quota was removed by a reload */
-#define QS_REC_FLAGS_KNOWN (QS_REC_REFUND_ACTUAL | QS_REC_REMOVED)
+/* Layout 3.1: max_inflight is a global quota's, leased from Redis by quotad
+ * (quotad/slots.c): a reservation takes an in-flight slot only before the
+ * quota entry's inflight_until. A 3.0 library refuses such a record
+ * (unknown flag: -EBADMSG), as it could not keep that rule. */
+#define QS_REC_GLOBAL_INFLIGHT (1u << 2)
+#define QS_REC_FLAGS_KNOWN (QS_REC_REFUND_ACTUAL | QS_REC_REMOVED | QS_REC_GLOBAL_INFLIGHT)
 
 /*
  * An immutable configuration record. Written by quotad only while no
@@ -262,13 +269,19 @@ struct qs_quota {
 	_Atomic uint64_t st_reclaimed;  /* in-flight slots given back for dead clients */
 	_Atomic uint64_t st_repaired;   /* in-flight drift repaired by audits (quotad) */
 	_Atomic uint64_t st_rejected[QS_REASONS];
-	/* Lower-lane waiters published per lane (waitline.c): incremented
-	 * before a wait is published, decremented after it is cleared, so at
-	 * least the number published; a process dying in between leaves one
-	 * too many, which quotad's audit repairs (qc_wait_audit). Zero: a
-	 * reservation of that lane that fits now need not look for waiters. */
+	/* Line 6 (layout 3.1), read-mostly. Lower-lane waiters published per
+	 * lane (waitline.c): incremented before a wait is published,
+	 * decremented after it is cleared, so at least the number published; a
+	 * process dying in between leaves one too many, which quotad's audit
+	 * repairs (qc_wait_audit). Zero: a reservation of that lane that fits
+	 * now need not look for waiters. */
 	_Atomic uint32_t lane_waiters[QS_LANES];
-	uint64_t reserved6[1];
+	/* On a quota whose record has QS_REC_GLOBAL_INFLIGHT, no in-flight slot
+	 * is taken at or after this time (segment clock, i.e. CLOCK_MONOTONIC:
+	 * a global quota cannot use the manual clock): half the lease after
+	 * quotad sent the last call Redis answered (quotad/slots.c). Written by
+	 * quotad only. */
+	_Atomic int64_t inflight_until;
 
 	/* Line 7: learning and alarms. */
 	_Atomic uint64_t learned_out;     /* quotad: p99 of actual output tokens, as the
@@ -293,6 +306,7 @@ static_assert(sizeof(struct qs_quota) == 512, "quota entry size");
 static_assert(offsetof(struct qs_quota, tat_day) == 64, "hot line B");
 static_assert(offsetof(struct qs_quota, refund_begun) == 128, "refund lines");
 static_assert(offsetof(struct qs_quota, st_admitted) == 256, "stats lines");
+static_assert(offsetof(struct qs_quota, inflight_until) / 64 == 6, "inflight_until off the hot lines");
 static_assert(offsetof(struct qs_quota, learned_out) == 448, "learning line");
 static_assert(offsetof(struct qs_quota, held_open) == 504, "learning line, last word");
 static_assert(QUOTA_RATE_KINDS == QS_KINDS, "kinds");

@@ -33,6 +33,14 @@
  * and in-flight waiters (max_inflight) are all woken when a slot frees and
  * race for it.
  *
+ * GLOBAL IN FLIGHT. On a quota whose max_inflight is leased from Redis
+ * (record flag QS_REC_GLOBAL_INFLIGHT), decide() takes an in-flight slot
+ * only at an admission time before the quota's inflight_until, which quotad
+ * sets to half the lease after it sent the last call Redis answered: a host
+ * whose quotad died, stopped, or lost Redis stops admitting by then, before
+ * Redis reaps its slots and grants them to other hosts. One relaxed load of
+ * a line quotad writes about twice a second; host quotas do not read it.
+ *
  * Per-thread statistics go to the caller's own row in its client slot (one
  * writer, relaxed stores): nothing shared is written for them.
  */
@@ -324,6 +332,14 @@ static int decide(struct qc_resv *r)
 	}
 	r->a = a;
 	if (cf->max_inflight) {
+		/* A global max_inflight: only while quotad's lease from Redis
+		 * holds (GLOBAL IN FLIGHT, docs/ARCHITECTURE.md, Theorem S). */
+		if ((cf->flags & QS_REC_GLOBAL_INFLIGHT) && r->req &&
+		    a >= atomic_load_explicit(&q->inflight_until, memory_order_relaxed)) {
+			r->reason = QUOTA_REJECT_INFLIGHT;
+			r->retry_at = r->now + QC_NS_PER_S; /* until quotad hears from Redis again */
+			return -EAGAIN;
+		}
 		uint64_t w = atomic_load_explicit(&q->inflight, memory_order_relaxed);
 		if (QS_INFLIGHT_COUNT(w) + r->req > cf->max_inflight) {
 			if (!r->c->manual && r->now < r->deadline && a <= r->deadline)

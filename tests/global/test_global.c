@@ -1027,6 +1027,11 @@ static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64
 		struct quota_ticket t;
 		int64_t asked = cl_now();
 		int r = quota_reserve(c, id, &one, 20 * CL_MS, &t);
+		if (r == -EAGAIN && t.retry_after_ns > 20 * CL_MS) {
+			/* refused at once (the host's lease ran out): retry later */
+			struct timespec s = { 0, 20 * CL_MS };
+			nanosleep(&s, NULL); /* pacing a retry, not synchronisation */
+		}
 		if (r == -EAGAIN)
 			continue;
 		if (r < 0)
@@ -1109,6 +1114,39 @@ static double slots_held(const struct host *h)
 	return v;
 }
 
+/* Until hosts @h[0 .. n-1] hold @at_least slots between them, bounded by
+ * @bound_s. */
+static void until_held(const struct host *h, int n, double at_least, int64_t bound_s, const char *what)
+{
+	int64_t lim = cl_now() + bound_s * CL_S;
+	for (;;) {
+		double sum = 0;
+		for (int i = 0; i < n; i++)
+			sum += slots_held(&h[i]);
+		if (sum >= at_least)
+			return;
+		cr_assert(cl_now() < lim, "%s: host %s%s holds %.0f slots, not %.0f", what, h->e.seg,
+			  n > 1 ? " and the next" : "", sum, at_least);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
+/* Until Redis has reaped host @id from the slots of "g", before @lim. */
+static void until_reaped(redisContext *c, const char *id, int64_t lim)
+{
+	for (;;) {
+		redisReply *r = redisCommand(c, "HEXISTS quotad:{g}:inflight o:%s", id);
+		bool there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+		freeReplyObject(r);
+		if (!there)
+			return;
+		cr_assert(cl_now() < lim, "the dead host's slots were never reaped");
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+}
+
 /* quotactl global shows the slot limit; its metrics pass promtool (when
  * installed) and carry the workers' cap. */
 static void check_slot_metrics(const struct host *h)
@@ -1128,6 +1166,24 @@ static void check_slot_metrics(const struct host *h)
 	}
 }
 
+/* The slot tests' fleet: a Redis and @n hosts sharing global max_inflight
+ * @max as quota "g" (@expected hosts expected, lease @lease_s), each with
+ * @per slot workers holding a slot 2 ms at a time until @until (logs
+ * HOSTDIR/TAG<i>.log in @path, pids in @w); the redis-server's pid. */
+static pid_t slot_fleet(struct cl_env *re, char *rsock, size_t len, struct host *h, int n, int max, int expected,
+			int lease_s, int per, int64_t until, pid_t *w, char (*path)[200], const char *tag)
+{
+	char q[256];
+	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": %d, "
+		 "\"inflight_lease_s\": %d}", max, expected, lease_s);
+	pid_t rpid = fleet_start(re, rsock, len, h, n, q);
+	for (int i = 0; i < n * per; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/%s%d.log", h[i / per].e.dir, tag, i);
+		w[i] = slot_worker(h[i / per].e.seg, path[i], until, 2 * CL_MS);
+	}
+	return rpid;
+}
+
 /* Global max_inflight 6 over 3 hosts, each with 3 workers that would hold
  * far more: never more than 6 in flight fleet-wide (audited from the logs);
  * then host 0 (quotad and workers) SIGKILLed: Redis reaps its slots after
@@ -1140,26 +1196,13 @@ Test(global, inflight_slots, .timeout = 120)
 	struct cl_env re;
 	char rsock[160];
 	struct host h[3];
-	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 3, "
-		 "\"inflight_lease_s\": %d}", S_MAX, S_LEASE_S);
-	fleet_start(&re, rsock, sizeof(rsock), h, 3, q);
-	int64_t t0 = cl_now(), until = t0 + soak_s(4) * CL_S + 2 * S_LEASE_S * CL_S + 6 * CL_S;
+	int64_t until = cl_now() + soak_s(4) * CL_S + 2 * S_LEASE_S * CL_S + 6 * CL_S;
 	pid_t w[9];
 	char path[9][200];
-	for (int i = 0; i < 9; i++) {
-		snprintf(path[i], sizeof(path[i]), "%s/s%d.log", h[i / 3].e.dir, i);
-		w[i] = slot_worker(h[i / 3].e.seg, path[i], until, 2 * CL_MS);
-	}
-	/* A fresh Redis grants slots only after the lease since its start
-	 * (it cannot tell a first start from an empty restart): wait until
-	 * host 0 holds some, bounded. */
-	int64_t lim = cl_now() + (S_LEASE_S + 10) * CL_S;
-	while (slots_held(&h[0]) < 1) {
-		cr_assert(cl_now() < lim, "host 0 never got a slot");
-		struct timespec s = { 0, 20 * CL_MS };
-		nanosleep(&s, NULL); /* polling a condition, bounded */
-	}
+	slot_fleet(&re, rsock, sizeof(rsock), h, 3, S_MAX, 3, S_LEASE_S, 3, until, w, path, "s");
+	/* A fresh Redis grants slots once the 3 expected hosts have reported
+	 * (inflight_slots_grace): wait until host 0 holds some, bounded. */
+	until_held(&h[0], 1, 1, S_LEASE_S + 10, "start");
 	struct timespec run = { soak_s(2), 0 };
 	nanosleep(&run, NULL); /* running on slots for a while: a schedule */
 	for (int i = 0; i < 3; i++) {
@@ -1176,17 +1219,7 @@ Test(global, inflight_slots, .timeout = 120)
 		cl_stop(w[i], SIGKILL);
 	int64_t killed = cl_now();
 	redisContext *c = redis_ctx(rsock);
-	lim = killed + (S_LEASE_S + 10) * CL_S;
-	for (;;) {
-		redisReply *r = redisCommand(c, "HEXISTS quotad:{g}:inflight o:h0");
-		bool there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-		freeReplyObject(r);
-		if (!there)
-			break;
-		cr_assert(cl_now() < lim, "the dead host's slots were never reaped");
-		struct timespec s = { 0, 20 * CL_MS };
-		nanosleep(&s, NULL);
-	}
+	until_reaped(c, "h0", killed + (S_LEASE_S + 10) * CL_S);
 	int64_t reaped = cl_now();
 	redisFree(c);
 	fprintf(stderr, "dead host's slots reaped %.2f s after the kill (lease %d s)\n",
@@ -1196,13 +1229,7 @@ Test(global, inflight_slots, .timeout = 120)
 	cr_assert(reaped - killed >= S_LEASE_S * CL_S - 500 * CL_MS, "reaped %.2f s after the kill, "
 		  "before the lease", (double)(reaped - killed) / 1e9);
 	/* Its slots come back to the two others: all 6 held between them. */
-	lim = cl_now() + 10 * CL_S;
-	double both;
-	while ((both = slots_held(&h[1]) + slots_held(&h[2])) < S_MAX) {
-		cr_assert(cl_now() < lim, "the survivors hold %.0f slots, not %d", both, S_MAX);
-		struct timespec s = { 0, 20 * CL_MS };
-		nanosleep(&s, NULL);
-	}
+	until_held(&h[1], 2, S_MAX, 10, "the survivors");
 	wait_workers(w + 3, 6);
 	struct slot_log l = { 0 };
 	size_t per[3] = { 0 };
@@ -1366,39 +1393,23 @@ Test(global, spend_budget, .timeout = 120)
 
 /* Slots through a Redis outage: a host keeps the slots it holds for half
  * the lease (it still admits), then admits no new request; Redis restarted
- * empty grants nothing for a lease after its start (the hosts' reports
- * rebuild what they hold), then slots are granted again; never more than M
- * in flight, before, during or after. */
+ * empty, with one of the 3 expected hosts silent, grants nothing for a lease
+ * after its start (the hosts' reports rebuild what they hold), then slots
+ * are granted again; never more than M in flight, before, during or after. */
 #define SO_MAX 4
 #define SO_LEASE_S 4
-
-static void until_slots(const struct host *h, double at_least, const char *what)
-{
-	int64_t lim = cl_now() + (SO_LEASE_S + 10) * CL_S;
-	while (slots_held(h) < at_least) {
-		cr_assert(cl_now() < lim, "%s: host %s holds no slot", what, h->e.seg);
-		struct timespec s = { 0, 20 * CL_MS };
-		nanosleep(&s, NULL); /* polling a condition, bounded */
-	}
-}
 
 Test(global, inflight_slots_outage, .timeout = 120)
 {
 	struct cl_env re;
 	char rsock[160];
 	struct host h[2];
-	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": 2, "
-		 "\"inflight_lease_s\": %d}", SO_MAX, SO_LEASE_S);
-	pid_t rpid = fleet_start(&re, rsock, sizeof(rsock), h, 2, q);
 	pid_t w[4];
 	char path[4][200];
-	for (int i = 0; i < 4; i++) {
-		snprintf(path[i], sizeof(path[i]), "%s/o%d.log", h[i / 2].e.dir, i);
-		w[i] = slot_worker(h[i / 2].e.seg, path[i], cl_now() + 100 * CL_S, 2 * CL_MS);
-	}
-	until_slots(&h[0], 1, "start");
-	until_slots(&h[1], 1, "start");
+	pid_t rpid = slot_fleet(&re, rsock, sizeof(rsock), h, 2, SO_MAX, 3, SO_LEASE_S, 2, cl_now() + 100 * CL_S, w,
+				path, "o");
+	until_held(&h[0], 1, 1, SO_LEASE_S + 10, "start");
+	until_held(&h[1], 1, 1, SO_LEASE_S + 10, "start");
 	struct timespec one = { 1, 0 };
 	nanosleep(&one, NULL); /* running on slots: a schedule */
 	cl_stop(rpid, SIGKILL);
@@ -1411,8 +1422,8 @@ Test(global, inflight_slots_outage, .timeout = 120)
 	nanosleep(&one, NULL); /* the outage goes on: a schedule */
 	int64_t restarted = cl_now();
 	redis_start(re.dir, rsock, sizeof(rsock));
-	until_slots(&h[0], 1, "after the restart");
-	until_slots(&h[1], 1, "after the restart");
+	until_held(&h[0], 1, 1, SO_LEASE_S + 10, "after the restart");
+	until_held(&h[1], 1, 1, SO_LEASE_S + 10, "after the restart");
 	int64_t back = cl_now();
 	nanosleep(&one, NULL);
 	for (int i = 0; i < 4; i++)
@@ -1441,8 +1452,177 @@ Test(global, inflight_slots_outage, .timeout = 120)
 	cr_assert(kept > 0, "no admission on the slots kept in the outage");
 	cr_assert_eq(after_expiry, 0, "%zu admitted after half the lease without Redis", after_expiry);
 	cr_assert(resumed > 0, "no admission after the restart");
-	/* An empty Redis grants nothing before a lease after its start. */
+	/* An empty Redis with an expected host silent grants nothing before a
+	 * lease after its start. */
 	cr_assert(back - restarted >= SO_LEASE_S * CL_S - CL_S, "slots granted %.2f s after an empty restart",
 		  (double)(back - restarted) / 1e9);
+	free(l.e);
+}
+
+/* ------------------------------------------------- slots: dead quotad, grace */
+
+/* Redis' own uptime in seconds (INFO server), -1 if unknown. */
+static long redis_uptime(redisContext *c)
+{
+	redisReply *r = redisCommand(c, "INFO server");
+	bool text = r && r->type == REDIS_REPLY_STRING;
+	const char *p = text ? strstr(r->str, "uptime_in_seconds:") : NULL;
+	long up = p ? atol(p + strlen("uptime_in_seconds:")) : -1;
+	freeReplyObject(r);
+	return up;
+}
+
+/* Whether the slots hash of "g" has @field = @want. */
+static bool slots_field_is(redisContext *c, const char *field, const char *want)
+{
+	redisReply *r = redisCommand(c, "HGET quotad:{g}:inflight %s", field);
+	bool is = r && r->type == REDIS_REPLY_STRING && strcmp(r->str, want) == 0;
+	freeReplyObject(r);
+	return is;
+}
+
+/* The logs of slot workers @path[0 .. n-1] (SIGKILLed at @end) into @l. */
+static void slot_logs(struct slot_log *l, char (*path)[200], int n, int64_t end)
+{
+	for (int i = 0; i < n; i++)
+		slot_log_add(l, path[i], end);
+}
+
+/* Host 0's QUOTAD SIGKILLed while its workers go on (global max_inflight 6,
+ * 3 hosts, lease 4 s). Its workers keep the cap quotad left them, and stop
+ * admitting by themselves half the lease after quotad sent its last call
+ * Redis answered (inflight_until, reserve.c): no reserve call of theirs that
+ * began half a lease after the kill admits anything. Redis reaps the host
+ * a lease after its last call and the two others take all 6 slots; the
+ * fleet, the dead quotad's workers included, never has more than 6 in
+ * flight. */
+#define D_LEASE_S 4
+
+Test(global, inflight_slots_dead_quotad, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[3];
+	pid_t w[9];
+	char path[9][200];
+	slot_fleet(&re, rsock, sizeof(rsock), h, 3, S_MAX, 3, D_LEASE_S, 3, cl_now() + 100 * CL_S, w, path, "d");
+	for (int i = 0; i < 3; i++)
+		until_held(&h[i], 1, 1, D_LEASE_S + 10, "start");
+	struct timespec one = { 1, 0 };
+	nanosleep(&one, NULL); /* running on slots: a schedule */
+	cl_stop(h[0].quotad, SIGKILL);
+	int64_t killed = cl_now();
+	redisContext *c = redis_ctx(rsock);
+	until_reaped(c, "h0", killed + (D_LEASE_S + 10) * CL_S);
+	int64_t reaped = cl_now();
+	redisFree(c);
+	until_held(&h[1], 2, S_MAX, 10, "the survivors");
+	int64_t all = cl_now();
+	nanosleep(&one, NULL); /* the survivors run on all the slots: a schedule */
+	for (int i = 0; i < 9; i++)
+		cl_stop(w[i], SIGKILL);
+	int64_t end = cl_now();
+	struct slot_log dead = { 0 }, l = { 0 };
+	slot_logs(&dead, path, 3, end);
+	slot_logs(&l, path, 9, end);
+	int64_t stop = killed + D_LEASE_S * CL_S / 2, last = 0;
+	size_t after_kill = 0, late = 0, survivors = 0;
+	for (size_t i = 0; i < dead.n; i++) {
+		const struct slot_ev *e = &dead.e[i];
+		if (e->d < 0)
+			continue;
+		after_kill += e->asked > killed;
+		late += e->asked >= stop;
+		last = e->t > last ? e->t : last;
+	}
+	for (size_t i = 0; i < l.n; i++)
+		survivors += l.e[i].d > 0 && l.e[i].asked > all;
+	int64_t peak = slot_peak(&l);
+	fprintf(stderr, "dead quotad: its workers admitted %zu after the kill, the last %.2f s after it "
+		"(bound: half the lease, %.1f s), %zu asked later; reaped %.2f s after the kill; survivors held "
+		"all %d slots %.2f s after it and admitted %zu then; peak %lld in flight (max %d), %zu admitted\n",
+		after_kill, (double)(last - killed) / 1e9, D_LEASE_S / 2.0, late, (double)(reaped - killed) / 1e9,
+		S_MAX, (double)(all - killed) / 1e9, survivors, (long long)peak, S_MAX, l.admitted);
+	cr_assert(after_kill > 0, "host 0's workers admitted nothing after the kill: the case was not run");
+	cr_assert_eq(late, 0, "%zu admitted on host 0 though asked half a lease after its quotad died", late);
+	cr_assert(survivors > 0, "the survivors admitted nothing on all the slots");
+	cr_assert(peak <= S_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, S_MAX);
+	free(dead.e);
+	free(l.e);
+}
+
+/* An empty Redis' grace ends once expected_hosts hosts have reported what
+ * they hold (lease 20 s, M 4, 2 hosts expected 2, 3 workers each): a fresh
+ * Redis grants slots within a few refresh periods; one restarted empty
+ * while the hosts hold slots granted by the old one ends its grace as soon
+ * (its grace field is 0 while it has been up for less than the lease) and
+ * grants: the workers of the host holding more stop, its idle slots go
+ * back, and the other host gets more than it held. Never more than 4 in
+ * flight. The lease after the start is waited for when an expected host is
+ * silent (inflight_slots_outage). */
+#define GR_MAX 4
+#define GR_LEASE_S 20
+
+/* Redis (@c) ended its grace by the hosts' reports: its grace field reads 0
+ * while it has been up for less than the lease (the lease would end it at
+ * an uptime of the lease less a second of rounding). */
+static void grace_ended_early(redisContext *c, const char *what)
+{
+	int64_t lim = cl_now() + (GR_LEASE_S + 10) * CL_S;
+	while (!slots_field_is(c, "grace", "0")) {
+		cr_assert(cl_now() < lim, "%s: the grace never ended", what);
+		struct timespec s = { 0, 20 * CL_MS };
+		nanosleep(&s, NULL); /* polling a condition, bounded */
+	}
+	long up = redis_uptime(c);
+	fprintf(stderr, "%s: grace over at an uptime of %ld s (lease %d s)\n", what, up, GR_LEASE_S);
+	cr_assert(up >= 0 && up < GR_LEASE_S - 1, "%s: grace over at an uptime of %ld s: by the lease", what, up);
+}
+
+Test(global, inflight_slots_grace, .timeout = 120)
+{
+	struct cl_env re;
+	char rsock[160];
+	struct host h[2];
+	pid_t w[6];
+	char path[6][200];
+	int64_t t0 = cl_now();
+	pid_t rpid = slot_fleet(&re, rsock, sizeof(rsock), h, 2, GR_MAX, 2, GR_LEASE_S, 3, cl_now() + 100 * CL_S, w,
+				path, "r");
+	until_held(&h[0], 1, 1, GR_LEASE_S + 10, "fresh Redis");
+	until_held(&h[1], 1, 1, GR_LEASE_S + 10, "fresh Redis");
+	fprintf(stderr, "fresh Redis: both hosts hold slots %.2f s after it was started\n",
+		(double)(cl_now() - t0) / 1e9);
+	redisContext *c = redis_ctx(rsock);
+	grace_ended_early(c, "fresh Redis");
+	redisFree(c);
+	/* Redis restarted empty while both hosts hold slots of the old one;
+	 * meanwhile the workers of the host holding more stop. */
+	double held[2] = { slots_held(&h[0]), slots_held(&h[1]) };
+	int rich = held[0] >= held[1] ? 0 : 1, poor = 1 - rich;
+	cl_stop(rpid, SIGKILL);
+	for (int i = 0; i < 2; i++)
+		free(status_until(&h[i], "outage-slots_kept", NULL));
+	for (int i = 0; i < 3; i++)
+		cl_stop(w[3 * rich + i], SIGKILL);
+	int64_t rich_end = cl_now(); /* their slots were reclaimed by then */
+	int64_t restarted = cl_now();
+	redis_start(re.dir, rsock, sizeof(rsock));
+	c = redis_ctx(rsock);
+	grace_ended_early(c, "Redis restarted empty");
+	until_held(&h[poor], 1, held[poor] + 1, GR_LEASE_S + 10, "after the restart");
+	long up = redis_uptime(c);
+	redisFree(c);
+	fprintf(stderr, "Redis restarted empty: host %d holds %.0f slots, not %.0f, %.2f s after the restart "
+		"(uptime %ld s)\n", poor, held[poor] + 1, held[poor], (double)(cl_now() - restarted) / 1e9, up);
+	cr_assert(up >= 0 && up < GR_LEASE_S - 1, "granted at an uptime of %ld s: after the lease", up);
+	for (int i = 0; i < 3; i++)
+		cl_stop(w[3 * poor + i], SIGKILL);
+	struct slot_log l = { 0 };
+	slot_logs(&l, path + 3 * rich, 3, rich_end);
+	slot_logs(&l, path + 3 * poor, 3, cl_now());
+	int64_t peak = slot_peak(&l);
+	fprintf(stderr, "grace: peak %lld in flight (max %d), %zu admitted\n", (long long)peak, GR_MAX, l.admitted);
+	cr_assert(peak <= GR_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, GR_MAX);
 	free(l.e);
 }
