@@ -70,3 +70,46 @@ Test(lease, global_inflight_only_before_until)
 	cr_assert_eq(quota_commit(c, &a, &one), 0);
 	quota_close(c);
 }
+
+/* quotad lowers the workers' cap below what they hold (a host above its
+ * fair share of a global max_inflight): the hold exceeds M - in use, the
+ * count exceeds M, and the workers admit nothing until they hold fewer than
+ * the cap; the audit keeps count = held + hold. */
+Test(lease, cap_below_in_use)
+{
+	char name[64];
+	tl_name(name, sizeof(name), "leasecap");
+	tl_create(name, "{\"redis\": {\"url\": \"redis://127.0.0.1:1\"}, \"quotas\": {"
+		  "\"g\": {\"max_inflight\": 4, \"scope\": \"global\", \"expected_hosts\": 2}}}");
+	quota_client *c = NULL;
+	cr_assert_eq(quota_open(name, &c), 0);
+	int g = quota_find(c, "g");
+	cr_assert(g >= 0);
+	struct qs_quota *qg = tl_quota(c, g);
+	struct quota_cost one = { .requests = 1 };
+	struct quota_ticket t, a[4];
+	(void)qc_inflight_hold_set(qg, 0);
+	atomic_store(&qg->inflight_until, mono() + 60 * TL_S);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(quota_reserve(c, g, &one, 0, &a[i]), 0);
+	/* Cap 1 with 4 in use: hold 3, count 7 > 4. */
+	cr_assert_eq(qc_inflight_hold_set(qg, 3), 4, "the workers held 4");
+	cr_assert_eq(QS_INFLIGHT_COUNT(atomic_load(&qg->inflight)), 7);
+	struct quota_info in;
+	cr_assert_eq(quota_info(c, g, &in, sizeof(in)), 0);
+	cr_assert_eq(in.inflight, 4);
+	uint32_t cursor = 0;
+	struct qc_reclaim_counts counts = { 0 };
+	cr_assert_eq(qc_audit_some(&c->g, &cursor, 1024, &counts), 0);
+	cr_assert_eq(QS_INFLIGHT_COUNT(atomic_load(&qg->inflight)), 7, "the audit kept held + hold");
+	/* Nothing admitted while they hold 4, 3, 2, 1; one once they hold 0. */
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(quota_reserve(c, g, &one, 0, &t), -EAGAIN, "admitted holding %d, cap 1", 4 - i);
+		cr_assert_eq(quota_commit(c, &a[i], &one), 0);
+	}
+	cr_assert_eq(QS_INFLIGHT_COUNT(atomic_load(&qg->inflight)), 3);
+	cr_assert_eq(quota_reserve(c, g, &one, 0, &a[0]), 0);
+	cr_assert_eq(quota_reserve(c, g, &one, 0, &t), -EAGAIN, "a second one under cap 1");
+	cr_assert_eq(quota_commit(c, &a[0], &one), 0);
+	quota_close(c);
+}
