@@ -40,14 +40,17 @@ struct qg_pend {
  * the in-flight count (qc_inflight_hold_set(): the local record carries the
  * global max_inflight M, quotad holds M - cap of it).
  *   granted  what Redis counts for this host (its o), as last confirmed;
- *   cap      what the workers may hold: <= granted, raised only by a
- *            confirmed answer (to granted), lowered at any time;
+ *   cap      what the workers may hold: <= granted, set by a confirmed
+ *            answer to min(granted, the fair cap), else only lowered;
+ *            it may be below in_use (a host above its fair share);
  *   in_use   what the workers held at the last tick.
  * A call reports held = max(cap, in_use): the workers can never hold more
  * until the answer (they are admitted only below cap), and it never
- * exceeds Redis' o. Lowering cap before a call returns idle slots; slots in
- * use are never given back. Half the lease after the last answered call was
- * sent (until, published in the quota entry's inflight_until) the workers
+ * exceeds Redis' o. Lowering cap before a call returns idle slots; a slot in
+ * use is reported until it ends, and a host above its fair cap reports each
+ * that ends (ARCHITECTURE, the fair split). Half the lease after the last
+ * answered call was sent (until, published in the quota entry's
+ * inflight_until) the workers
  * admit no new request by themselves, even if quotad is dead or stopped,
  * and quotad sets cap to 0; what they admitted ends before Redis reaps the
  * host (the lease is at least twice the longest request). */

@@ -8,23 +8,32 @@
 -- last seen, up to its cap).
 -- INVARIANT: stock + sum(o) <= b after every call (the refill is capped by
 -- it, grants move units from stock to o, reports only lower o).
+-- Water-filling @total over the demands @dem (sorted in place): the level
+-- (hosts below it get their demand, the others the level) and 0, or, if
+-- all fit, nil and the leftover each host gets on top of its demand.
+local function water_level(total, dem)
+  table.sort(dem)
+  local left, n = total, #dem
+  for i = 1, n do
+    local fair = left / (n - i + 1)
+    if dem[i] > fair then return fair, 0 end
+    left = left - dem[i]
+  end
+  return nil, left / n
+end
+
+-- A host's share of demand @demand at water_level()'s @level, @extra.
+local function share_of(demand, level, extra)
+  if level == nil then return demand + extra end
+  if demand <= level then return demand end
+  return level
+end
+
 -- This host's share of @total by water-filling over the demands @dem (its
 -- own, @demand, among them): hosts below the level get their demand, the
 -- others split the rest equally; if all fit, the leftover is split equally.
 local function fair_share(total, dem, demand)
-  table.sort(dem)
-  local left, n, level = total, #dem, nil
-  for i = 1, n do
-    local fair = left / (n - i + 1)
-    if dem[i] > fair then
-      level = fair
-      break
-    end
-    left = left - dem[i]
-  end
-  if level == nil then return demand + left / n end
-  if demand <= level then return demand end
-  return level
+  return share_of(demand, water_level(total, dem))
 end
 
 local function now_us()
@@ -34,11 +43,12 @@ end
 
 -- The other hosts of hash @k (fields @st) as seen by @host at @now: reap
 -- those silent for @lease (their fields deleted); the rest are live: the
--- sum of their o, the live count (with @host), the reaped count, and the
--- demands (@demand, @host's own, first).
+-- sum of their o, the live count (with @host), the reaped count, the
+-- demands (@demand, @host's own, first) and the live others as {n = name,
+-- d = demand, o = held}.
 local function others(k, st, host, lease, now, demand)
   local out, live, reaped = 0, 1, 0
-  local dem = { demand }
+  local dem, hs = { demand }, {}
   for f, v in pairs(st) do
     local name = string.match(f, '^s:(.*)$')
     if name and name ~= host then
@@ -47,12 +57,14 @@ local function others(k, st, host, lease, now, demand)
         reaped = reaped + 1
       else
         live = live + 1
-        out = out + tonumber(st['o:' .. name] or '0')
-        dem[#dem + 1] = tonumber(st['d:' .. name] or '0')
+        local o, d = tonumber(st['o:' .. name] or '0'), tonumber(st['d:' .. name] or '0')
+        out = out + o
+        dem[#dem + 1] = d
+        hs[#hs + 1] = { n = name, d = d, o = o }
       end
     end
   end
-  return out, live, reaped, dem
+  return out, live, reaped, dem, hs
 end
 
 local function grant(keys, args)
@@ -132,6 +144,39 @@ local function grant(keys, args)
   return { g, live, math.floor(stock), held + g, cap, reaped }
 end
 
+-- Whether host @a comes before host @b for a slot left by rounding: the
+-- larger fraction, then the more held, then the name (host ids differ).
+local function before(a, b)
+  if a.r ~= b.r then return a.r > b.r end
+  if a.o ~= b.o then return a.o > b.o end
+  return a.n < b.n
+end
+
+-- Host @me's fair cap of the @M slots among the live hosts @hs ({n, d, o},
+-- @me among them): its water-filling share rounded down, plus one of the
+-- slots the rounding left (fewer than the hosts) if it comes before all but
+-- fewer than that many hosts (before()). The caps add up to M, and a slot
+-- left by rounding stays with a host that holds it: no churn between equal
+-- hosts (ARCHITECTURE, the fair split).
+local function fair_slots(M, hs, me)
+  local dem = {}
+  for i, x in ipairs(hs) do dem[i] = x.d end
+  local level, extra = water_level(M, dem)
+  local left = M
+  for _, x in ipairs(hs) do
+    local s = share_of(x.d, level, extra)
+    x.f = math.floor(s + 1e-9)
+    x.r = math.floor((s - x.f) * 1e6 + 0.5) -- in millionths: an exact order
+    left = left - x.f
+  end
+  local ahead = 0
+  for _, x in ipairs(hs) do
+    if before(x, me) then ahead = ahead + 1 end
+  end
+  if ahead < left then return me.f + 1 end
+  return me.f
+end
+
 -- In-flight SLOTS of a global max_inflight M (slots.c): one hash per
 -- limit with per host o:HOST (slots it holds: what it reports holding, in
 -- use or not, plus what it was just granted), d:HOST (its demand, slots) and
@@ -139,6 +184,8 @@ end
 -- the most hosts any caller expects to share the key.
 -- INVARIANT: sum(o) <= M after every call (a grant takes only free slots,
 -- a host reports no more than its o, a reap drops an o).
+-- A host is granted up to its fair cap (fair_slots()); one above it lowers
+-- its workers' cap to it and reports less as its requests end.
 -- A host silent for the lease is reaped: it stopped admitting half the
 -- lease after it sent its last answered call (its workers check, reserve.c),
 -- and what it admitted ended by then (lease >= twice the longest request).
@@ -169,9 +216,11 @@ local function slots(keys, args)
   end
   local hn = tonumber(st['hn'] or '0')
   if expect > hn then hn = expect end
-  local out, live, reaped, dem = others(k, st, host, lease, now, demand)
+  local out, live, reaped, _, hs = others(k, st, host, lease, now, demand)
   if now < grace and live >= hn then grace = 0 end
-  local cap = math.ceil(fair_share(M, dem, demand))
+  local me = { n = host, d = demand, o = held }
+  hs[#hs + 1] = me
+  local cap = fair_slots(M, hs, me)
   local g = want
   if g > M - out - held then g = M - out - held end
   if g > cap - held then g = cap - held end

@@ -72,7 +72,10 @@ void qg_call_slots(struct daemon *d, uint32_t i, int64_t now)
 
 /* A confirmed answer of a slot limit: v = {granted, live hosts, free,
  * held + granted (Redis' o), fair cap, reaped, grace ms}. The workers' cap
- * rises to what Redis counts (at the next tick's hold). */
+ * moves (at the next tick's hold) to what Redis counts, or to the fair cap
+ * if that is lower: even below the slots in use, which then stay reported
+ * until they end, and the host admits no new request until its workers hold
+ * fewer than the fair cap (ARCHITECTURE, the fair split). */
 void qg_apply_slots(struct qg_limit *g, const long long *v)
 {
 	qg_answered(g, v);
@@ -84,14 +87,16 @@ void qg_apply_slots(struct qg_limit *g, const long long *v)
 	/* The lease runs from when the call was sent (qg_answered()). */
 	sl->until = g->last_ok + (int64_t)(sl->lease_ns / 2);
 	sl->granted = sl->sent_held + granted;
-	sl->cap = sl->granted;
+	uint64_t fair = v[4] > 0 ? (uint64_t)v[4] : 0;
+	sl->cap = sl->granted < fair ? sl->granted : fair;
 	sl->free = v[2] > 0 ? (uint64_t)v[2] : 0;
 	sl->grace_ms = v[6];
 	g->granted_total += granted;
 }
 
 /* A slot limit's tick: hold the workers to cap; without an answer for half
- * the lease, cap 0; ask when the workers near the cap, at least every
+ * the lease, cap 0; ask when the workers near the cap, report when a host
+ * above its fair cap has fewer in use than Redis counts, at least every
  * refresh. */
 void qg_tick_slots(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now)
 {
@@ -112,8 +117,13 @@ void qg_tick_slots(struct daemon *d, struct qg_limit *g, uint32_t i, int64_t now
 	/* Near the cap: ask early (no more often than every 50 ms) if Redis
 	 * last said there was more to have: free slots, or a fair cap above. */
 	bool more = sl->free > 0 || (g->cap > 0 && sl->cap < (uint64_t)g->cap) || !g->calls;
-	bool near = sl->in_use + sl->cap / 4 + 1 > sl->cap && more && now - g->last_call >= QG_REFRESH_NS / 10;
-	if (near || now - g->last_call >= QG_REFRESH_NS || g->outage)
+	bool near = sl->in_use + sl->cap / 4 + 1 > sl->cap && more;
+	/* Above the fair cap: report each slot that ends (no more often than
+	 * every 50 ms), so that Redis can grant it to a host below its own. */
+	uint64_t held = sl->cap > sl->in_use ? sl->cap : sl->in_use;
+	bool giving = held < sl->granted;
+	if (((near || giving) && now - g->last_call >= QG_REFRESH_NS / 10) || now - g->last_call >= QG_REFRESH_NS ||
+	    g->outage)
 		qg_call_slots(d, i, now);
 }
 
