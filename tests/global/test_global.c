@@ -110,13 +110,18 @@ static const char *host_config(struct host *h, int i, const char *rsock, const c
 	return h->cfg;
 }
 
+/* Host @i (host_id h@i) serving @quotas. */
+static void host_start(struct host *h, int i, const char *rsock, const char *quotas)
+{
+	cl_env(&h->e, "glob");
+	host_config(h, i, rsock, quotas);
+	h->quotad = cl_quotad(&h->e, h->cfg, NULL);
+}
+
 static void hosts_start(struct host *h, int n, const char *rsock, const char *quotas)
 {
-	for (int i = 0; i < n; i++) {
-		cl_env(&h[i].e, "glob");
-		host_config(&h[i], i, rsock, quotas);
-		h[i].quotad = cl_quotad(&h[i].e, h[i].cfg, NULL);
-	}
+	for (int i = 0; i < n; i++)
+		host_start(&h[i], i, rsock, quotas);
 }
 
 /* A test's Redis (its socket in @rsock) and @n hosts serving @quotas;
@@ -1008,9 +1013,10 @@ static void ev_write(int fd, int64_t t, int64_t d, int64_t asked)
 		_exit(6);
 }
 
-/* A worker holding a slot of quota "g" for @hold_ns per request (waiting up
- * to 20 ms for one) until @until. */
-static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64_t hold_ns)
+/* A worker holding a slot of quota "g" for @hold_ns per request, plus up to
+ * @spread_ns more drawn at random (waiting up to 20 ms for one) until
+ * @until. */
+static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64_t hold_ns, int64_t spread_ns)
 {
 	pid_t pid = cl_fork();
 	if (pid)
@@ -1023,6 +1029,7 @@ static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64
 	if (id < 0 || fd < 0)
 		_exit(3);
 	struct quota_cost one = { .requests = 1 };
+	srandom((unsigned)getpid());
 	while (cl_now() < until) {
 		struct quota_ticket t;
 		int64_t asked = cl_now();
@@ -1037,7 +1044,8 @@ static pid_t slot_worker(const char *seg, const char *path, int64_t until, int64
 		if (r < 0)
 			_exit(4);
 		ev_write(fd, cl_now(), 1, asked);
-		struct timespec s = { 0, (long)hold_ns };
+		int64_t dur = hold_ns + (spread_ns ? (int64_t)(random() % (spread_ns + 1)) : 0);
+		struct timespec s = { dur / CL_S, (long)(dur % CL_S) };
 		nanosleep(&s, NULL); /* the request's duration */
 		ev_write(fd, cl_now(), -1, 0);
 		quota_commit(c, &t, &one);
@@ -1179,7 +1187,7 @@ static pid_t slot_fleet(struct cl_env *re, char *rsock, size_t len, struct host 
 	pid_t rpid = fleet_start(re, rsock, len, h, n, q);
 	for (int i = 0; i < n * per; i++) {
 		snprintf(path[i], sizeof(path[i]), "%s/%s%d.log", h[i / per].e.dir, tag, i);
-		w[i] = slot_worker(h[i / per].e.seg, path[i], until, 2 * CL_MS);
+		w[i] = slot_worker(h[i / per].e.seg, path[i], until, 2 * CL_MS, 0);
 	}
 	return rpid;
 }
@@ -1625,4 +1633,157 @@ Test(global, inflight_slots_grace, .timeout = 120)
 	fprintf(stderr, "grace: peak %lld in flight (max %d), %zu admitted\n", (long long)peak, GR_MAX, l.admitted);
 	cr_assert(peak <= GR_MAX, "%lld in flight at once, max_inflight %d", (long long)peak, GR_MAX);
 	free(l.e);
+}
+
+/* ------------------------------------------------- slots: the fair split */
+
+/* ns that worker log @path shows a request in flight within [@a, @b); one
+ * never released (the worker was killed) ends at @end. */
+static int64_t slot_busy(const char *path, int64_t a, int64_t b, int64_t end)
+{
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "slot log %s missing", path);
+	struct slot_ev e;
+	int64_t from = -1, busy = 0;
+	for (;;) {
+		bool more = fread(&e, sizeof(e), 1, f) == 1;
+		if (!more && from < 0)
+			break;
+		if (!more)
+			e = (struct slot_ev){ end, -1, 0 };
+		if (e.d > 0) {
+			from = e.t;
+			continue;
+		}
+		int64_t x = from > a ? from : a, y = e.t < b ? e.t : b;
+		busy += y > x ? y - x : 0;
+		from = -1;
+	}
+	fclose(f);
+	return busy;
+}
+
+/* When worker log @path shows its first admission. */
+static int64_t slot_first(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "slot log %s missing", path);
+	struct slot_ev e = { 0 };
+	cr_assert(fread(&e, sizeof(e), 1, f) == 1, "%s: no admission", path);
+	fclose(f);
+	return e.t;
+}
+
+/* The mean requests in flight in the logs @path[0 .. n-1] within [@a, @b). */
+static double slot_mean(char (*path)[200], int n, int64_t a, int64_t b, int64_t end)
+{
+	int64_t busy = 0;
+	for (int i = 0; i < n; i++)
+		busy += slot_busy(path[i], a, b, end);
+	return (double)busy / (double)(b - a);
+}
+
+#define F_HOSTS 3
+#define F_WORKERS 18
+
+/* A fair-split run on global max_inflight @max (lease S_LEASE_S, 3 hosts
+ * expected): host 0 alone, with @per[0] workers whose requests last 20-50
+ * ms, until it holds all @max (its mean in flight over the next second in
+ * *@alone); then hosts 1 and 2 join with @per[1], @per[2] workers; after
+ * GLOBAL_SOAK (4 s) the mean in flight of each host over the second half of
+ * that in @mean. Asserts the fleet never had more than @max in flight. */
+static void fair_run(int max, const int *per, const char *tag, double *alone, double *mean)
+{
+	struct cl_env re;
+	char rsock[160], q[256];
+	struct host h[F_HOSTS];
+	pid_t w[F_WORKERS];
+	char path[F_WORKERS][200];
+	int first[F_HOSTS + 1] = { 0 };
+	for (int i = 0; i < F_HOSTS; i++)
+		first[i + 1] = first[i] + per[i];
+	cr_assert(first[F_HOSTS] <= F_WORKERS);
+	snprintf(q, sizeof(q), "\"g\": {\"max_inflight\": %d, \"scope\": \"global\", \"expected_hosts\": %d, "
+		 "\"inflight_lease_s\": %d}", max, F_HOSTS, S_LEASE_S);
+	cl_env(&re, "redis");
+	redis_start(re.dir, rsock, sizeof(rsock));
+	int64_t forever = cl_now() + 100 * CL_S;
+	int64_t at[F_HOSTS + 1];
+	for (int i = 0; i < F_HOSTS; i++) {
+		host_start(&h[i], i, rsock, q);
+		for (int k = first[i]; k < first[i + 1]; k++) {
+			snprintf(path[k], sizeof(path[k]), "%s/%s%d.log", h[i].e.dir, tag, k);
+			w[k] = slot_worker(h[i].e.seg, path[k], forever, 20 * CL_MS, 30 * CL_MS);
+		}
+		if (i == 0) {
+			/* Alone (a fresh Redis' grace ends a lease after its
+			 * start, the other expected hosts being silent). */
+			until_held(&h[0], 1, max, S_LEASE_S + 10, "host 0 alone");
+			at[0] = cl_now();
+			struct timespec one = { 1, 0 };
+			nanosleep(&one, NULL); /* host 0 runs alone: a schedule */
+			at[1] = cl_now();
+		}
+	}
+	struct timespec run = { soak_s(4), 0 };
+	nanosleep(&run, NULL); /* the three hosts share the slots: a schedule */
+	double held[F_HOSTS], fair[F_HOSTS];
+	for (int i = 0; i < F_HOSTS; i++) {
+		char *st = cl_request(h[i].e.sock, "{\"cmd\": \"status\"}");
+		held[i] = status_num(st, "slots_held");
+		fair[i] = status_num(st, "fair_cap");
+		free(st);
+	}
+	/* Each worker's open request ends when it is killed. */
+	int64_t end = cl_now(), from = end - (end - at[1]) / 2, killed[F_WORKERS];
+	for (int k = 0; k < first[F_HOSTS]; k++) {
+		killed[k] = cl_now();
+		cl_stop(w[k], SIGKILL);
+	}
+	*alone = slot_mean(path, per[0], at[0], at[1], end);
+	for (int i = 0; i < F_HOSTS; i++) {
+		mean[i] = slot_mean(path + first[i], per[i], from, end, end);
+		fprintf(stderr, "%s host %d (%d workers): %.2f in flight on average over the last %.1f s; holds "
+			"%.0f, fair cap %.0f\n", tag, i, per[i], mean[i], (double)(end - from) / 1e9, held[i], fair[i]);
+	}
+	struct slot_log l = { 0 };
+	for (int k = 0; k < first[F_HOSTS]; k++)
+		slot_log_add(&l, path[k], killed[k]);
+	int64_t peak = slot_peak(&l);
+	fprintf(stderr, "%s: host 0 alone %.2f in flight on average; first admissions of hosts 1 and 2 %.2f s and "
+		"%.2f s after they were started; fleet peak %lld (max %d), %zu admitted\n", tag, *alone,
+		(double)(slot_first(path[first[1]]) - at[1]) / 1e9, (double)(slot_first(path[first[2]]) - at[1]) / 1e9,
+		(long long)peak, max, l.admitted);
+	cr_assert(peak <= max, "%lld in flight at once, max_inflight %d", (long long)peak, max);
+	free(l.e);
+}
+
+/* Three hosts with equal saturating demand (6 workers each) on max_inflight
+ * 6: host 0, alone first, gets all 6; once the others join, each host has
+ * its fair 2 in flight (at least 0.7 x 2 on average, asserted), though host
+ * 0's workers never leave a slot idle. */
+Test(global, inflight_slots_fair, .timeout = 120)
+{
+	int per[F_HOSTS] = { 6, 6, 6 };
+	double alone, mean[F_HOSTS];
+	fair_run(S_MAX, per, "fair", &alone, mean);
+	cr_assert(alone >= 0.7 * S_MAX, "host 0 alone: %.2f in flight of %d", alone, S_MAX);
+	for (int i = 0; i < F_HOSTS; i++)
+		cr_assert(mean[i] >= 0.7 * S_MAX / F_HOSTS, "host %d: %.2f in flight, fair %d", i, mean[i],
+			  S_MAX / F_HOSTS);
+}
+
+/* One heavy host (3 workers) and two light ones (1 worker each: a demand of
+ * 1, below the fair 4/3) on max_inflight 4, the heavy one alone first: it
+ * gets all 4; then the light ones get their demand (at least 0.7 of a slot
+ * in flight on average, asserted) and the heavy one the rest, 2. */
+Test(global, inflight_slots_heavy, .timeout = 120)
+{
+	int per[F_HOSTS] = { 3, 1, 1 };
+	double alone, mean[F_HOSTS];
+	fair_run(4, per, "heavy", &alone, mean);
+	cr_assert(alone >= 0.7 * 3, "host 0 alone: %.2f in flight, 3 workers", alone);
+	cr_assert(mean[0] >= 0.7 * 2, "the heavy host: %.2f in flight, the rest is 2", mean[0]);
+	for (int i = 1; i < F_HOSTS; i++)
+		cr_assert(mean[i] >= 0.7, "light host %d: %.2f in flight, its demand 1", i, mean[i]);
 }
