@@ -1093,16 +1093,23 @@ static int cmp_ev(const void *a, const void *b)
 	return (x->d < y->d) - (x->d > y->d); /* +1 first at a tie: counts high */
 }
 
-/* The most requests in flight at once across the logs. */
-static int64_t slot_peak(struct slot_log *l)
+/* The most requests in flight at once across the logs from @from on. */
+static int64_t slot_peak_since(struct slot_log *l, int64_t from)
 {
 	qsort(l->e, l->n, sizeof(*l->e), cmp_ev);
 	int64_t cur = 0, peak = 0;
 	for (size_t i = 0; i < l->n; i++) {
 		cur += l->e[i].d;
-		peak = cur > peak ? cur : peak;
+		if (l->e[i].t >= from || i + 1 == l->n || l->e[i + 1].t >= from)
+			peak = cur > peak ? cur : peak;
 	}
 	return peak;
+}
+
+/* The most requests in flight at once across the logs. */
+static int64_t slot_peak(struct slot_log *l)
+{
+	return slot_peak_since(l, INT64_MIN);
 }
 
 /* A number after "@key": in a status reply (the first one). */
@@ -1743,8 +1750,13 @@ static void fair_run(int max, const int *per, const char *tag, double *alone, do
 	*alone = slot_mean(path, per[0], at[0], at[1], end);
 	for (int i = 0; i < F_HOSTS; i++) {
 		mean[i] = slot_mean(path + first[i], per[i], from, end, end);
-		fprintf(stderr, "%s host %d (%d workers): %.2f in flight on average over the last %.1f s; holds "
-			"%.0f, fair cap %.0f\n", tag, i, per[i], mean[i], (double)(end - from) / 1e9, held[i], fair[i]);
+		struct slot_log hl = { 0 };
+		for (int k = first[i]; k < first[i + 1]; k++)
+			slot_log_add(&hl, path[k], killed[k]);
+		fprintf(stderr, "%s host %d (%d workers): %.2f in flight on average over the last %.1f s, at most "
+			"%lld; holds %.0f, fair cap %.0f\n", tag, i, per[i], mean[i], (double)(end - from) / 1e9,
+			(long long)slot_peak_since(&hl, from), held[i], fair[i]);
+		free(hl.e);
 	}
 	struct slot_log l = { 0 };
 	for (int k = 0; k < first[F_HOSTS]; k++)
