@@ -15,8 +15,15 @@
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: qbench-mkseg NAME < config.json\n");
+	if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+		printf("Usage: qbench-mkseg NAME < config.json\n"
+		       "Create the segment /NAME from the quotad JSON config on stdin, through\n"
+		       "quotad's own parser and segment setup, and exit (the segment stays: its\n"
+		       "creator removes it). See quota-bench(1).\n");
+		return 0;
+	}
+	if (argc != 2 || argv[1][0] == '-') {
+		fprintf(stderr, "usage: qbench-mkseg NAME < config.json (--help for more)\n");
 		return 2;
 	}
 	size_t cap = 1 << 16, len = 0;
