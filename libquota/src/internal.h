@@ -232,6 +232,16 @@ static inline struct qt_priv *qt_priv(struct quota_ticket *t)
 	return (struct qt_priv *)(void *)t->private_;
 }
 
+/* @ticket's private part if it is open and issued by @c, else NULL (a
+ * settled ticket, another handle's, or garbage). */
+static inline struct qt_priv *qc_open_ticket(const struct quota_client *c, struct quota_ticket *ticket)
+{
+	if (!c || !ticket)
+		return NULL;
+	struct qt_priv *tk = qt_priv(ticket);
+	return tk->magic == QT_OPEN && tk->owner == c->nonce && tk->nlimits <= QS_KINDS ? tk : NULL;
+}
+
 /* The segment's clock: CLOCK_MONOTONIC, or the shared manual time. */
 static inline int64_t qc_clock(const struct quota_client *c)
 {

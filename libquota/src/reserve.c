@@ -738,6 +738,18 @@ static void open_count(const struct qc_resv *r, struct qt_priv *tk)
 	tk->held |= QT_OPEN_COUNTED | (p ? QT_OPEN_PHASE : 0);
 }
 
+/* A reservation or extension refused with @err: a refusal of budget is
+ * counted under its reason, and -EAGAIN says in @out when to retry. */
+static int refused(const struct qc_resv *r, int err, struct quota_ticket *out)
+{
+	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
+		qc_count_reject(r->t, r->q, r->id, r->reason);
+		if (err == -EAGAIN)
+			out->retry_after_ns = r->retry_at > r->now ? r->retry_at - r->now : 0;
+	}
+	return err;
+}
+
 /* quota_reserve() in lane @lane (UINT32_MAX: the quota's last), its place
  * in a lower lane's line that of a wait begun at @since (0: now). */
 static inline __attribute__((always_inline)) int reserve(quota_client *c, int id,
@@ -794,12 +806,7 @@ static inline __attribute__((always_inline)) int reserve(quota_client *c, int id
 		ret->retry_after_ns = 0;
 		return 0;
 	}
-	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
-		qc_count_reject(r.t, r.q, r.id, r.reason);
-		if (err == -EAGAIN)
-			ret->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
-	}
-	return err;
+	return refused(&r, err, ret);
 }
 
 int quota_reserve(quota_client *c, int id, const struct quota_cost *cost, int64_t timeout_ns,
@@ -891,8 +898,8 @@ int quota_extend(quota_client *c, struct quota_ticket *ticket, const struct quot
 	    (more->input_tokens | more->output_tokens) == 0 || more->input_tokens > QC_COST_MAX ||
 	    more->output_tokens > QC_COST_MAX)
 		return -EINVAL;
-	struct qt_priv *tk = qt_priv(ticket);
-	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+	struct qt_priv *tk = qc_open_ticket(c, ticket);
+	if (!tk)
 		return -EINVAL;
 	if (tk->input_tokens + more->input_tokens > QC_COST_MAX ||
 	    tk->output_tokens + more->output_tokens > QC_COST_MAX)
@@ -925,12 +932,7 @@ int quota_extend(quota_client *c, struct quota_ticket *ticket, const struct quot
 		ticket->retry_after_ns = 0;
 		return 0;
 	}
-	if (err == -EAGAIN || err == -EDQUOT || err == -E2BIG) {
-		qc_count_reject(r.t, r.q, r.id, r.reason);
-		if (err == -EAGAIN)
-			ticket->retry_after_ns = r.retry_at > r.now ? r.retry_at - r.now : 0;
-	}
-	return err;
+	return refused(&r, err, ticket);
 }
 
 int quota_backoff(quota_client *c, int id, int64_t retry_after_ns)

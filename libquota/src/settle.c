@@ -206,10 +206,8 @@ static int fast_settle(struct qc_thread *t, struct qs_quota *q, const struct qt_
 
 static int settle_ticket(quota_client *c, struct quota_ticket *ticket, const struct quota_cost *actual)
 {
-	if (!c || !ticket)
-		return -EINVAL;
-	struct qt_priv *tk = qt_priv(ticket);
-	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+	struct qt_priv *tk = qc_open_ticket(c, ticket);
+	if (!tk)
 		return -EINVAL;
 	if (actual && (actual->requests > QC_COST_MAX || actual->input_tokens > QC_COST_MAX ||
 		       actual->output_tokens > QC_COST_MAX))
@@ -230,10 +228,8 @@ static int settle_ticket(quota_client *c, struct quota_ticket *ticket, const str
 int quota_settle_partial(quota_client *c, struct quota_ticket *ticket,
 			 const struct quota_cost *estimate)
 {
-	if (!c || !ticket || !estimate)
-		return -EINVAL;
-	struct qt_priv *tk = qt_priv(ticket);
-	if (tk->magic != QT_OPEN || tk->owner != c->nonce || tk->nlimits > QS_KINDS)
+	struct qt_priv *tk = estimate ? qc_open_ticket(c, ticket) : NULL;
+	if (!tk)
 		return -EINVAL;
 	if (estimate->requests != tk->requests || estimate->input_tokens > tk->input_tokens ||
 	    estimate->output_tokens > tk->output_tokens)
