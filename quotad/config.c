@@ -127,10 +127,12 @@ static const struct {
 	{ "itpm", QUOTA_ITPM }, { "itpd", QUOTA_ITPD }, { "otpm", QUOTA_OTPM }, { "otpd", QUOTA_OTPD },
 };
 
-static bool name_ok(const char *s)
+/* @s is 1 to @max characters of A-Z a-z 0-9 . _ : @ / + - (quota names
+ * and global keys). */
+static bool chars_ok(const char *s, size_t max)
 {
 	size_t n = strlen(s);
-	if (n == 0 || n > QUOTA_NAME_MAX)
+	if (n == 0 || n > max)
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		char ch = s[i];
@@ -141,18 +143,9 @@ static bool name_ok(const char *s)
 	return true;
 }
 
-static bool key_ok(const char *s)
+static bool name_ok(const char *s)
 {
-	size_t n = strlen(s);
-	if (n == 0 || n > QD_GLOBAL_KEY_MAX)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		char ch = s[i];
-		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-		      strchr("._:@/+-", ch)))
-			return false;
-	}
-	return true;
+	return chars_ok(s, QUOTA_NAME_MAX);
 }
 
 /* "HOST:PORT": a host name or IPv4 address, a port 1..65535. */
@@ -225,12 +218,12 @@ static int parse_redis(struct ctx *x, const cJSON *obj, const char *segment, str
 				strcpy(rd->sentinels[rd->nsentinels++], e->valuestring);
 			}
 		} else if (strcmp(f->string, "master") == 0) {
-			if (!cJSON_IsString(f) || !key_ok(f->valuestring))
+			if (!cJSON_IsString(f) || !chars_ok(f->valuestring, QD_GLOBAL_KEY_MAX))
 				return fail(x, p, "must be a name of 1 to %d characters of A-Z a-z 0-9 . _ : @ "
 					    "/ + -", QD_GLOBAL_KEY_MAX);
 			snprintf(rd->master, sizeof(rd->master), "%s", f->valuestring);
 		} else if (strcmp(f->string, "host_id") == 0) {
-			if (!cJSON_IsString(f) || !key_ok(f->valuestring))
+			if (!cJSON_IsString(f) || !chars_ok(f->valuestring, QD_GLOBAL_KEY_MAX))
 				return fail(x, p, "must be 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
 					    QD_GLOBAL_KEY_MAX);
 			snprintf(rd->host_id, sizeof(rd->host_id), "%s", f->valuestring);
@@ -341,6 +334,54 @@ struct quota_keys {
 	bool gkey, outage, hosts, lease;
 };
 
+/* parse_quota_key() for the keys of global quotas (issue 11): true if @f
+ * is one of them (*@r its result), false for any other key. */
+static bool parse_global_key(struct ctx *x, const cJSON *f, const char *p, struct qd_quota *q,
+			     struct quota_keys *k, int *r)
+{
+	if (strcmp(f->string, "scope") == 0) {
+		if (cJSON_IsString(f) && strcmp(f->valuestring, "host") == 0)
+			q->global = false;
+		else if (cJSON_IsString(f) && strcmp(f->valuestring, "global") == 0)
+			q->global = true;
+		else
+			*r = fail(x, p, "must be \"host\" or \"global\"");
+	} else if (strcmp(f->string, "global_key") == 0) {
+		if (!cJSON_IsString(f))
+			*r = fail(x, p, "must be a string, not %s", type_name(f));
+		else if (!chars_ok(f->valuestring, QD_GLOBAL_KEY_MAX))
+			*r = fail(x, p, "global keys are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
+				 QD_GLOBAL_KEY_MAX);
+		else
+			strcpy(q->global_key, f->valuestring);
+		k->gkey = true;
+	} else if (strcmp(f->string, "outage") == 0) {
+		if (cJSON_IsString(f) && strcmp(f->valuestring, "static_share") == 0)
+			q->outage = QD_OUTAGE_STATIC_SHARE;
+		else if (cJSON_IsString(f) && strcmp(f->valuestring, "fail_closed") == 0)
+			q->outage = QD_OUTAGE_FAIL_CLOSED;
+		else
+			*r = fail(x, p, "must be \"static_share\" or \"fail_closed\"");
+		k->outage = true;
+	} else if (strcmp(f->string, "expected_hosts") == 0) {
+		uint64_t v = 0;
+		if ((*r = get_uint(x, f, p, QD_EXPECTED_HOSTS_MAX, &v)) == 0 && v == 0)
+			*r = fail(x, p, "must be at least 1");
+		q->expected_hosts = (uint32_t)v;
+		k->hosts = true;
+	} else if (strcmp(f->string, "inflight_lease_s") == 0) {
+		double v = 0;
+		if ((*r = get_real(x, f, p, QD_INFLIGHT_LEASE_MAX_S, &v)) == 0 && v < QD_INFLIGHT_LEASE_MIN_S)
+			*r = fail(x, p, "must be at least %d s (hosts admit in its first half, and notice an "
+				 "outage after 1 s), got %g", QD_INFLIGHT_LEASE_MIN_S, v);
+		q->inflight_lease_ns = (uint64_t)llround(v * 1e9);
+		k->lease = true;
+	} else {
+		return false;
+	}
+	return true;
+}
+
 /* parse_quota(), step 1: one key @f of a quota (path @p) into @q. */
 static int parse_quota_key(struct ctx *x, const cJSON *f, const char *p, struct qd_quota *q,
 			   struct quota_keys *k)
@@ -408,43 +449,8 @@ static int parse_quota_key(struct ctx *x, const cJSON *f, const char *p, struct 
 		r = parse_pair(x, f, p, "day", "month", QD_BUDGET_MAX, &day, &month);
 		q->budget_day_nusd = (uint64_t)llround(day * 1e9);
 		q->budget_month_nusd = (uint64_t)llround(month * 1e9);
-	} else if (strcmp(f->string, "scope") == 0) {
-		if (cJSON_IsString(f) && strcmp(f->valuestring, "host") == 0)
-			q->global = false;
-		else if (cJSON_IsString(f) && strcmp(f->valuestring, "global") == 0)
-			q->global = true;
-		else
-			r = fail(x, p, "must be \"host\" or \"global\"");
-			} else if (strcmp(f->string, "global_key") == 0) {
-		if (!cJSON_IsString(f))
-			r = fail(x, p, "must be a string, not %s", type_name(f));
-		else if (!key_ok(f->valuestring))
-			r = fail(x, p, "global keys are 1 to %d characters of A-Z a-z 0-9 . _ : @ / + -",
-				 QD_GLOBAL_KEY_MAX);
-		else
-			strcpy(q->global_key, f->valuestring);
-		k->gkey = true;
-	} else if (strcmp(f->string, "outage") == 0) {
-		if (cJSON_IsString(f) && strcmp(f->valuestring, "static_share") == 0)
-			q->outage = QD_OUTAGE_STATIC_SHARE;
-		else if (cJSON_IsString(f) && strcmp(f->valuestring, "fail_closed") == 0)
-			q->outage = QD_OUTAGE_FAIL_CLOSED;
-		else
-			r = fail(x, p, "must be \"static_share\" or \"fail_closed\"");
-		k->outage = true;
-	} else if (strcmp(f->string, "expected_hosts") == 0) {
-		uint64_t v = 0;
-		if ((r = get_uint(x, f, p, QD_EXPECTED_HOSTS_MAX, &v)) == 0 && v == 0)
-			r = fail(x, p, "must be at least 1");
-		q->expected_hosts = (uint32_t)v;
-		k->hosts = true;
-	} else if (strcmp(f->string, "inflight_lease_s") == 0) {
-		double v = 0;
-		if ((r = get_real(x, f, p, QD_INFLIGHT_LEASE_MAX_S, &v)) == 0 && v < QD_INFLIGHT_LEASE_MIN_S)
-			r = fail(x, p, "must be at least %d s (hosts admit in its first half, and notice an "
-				 "outage after 1 s), got %g", QD_INFLIGHT_LEASE_MIN_S, v);
-		q->inflight_lease_ns = (uint64_t)llround(v * 1e9);
-		k->lease = true;
+	} else if (parse_global_key(x, f, p, q, k, &r)) {
+		/* a key of a global quota */
 	} else {
 		r = fail(x, p, "unknown key");
 	}
@@ -551,16 +557,17 @@ static int parse_quota(struct ctx *x, const cJSON *obj, struct qd_quota *q)
 	return check_limits(x, path, q);
 }
 
-int qd_config_parse(const char *text, size_t len, const char *file, struct qd_config *cfg,
-		    char *err, size_t errlen)
+/* qd_config_parse(), step 1: the JSON document of @text, an object with no
+ * trailing characters; NULL (with the message) if it is not. */
+static cJSON *parse_document(struct ctx *x, const char *text, size_t len)
 {
-	struct ctx x = { file ? file : "<config>", err, errlen };
-	memset(cfg, 0, sizeof(*cfg));
 	size_t i = 0;
 	while (i < len && strchr(" \t\r\n", text[i]))
 		i++;
-	if (i == len)
-		return fail(&x, NULL, "empty configuration");
+	if (i == len) {
+		fail(x, NULL, "empty configuration");
+		return NULL;
+	}
 	const char *end = NULL;
 	cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
 	if (!root) {
@@ -572,35 +579,44 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 		for (size_t j = 0; j < off && j < len; j++, col++)
 			if (text[j] == '\n')
 				line++, col = 0;
-		return fail(&x, NULL, "line %u, column %u: malformed JSON", line, col);
+		fail(x, NULL, "line %u, column %u: malformed JSON", line, col);
+		return NULL;
 	}
 	int r = 0;
 	if (end) {
 		while (end < text + len && strchr(" \t\r\n", *end))
 			end++;
-		if (end < text + len && *end != '\0') {
-			r = fail(&x, NULL, "trailing characters after the JSON document");
-			goto out;
-		}
+		if (end < text + len && *end != '\0')
+			r = fail(x, NULL, "trailing characters after the JSON document");
 	}
-	if (!cJSON_IsObject(root)) {
-		r = fail(&x, NULL, "the top level must be an object, not %s", type_name(root));
-		goto out;
+	if (r == 0 && !cJSON_IsObject(root))
+		r = fail(x, NULL, "the top level must be an object, not %s", type_name(root));
+	if (r == 0)
+		r = no_duplicates(x, root, "");
+	if (r < 0) {
+		cJSON_Delete(root);
+		return NULL;
 	}
-	if ((r = no_duplicates(&x, root, "")) < 0)
-		goto out;
+	return root;
+}
+
+/* Step 2: the top-level keys into @cfg; the "redis" and "quotas" objects
+ * into *@redis and *@quotas for the next steps. */
+static int parse_top(struct ctx *x, const cJSON *root, struct qd_config *cfg, const cJSON **redis,
+		     const cJSON **quotas)
+{
 	strcpy(cfg->segment, "quota");
 	cfg->max_quotas = QD_DEFAULT_MAX_QUOTAS;
 	cfg->max_clients = QD_DEFAULT_MAX_CLIENTS;
-	const cJSON *quotas = NULL, *redis = NULL;
 	for (const cJSON *f = root->child; f; f = f->next) {
 		uint64_t v;
+		int r = 0;
 		if (strcmp(f->string, "segment") == 0) {
 			if (!cJSON_IsString(f))
-				r = fail(&x, "segment", "must be a string, not %s", type_name(f));
+				r = fail(x, "segment", "must be a string, not %s", type_name(f));
 			else if (!*f->valuestring || strlen(f->valuestring) > QD_SEGMENT_NAME_MAX ||
 				 strchr(f->valuestring, '/'))
-				r = fail(&x, "segment", "must be 1 to %d characters without '/'",
+				r = fail(x, "segment", "must be 1 to %d characters without '/'",
 					 QD_SEGMENT_NAME_MAX);
 			else
 				strcpy(cfg->segment, f->valuestring);
@@ -610,79 +626,94 @@ int qd_config_parse(const char *text, size_t len, const char *file, struct qd_co
 			else if (cJSON_IsString(f) && strcmp(f->valuestring, "manual") == 0)
 				cfg->manual_clock = true;
 			else
-				r = fail(&x, "clock", "must be \"monotonic\" or \"manual\"");
+				r = fail(x, "clock", "must be \"monotonic\" or \"manual\"");
 		} else if (strcmp(f->string, "max_quotas") == 0) {
-			if ((r = get_uint(&x, f, "max_quotas", QS_MAX_QUOTAS, &v)) == 0 && v == 0)
-				r = fail(&x, "max_quotas", "must be at least 1");
+			if ((r = get_uint(x, f, "max_quotas", QS_MAX_QUOTAS, &v)) == 0 && v == 0)
+				r = fail(x, "max_quotas", "must be at least 1");
 			cfg->max_quotas = (uint32_t)v;
 		} else if (strcmp(f->string, "max_clients") == 0) {
-			if ((r = get_uint(&x, f, "max_clients", QS_MAX_CLIENTS, &v)) == 0 && v == 0)
-				r = fail(&x, "max_clients", "must be at least 1");
+			if ((r = get_uint(x, f, "max_clients", QS_MAX_CLIENTS, &v)) == 0 && v == 0)
+				r = fail(x, "max_clients", "must be at least 1");
 			cfg->max_clients = (uint32_t)v;
 		} else if (strcmp(f->string, "redis") == 0) {
-			redis = f;
+			*redis = f;
 		} else if (strcmp(f->string, "quotas") == 0) {
 			if (!cJSON_IsObject(f))
-				r = fail(&x, "quotas", "must be an object of named quotas, not %s", type_name(f));
+				r = fail(x, "quotas", "must be an object of named quotas, not %s", type_name(f));
 			else
-				quotas = f;
+				*quotas = f;
 		} else {
-			r = fail(&x, f->string, "unknown key");
+			r = fail(x, f->string, "unknown key");
 		}
 		if (r < 0)
-			goto out;
+			return r;
 	}
-	/* After the loop: the default host_id names the segment. */
-	if (redis && (r = parse_redis(&x, redis, cfg->segment, &cfg->redis)) < 0)
-		goto out;
-	if (!quotas) {
-		r = fail(&x, "quotas", "missing: at least one quota is needed");
-		goto out;
-	}
-	if ((r = no_duplicates(&x, quotas, "quotas")) < 0)
-		goto out;
+	return 0;
+}
+
+/* Step 3: every quota of @quotas into cfg->quotas. */
+static int parse_quotas(struct ctx *x, const cJSON *quotas, struct qd_config *cfg)
+{
+	if (!quotas)
+		return fail(x, "quotas", "missing: at least one quota is needed");
+	int r = no_duplicates(x, quotas, "quotas");
+	if (r < 0)
+		return r;
 	int n = cJSON_GetArraySize(quotas);
-	if (n == 0) {
-		r = fail(&x, "quotas", "empty: at least one quota is needed");
-		goto out;
-	}
-	if ((uint32_t)n > cfg->max_quotas) {
-		r = fail(&x, "quotas", "%d quotas, but the segment holds max_quotas = %u", n,
-			 cfg->max_quotas);
-		goto out;
-	}
+	if (n == 0)
+		return fail(x, "quotas", "empty: at least one quota is needed");
+	if ((uint32_t)n > cfg->max_quotas)
+		return fail(x, "quotas", "%d quotas, but the segment holds max_quotas = %u", n, cfg->max_quotas);
 	cfg->quotas = calloc((size_t)n, sizeof(*cfg->quotas));
-	if (!cfg->quotas) {
-		r = fail(&x, NULL, "out of memory");
-		goto out;
-	}
+	if (!cfg->quotas)
+		return fail(x, NULL, "out of memory");
 	for (const cJSON *qo = quotas->child; qo; qo = qo->next) {
-		if ((r = parse_quota(&x, qo, &cfg->quotas[cfg->nquotas])) < 0)
-			goto out;
+		if ((r = parse_quota(x, qo, &cfg->quotas[cfg->nquotas])) < 0)
+			return r;
 		cfg->nquotas++;
 	}
+	return 0;
+}
+
+/* Step 4: what global quotas need of the whole configuration. */
+static int check_globals(struct ctx *x, const struct qd_config *cfg)
+{
 	for (uint32_t qi = 0; qi < cfg->nquotas; qi++) {
 		const struct qd_quota *q = &cfg->quotas[qi];
 		char p[320];
 		snprintf(p, sizeof(p), "quotas.%s.scope", q->name);
-		if (q->global && !cfg->redis.enabled) {
-			r = fail(&x, p, "\"global\" needs the top-level \"redis\" section");
-			goto out;
-		}
-		if (q->global && cfg->manual_clock) {
-			r = fail(&x, p, "\"global\" needs the monotonic clock (grants run on real time), "
-				 "not \"clock\": \"manual\"");
-			goto out;
-		}
+		if (q->global && !cfg->redis.enabled)
+			return fail(x, p, "\"global\" needs the top-level \"redis\" section");
+		if (q->global && cfg->manual_clock)
+			return fail(x, p, "\"global\" needs the monotonic clock (grants run on real time), "
+				    "not \"clock\": \"manual\"");
 		for (uint32_t j = 0; j < qi && q->global; j++)
 			if (cfg->quotas[j].global && strcmp(cfg->quotas[j].global_key, q->global_key) == 0) {
 				snprintf(p, sizeof(p), "quotas.%s.global_key", q->name);
-				r = fail(&x, p, "\"%s\" is also the global key of quota %s", q->global_key,
-					 cfg->quotas[j].name);
-				goto out;
+				return fail(x, p, "\"%s\" is also the global key of quota %s", q->global_key,
+					    cfg->quotas[j].name);
 			}
 	}
-out:
+	return 0;
+}
+
+int qd_config_parse(const char *text, size_t len, const char *file, struct qd_config *cfg,
+		    char *err, size_t errlen)
+{
+	struct ctx x = { file ? file : "<config>", err, errlen };
+	memset(cfg, 0, sizeof(*cfg));
+	cJSON *root = parse_document(&x, text, len);
+	if (!root)
+		return -EINVAL;
+	const cJSON *quotas = NULL, *redis = NULL;
+	int r = parse_top(&x, root, cfg, &redis, &quotas);
+	/* after the top level: the default host_id names the segment */
+	if (r == 0 && redis)
+		r = parse_redis(&x, redis, cfg->segment, &cfg->redis);
+	if (r == 0)
+		r = parse_quotas(&x, quotas, cfg);
+	if (r == 0)
+		r = check_globals(&x, cfg);
 	cJSON_Delete(root);
 	if (r < 0)
 		qd_config_free(cfg);
