@@ -310,17 +310,29 @@ static void audit(const struct log *l, double r_per_s, double b, double extra_ra
 #define G_B 120.0
 #define G_R (G_RPM / 60.0)
 
-Test(global, four_hosts_uniform_demand, .timeout = 120)
+/* Quota "g" of the rate tests: rpm G_RPM, burst G_BURST, global, shared by
+ * @hosts hosts. */
+static void rate_quota(char *q, size_t len, int hosts)
+{
+	snprintf(q, len, "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
+		 "\"expected_hosts\": %d}", G_RPM, G_BURST, hosts);
+}
+
+/* A redis-server of the test's own (its socket in @rsock) and @n hosts
+ * sharing rate_quota(). */
+static void rate_fleet(struct host *h, int n, char *rsock, size_t len)
 {
 	struct cl_env re;
-	cl_env(&re, "redis");
-	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
-	struct host h[4];
 	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
-		 "\"expected_hosts\": 4}", G_RPM, G_BURST);
-	hosts_start(h, 4, rsock, q);
+	rate_quota(q, sizeof(q), n);
+	fleet_start(&re, rsock, len, h, n, q);
+}
+
+Test(global, four_hosts_uniform_demand, .timeout = 120)
+{
+	struct host h[4];
+	char rsock[160];
+	rate_fleet(h, 4, rsock, sizeof(rsock));
 	int64_t dur = soak_s(8) * CL_S, t0 = cl_now(), until = t0 + dur;
 	pid_t w[8];
 	char path[8][200];
@@ -406,15 +418,9 @@ static pid_t paced_worker(const char *seg, const char *path, int64_t until, int6
 
 Test(global, one_heavy_host, .timeout = 120)
 {
-	struct cl_env re;
-	cl_env(&re, "redis");
-	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[3];
-	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
-		 "\"expected_hosts\": 3}", G_RPM, G_BURST);
-	hosts_start(h, 3, rsock, q);
+	char rsock[160];
+	rate_fleet(h, 3, rsock, sizeof(rsock));
 	int64_t t0 = cl_now(), until = t0 + soak_s(8) * CL_S;
 	char path[4][200];
 	pid_t w[4];
@@ -536,15 +542,9 @@ Test(global, redis_outage_policies, .timeout = 120)
  * and the others' admissions plus its own (static share) stay in the bound. */
 Test(global, host_death_lease_reaped, .timeout = 120)
 {
-	struct cl_env re;
-	cl_env(&re, "redis");
-	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[3];
-	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
-		 "\"expected_hosts\": 3}", G_RPM, G_BURST);
-	hosts_start(h, 3, rsock, q);
+	char rsock[160];
+	rate_fleet(h, 3, rsock, sizeof(rsock));
 	int64_t t0 = cl_now(), until = t0 + 11 * CL_S;
 	pid_t w[3];
 	char path[3][200];
@@ -834,15 +834,9 @@ Test(global, sentinel_failover, .timeout = 180)
  * had: >= 90 % of the rest of the limit. */
 Test(global, demand_shifts, .timeout = 120)
 {
-	struct cl_env re;
-	cl_env(&re, "redis");
-	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[3];
-	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
-		 "\"expected_hosts\": 3}", G_RPM, G_BURST);
-	hosts_start(h, 3, rsock, q);
+	char rsock[160];
+	rate_fleet(h, 3, rsock, sizeof(rsock));
 	int64_t t0 = cl_now(), shift = t0 + 4 * CL_S, until = t0 + 9 * CL_S;
 	char path[3][200];
 	pid_t w[3];
@@ -893,8 +887,7 @@ Test(global, clock_30s_off, .timeout = 120)
 	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[3];
 	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
-		 "\"expected_hosts\": 3}", G_RPM, G_BURST);
+	rate_quota(q, sizeof(q), 3);
 	static const char *const off[3] = { "-30s", "+30s", NULL };
 	for (int i = 0; i < 3; i++) {
 		cl_env(&h[i].e, "clock");
@@ -964,15 +957,9 @@ Test(global, clock_30s_off, .timeout = 120)
  * holds; the figure shows what D costs. */
 Test(global, waiting_workers_overdraft, .timeout = 120)
 {
-	struct cl_env re;
-	cl_env(&re, "redis");
-	char rsock[160];
-	redis_start(re.dir, rsock, sizeof(rsock));
 	struct host h[4];
-	char q[256];
-	snprintf(q, sizeof(q), "\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
-		 "\"expected_hosts\": 4}", G_RPM, G_BURST);
-	hosts_start(h, 4, rsock, q);
+	char rsock[160];
+	rate_fleet(h, 4, rsock, sizeof(rsock));
 	int64_t t0 = cl_now(), until = t0 + soak_s(8) * CL_S, w = CL_S;
 	pid_t wk[8];
 	char path[8][200];
