@@ -708,59 +708,87 @@ static void until_reply(int port, const char *cmd, const char *want, int64_t lim
  * replica has it. The master is SIGKILLed mid-run: the sentinels promote the
  * replica, the quotads follow, and no window goes over r*W + b (fail_closed:
  * no outage term), and the service back (the time it took printed). */
-Test(global, sentinel_failover, .timeout = 180)
+/* The failover test's Redis: a master, two replicas (the second less
+ * preferred) and three sentinels watching "mm", all on loopback ports of
+ * their own, ready when it returns (the sentinels know the master, both
+ * replicas and each other). */
+struct sentinel_set {
+	pid_t master;
+	int pm, pr, pr2, ps[3];
+	char spm[16], spr[16], spr2[16];
+	char list[256]; /* the sentinels as a JSON list's items */
+};
+
+static void redis_node(struct cl_env *re, const char *tag, char *port, char *rdb, char *of, char *priority,
+		       pid_t *ret)
 {
-	struct cl_env re;
-	cl_env(&re, "sent");
-	int pm = free_port(), pr = free_port(), ps[3] = { free_port(), free_port(), free_port() };
-	char spm[16], spr[16];
-	snprintf(spm, sizeof(spm), "%d", pm);
-	snprintf(spr, sizeof(spr), "%d", pr);
-	char *mas[] = { "--port", spm, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--dir", re.dir, "--dbfilename", "m.rdb", NULL };
-	pid_t master = spawn_redis(re.dir, "master", mas);
-	until_reply(pm, "PING", "PONG", 10 * CL_S, "master");
-	char *rep[] = { "--port", spr, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			"--dir", re.dir, "--dbfilename", "r.rdb", "--replicaof", "127.0.0.1", spm, NULL };
-	spawn_redis(re.dir, "replica", rep);
-	/* A second replica: after the failover the new master still has one to
-	 * confirm grants (WAIT 1); a master with none grants nothing. */
-	int pr2 = free_port();
-	char spr2[16];
-	snprintf(spr2, sizeof(spr2), "%d", pr2);
-	char *rep2[] = { "--port", spr2, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-			 "--dir", re.dir, "--dbfilename", "r2.rdb", "--replicaof", "127.0.0.1", spm,
-			 "--replica-priority", "200", NULL };
-	spawn_redis(re.dir, "replica2", rep2);
-	until_reply(pm, "INFO replication", "connected_slaves:2", 10 * CL_S, "replicas");
-	until_reply(pr, "INFO replication", "master_link_status:up", 10 * CL_S, "replica link");
-	until_reply(pr2, "INFO replication", "master_link_status:up", 10 * CL_S, "replica 2 link");
-	char sentinels[256] = "";
+	char *argv[] = { "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			 "--dir", re->dir, "--dbfilename", rdb, NULL, NULL, NULL, NULL, NULL, NULL };
+	int n = 12;
+	if (of) {
+		argv[n++] = "--replicaof";
+		argv[n++] = "127.0.0.1";
+		argv[n++] = of;
+	}
+	if (priority) {
+		argv[n++] = "--replica-priority";
+		argv[n++] = priority;
+	}
+	pid_t pid = spawn_redis(re->dir, tag, argv);
+	if (ret)
+		*ret = pid;
+}
+
+static void sentinels_start(struct cl_env *re, struct sentinel_set *ss)
+{
 	for (int i = 0; i < 3; i++) {
-		char conf[200], text[512], tag[8];
+		char conf[200], text[512], tag[8], path[200];
 		snprintf(tag, sizeof(tag), "s%d", i);
 		snprintf(text, sizeof(text),
 			 "port %d\nbind 127.0.0.1\ndir %s\n"
 			 "sentinel monitor mm 127.0.0.1 %d 2\n"
 			 "sentinel down-after-milliseconds mm 3000\n"
 			 "sentinel failover-timeout mm 10000\n"
-			 "sentinel parallel-syncs mm 1\n", ps[i], re.dir, pm);
+			 "sentinel parallel-syncs mm 1\n", ss->ps[i], re->dir, ss->pm);
 		snprintf(conf, sizeof(conf), "sentinel%d.conf", i);
-		char path[200];
-		snprintf(path, sizeof(path), "%s", cl_file(&re, conf, text));
+		snprintf(path, sizeof(path), "%s", cl_file(re, conf, text));
 		char *argv[] = { path, "--sentinel", NULL };
-		spawn_redis(re.dir, tag, argv);
-		snprintf(sentinels + strlen(sentinels), sizeof(sentinels) - strlen(sentinels), "%s\"127.0.0.1:%d\"",
-			 i ? ", " : "", ps[i]);
+		spawn_redis(re->dir, tag, argv);
+		size_t used = strlen(ss->list);
+		snprintf(ss->list + used, sizeof(ss->list) - used, "%s\"127.0.0.1:%d\"", i ? ", " : "", ss->ps[i]);
 	}
-	/* Each sentinel knows the master, the replica and the two others. */
+	/* Each sentinel knows the master, the replicas and the two others. */
 	for (int i = 0; i < 3; i++) {
-		until_reply(ps[i], "SENTINEL get-master-addr-by-name mm", spm, 10 * CL_S, "sentinel");
-		until_reply(ps[i], "SENTINEL replicas mm", spr, 15 * CL_S, "sentinel sees the replica");
-		until_reply(ps[i], "SENTINEL replicas mm", spr2, 15 * CL_S, "sentinel sees replica 2");
-		until_reply(ps[i], "SENTINEL sentinels mm", "127.0.0.1", 15 * CL_S, "sentinels meet");
+		until_reply(ss->ps[i], "SENTINEL get-master-addr-by-name mm", ss->spm, 10 * CL_S, "sentinel");
+		until_reply(ss->ps[i], "SENTINEL replicas mm", ss->spr, 15 * CL_S, "sentinel sees the replica");
+		until_reply(ss->ps[i], "SENTINEL replicas mm", ss->spr2, 15 * CL_S, "sentinel sees replica 2");
+		until_reply(ss->ps[i], "SENTINEL sentinels mm", "127.0.0.1", 15 * CL_S, "sentinels meet");
 	}
-	struct host h[3];
+}
+
+static void sentinel_set_start(struct cl_env *re, struct sentinel_set *ss)
+{
+	*ss = (struct sentinel_set){ .pm = free_port(), .pr = free_port(), .pr2 = free_port() };
+	for (int i = 0; i < 3; i++)
+		ss->ps[i] = free_port();
+	snprintf(ss->spm, sizeof(ss->spm), "%d", ss->pm);
+	snprintf(ss->spr, sizeof(ss->spr), "%d", ss->pr);
+	snprintf(ss->spr2, sizeof(ss->spr2), "%d", ss->pr2);
+	redis_node(re, "master", ss->spm, "m.rdb", NULL, NULL, &ss->master);
+	until_reply(ss->pm, "PING", "PONG", 10 * CL_S, "master");
+	redis_node(re, "replica", ss->spr, "r.rdb", ss->spm, NULL, NULL);
+	/* A second replica: after the failover the new master still has one to
+	 * confirm grants (WAIT 1); a master with none grants nothing. */
+	redis_node(re, "replica2", ss->spr2, "r2.rdb", ss->spm, "200", NULL);
+	until_reply(ss->pm, "INFO replication", "connected_slaves:2", 10 * CL_S, "replicas");
+	until_reply(ss->pr, "INFO replication", "master_link_status:up", 10 * CL_S, "replica link");
+	until_reply(ss->pr2, "INFO replication", "master_link_status:up", 10 * CL_S, "replica 2 link");
+	sentinels_start(re, ss);
+}
+
+/* Three hosts finding the master through the sentinels of @ss. */
+static void sentinel_hosts(struct host *h, const struct sentinel_set *ss)
+{
 	for (int i = 0; i < 3; i++) {
 		cl_env(&h[i].e, "sent");
 		char json[1024];
@@ -768,10 +796,20 @@ Test(global, sentinel_failover, .timeout = 180)
 			 "{\"redis\": {\"sentinels\": [%s], \"master\": \"mm\", \"host_id\": \"h%d\"},\n"
 			 " \"quotas\": {\"g\": {\"rpm\": %d, \"burst\": %g, \"scope\": \"global\", "
 			 "\"expected_hosts\": 3, \"outage\": \"fail_closed\"}}}\n",
-			 sentinels, i, G_RPM, G_BURST);
+			 ss->list, i, G_RPM, G_BURST);
 		snprintf(h[i].cfg, sizeof(h[i].cfg), "%s", cl_file(&h[i].e, "global.json", json));
 		h[i].quotad = cl_quotad(&h[i].e, h[i].cfg, NULL);
 	}
+}
+
+Test(global, sentinel_failover, .timeout = 180)
+{
+	struct cl_env re;
+	cl_env(&re, "sent");
+	struct sentinel_set ss;
+	sentinel_set_start(&re, &ss);
+	struct host h[3];
+	sentinel_hosts(h, &ss);
 	int64_t t0 = cl_now(), until = t0 + 16 * CL_S;
 	pid_t w[3];
 	char path[3][200];
@@ -782,9 +820,9 @@ Test(global, sentinel_failover, .timeout = 180)
 	struct timespec three = { 3, 0 };
 	nanosleep(&three, NULL); /* running on grants: a schedule */
 	int64_t killed = cl_now();
-	cl_stop(master, SIGKILL);
+	cl_stop(ss.master, SIGKILL);
 	/* The sentinels promote the replica. */
-	until_reply(ps[0], "SENTINEL get-master-addr-by-name mm", spr, 20 * CL_S, "failover");
+	until_reply(ss.ps[0], "SENTINEL get-master-addr-by-name mm", ss.spr, 20 * CL_S, "failover");
 	int64_t promoted = cl_now();
 	wait_workers(w, 3);
 	struct log l = { 0 };
@@ -814,7 +852,7 @@ Test(global, sentinel_failover, .timeout = 180)
 		100.0 * (double)after / (G_R * 2));
 	if (after < 0.9 * G_R * 2) {
 		char cmd[600];
-		snprintf(cmd, sizeof(cmd), "cd '%s' && mkdir -p /tmp/sentdbg && cp *.log /tmp/sentdbg/ ; tail -n 25 s0.log replica.log replica2.log >&2; "
+		snprintf(cmd, sizeof(cmd), "cd '%s' && tail -n 25 s0.log replica.log replica2.log >&2; "
 			 "grep -v debug '%s' | tail -n 25 >&2", re.dir, h[0].e.log);
 		if (system(cmd) != 0)
 			fprintf(stderr, "(no logs)\n");
@@ -822,8 +860,8 @@ Test(global, sentinel_failover, .timeout = 180)
 	/* Host 0 follows to a promoted replica (under load the sentinels may
 	 * fail over twice: either replica can be the master by now). */
 	char m1[64], m2[64];
-	snprintf(m1, sizeof(m1), "\"master\":\"127.0.0.1:%s\"", spr);
-	snprintf(m2, sizeof(m2), "\"master\":\"127.0.0.1:%s\"", spr2);
+	snprintf(m1, sizeof(m1), "\"master\":\"127.0.0.1:%s\"", ss.spr);
+	snprintf(m2, sizeof(m2), "\"master\":\"127.0.0.1:%s\"", ss.spr2);
 	cr_assert(strstr(st, m1) || strstr(st, m2), "host 0 does not name a promoted replica");
 	free(st);
 	free(l.t);
