@@ -142,11 +142,7 @@ Test(multiproc, bound_inflight_and_utilisation, .timeout = 120)
 	close(gate[0]);
 	sh->t0 = mono();
 	close(gate[1]); /* release every worker at once */
-	for (int i = 0; i < NPROC; i++) {
-		int st;
-		cr_assert_eq(waitpid(pids[i], &st, 0), pids[i]);
-		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d failed", i);
-	}
+	tl_reap(pids, NPROC);
 	cr_assert_eq(atomic_load(&sh->errors), 0);
 	uint32_t n = atomic_load(&sh->n);
 	cr_assert_lt(n, MAXREC, "log overflow");

@@ -80,6 +80,15 @@ void tl_kill_children(pid_t *pids, int n)
 		}
 }
 
+void tl_reap(const pid_t *pids, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int st;
+		cr_assert_eq(waitpid(pids[i], &st, 0), pids[i]);
+		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d failed (status %d)", i, st);
+	}
+}
+
 int tl_child_open(const char *name, int go, quota_client **ret)
 {
 	prctl(PR_SET_PDEATHSIG, SIGKILL);

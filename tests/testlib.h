@@ -49,4 +49,7 @@ bool tl_until_word(_Atomic int64_t *w, int64_t want);
  * it (a test's .fini, so that no child outlives a failed test). */
 void tl_kill_children(pid_t *pids, int n);
 
+/* Wait for every child in @pids[0..n-1]; each must exit with status 0. */
+void tl_reap(const pid_t *pids, int n);
+
 #endif

@@ -237,11 +237,7 @@ static struct shared *run(const char *name, int nproc, bool lanes, bool streams,
 	close(gate[0]);
 	sh->t0 = mono();
 	close(gate[1]);
-	for (int i = 0; i < nproc; i++) {
-		int st;
-		cr_assert_eq(waitpid(pids[i], &st, 0), pids[i]);
-		cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d failed", i);
-	}
+	tl_reap(pids, nproc);
 	cr_assert_eq(atomic_load(&sh->errors), 0);
 	uint32_t n = atomic_load(&sh->n);
 	cr_assert_lt(n, MAXREC, "log overflow");
