@@ -89,16 +89,11 @@ static int top_read_quota(quota_client *c, int id, struct top_snapshot *s)
 	return 0;
 }
 
-/* What limit kind @kind counts, from the counters: requests, all tokens,
- * input or output tokens (the kinds come in per-minute/per-day pairs). */
+/* What limit kind @kind counts, from the counters (the library's
+ * qc_units_of()). */
 static uint64_t units(int kind, const struct top_counters *c)
 {
-	switch (kind / 2) {
-	case 0: return c->admitted;
-	case 1: return c->input_tokens + c->output_tokens;
-	case 2: return c->input_tokens;
-	default: return c->output_tokens;
-	}
+	return qc_units_of((uint32_t)kind, c->admitted, c->input_tokens, c->output_tokens);
 }
 
 static bool went_back(const struct top_counters *now, const struct top_counters *then)
